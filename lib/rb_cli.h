@@ -1,0 +1,24 @@
+/* rb_cli: the command line every service shares:
+ *   --config FILE    read FILE (default: none, built-in defaults + env)
+ *   --check-config   validate the config, print it, exit 0 (or 1 naming the
+ *                    file, line and key that is wrong)
+ *   --help, --version */
+#ifndef RB_CLI_H
+#define RB_CLI_H
+#include "rb_config.h"
+
+typedef struct {
+    const char *service;   /* "edge": names the binary reachback-edge */
+    const char *summary;   /* one line for --help */
+    const rb_option_t *opts;
+    void *cfg;
+    /* Cross-field checks after loading; 0 or -1 with err set. May be NULL. */
+    int (*validate)(void *cfg, char *err, size_t errlen);
+} rb_cli_t;
+
+/* Parses argv, loads the config, sets up logging (log_level). Returns 0 when
+ * the service should run; exits itself for --help, --version,
+ * --check-config and errors (status 2 for usage, 1 for bad config). */
+int rb_cli_run(rb_cli_t *cli, int argc, char **argv);
+
+#endif

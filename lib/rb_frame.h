@@ -1,0 +1,46 @@
+/* rb_frame: the tunnel's framing (docs/protocol.md). Every frame is a
+ * 12-byte header, then the payload:
+ *   u8 type | u8 flags | u16 reserved (0) | u32 stream id | u32 length
+ * all big-endian. CONTROL frames carry one rb.tunnel.TunnelControl and have
+ * stream id 0; DATA frames carry raw stream bytes; DATAGRAM frames carry one
+ * UDP datagram of a flow. Anything else is malformed and closes the
+ * connection. */
+#ifndef RB_FRAME_H
+#define RB_FRAME_H
+#include <stddef.h>
+#include <stdint.h>
+#include "rb_buf.h"
+#include "tunnel.pb-c.h"
+
+#define RB_TUNNEL_VERSION 1
+#define RB_FRAME_HEADER 12
+#define RB_FRAME_MAX_CONTROL (16u * 1024)
+#define RB_FRAME_MAX_DATA (64u * 1024)
+
+enum { RB_FRAME_CONTROL = 1, RB_FRAME_DATA = 2, RB_FRAME_DATAGRAM = 3 };
+/* DATA flags */
+#define RB_FRAME_FIN 0x01u
+#define RB_FRAME_RST 0x02u
+
+typedef struct {
+    uint8_t type;
+    uint8_t flags;
+    uint32_t stream_id;
+    uint32_t len;
+    const uint8_t *payload;   /* borrowed from the parsed buffer */
+} rb_frame_t;
+
+/* Parses one frame at the start of buf. Returns the bytes it spans (> 0), 0
+ * when more bytes are needed, or -1 when malformed (*why set to a static
+ * reason). Checks the header before the payload arrives, so an oversized
+ * length is refused without buffering it. */
+long rb_frame_parse(const uint8_t *buf, size_t len, rb_frame_t *out, const char **why);
+/* Writes a header into dst[RB_FRAME_HEADER]. */
+void rb_frame_header(uint8_t *dst, uint8_t type, uint8_t flags, uint32_t stream_id, uint32_t len);
+/* Appends a complete CONTROL frame holding msg. 0, or -1 when too large. */
+int rb_frame_append_control(rb_buf_t *out, const Rb__Tunnel__TunnelControl *msg);
+/* Unpacks a CONTROL frame. NULL when malformed or when no message is set.
+ * Free with rb__tunnel__tunnel_control__free_unpacked(m, NULL). */
+Rb__Tunnel__TunnelControl *rb_frame_control(const rb_frame_t *f);
+
+#endif

@@ -1,0 +1,63 @@
+/* rb_loop: the one event loop per thread. epoll for file descriptors, a
+ * min-heap of timers, signalfd for signals, and ZeroMQ sockets.
+ *
+ * ZeroMQ sockets join through ZMQ_FD, which is edge-triggered and only says
+ * the socket's state may have changed. The loop therefore re-reads
+ * ZMQ_EVENTS for every registered ZeroMQ socket before each wait and calls the
+ * handler while ZMQ_POLLIN is set, so a send that consumed the edge (the
+ * classic ZeroMQ event-loop hang) cannot leave a message unread. */
+#ifndef RB_LOOP_H
+#define RB_LOOP_H
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct rb_loop rb_loop_t;
+typedef struct rb_timer rb_timer_t;
+
+#define RB_EV_READ 0x1u
+#define RB_EV_WRITE 0x2u
+#define RB_EV_ERROR 0x4u   /* reported only: hang-up or error on the fd */
+
+typedef void(rb_io_fn)(rb_loop_t *loop, int fd, unsigned events, void *arg);
+typedef void(rb_timer_fn)(rb_loop_t *loop, void *arg);
+typedef void(rb_signal_fn)(rb_loop_t *loop, int signo, void *arg);
+/* Called while the ZeroMQ socket has a message to read; it should receive
+ * (with ZMQ_DONTWAIT) at least one message, and may receive all of them. */
+typedef void(rb_zsock_fn)(rb_loop_t *loop, void *zsock, void *arg);
+
+/* Returns NULL on error. */
+rb_loop_t *rb_loop_new(void);
+/* Accepts NULL; clears the pointer. Does not close registered fds. */
+void rb_loop_destroy(rb_loop_t **loop);
+
+/* Level-triggered watch of fd. Returns 0 or -1. */
+int rb_loop_add_fd(rb_loop_t *loop, int fd, unsigned events, rb_io_fn *fn, void *arg);
+int rb_loop_mod_fd(rb_loop_t *loop, int fd, unsigned events);
+/* Safe to call from inside a handler, for any fd (pending events for it in
+ * the current batch are dropped). */
+int rb_loop_del_fd(rb_loop_t *loop, int fd);
+
+/* Fires after ms milliseconds, then every ms if repeat. Returns NULL on
+ * error. The timer belongs to the loop: a one-shot timer is freed after it
+ * fires; cancel any other with rb_loop_cancel_timer (NULL is accepted). */
+rb_timer_t *rb_loop_add_timer(rb_loop_t *loop, uint64_t ms, bool repeat, rb_timer_fn *fn,
+                              void *arg);
+void rb_loop_cancel_timer(rb_loop_t *loop, rb_timer_t *t);
+
+/* Delivers signo through the loop (blocks it for the thread). 0 or -1. */
+int rb_loop_add_signal(rb_loop_t *loop, int signo, rb_signal_fn *fn, void *arg);
+
+/* Watches a ZeroMQ socket for input. 0 or -1. */
+int rb_loop_add_zsock(rb_loop_t *loop, void *zsock, rb_zsock_fn *fn, void *arg);
+int rb_loop_del_zsock(rb_loop_t *loop, void *zsock);
+
+/* Runs until rb_loop_stop. Returns 0, or -1 on an epoll failure. */
+int rb_loop_run(rb_loop_t *loop);
+void rb_loop_stop(rb_loop_t *loop);
+
+/* Monotonic milliseconds, cached per loop iteration where a loop runs. */
+uint64_t rb_now_ms(void);
+/* Wall-clock Unix time in milliseconds. */
+uint64_t rb_wall_ms(void);
+
+#endif
