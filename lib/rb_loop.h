@@ -55,7 +55,7 @@ int rb_loop_del_zsock(rb_loop_t *loop, void *zsock);
 int rb_loop_run(rb_loop_t *loop);
 void rb_loop_stop(rb_loop_t *loop);
 
-/* Monotonic milliseconds, cached per loop iteration where a loop runs. */
+/* Monotonic milliseconds. */
 uint64_t rb_now_ms(void);
 /* Wall-clock Unix time in milliseconds. */
 uint64_t rb_wall_ms(void);

@@ -1,0 +1,80 @@
+/* rb_cli: the command line all services share. */
+#include "rb_cli.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rb_log.h"
+
+static void s_usage(const rb_cli_t *cli, FILE *out)
+{
+    fprintf(out,
+            "Usage: reachback-%s [--config FILE] [--check-config]\n"
+            "       reachback-%s --help | --version\n\n"
+            "%s\n\n"
+            "Options:\n"
+            "  --config FILE    read the configuration from FILE\n"
+            "  --check-config   validate the configuration, print it and exit\n"
+            "                   (exit 1 naming file, line and key when it is wrong)\n"
+            "  --help           show this help\n"
+            "  --version        show the version\n\n",
+            cli->service, cli->service, cli->summary);
+    rb_config_print_help(out, cli->opts, cli->service);
+    fprintf(out, "\nLogs: one JSON object per line on stdout.\n");
+}
+
+/* log_level is in every option table (RB_OPT_COMMON); find its value. */
+static const char *s_log_level(const rb_cli_t *cli)
+{
+    for (const rb_option_t *o = cli->opts; o->key; o++)
+        if (strcmp(o->key, "log_level") == 0)
+            return *(char **)((char *)cli->cfg + o->offset);
+    return "info";
+}
+
+int rb_cli_run(rb_cli_t *cli, int argc, char **argv)
+{
+    const char *path = NULL;
+    bool check = false;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
+            path = argv[++i];
+        } else if (strncmp(argv[i], "--config=", 9) == 0) {
+            path = argv[i] + 9;
+        } else if (strcmp(argv[i], "--check-config") == 0) {
+            check = true;
+        } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            s_usage(cli, stdout);
+            exit(0);
+        } else if (strcmp(argv[i], "--version") == 0) {
+            printf("reachback-%s %s\n", cli->service, RB_VERSION);
+            exit(0);
+        } else {
+            fprintf(stderr, "reachback-%s: unknown argument '%s' (try --help)\n", cli->service,
+                    argv[i]);
+            exit(2);
+        }
+    }
+    char err[512];
+    if (rb_config_load(cli->opts, cli->cfg, cli->service, path, err, sizeof err) < 0 ||
+        (cli->validate && cli->validate(cli->cfg, err, sizeof err) < 0)) {
+        fprintf(stderr, "reachback-%s: config error: %s\n", cli->service, err);
+        exit(1);
+    }
+    rb_log_level_t level;
+    if (rb_log_level_parse(s_log_level(cli), &level) < 0) {
+        fprintf(stderr, "reachback-%s: config error: %s: key 'log_level': '%s' is not one of "
+                "debug, info, warn, error\n", cli->service, path ? path : "(no file)",
+                s_log_level(cli));
+        exit(1);
+    }
+    if (check) {
+        printf("# reachback-%s: configuration OK%s%s\n", cli->service, path ? " in " : "",
+               path ? path : "");
+        rb_config_print(stdout, cli->opts, cli->cfg);
+        exit(0);
+    }
+    rb_log_init(cli->service, level);
+    return 0;
+}
