@@ -1,0 +1,164 @@
+/* rb_loop: timers, fds, signals and the ZeroMQ edge-trigger contract. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <signal.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "rb_loop.h"
+
+typedef struct {
+    int fired;
+    uint64_t first_ms;
+    rb_timer_t *self;
+} tick_t;
+
+static void s_stop(rb_loop_t *l, void *arg) { rb_loop_stop(l); }
+
+static void s_count(rb_loop_t *l, void *arg)
+{
+    tick_t *t = arg;
+    if (t->fired++ == 0) t->first_ms = rb_now_ms();
+    if (t->fired == 5) rb_loop_cancel_timer(l, t->self);   /* cancel from inside itself */
+}
+
+static void test_timers_fire_in_order_and_cancel(void **state)
+{
+    rb_loop_t *l = rb_loop_new();
+    assert_non_null(l);
+    tick_t t = {0};
+    uint64_t start = rb_now_ms();
+    t.self = rb_loop_add_timer(l, 10, true, s_count, &t);
+    tick_t never = {0};
+    rb_timer_t *c = rb_loop_add_timer(l, 20, false, s_count, &never);
+    rb_loop_cancel_timer(l, c);
+    rb_loop_add_timer(l, 150, false, s_stop, NULL);
+    assert_int_equal(rb_loop_run(l), 0);
+    assert_int_equal(t.fired, 5);        /* cancelled at 5 although 150 ms passed */
+    assert_int_equal(never.fired, 0);
+    assert_true(t.first_ms - start >= 10);
+    rb_loop_destroy(&l);
+    assert_null(l);
+    rb_loop_destroy(NULL);
+}
+
+typedef struct {
+    int reads;
+    int fd_other;
+} io_t;
+
+static void s_on_read(rb_loop_t *l, int fd, unsigned ev, void *arg)
+{
+    io_t *io = arg;
+    char buf[16];
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n > 0) io->reads++;
+    /* Removing the other fd from inside a handler must drop its pending
+     * event in this batch, not call a stale handler. */
+    if (io->fd_other >= 0) {
+        rb_loop_del_fd(l, io->fd_other);
+        io->fd_other = -1;
+    }
+    rb_loop_del_fd(l, fd);
+}
+
+static void test_fd_events_and_delete_in_batch(void **state)
+{
+    rb_loop_t *l = rb_loop_new();
+    int a[2], b[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, a), 0);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, b), 0);
+    io_t ioa = {0, b[0]}, iob = {0, a[0]};
+    assert_int_equal(rb_loop_add_fd(l, a[0], RB_EV_READ, s_on_read, &ioa), 0);
+    assert_int_equal(rb_loop_add_fd(l, b[0], RB_EV_READ, s_on_read, &iob), 0);
+    assert_int_equal(write(a[1], "x", 1), 1);
+    assert_int_equal(write(b[1], "y", 1), 1);
+    rb_loop_add_timer(l, 50, false, s_stop, NULL);
+    rb_loop_run(l);
+    /* Exactly one handler ran: the first removed the other. */
+    assert_int_equal(ioa.reads + iob.reads, 1);
+    close(a[0]), close(a[1]), close(b[0]), close(b[1]);
+    rb_loop_destroy(&l);
+}
+
+static void s_on_sig(rb_loop_t *l, int signo, void *arg)
+{
+    *(int *)arg = signo;
+    rb_loop_stop(l);
+}
+
+static void s_raise(rb_loop_t *l, void *arg) { raise(SIGUSR1); }
+
+static void test_signal_through_loop(void **state)
+{
+    rb_loop_t *l = rb_loop_new();
+    int got = 0;
+    assert_int_equal(rb_loop_add_signal(l, SIGUSR1, s_on_sig, &got), 0);
+    rb_loop_add_timer(l, 5, false, s_raise, NULL);
+    rb_loop_add_timer(l, 2000, false, s_stop, NULL);
+    rb_loop_run(l);
+    assert_int_equal(got, SIGUSR1);
+    rb_loop_destroy(&l);
+}
+
+/* Ping-pong over a ZeroMQ pair where each side answers from inside its
+ * receive handler. A send can consume the ZMQ_FD edge of the same socket;
+ * if the loop only waited on ZMQ_FD, the exchange would stall. */
+typedef struct {
+    void *a, *b;
+    int rounds;
+} zpp_t;
+
+static void s_zrecv(rb_loop_t *l, void *sock, void *arg)
+{
+    zpp_t *z = arg;
+    char buf[8];
+    while (zmq_recv(sock, buf, sizeof buf, ZMQ_DONTWAIT) >= 0) {
+        if (++z->rounds >= 2000) {
+            rb_loop_stop(l);
+            return;
+        }
+        zmq_send(sock, "p", 1, ZMQ_DONTWAIT);
+    }
+}
+
+static void test_zmq_edge_trigger_never_strands_messages(void **state)
+{
+    void *ctx = zmq_ctx_new();
+    zpp_t z = {zmq_socket(ctx, ZMQ_PAIR), zmq_socket(ctx, ZMQ_PAIR), 0};
+    assert_int_equal(zmq_bind(z.a, "inproc://pp"), 0);
+    assert_int_equal(zmq_connect(z.b, "inproc://pp"), 0);
+    rb_loop_t *l = rb_loop_new();
+    assert_int_equal(rb_loop_add_zsock(l, z.a, s_zrecv, &z), 0);
+    assert_int_equal(rb_loop_add_zsock(l, z.b, s_zrecv, &z), 0);
+    /* Several messages in flight at once. */
+    for (int i = 0; i < 4; i++) zmq_send(z.a, "p", 1, 0);
+    rb_loop_add_timer(l, 5000, false, s_stop, NULL);
+    uint64_t t0 = rb_now_ms();
+    rb_loop_run(l);
+    assert_true(z.rounds >= 2000);
+    /* No round waited for the loop's idle timeout. */
+    assert_true(rb_now_ms() - t0 < 2500);
+    rb_loop_del_zsock(l, z.a);
+    rb_loop_del_zsock(l, z.b);
+    zmq_close(z.a);
+    zmq_close(z.b);
+    zmq_ctx_term(ctx);
+    rb_loop_destroy(&l);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_timers_fire_in_order_and_cancel),
+        cmocka_unit_test(test_fd_events_and_delete_in_batch),
+        cmocka_unit_test(test_signal_through_loop),
+        cmocka_unit_test(test_zmq_edge_trigger_never_strands_messages),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,145 @@
+/* rb_status: the real HTTP server on 127.0.0.1, driven by the loop, asked by
+ * a plain socket client in a second thread. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "rb_metrics.h"
+#include "rb_status.h"
+
+typedef struct {
+    int port;
+    const char *request;
+    char response[8192];
+    atomic_int done;
+} http_t;
+
+static void *s_client(void *arg)
+{
+    http_t *h = arg;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)h->port)};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
+        size_t len = strlen(h->request);
+        if (write(fd, h->request, len) == (ssize_t)len) {
+            size_t got = 0;
+            ssize_t n;
+            while (got < sizeof h->response - 1 &&
+                   (n = read(fd, h->response + got, sizeof h->response - 1 - got)) > 0)
+                got += (size_t)n;
+            h->response[got] = '\0';
+        }
+    }
+    close(fd);
+    atomic_store(&h->done, 1);
+    return NULL;
+}
+
+static void s_poll_done(rb_loop_t *l, void *arg)
+{
+    if (atomic_load(&((http_t *)arg)->done)) rb_loop_stop(l);
+}
+
+static bool s_ready;
+static bool s_ready_fn(void *arg, rb_buf_t *why)
+{
+    if (!s_ready) rb_buf_puts(why, "redis: no answer");
+    return s_ready;
+}
+
+static void s_info(void *arg, rb_buf_t *json) { rb_buf_puts(json, "\"sessions\":3"); }
+
+static int s_admin(void *arg, const char *method, const char *path, const char *body, size_t len,
+                   rb_buf_t *out, const char **ctype)
+{
+    rb_buf_printf(out, "{\"method\":\"%s\",\"body\":%zu}", method, len);
+    return 200;
+}
+
+static const char *s_ask(rb_loop_t *l, rb_status_t *st, const char *request)
+{
+    static http_t h;
+    memset(&h, 0, sizeof h);
+    h.port = rb_status_port(st);
+    h.request = request;
+    pthread_t th;
+    pthread_create(&th, NULL, s_client, &h);
+    rb_timer_t *t = rb_loop_add_timer(l, 5, true, s_poll_done, &h);
+    rb_loop_run(l);
+    rb_loop_cancel_timer(l, t);
+    pthread_join(th, NULL);
+    return h.response;
+}
+
+static void test_endpoints(void **state)
+{
+    rb_loop_t *l = rb_loop_new();
+    rb_status_t *st = rb_status_new(l, "127.0.0.1:0", "testsvc");
+    assert_non_null(st);
+    assert_true(rb_status_port(st) > 0);
+    rb_status_set_ready(st, s_ready_fn, NULL);
+    rb_status_set_info(st, s_info, NULL);
+    rb_status_set_admin_token(st, "s3cret");
+    assert_int_equal(rb_status_add_route(st, "/admin/", true, s_admin, NULL), 0);
+    rb_metric_inc(rb_counter("reachback_test_total", "kind=\"a\"", "test counter"));
+
+    const char *r = s_ask(l, st, "GET /healthz HTTP/1.0\r\n\r\n");
+    assert_non_null(strstr(r, "200 OK"));
+    s_ready = false;
+    r = s_ask(l, st, "GET /readyz HTTP/1.0\r\n\r\n");
+    assert_non_null(strstr(r, "503"));
+    assert_non_null(strstr(r, "redis: no answer"));
+    s_ready = true;
+    r = s_ask(l, st, "GET /readyz HTTP/1.0\r\n\r\n");
+    assert_non_null(strstr(r, "200 OK"));
+    r = s_ask(l, st, "GET /metrics HTTP/1.0\r\n\r\n");
+    assert_non_null(strstr(r, "# TYPE reachback_test_total counter"));
+    assert_non_null(strstr(r, "reachback_test_total{kind=\"a\"} 1"));
+    r = s_ask(l, st, "GET /status HTTP/1.0\r\n\r\n");
+    assert_non_null(strstr(r, "\"service\":\"testsvc\""));
+    assert_non_null(strstr(r, "\"sessions\":3"));
+    r = s_ask(l, st, "GET /admin/sessions HTTP/1.0\r\n\r\n");
+    assert_non_null(strstr(r, "401"));
+    r = s_ask(l, st, "GET /admin/sessions HTTP/1.0\r\nAuthorization: Bearer wrong\r\n\r\n");
+    assert_non_null(strstr(r, "401"));
+    r = s_ask(l, st, "POST /admin/kick HTTP/1.0\r\nAuthorization: Bearer s3cret\r\n"
+                     "Content-Length: 5\r\n\r\nalice");
+    assert_non_null(strstr(r, "200 OK"));
+    assert_non_null(strstr(r, "{\"method\":\"POST\",\"body\":5}"));
+    r = s_ask(l, st, "GET /nothing HTTP/1.0\r\n\r\n");
+    assert_non_null(strstr(r, "404"));
+    /* Garbage instead of HTTP: answered or closed, and the server goes on. */
+    s_ask(l, st, "\x01\x02garbage\r\n\r\n");
+    r = s_ask(l, st, "GET /healthz HTTP/1.0\r\n\r\n");
+    assert_non_null(strstr(r, "200 OK"));
+    rb_status_destroy(&st);
+    assert_null(st);
+    rb_loop_destroy(&l);
+}
+
+static void test_bad_listen(void **state)
+{
+    rb_loop_t *l = rb_loop_new();
+    assert_null(rb_status_new(l, "nonsense", "x"));
+    assert_null(rb_status_new(l, "127.0.0.1:99999", "x"));
+    rb_loop_destroy(&l);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_endpoints),
+        cmocka_unit_test(test_bad_listen),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
