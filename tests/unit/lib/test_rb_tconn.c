@@ -1,0 +1,446 @@
+/* rb_tconn: a server and client connection over real TCP on 127.0.0.1, in
+ * one loop, with a throwaway CA made by the openssl command in a temp dir.
+ * Covers frames both ways, a 1 MB burst, a graceful close, certificate
+ * checks, and peers that break the protocol (garbage before TLS, an
+ * oversized frame header) while another connection keeps working. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <openssl/err.h>
+#include <pthread.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "rb_frame.h"
+#include "rb_loop.h"
+#include "rb_tconn.h"
+#include "rb_tls.h"
+
+static char s_dir[64];
+static SSL_CTX *s_sctx, *s_cctx;
+
+static const char *s_path(const char *name)
+{
+    static char bufs[4][128];
+    static int i;
+    char *b = bufs[i++ % 4];
+    snprintf(b, 128, "%s/%s", s_dir, name);
+    return b;
+}
+
+static int s_sh(const char *cmd)
+{
+    char full[2048];
+    snprintf(full, sizeof full, "cd '%s' && (%s) >/dev/null 2>&1", s_dir, cmd);
+    return system(full);
+}
+
+static int s_setup(void **state)
+{
+    snprintf(s_dir, sizeof s_dir, "/tmp/rb-tconn-test-XXXXXX");
+    if (!mkdtemp(s_dir)) return -1;
+    const char *ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "openssl req -x509 %s -keyout ca.key -out ca.crt -subj /CN=rb-test-ca -days 2", ec);
+    if (s_sh(cmd) != 0) return -1;
+    if (s_sh("printf 'subjectAltName=DNS:edge.test,IP:127.0.0.1\\n' > srv.ext") != 0) return -1;
+    snprintf(cmd, sizeof cmd,
+             "openssl req %s -keyout srv.key -out srv.csr -subj /CN=edge.test && "
+             "openssl x509 -req -in srv.csr -CA ca.crt -CAkey ca.key -CAcreateserial "
+             "-out srv.crt -days 2 -extfile srv.ext",
+             ec);
+    if (s_sh(cmd) != 0) return -1;
+    char err[512];
+    s_sctx = rb_tls_server_ctx(s_path("srv.crt"), s_path("srv.key"), NULL, 0, err, sizeof err);
+    s_cctx = rb_tls_client_ctx(s_path("ca.crt"), NULL, NULL, err, sizeof err);
+    return s_sctx && s_cctx ? 0 : -1;
+}
+
+static int s_teardown(void **state)
+{
+    SSL_CTX_free(s_sctx);
+    SSL_CTX_free(s_cctx);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", s_dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+/* One side of a connection as the tests see it. */
+typedef struct {
+    rb_tconn_t *c;
+    int opened;
+    int closed;
+    rb_tconn_end_t end;
+    char reason[200];
+    int controls;            /* CONTROL frames received */
+    uint64_t last_nonce;
+    size_t data_bytes;       /* DATA payload received */
+    bool data_ok;            /* payload bytes matched the pattern */
+    bool echo_ping;          /* answer Ping with Pong */
+    bool close_on_ping;      /* answer Ping with Pong, then close_after_flush */
+    bool destroy_on_frame;   /* destroy the connection inside on_frame */
+} side_t;
+
+static void s_on_open(rb_tconn_t *c, void *arg) { ((side_t *)arg)->opened++; }
+
+static int s_send_ping(rb_tconn_t *c, uint64_t nonce)
+{
+    Rb__Tunnel__TunnelControl m = RB__TUNNEL__TUNNEL_CONTROL__INIT;
+    Rb__Tunnel__Ping p = RB__TUNNEL__PING__INIT;
+    p.nonce = nonce;
+    m.msg_case = RB__TUNNEL__TUNNEL_CONTROL__MSG_PING;
+    m.ping = &p;
+    return rb_tconn_send_control(c, &m);
+}
+
+static void s_on_frame(rb_tconn_t *c, const rb_frame_t *f, void *arg)
+{
+    side_t *s = arg;
+    if (s->destroy_on_frame) {
+        rb_tconn_destroy(&s->c);
+        return;
+    }
+    if (f->type == RB_FRAME_DATA) {
+        for (uint32_t i = 0; i < f->len; i++)
+            if (f->payload[i] != (uint8_t)((s->data_bytes + i) * 7)) s->data_ok = false;
+        s->data_bytes += f->len;
+        return;
+    }
+    Rb__Tunnel__TunnelControl *m = rb_frame_control(f);
+    assert_non_null(m);
+    s->controls++;
+    if (m->msg_case == RB__TUNNEL__TUNNEL_CONTROL__MSG_PING) {
+        s->last_nonce = m->ping->nonce;
+        if (s->echo_ping || s->close_on_ping) {
+            Rb__Tunnel__TunnelControl r = RB__TUNNEL__TUNNEL_CONTROL__INIT;
+            Rb__Tunnel__Pong p = RB__TUNNEL__PONG__INIT;
+            p.nonce = m->ping->nonce;
+            r.msg_case = RB__TUNNEL__TUNNEL_CONTROL__MSG_PONG;
+            r.pong = &p;
+            assert_int_equal(rb_tconn_send_control(c, &r), 0);
+        }
+        if (s->close_on_ping) rb_tconn_close_after_flush(c);
+    } else if (m->msg_case == RB__TUNNEL__TUNNEL_CONTROL__MSG_PONG) {
+        s->last_nonce = m->pong->nonce;
+    }
+    rb__tunnel__tunnel_control__free_unpacked(m, NULL);
+}
+
+static void s_on_close(rb_tconn_t *c, rb_tconn_end_t end, const char *reason, void *arg)
+{
+    side_t *s = arg;
+    s->closed++;
+    s->end = end;
+    snprintf(s->reason, sizeof s->reason, "%s", reason);
+    rb_tconn_destroy(&s->c);   /* from inside the callback, as owners do */
+}
+
+static const rb_tconn_handlers_t s_handlers = {s_on_open, s_on_frame, s_on_close};
+
+/* The server: a listener whose accepted connections go to the next free
+ * side in servers[]. */
+typedef struct {
+    rb_loop_t *loop;
+    int lfd;
+    int port;
+    side_t servers[8];
+    int accepted;
+    side_t tmpl;   /* flags copied into each accepted side */
+} srv_t;
+
+static void s_on_accept(rb_loop_t *loop, int fd, unsigned ev, void *arg)
+{
+    srv_t *srv = arg;
+    int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (cfd < 0) return;
+    assert_true(srv->accepted < 8);
+    side_t *s = &srv->servers[srv->accepted++];
+    *s = srv->tmpl;
+    s->data_ok = true;
+    s->c = rb_tconn_accept(loop, s_sctx, cfd, "test-peer", &s_handlers, s);
+    assert_non_null(s->c);
+}
+
+static void s_srv_start(srv_t *srv, rb_loop_t *loop)
+{
+    memset(srv, 0, sizeof *srv);
+    srv->loop = loop;
+    srv->lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    assert_true(srv->lfd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(srv->lfd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(srv->lfd, 16), 0);
+    socklen_t al = sizeof a;
+    getsockname(srv->lfd, (struct sockaddr *)&a, &al);
+    srv->port = ntohs(a.sin_port);
+    assert_int_equal(rb_loop_add_fd(loop, srv->lfd, RB_EV_READ, s_on_accept, srv), 0);
+}
+
+static void s_srv_stop(srv_t *srv)
+{
+    for (int i = 0; i < srv->accepted; i++) rb_tconn_destroy(&srv->servers[i].c);
+    rb_loop_del_fd(srv->loop, srv->lfd);
+    close(srv->lfd);
+}
+
+static rb_tconn_t *s_dial(rb_loop_t *loop, srv_t *srv, const char *name, side_t *s)
+{
+    char hp[64];
+    snprintf(hp, sizeof hp, "127.0.0.1:%d", srv->port);
+    s->data_ok = true;
+    s->c = rb_tconn_dial(loop, s_cctx, hp, name, &s_handlers, s);
+    return s->c;
+}
+
+/* Runs the loop until cond(arg) holds or ms pass. Returns cond's value. */
+typedef bool(cond_fn)(void *arg);
+typedef struct {
+    cond_fn *cond;
+    void *arg;
+    uint64_t deadline;
+} wait_t;
+
+static void s_tick(rb_loop_t *loop, void *arg)
+{
+    wait_t *w = arg;
+    if (w->cond(w->arg) || rb_now_ms() >= w->deadline) rb_loop_stop(loop);
+}
+
+static bool s_wait(rb_loop_t *loop, cond_fn *cond, void *arg, unsigned ms)
+{
+    wait_t w = {cond, arg, rb_now_ms() + ms};
+    rb_timer_t *t = rb_loop_add_timer(loop, 2, true, s_tick, &w);
+    rb_loop_run(loop);
+    rb_loop_cancel_timer(loop, t);
+    return cond(arg);
+}
+
+static bool s_is_open(void *arg) { return ((side_t *)arg)->opened > 0; }
+static bool s_is_closed(void *arg) { return ((side_t *)arg)->closed > 0; }
+static bool s_got_control(void *arg) { return ((side_t *)arg)->controls > 0; }
+static bool s_got_mb(void *arg)
+{
+    side_t *s = arg;
+    return s->closed || s->data_bytes >= 1024 * 1024;
+}
+
+static void test_frames_both_ways_and_burst(void **state)
+{
+    rb_loop_t *loop = rb_loop_new();
+    srv_t srv;
+    s_srv_start(&srv, loop);
+    srv.tmpl.echo_ping = true;
+    side_t cli = {0};
+    assert_non_null(s_dial(loop, &srv, "edge.test", &cli));
+    assert_true(s_wait(loop, s_is_open, &cli, 3000));
+
+    assert_int_equal(s_send_ping(cli.c, 42), 0);
+    assert_true(s_wait(loop, s_got_control, &cli, 3000));
+    assert_int_equal(srv.servers[0].last_nonce, 42);
+    assert_int_equal(cli.last_nonce, 42);
+
+    /* 1 MB queued at once, in maximum-size DATA frames: all of it must
+     * arrive, in order, and the sender's queue must drain to nothing. */
+    static uint8_t chunk[RB_FRAME_MAX_DATA];
+    size_t total = 1024 * 1024;
+    for (size_t off = 0; off < total; off += sizeof chunk) {
+        for (size_t i = 0; i < sizeof chunk; i++) chunk[i] = (uint8_t)((off + i) * 7);
+        assert_int_equal(rb_tconn_send_frame(cli.c, RB_FRAME_DATA, 0, 1, chunk, sizeof chunk), 0);
+    }
+    assert_true(rb_tconn_output_pending(cli.c) >= total);
+    side_t *sv = &srv.servers[0];
+    assert_true(s_wait(loop, s_got_mb, sv, 5000));
+    assert_int_equal(sv->data_bytes, total);
+    assert_true(sv->data_ok);
+    assert_int_equal(rb_tconn_output_pending(cli.c), 0);
+    assert_int_equal(sv->closed, 0);
+
+    /* Frames over the limits are refused at the sender. */
+    assert_int_equal(rb_tconn_send_frame(cli.c, RB_FRAME_DATA, 0, 1, chunk, sizeof chunk + 1), -1);
+
+    /* The server answers a ping and closes gracefully: the client gets the
+     * Pong, then sees the peer close; the server ends as LOCAL. */
+    sv->close_on_ping = true;
+    cli.controls = 0;
+    assert_int_equal(s_send_ping(cli.c, 7), 0);
+    assert_true(s_wait(loop, s_is_closed, &cli, 3000));
+    assert_int_equal(cli.controls, 1);
+    assert_int_equal(cli.last_nonce, 7);
+    assert_int_equal(cli.end, RB_TCONN_PEER_CLOSED);
+    assert_true(s_wait(loop, s_is_closed, sv, 3000));
+    assert_int_equal(sv->end, RB_TCONN_LOCAL);
+    assert_null(cli.c);
+    assert_null(sv->c);
+
+    s_srv_stop(&srv);
+    rb_loop_destroy(&loop);
+}
+
+static void test_certificate_name_checked(void **state)
+{
+    rb_loop_t *loop = rb_loop_new();
+    srv_t srv;
+    s_srv_start(&srv, loop);
+    side_t ip = {0}, bad = {0};
+    /* The IP literal is checked against the IP SAN. */
+    assert_non_null(s_dial(loop, &srv, NULL, &ip));
+    assert_non_null(s_dial(loop, &srv, "other.test", &bad));
+    assert_true(s_wait(loop, s_is_closed, &bad, 3000));
+    assert_int_equal(bad.end, RB_TCONN_TLS_FAILED);
+    assert_non_null(strstr(bad.reason, "certificate verify failed"));
+    assert_true(s_wait(loop, s_is_open, &ip, 3000));
+    assert_int_equal(ip.closed, 0);
+    rb_tconn_destroy(&ip.c);
+    s_srv_stop(&srv);
+    rb_loop_destroy(&loop);
+}
+
+static void test_connect_refused(void **state)
+{
+    rb_loop_t *loop = rb_loop_new();
+    srv_t srv;
+    s_srv_start(&srv, loop);
+    int port = srv.port;
+    s_srv_stop(&srv);   /* nothing listens there now */
+    side_t cli = {0};
+    char hp[64];
+    snprintf(hp, sizeof hp, "127.0.0.1:%d", port);
+    cli.c = rb_tconn_dial(loop, s_cctx, hp, NULL, &s_handlers, &cli);
+    assert_non_null(cli.c);
+    assert_true(s_wait(loop, s_is_closed, &cli, 3000));
+    assert_int_equal(cli.end, RB_TCONN_CONNECT_FAILED);
+    assert_null(rb_tconn_dial(loop, s_cctx, "no-port", NULL, &s_handlers, &cli));
+    rb_loop_destroy(&loop);
+}
+
+/* A raw client in a thread: connects, optionally does TLS, writes bytes,
+ * then waits for the server to close. */
+typedef struct {
+    int port;
+    bool tls;
+    const uint8_t *bytes;
+    size_t len;
+    bool saw_eof;
+} raw_t;
+
+static void *s_raw_client(void *arg)
+{
+    raw_t *r = arg;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)r->port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) return NULL;
+    struct timeval tv = {5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char buf[256];
+    if (r->tls) {
+        SSL *ssl = SSL_new(s_cctx);
+        SSL_set_fd(ssl, fd);
+        SSL_set1_host(ssl, "edge.test");
+        if (SSL_connect(ssl) == 1) {
+            SSL_write(ssl, r->bytes, (int)r->len);
+            int n;
+            while ((n = SSL_read(ssl, buf, sizeof buf)) > 0) {
+            }
+            r->saw_eof = SSL_get_error(ssl, n) != SSL_ERROR_WANT_READ;
+        }
+        SSL_free(ssl);
+    } else {
+        if (write(fd, r->bytes, r->len) == (ssize_t)r->len) {
+            ssize_t n;
+            while ((n = read(fd, buf, sizeof buf)) > 0) {
+            }
+            r->saw_eof = n == 0 || n < 0;
+        }
+    }
+    close(fd);
+    return NULL;
+}
+
+static void s_bad_peer(const uint8_t *bytes, size_t len, bool tls, rb_tconn_end_t want_end,
+                       const char *want_reason)
+{
+    rb_loop_t *loop = rb_loop_new();
+    srv_t srv;
+    s_srv_start(&srv, loop);
+    srv.tmpl.echo_ping = true;
+
+    side_t good = {0};
+    assert_non_null(s_dial(loop, &srv, "edge.test", &good));
+    assert_true(s_wait(loop, s_is_open, &good, 3000));
+
+    raw_t r = {.port = srv.port, .tls = tls, .bytes = bytes, .len = len};
+    pthread_t th;
+    pthread_create(&th, NULL, s_raw_client, &r);
+    side_t *bad = &srv.servers[1];
+    s_wait(loop, s_is_closed, bad, 5000);
+    pthread_join(th, NULL);
+    assert_int_equal(bad->closed, 1);
+    assert_int_equal(bad->end, want_end);
+    assert_non_null(strstr(bad->reason, want_reason));
+    assert_true(r.saw_eof);
+
+    /* The other connection did not notice. */
+    assert_int_equal(s_send_ping(good.c, 99), 0);
+    assert_true(s_wait(loop, s_got_control, &good, 3000));
+    assert_int_equal(good.last_nonce, 99);
+    assert_int_equal(good.closed, 0);
+    rb_tconn_destroy(&good.c);
+    s_srv_stop(&srv);
+    rb_loop_destroy(&loop);
+}
+
+static void test_garbage_before_tls(void **state)
+{
+    static const char http[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    s_bad_peer((const uint8_t *)http, sizeof http - 1, false, RB_TCONN_TLS_FAILED, "handshake");
+}
+
+static void test_oversized_frame_header(void **state)
+{
+    uint8_t hdr[RB_FRAME_HEADER];
+    rb_frame_header(hdr, RB_FRAME_DATA, 0, 1, 10u * 1024 * 1024);
+    s_bad_peer(hdr, sizeof hdr, true, RB_TCONN_PROTOCOL, "too large");
+}
+
+static void test_destroy_inside_on_frame(void **state)
+{
+    rb_loop_t *loop = rb_loop_new();
+    srv_t srv;
+    s_srv_start(&srv, loop);
+    srv.tmpl.destroy_on_frame = true;
+    side_t cli = {0};
+    assert_non_null(s_dial(loop, &srv, "edge.test", &cli));
+    assert_true(s_wait(loop, s_is_open, &cli, 3000));
+    /* Two pings in one write: the second must not be delivered to a
+     * destroyed connection. */
+    assert_int_equal(s_send_ping(cli.c, 1), 0);
+    assert_int_equal(s_send_ping(cli.c, 2), 0);
+    assert_true(s_wait(loop, s_is_closed, &cli, 3000));
+    assert_null(srv.servers[0].c);
+    assert_int_equal(srv.servers[0].closed, 0);
+    s_srv_stop(&srv);
+    rb_loop_destroy(&loop);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_frames_both_ways_and_burst),
+        cmocka_unit_test(test_certificate_name_checked),
+        cmocka_unit_test(test_connect_refused),
+        cmocka_unit_test(test_garbage_before_tls),
+        cmocka_unit_test(test_oversized_frame_header),
+        cmocka_unit_test(test_destroy_inside_on_frame),
+    };
+    return cmocka_run_group_tests(tests, s_setup, s_teardown);
+}
