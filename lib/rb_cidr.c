@@ -235,7 +235,7 @@ rb_pool_t *rb_pool_new(const char *cidrs, const char *exclude, char *err, size_t
     /* Exclusions may overlap each other (an address inside an excluded
      * block): merge them into disjoint sorted ranges, so that one sweep over
      * blocks and exclusions together finds the usable ranges. */
-    qsort(ex.v, ex.n, sizeof *ex.v, s_cidr_cmp);
+    if (ex.n > 0) qsort(ex.v, ex.n, sizeof *ex.v, s_cidr_cmp);
     xr = calloc(ex.n + 1, sizeof *xr);
     /* Each exclusion can split at most one usable range in two. */
     ranges = calloc(bl.n + ex.n, sizeof *ranges);
