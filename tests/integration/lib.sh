@@ -1,0 +1,88 @@
+# Shared by the integration tests: a fresh lab per test in a temp dir, torn
+# down (and its logs shown on failure) when the test exits.
+set -euo pipefail
+ROOT=${RB_SOURCE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+export RB_BIN_DIR=${RB_BIN_DIR:-$ROOT/build/bin}
+BIN=$RB_BIN_DIR
+LAB=$(mktemp -d /tmp/rb-itest-XXXXXX)
+CHILDREN=()
+TEST_NAME=$(basename "$0" .sh)
+CHECKS=0
+
+fail() {
+    echo "FAIL [$TEST_NAME]: $*" >&2
+    exit 1
+}
+ok() {
+    CHECKS=$((CHECKS + 1))
+    echo "ok: $*"
+}
+
+cleanup() {
+    local rc=$?
+    for pid in "${CHILDREN[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${CHILDREN[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if (( rc != 0 )); then
+        echo "---- lab logs (last lines) ----" >&2
+        for f in "$LAB"/logs/*.log "$LAB"/*.out; do
+            [[ -f $f ]] || continue
+            echo "== $f" >&2
+            tail -n 15 "$f" >&2
+        done
+    fi
+    [[ -f "$LAB/lab.claims" ]] && "$ROOT/scripts/lab" stop --dir "$LAB" >/dev/null 2>&1
+    rm -rf "$LAB"
+    (( rc == 0 )) && echo "$TEST_NAME: $CHECKS checks passed"
+    exit $rc
+}
+trap cleanup EXIT
+
+lab_start() {
+    "$ROOT/scripts/lab" start --dir "$LAB" "$@"
+    set -a
+    . "$LAB/lab.env"
+    set +a
+}
+
+now_ms() { date +%s%3N; }
+
+# wait_until MS CMD...: runs CMD every 50 ms until it succeeds; fails after MS.
+wait_until() {
+    local ms=$1; shift
+    local deadline=$(( $(now_ms) + ms ))
+    until "$@" >/dev/null 2>&1; do
+        (( $(now_ms) < deadline )) || return 1
+        sleep 0.05
+    done
+}
+
+# client_start NAME USER [extra args]: a device in the background; its pid in
+# CLIENT_PID_<NAME>, status file $LAB/NAME.json, output $LAB/NAME.out.
+client_start() {
+    local name=$1 user=$2; shift 2
+    local pwvar="USER_${user^^}_PASSWORD_FILE"
+    "$BIN/reachback-client" connect --server "$EDGE_ADDR" --ca "$CA" --user "$user" \
+        --password-file "${!pwvar}" --device "$name" --status-file "$LAB/$name.json" "$@" \
+        </dev/null >"$LAB/$name.out" 2>&1 &
+    local pid=$!
+    CHILDREN+=("$pid")
+    printf -v "CLIENT_PID_$name" '%s' "$pid"
+}
+
+json_field() {   # json_field FILE KEY: a string field of a flat JSON object
+    sed -n "s/.*\"$2\":\"\([^\"]*\)\".*/\1/p" "$1"
+}
+
+dig_short() {   # dig_short ARGS...: dig against the lab's DNS service
+    dig @"$DNS_ADDR" -p "$DNS_PORT" +time=1 +tries=1 +short "$@"
+}
+
+dig_status() {   # dig_status ARGS...: the rcode of the answer
+    dig @"$DNS_ADDR" -p "$DNS_PORT" +time=1 +tries=1 "$@" | sed -n 's/.*status: \([A-Z]*\),.*/\1/p'
+}
+
+http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@"; }
+
+metric() {   # metric URL NAME_WITH_LABELS: the value of one series
+    curl -sf --max-time 2 "$1/metrics" | awk -v n="$2" '$1 == n { print $2 }'
+}
