@@ -1,0 +1,507 @@
+/* Tests for dns_server: real servers on 127.0.0.1 (ports read back), their
+ * loop in a second thread, queried over real UDP and TCP with packets from
+ * dns_wire's encoder and with the real `dig`. Zone entries go in through
+ * dns_server_session_up/down, the path the event stream uses.
+ *
+ * Servers: "srv" serves vpn.lab without upstream (REFUSED outside), "corp"
+ * serves corp.lab, "fwd" serves vpn.lab and forwards to corp, "big" forwards
+ * to a fake upstream (a socket on the same loop) that answers with 40 A
+ * records, too many for 512 bytes, and "dead" forwards to a silent socket. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "dns_server.h"
+#include "dns_wire.h"
+#include "rb_loop.h"
+#include "rb_metrics.h"
+
+typedef struct {
+    rb_loop_t *loop;
+    pthread_t thread;
+    int cmd[2], done[2];
+    int fake_fd, silent_fd;
+    dns_server_t *srv, *corp, *fwd, *big, *dead;
+} fixture_t;
+
+static fixture_t F;
+
+/* ---- running things on the loop thread ---- */
+
+typedef struct {
+    void (*fn)(void *);
+    void *arg;
+} cmd_t;
+
+static void s_cmd_read(rb_loop_t *loop, int fd, unsigned events, void *arg)
+{
+    cmd_t *c;
+    if (read(fd, &c, sizeof c) != sizeof c) return;
+    c->fn(c->arg);
+    char one = 1;
+    assert_int_equal(write(F.done[1], &one, 1), 1);
+}
+
+/* Runs fn(arg) on the loop thread and waits for it. */
+static void s_in_loop(void (*fn)(void *), void *arg)
+{
+    cmd_t c = {fn, arg}, *p = &c;
+    assert_int_equal(write(F.cmd[1], &p, sizeof p), sizeof p);
+    char one;
+    assert_int_equal(read(F.done[0], &one, 1), 1);
+}
+
+static void *s_loop_main(void *arg)
+{
+    rb_loop_run(F.loop);
+    return NULL;
+}
+
+static void s_stop(void *arg) { rb_loop_stop(F.loop); }
+
+/* The fake upstream: 40 A records for any question. */
+static void s_fake_read(rb_loop_t *loop, int fd, unsigned events, void *arg)
+{
+    uint8_t in[2048], out[4096];
+    struct sockaddr_storage from;
+    socklen_t fl = sizeof from;
+    ssize_t n = recvfrom(fd, in, sizeof in, 0, (struct sockaddr *)&from, &fl);
+    if (n <= 0) return;
+    dns_query_t q;
+    if (dns_wire_parse_query(in, (size_t)n, &q) != 0) return;
+    dns_writer_t w;
+    assert_int_equal(dns_writer_begin(&w, out, sizeof out, &q, 0, false), 0);
+    for (uint32_t i = 0; i < 40; i++)
+        dns_writer_a(&w, DNS_SEC_ANSWER, q.qname, q.qname_len, 60, 0x0a000001 + i);
+    size_t len = dns_writer_finish(&w);
+    sendto(fd, out, len, 0, (struct sockaddr *)&from, fl);
+}
+
+static int s_udp_socket(int *port)
+{
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    socklen_t l = sizeof a;
+    getsockname(fd, (struct sockaddr *)&a, &l);
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
+static dns_server_t *s_server(const char *suffix, const char *pool, const char *upstream)
+{
+    dns_config_t cfg = {
+        .log_level = "info", .status_listen = "", .listen = "127.0.0.1:0",
+        .suffix = (char *)suffix, .ttl = 30, .pool = (char *)pool, .ns_address = "127.0.0.1",
+        .upstream = (char *)upstream, .events_endpoints = "", .snapshot_endpoints = "",
+        .broker_public_key = "", .curve_secret_key = "", .dns_id = "test",
+    };
+    dns_server_t *s = dns_server_new(F.loop, &cfg);
+    assert_non_null(s);
+    assert_true(dns_server_port(s) > 0);
+    return s;
+}
+
+static void s_up(dns_server_t *s, const char *sid, const char *label, const char *fqdn,
+                 const char *ip)
+{
+    Rb__Events__Session sess = RB__EVENTS__SESSION__INIT;
+    sess.session_id = (char *)sid;
+    sess.label = (char *)label;
+    sess.fqdn = (char *)fqdn;
+    sess.ip = (char *)ip;
+    assert_int_equal(dns_server_session_up(s, &sess), 0);
+}
+
+static int s_setup(void **state)
+{
+    memset(&F, 0, sizeof F);
+    F.loop = rb_loop_new();
+    assert_non_null(F.loop);
+    assert_int_equal(pipe(F.cmd), 0);
+    assert_int_equal(pipe(F.done), 0);
+    assert_int_equal(rb_loop_add_fd(F.loop, F.cmd[0], RB_EV_READ, s_cmd_read, NULL), 0);
+    int fake_port, silent_port;
+    F.fake_fd = s_udp_socket(&fake_port);
+    F.silent_fd = s_udp_socket(&silent_port);
+    assert_int_equal(rb_loop_add_fd(F.loop, F.fake_fd, RB_EV_READ, s_fake_read, NULL), 0);
+
+    F.srv = s_server("vpn.lab", "127.77.0.0/16", "");
+    F.corp = s_server("corp.lab", "", "");
+    char up[64];
+    snprintf(up, sizeof up, "127.0.0.1:%d", dns_server_port(F.corp));
+    F.fwd = s_server("vpn.lab", "127.77.0.0/16", up);
+    snprintf(up, sizeof up, "127.0.0.1:%d", fake_port);
+    F.big = s_server("vpn.lab", "", up);
+    snprintf(up, sizeof up, "127.0.0.1:%d", silent_port);
+    F.dead = s_server("vpn.lab", "", up);
+
+    s_up(F.srv, "s1", "alice", "alice.vpn.lab", "127.77.0.2");
+    s_up(F.srv, "s2", "carol", "", "127.77.0.3");
+    s_up(F.fwd, "s1", "alice", "alice.vpn.lab", "127.77.0.2");
+    s_up(F.corp, "s9", "bob", "bob.corp.lab", "10.20.30.40");
+    assert_int_equal(dns_server_records(F.srv), 2);
+    assert_true(dns_server_ready(F.srv));
+    assert_int_equal(pthread_create(&F.thread, NULL, s_loop_main, NULL), 0);
+    return 0;
+}
+
+static int s_teardown(void **state)
+{
+    s_in_loop(s_stop, NULL);
+    pthread_join(F.thread, NULL);
+    dns_server_t **all[] = {&F.srv, &F.corp, &F.fwd, &F.big, &F.dead};
+    for (size_t i = 0; i < 5; i++) dns_server_destroy(all[i]);
+    assert_null(F.srv);
+    rb_loop_del_fd(F.loop, F.cmd[0]);
+    rb_loop_del_fd(F.loop, F.fake_fd);
+    close(F.fake_fd);
+    close(F.silent_fd);
+    close(F.cmd[0]);
+    close(F.cmd[1]);
+    close(F.done[0]);
+    close(F.done[1]);
+    rb_loop_destroy(&F.loop);
+    return 0;
+}
+
+/* ---- clients ---- */
+
+/* Sends pkt over UDP to port; returns the answer's length, or -1 when none
+ * comes within timeout_ms. */
+static ssize_t s_udp(int port, const uint8_t *pkt, size_t len, uint8_t *resp, size_t cap,
+                     int timeout_ms)
+{
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(send(fd, pkt, len, 0), (ssize_t)len);
+    struct pollfd p = {fd, POLLIN, 0};
+    ssize_t n = -1;
+    if (poll(&p, 1, timeout_ms) == 1) n = recv(fd, resp, cap, 0);
+    close(fd);
+    return n;
+}
+
+static ssize_t s_ask(int port, uint16_t id, const char *name, uint16_t type, uint16_t edns,
+                     uint8_t *resp, size_t cap)
+{
+    uint8_t q[512];
+    size_t n = dns_wire_build_query(q, sizeof q, id, name, type, edns);
+    assert_true(n > 0);
+    return s_udp(port, q, n, resp, cap, 3000);
+}
+
+static int s_tcp_connect(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    struct timeval tv = {3, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
+/* Reads one length-prefixed message. */
+static ssize_t s_tcp_read(int fd, uint8_t *buf, size_t cap)
+{
+    uint8_t pre[2];
+    if (recv(fd, pre, 2, MSG_WAITALL) != 2) return -1;
+    size_t len = (size_t)pre[0] << 8 | pre[1];
+    if (len > cap || recv(fd, buf, len, MSG_WAITALL) != (ssize_t)len) return -1;
+    return (ssize_t)len;
+}
+
+/* Runs a shell command (dig) and returns its output (static buffer). */
+static const char *s_run(const char *fmt, ...)
+{
+    static char out[16384];
+    char cmd[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = '\0';
+    pclose(p);
+    return out;
+}
+
+static int s_lines(const char *s)
+{
+    int n = 0;
+    for (; *s; s++) n += *s == '\n';
+    return n;
+}
+
+#define DIG "dig @127.0.0.1 -p %d +time=3 +tries=1 "
+
+/* ---- tests ---- */
+
+static void test_a_ptr_and_case(void **state)
+{
+    uint8_t r[1500];
+    ssize_t n = s_ask(dns_server_port(F.srv), 0x4242, "aLiCe.VPN.lab", DNS_TYPE_A, 0, r, sizeof r);
+    assert_true(n > 12);
+    assert_int_equal(r[0], 0x42);
+    assert_int_equal(r[1], 0x42);
+    assert_true(r[2] & 0x04);                 /* AA */
+    assert_int_equal(r[3] & 0xf, 0);
+    assert_int_equal(r[7], 1);
+    dns_query_t q;
+    assert_int_equal(dns_wire_parse_response_question(r, (size_t)n, &q), 0);
+    size_t pos = 12 + q.qname_len + 4u;
+    dns_rr_t rr;
+    assert_int_equal(dns_wire_read_rr(r, (size_t)n, &pos, &rr), 0);
+    assert_memory_equal(rr.name, "\x05" "aLiCe\x03VPN\x03lab", 15);
+    assert_int_equal(rr.type, DNS_TYPE_A);
+    assert_int_equal(rr.ttl, 30);
+    assert_memory_equal(r + rr.rdata, "\x7f\x4d\x00\x02", 4);
+
+    const char *o = s_run(DIG "alice.vpn.lab A +short", dns_server_port(F.srv));
+    assert_string_equal(o, "127.77.0.2\n");
+    o = s_run(DIG "-x 127.77.0.3 +short", dns_server_port(F.srv));
+    assert_string_equal(o, "carol.vpn.lab.\n");
+    o = s_run(DIG "ns.vpn.lab +short", dns_server_port(F.srv));
+    assert_string_equal(o, "127.0.0.1\n");
+    o = s_run(DIG "vpn.lab SOA +short", dns_server_port(F.srv));
+    assert_non_null(strstr(o, "ns.vpn.lab. hostmaster.vpn.lab. "));
+}
+
+static void test_negative_answers(void **state)
+{
+    const char *o = s_run(DIG "nobody.vpn.lab A", dns_server_port(F.srv));
+    assert_non_null(strstr(o, "status: NXDOMAIN"));
+    assert_non_null(strstr(o, "flags: qr aa"));
+    assert_non_null(strstr(o, "AUTHORITY: 1"));
+    assert_non_null(strstr(o, "SOA\tns.vpn.lab. hostmaster.vpn.lab."));
+    o = s_run(DIG "alice.vpn.lab AAAA", dns_server_port(F.srv));
+    assert_non_null(strstr(o, "status: NOERROR"));
+    assert_non_null(strstr(o, "ANSWER: 0, AUTHORITY: 1"));
+    o = s_run(DIG "-x 127.77.9.9", dns_server_port(F.srv));
+    assert_non_null(strstr(o, "status: NXDOMAIN"));
+    o = s_run(DIG "www.example.com A", dns_server_port(F.srv));
+    assert_non_null(strstr(o, "status: REFUSED"));
+    /* Not our reverse zone either. */
+    o = s_run(DIG "-x 10.1.2.3", dns_server_port(F.srv));
+    assert_non_null(strstr(o, "status: REFUSED"));
+}
+
+static void s_down_alice(void *arg)
+{
+    Rb__Events__Session sess = RB__EVENTS__SESSION__INIT;
+    sess.session_id = "s1";
+    sess.label = "alice";
+    sess.fqdn = "alice.vpn.lab";
+    sess.ip = "127.77.0.2";
+    assert_int_equal(dns_server_session_down(F.srv, &sess, "logoff"), 0);
+    s_up(F.srv, "s5", "dave", "", "127.77.0.2");
+}
+
+static void s_restore_alice(void *arg)
+{
+    Rb__Events__Session sess = RB__EVENTS__SESSION__INIT;
+    sess.session_id = "s5";
+    sess.label = "dave";
+    sess.fqdn = "";
+    assert_int_equal(dns_server_session_down(F.srv, &sess, "logoff"), 0);
+    s_up(F.srv, "s1", "alice", "alice.vpn.lab", "127.77.0.2");
+}
+
+static void test_updates_visible(void **state)
+{
+    s_in_loop(s_down_alice, NULL);
+    const char *o = s_run(DIG "alice.vpn.lab A", dns_server_port(F.srv));
+    assert_non_null(strstr(o, "status: NXDOMAIN"));
+    o = s_run(DIG "-x 127.77.0.2 +short", dns_server_port(F.srv));
+    assert_string_equal(o, "dave.vpn.lab.\n");
+    s_in_loop(s_restore_alice, NULL);
+    o = s_run(DIG "-x 127.77.0.2 +short", dns_server_port(F.srv));
+    assert_string_equal(o, "alice.vpn.lab.\n");
+}
+
+static void test_forwarding(void **state)
+{
+    uint8_t r[1500];
+    ssize_t n = s_ask(dns_server_port(F.fwd), 0x1111, "bob.corp.lab", DNS_TYPE_A, 0, r, sizeof r);
+    assert_true(n > 12);
+    assert_int_equal(r[0], 0x11);   /* the client's id, not ours */
+    assert_int_equal(r[1], 0x11);
+    assert_int_equal(r[3] & 0xf, 0);
+    assert_int_equal(r[7], 1);
+    assert_memory_equal(r + n - 4, "\x0a\x14\x1e\x28", 4);
+    const char *o = s_run(DIG "bob.corp.lab +short", dns_server_port(F.fwd));
+    assert_string_equal(o, "10.20.30.40\n");
+    o = s_run(DIG "+tcp bob.corp.lab +short", dns_server_port(F.fwd));
+    assert_string_equal(o, "10.20.30.40\n");
+    o = s_run(DIG "nobody.corp.lab", dns_server_port(F.fwd));
+    assert_non_null(strstr(o, "status: NXDOMAIN"));
+    /* Its own zone is still answered locally. */
+    o = s_run(DIG "alice.vpn.lab +short", dns_server_port(F.fwd));
+    assert_string_equal(o, "127.77.0.2\n");
+    /* Many at once: each answer reaches the client that asked. */
+    for (int i = 0; i < 20; i++) {
+        n = s_ask(dns_server_port(F.fwd), (uint16_t)(1000 + i), "bob.corp.lab", DNS_TYPE_A, 1232,
+                  r, sizeof r);
+        assert_true(n > 12);
+        assert_int_equal(r[0] << 8 | r[1], 1000 + i);
+    }
+    /* A silent upstream: SERVFAIL after the 2 s timeout. */
+    n = s_ask(dns_server_port(F.dead), 7, "www.example.com", DNS_TYPE_A, 0, r, sizeof r);
+    assert_true(n >= 12);
+    assert_int_equal(r[3] & 0xf, DNS_RCODE_SERVFAIL);
+}
+
+static void test_truncation_and_tcp(void **state)
+{
+    int port = dns_server_port(F.big);
+    /* 40 records do not fit in 512 bytes: TC, no records. */
+    const char *o = s_run(DIG "+ignore +noedns many.example A", port);
+    assert_non_null(strstr(o, "flags: qr tc rd"));
+    assert_non_null(strstr(o, "ANSWER: 0"));
+    /* dig falls back to TCP by itself, and +tcp asks there directly. */
+    o = s_run(DIG "+noedns many.example A +short", port);
+    assert_int_equal(s_lines(o), 40);
+    o = s_run(DIG "+tcp many.example A +short", port);
+    assert_int_equal(s_lines(o), 40);
+    /* With EDNS (1232) they fit over UDP. */
+    o = s_run(DIG "+bufsize=1232 many.example A +short", port);
+    assert_int_equal(s_lines(o), 40);
+
+    /* Our own TCP client: three queries in one write, then one sent a byte
+     * at a time, on one connection. */
+    int fd = s_tcp_connect(dns_server_port(F.srv));
+    uint8_t buf[1024], r[65536];
+    size_t len = 0;
+    const char *names[] = {"alice.vpn.lab", "nobody.vpn.lab", "www.example.org"};
+    for (int i = 0; i < 3; i++) {
+        size_t n = dns_wire_build_query(buf + len + 2, sizeof buf - len - 2, (uint16_t)(i + 1),
+                                        names[i], DNS_TYPE_A, 0);
+        buf[len] = (uint8_t)(n >> 8);
+        buf[len + 1] = (uint8_t)n;
+        len += 2 + n;
+    }
+    assert_int_equal(send(fd, buf, len, 0), (ssize_t)len);
+    const int rcodes[] = {0, 3, 5};
+    for (int i = 0; i < 3; i++) {
+        ssize_t n = s_tcp_read(fd, r, sizeof r);
+        assert_true(n > 12);
+        assert_int_equal(r[1], i + 1);
+        assert_int_equal(r[3] & 0xf, rcodes[i]);
+    }
+    size_t n = dns_wire_build_query(buf + 2, sizeof buf - 2, 77, "carol.vpn.lab", DNS_TYPE_A, 0);
+    buf[0] = 0;
+    buf[1] = (uint8_t)n;
+    for (size_t i = 0; i < n + 2; i++) {
+        assert_int_equal(send(fd, buf + i, 1, 0), 1);
+        usleep(1000);
+    }
+    ssize_t m = s_tcp_read(fd, r, sizeof r);
+    assert_true(m > 12);
+    assert_int_equal(r[1], 77);
+    assert_memory_equal(r + m - 4, "\x7f\x4d\x00\x03", 4);
+    close(fd);
+
+    /* Forwarded over TCP: the whole answer, beyond 512 bytes. */
+    fd = s_tcp_connect(port);
+    n = dns_wire_build_query(buf + 2, sizeof buf - 2, 78, "many.example", DNS_TYPE_A, 0);
+    buf[0] = 0;
+    buf[1] = (uint8_t)n;
+    assert_int_equal(send(fd, buf, n + 2, 0), (ssize_t)n + 2);
+    m = s_tcp_read(fd, r, sizeof r);
+    assert_true(m > 512);
+    assert_int_equal(r[7], 40);
+    close(fd);
+}
+
+static void test_malformed(void **state)
+{
+    int port = dns_server_port(F.srv);
+    uint8_t pkt[600], r[1500];
+    srand(12345);
+    for (int i = 0; i < 300; i++) {
+        size_t len = (size_t)(rand() % 600);
+        for (size_t k = 0; k < len; k++) pkt[k] = (uint8_t)rand();
+        pkt[2] &= 0x7f;   /* mostly queries, so most get FORMERR rather than silence */
+        ssize_t n = s_udp(port, pkt, len, r, sizeof r, i < 20 ? 300 : 5);
+        if (n >= 0 && i < 20) {
+            assert_true(n >= 12);
+            assert_int_equal(r[0], pkt[0]);
+        }
+    }
+    /* A compression loop in the question: FORMERR, echoing the id. */
+    static const uint8_t loop[] = {0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0,
+                                   0x01, 'a', 0xc0, 0x0e, 0, 1, 0, 1};
+    ssize_t n = s_udp(port, loop, sizeof loop, r, sizeof r, 2000);
+    assert_int_equal(n, 12);
+    assert_int_equal(r[0], 0xab);
+    assert_int_equal(r[3] & 0xf, DNS_RCODE_FORMERR);
+    /* A response (QR=1) and a runt get no answer at all. */
+    uint8_t resp[64];
+    size_t qn = dns_wire_build_query(resp, sizeof resp, 5, "alice.vpn.lab", DNS_TYPE_A, 0);
+    resp[2] |= 0x80;
+    assert_int_equal(s_udp(port, resp, qn, r, sizeof r, 300), -1);
+    assert_int_equal(s_udp(port, resp, 5, r, sizeof r, 300), -1);
+    /* Another opcode: NOTIMP. EDNS version 1: BADVERS (extended rcode). */
+    qn = dns_wire_build_query(resp, sizeof resp, 6, "alice.vpn.lab", DNS_TYPE_A, 1232);
+    resp[2] = 0x01 | (2 << 3);
+    n = s_udp(port, resp, qn, r, sizeof r, 2000);
+    assert_true(n >= 12);
+    assert_int_equal(r[3] & 0xf, DNS_RCODE_NOTIMP);
+    resp[2] = 0x01;
+    resp[qn - 5] = 1;
+    n = s_udp(port, resp, qn, r, sizeof r, 2000);
+    assert_true(n > 12);
+    assert_int_equal(r[3] & 0xf, 0);
+    assert_int_equal(r[n - 11 + 5], 1);
+    /* And the server still answers. */
+    const char *o = s_run(DIG "alice.vpn.lab A +short", port);
+    assert_string_equal(o, "127.77.0.2\n");
+    /* A TCP message claiming a length shorter than a header closes the
+     * connection. */
+    int fd = s_tcp_connect(port);
+    assert_int_equal(send(fd, "\x00\x03" "abc", 5, 0), 5);
+    assert_true(recv(fd, r, sizeof r, 0) <= 0);
+    close(fd);
+}
+
+static void test_metrics(void **state)
+{
+    /* Counters are process-wide, shared by the servers of this test. */
+    const char *rc[] = {"NOERROR", "NXDOMAIN", "REFUSED", "FORMERR", "SERVFAIL", "NOTIMP"};
+    for (size_t i = 0; i < 6; i++) {
+        char label[32];
+        snprintf(label, sizeof label, "rcode=\"%s\"", rc[i]);
+        assert_true(rb_metric_value(rb_counter("reachback_dns_queries_total", label, "")) > 0);
+    }
+    assert_true(rb_metric_value(rb_counter("reachback_dns_forwarded_total", NULL, "")) > 20);
+    assert_true(rb_metric_value(rb_counter("reachback_dns_dropped_total", NULL, "")) >= 2);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_a_ptr_and_case),   cmocka_unit_test(test_negative_answers),
+        cmocka_unit_test(test_updates_visible),  cmocka_unit_test(test_forwarding),
+        cmocka_unit_test(test_truncation_and_tcp), cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_metrics),
+    };
+    return cmocka_run_group_tests(tests, s_setup, s_teardown);
+}
