@@ -1,0 +1,55 @@
+/* edge: the tunnel edge service object. It owns the TLS listener, the
+ * connection table, the password-check pool, the rate limiter, the link to
+ * the broker(s) and the status server; main.c only builds and runs it. */
+#ifndef EDGE_H
+#define EDGE_H
+#include <stdbool.h>
+#include "rb_buf.h"
+#include "rb_config.h"
+#include "rb_loop.h"
+
+typedef struct {
+    char *log_level;
+    char *status_listen;
+    char *edge_id;
+    char *listen;
+    char *tls_cert;
+    char *tls_key;
+    char *tls_client_ca;
+    char *users_file;
+    char *broker_endpoint;
+    char *broker_public_key;
+    char *curve_secret_key;
+    long keepalive_s;
+    long auth_threads;
+    long auth_max_failures;
+    long auth_max_failures_per_addr;
+    long auth_window_s;
+    long auth_lockout_s;
+    long max_connections;
+} edge_config_t;
+
+/* The option table (keys, defaults, help), ending with RB_OPT_END. */
+extern const rb_option_t edge_options[];
+/* Cross-field checks for rb_cli. */
+int edge_config_validate(void *cfg, char *err, size_t errlen);
+
+typedef struct edge edge_t;
+
+/* Loads the users file, TLS key and broker keys, binds the listener and
+ * the status server. cfg is borrowed for the edge's life. NULL on error
+ * (logged). */
+edge_t *edge_new(rb_loop_t *loop, const edge_config_t *cfg);
+/* Accepts NULL; clears the pointer. Drops every connection at once. */
+void edge_destroy(edge_t **e);
+/* Stops accepting, tells every device the edge is stopping, and stops the
+ * loop when they are gone (or after a short grace period). */
+void edge_shutdown(edge_t *e);
+/* The tunnel port actually bound (listen may say port 0). */
+int edge_port(const edge_t *e);
+/* Ready: the listener is bound and a broker answered within 3 s. */
+bool edge_ready(void *e, rb_buf_t *why);
+/* The /status fields. */
+void edge_status_json(void *e, rb_buf_t *json);
+
+#endif

@@ -1,0 +1,465 @@
+/* edge_conn: the per-connection state machine of the edge (edge_conn.h).
+ *
+ * Every control message from a device goes through one table of {message,
+ * name, handler, states allowed}; anything else closes the connection with
+ * CLOSE_PROTOCOL and a log line naming the peer. Messages that only the
+ * edge sends (HelloAck, LogonOk, ...) are in no row, so a device sending
+ * them is refused the same way. */
+#include "edge_conn.h"
+
+#include <openssl/crypto.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "rb_frame.h"
+#include "rb_log.h"
+#include "rb_tconn.h"
+
+/* Logon attempts on one connection before it is closed: retrying on a new
+ * connection costs a TLS handshake, which slows guessing down. */
+#define MAX_LOGONS_PER_CONN 3
+#define USER_MAX 256
+#define PASSWORD_MAX 1024
+#define DEVICE_MAX 128
+
+typedef enum { ST_HELLO, ST_LOGON, ST_AUTH, ST_BROKER, ST_ACTIVE, ST_CLOSING } st_t;
+#define ST(s) (1u << (s))
+
+static const char *s_st_names[] = {"hello", "logon", "auth", "broker", "active", "closing"};
+
+struct edge_conn {
+    edge_ctx_t *ctx;
+    edge_conn_t *prev, *next;   /* ctx's table */
+    rb_tconn_t *t;
+    st_t st;
+    unsigned logons;            /* attempts on this connection */
+    uint64_t last_rx_ms;
+    uint64_t logon_start_ms;
+    rb_timer_t *idle_timer;
+    edge_broker_req_t *breq;    /* LogonRequest in flight (ST_BROKER) */
+    char *user, *device;        /* from the Logon being handled */
+    char *session_id;           /* ST_ACTIVE */
+    char peer[64];
+    char addr[64];              /* peer without the port, for rate limits */
+};
+
+typedef void(handler_fn)(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m);
+
+/* ------------------------------------------------------------------ */
+/* Sending and closing                                                 */
+
+static void s_send(edge_conn_t *c, Rb__Tunnel__TunnelControl *m)
+{
+    if (rb_tconn_send_control(c->t, m) < 0)
+        rb_warn("tunnel_send", "peer %s: cannot queue a control message", c->peer);
+}
+
+/* Tells the device why, then closes once that is flushed. */
+static void s_close(edge_conn_t *c, Rb__Tunnel__CloseReason reason, const char *msg)
+{
+    if (c->st == ST_CLOSING) return;
+    Rb__Tunnel__TunnelControl m = RB__TUNNEL__TUNNEL_CONTROL__INIT;
+    Rb__Tunnel__SessionClosed sc = RB__TUNNEL__SESSION_CLOSED__INIT;
+    sc.reason = reason;
+    sc.message = (char *)msg;
+    m.msg_case = RB__TUNNEL__TUNNEL_CONTROL__MSG_SESSION_CLOSED;
+    m.session_closed = &sc;
+    s_send(c, &m);
+    c->st = ST_CLOSING;
+    /* Answers still on their way would act on a closing connection. */
+    edge_auth_cancel(c->ctx->auth, c);
+    edge_broker_abandon(c->ctx->broker, c->breq);
+    c->breq = NULL;
+    rb_tconn_close_after_flush(c->t);
+}
+
+static void s_protocol_error(edge_conn_t *c, const char *what)
+{
+    rb_warn("tunnel_protocol", "peer %s (state %s): %s; closing", c->peer, s_st_names[c->st],
+            what);
+    rb_metric_inc(c->ctx->m_protocol_errors);
+    s_close(c, RB__TUNNEL__CLOSE_REASON__CLOSE_PROTOCOL, what);
+}
+
+/* Ends the broker side of the session, if there is one. */
+static void s_end_session(edge_conn_t *c, const char *reason)
+{
+    if (!c->session_id) return;
+    if (edge_broker_logoff(c->ctx->broker, c->session_id, reason) < 0)
+        rb_warn("broker_logoff", "session %s: cannot send the logoff; it will expire",
+                c->session_id);
+    free(c->session_id);
+    c->session_id = NULL;
+    c->ctx->sessions--;
+    rb_metric_set(c->ctx->m_sessions, (double)c->ctx->sessions);
+}
+
+/* ------------------------------------------------------------------ */
+/* Logon                                                               */
+
+static const char *s_result_names[] = {"ok",          "bad_credentials", "rate_limited",
+                                       "exists",      "unavailable",     "exhausted"};
+
+/* A refused logon: the device may try again on this connection, a few
+ * times. */
+static void s_logon_failed(edge_conn_t *c, int result, Rb__Tunnel__FailReason reason,
+                           const char *msg)
+{
+    rb_metric_inc(c->ctx->m_logons[result]);
+    rb_info("logon_failed", "user '%s' from %s: %s", c->user, c->peer, s_result_names[result]);
+    Rb__Tunnel__TunnelControl m = RB__TUNNEL__TUNNEL_CONTROL__INIT;
+    Rb__Tunnel__LogonFailed lf = RB__TUNNEL__LOGON_FAILED__INIT;
+    lf.reason = reason;
+    lf.message = (char *)msg;
+    m.msg_case = RB__TUNNEL__TUNNEL_CONTROL__MSG_LOGON_FAILED;
+    m.logon_failed = &lf;
+    s_send(c, &m);
+    c->st = ST_LOGON;
+    if (c->logons >= MAX_LOGONS_PER_CONN)
+        s_close(c, RB__TUNNEL__CLOSE_REASON__CLOSE_UNSPECIFIED,
+                "too many logon attempts on one connection");
+}
+
+static void s_on_broker_reply(void *arg, const Rb__Edgebroker__LogonReply *r)
+{
+    edge_conn_t *c = arg;
+    c->breq = NULL;
+    if (!r) {
+        s_logon_failed(c, EDGE_LOGON_UNAVAILABLE, RB__TUNNEL__FAIL_REASON__FAIL_UNAVAILABLE,
+                       "the session service did not answer; try again later");
+        return;
+    }
+    switch (r->status) {
+    case RB__EDGEBROKER__LOGON_STATUS__LOGON_OK: break;
+    case RB__EDGEBROKER__LOGON_STATUS__LOGON_POOL_EXHAUSTED:
+        s_logon_failed(c, EDGE_LOGON_EXHAUSTED, RB__TUNNEL__FAIL_REASON__FAIL_POOL_EXHAUSTED,
+                       "no intranet address is free");
+        return;
+    case RB__EDGEBROKER__LOGON_STATUS__LOGON_SESSION_EXISTS:
+        s_logon_failed(c, EDGE_LOGON_EXISTS, RB__TUNNEL__FAIL_REASON__FAIL_SESSION_EXISTS,
+                       r->message && *r->message ? r->message : "you already have a session");
+        return;
+    default:
+        rb_warn("broker_logon_refused", "user '%s': broker says %d: %s", c->user, r->status,
+                r->message ? r->message : "");
+        s_logon_failed(c, EDGE_LOGON_UNAVAILABLE, RB__TUNNEL__FAIL_REASON__FAIL_UNAVAILABLE,
+                       "the session service cannot log you on now; try again later");
+        return;
+    }
+    if (!r->session_id || !*r->session_id || !r->ip || !*r->ip) {
+        rb_warn("broker_bad_reply", "user '%s': LOGON_OK without a session or address", c->user);
+        s_logon_failed(c, EDGE_LOGON_UNAVAILABLE, RB__TUNNEL__FAIL_REASON__FAIL_UNAVAILABLE,
+                       "the session service gave an incomplete answer");
+        return;
+    }
+    c->session_id = strdup(r->session_id);
+    if (!c->session_id) {
+        /* The broker has a session we cannot track: end it. */
+        edge_broker_logoff(c->ctx->broker, r->session_id, "edge out of memory");
+        s_logon_failed(c, EDGE_LOGON_UNAVAILABLE, RB__TUNNEL__FAIL_REASON__FAIL_UNAVAILABLE,
+                       "the edge is out of memory");
+        return;
+    }
+    c->st = ST_ACTIVE;
+    c->ctx->sessions++;
+    rb_metric_set(c->ctx->m_sessions, (double)c->ctx->sessions);
+    rb_metric_inc(c->ctx->m_logons[EDGE_LOGON_OK]);
+    rb_metric_observe(c->ctx->m_logon_duration, (double)(rb_now_ms() - c->logon_start_ms) / 1000);
+    rb_info("logon_ok", "user '%s' from %s (device '%s'): session %s, ip %s, name %s", c->user,
+            c->peer, c->device, r->session_id, r->ip, r->fqdn ? r->fqdn : "");
+
+    Rb__Tunnel__TunnelControl m = RB__TUNNEL__TUNNEL_CONTROL__INIT;
+    Rb__Tunnel__LogonOk ok = RB__TUNNEL__LOGON_OK__INIT;
+    ok.session_id = r->session_id;
+    ok.ip = r->ip;
+    ok.fqdn = r->fqdn;
+    ok.resume_token = r->resume_token;
+    ok.keepalive_s = c->ctx->keepalive_s;
+    m.msg_case = RB__TUNNEL__TUNNEL_CONTROL__MSG_LOGON_OK;
+    m.logon_ok = &ok;
+    s_send(c, &m);
+}
+
+static void s_on_auth(void *arg, bool ok)
+{
+    edge_conn_t *c = arg;
+    uint64_t now = rb_now_ms();
+    if (!ok) {
+        edge_rl_failure(c->ctx->rl, c->user, c->addr, now);
+        s_logon_failed(c, EDGE_LOGON_BAD_CREDENTIALS, RB__TUNNEL__FAIL_REASON__FAIL_BAD_CREDENTIALS,
+                       "invalid user name or password");
+        return;
+    }
+    edge_rl_success(c->ctx->rl, c->user, now);
+    c->breq = edge_broker_logon(c->ctx->broker, c->user, c->device, c->peer, s_on_broker_reply, c);
+    if (!c->breq) {
+        s_logon_failed(c, EDGE_LOGON_UNAVAILABLE, RB__TUNNEL__FAIL_REASON__FAIL_UNAVAILABLE,
+                       "the session service is unreachable; try again later");
+        return;
+    }
+    c->st = ST_BROKER;
+}
+
+static bool s_printable(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f) return false;
+    return true;
+}
+
+/* ------------------------------------------------------------------ */
+/* Handlers, one per control message a device may send                 */
+
+static void s_on_hello(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m)
+{
+    if (m->hello->version != RB_TUNNEL_VERSION) {
+        char why[96];
+        snprintf(why, sizeof why, "tunnel protocol version %u is not spoken (this edge: %u)",
+                 m->hello->version, RB_TUNNEL_VERSION);
+        s_protocol_error(c, why);
+        return;
+    }
+    Rb__Tunnel__TunnelControl r = RB__TUNNEL__TUNNEL_CONTROL__INIT;
+    Rb__Tunnel__HelloAck ack = RB__TUNNEL__HELLO_ACK__INIT;
+    ack.version = RB_TUNNEL_VERSION;
+    ack.edge_id = (char *)c->ctx->edge_id;
+    r.msg_case = RB__TUNNEL__TUNNEL_CONTROL__MSG_HELLO_ACK;
+    r.hello_ack = &ack;
+    s_send(c, &r);
+    c->st = ST_LOGON;
+}
+
+static void s_on_logon(edge_conn_t *c, const Rb__Tunnel__Logon *l)
+{
+    const char *user = l->user ? l->user : "";
+    const char *pw = l->password ? l->password : "";
+    const char *dev = l->device ? l->device : "";
+    if (strlen(user) > USER_MAX || strlen(pw) > PASSWORD_MAX || strlen(dev) > DEVICE_MAX ||
+        !s_printable(user) || !s_printable(dev)) {
+        s_protocol_error(c, "logon fields too long or not printable");
+        return;
+    }
+    free(c->user);
+    free(c->device);
+    c->user = strdup(user);
+    c->device = strdup(*dev ? dev : "unnamed");
+    if (!c->user || !c->device) {
+        s_close(c, RB__TUNNEL__CLOSE_REASON__CLOSE_UNSPECIFIED, "edge out of memory");
+        return;
+    }
+    c->logons++;
+    c->logon_start_ms = rb_now_ms();
+    if (edge_rl_blocked(c->ctx->rl, c->user, c->addr, c->logon_start_ms)) {
+        s_logon_failed(c, EDGE_LOGON_RATE_LIMITED, RB__TUNNEL__FAIL_REASON__FAIL_RATE_LIMITED,
+                       "too many failed logons; wait a minute and try again");
+        return;
+    }
+    if (edge_auth_check(c->ctx->auth, c->user, pw, s_on_auth, c) < 0) {
+        s_logon_failed(c, EDGE_LOGON_UNAVAILABLE, RB__TUNNEL__FAIL_REASON__FAIL_UNAVAILABLE,
+                       "the edge is out of memory");
+        return;
+    }
+    c->st = ST_AUTH;
+}
+
+static void s_on_logon_msg(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m)
+{
+    s_on_logon(c, m->logon);
+}
+
+static void s_on_logoff(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m)
+{
+    if (c->session_id) rb_info("logoff", "user '%s' from %s: session %s", c->user, c->peer,
+                               c->session_id);
+    s_end_session(c, "logoff");
+    s_close(c, RB__TUNNEL__CLOSE_REASON__CLOSE_LOGOFF, "logged off");
+}
+
+static void s_on_ping(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m)
+{
+    Rb__Tunnel__TunnelControl r = RB__TUNNEL__TUNNEL_CONTROL__INIT;
+    Rb__Tunnel__Pong p = RB__TUNNEL__PONG__INIT;
+    p.nonce = m->ping->nonce;
+    r.msg_case = RB__TUNNEL__TUNNEL_CONTROL__MSG_PONG;
+    r.pong = &p;
+    s_send(c, &r);
+}
+
+/* The edge does not ping yet; a Pong only proves liveness, which receiving
+ * it already did. */
+static void s_on_pong(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m) {}
+
+#define AFTER_HELLO (ST(ST_LOGON) | ST(ST_AUTH) | ST(ST_BROKER) | ST(ST_ACTIVE))
+
+static const struct {
+    Rb__Tunnel__TunnelControl__MsgCase msg;
+    const char *name;
+    handler_fn *fn;
+    unsigned states;
+} s_dispatch[] = {
+    {RB__TUNNEL__TUNNEL_CONTROL__MSG_HELLO, "Hello", s_on_hello, ST(ST_HELLO)},
+    {RB__TUNNEL__TUNNEL_CONTROL__MSG_LOGON, "Logon", s_on_logon_msg, ST(ST_LOGON)},
+    /* While a check or LogonRequest is in flight the device must wait for
+     * its answer; a Logoff then would race the session's creation. */
+    {RB__TUNNEL__TUNNEL_CONTROL__MSG_LOGOFF, "Logoff", s_on_logoff, ST(ST_LOGON) | ST(ST_ACTIVE)},
+    {RB__TUNNEL__TUNNEL_CONTROL__MSG_PING, "Ping", s_on_ping, AFTER_HELLO},
+    {RB__TUNNEL__TUNNEL_CONTROL__MSG_PONG, "Pong", s_on_pong, AFTER_HELLO},
+};
+
+static const char *s_msg_name(int msg)
+{
+    static const char *names[] = {"empty",  "Hello",  "HelloAck", "Logon",        "LogonOk",
+                                  "LogonFailed", "Logoff", "Ping", "Pong", "SessionClosed"};
+    return msg >= 0 && (size_t)msg < sizeof names / sizeof names[0] ? names[msg] : "unknown";
+}
+
+static void s_dispatch_control(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m)
+{
+    for (size_t i = 0; i < sizeof s_dispatch / sizeof s_dispatch[0]; i++) {
+        if (s_dispatch[i].msg != m->msg_case) continue;
+        if (!(s_dispatch[i].states & ST(c->st))) break;
+        s_dispatch[i].fn(c, m);
+        return;
+    }
+    char why[96];
+    snprintf(why, sizeof why, "%s not allowed in state %s", s_msg_name(m->msg_case),
+             s_st_names[c->st]);
+    s_protocol_error(c, why);
+}
+
+/* ------------------------------------------------------------------ */
+/* Connection events                                                   */
+
+static void s_on_open(rb_tconn_t *t, void *arg)
+{
+    edge_conn_t *c = arg;
+    c->last_rx_ms = rb_now_ms();
+}
+
+static void s_on_frame(rb_tconn_t *t, const rb_frame_t *f, void *arg)
+{
+    edge_conn_t *c = arg;
+    c->last_rx_ms = rb_now_ms();
+    if (c->st == ST_CLOSING) return;
+    if (f->type != RB_FRAME_CONTROL) {
+        /* Streams arrive with a later protocol issue. */
+        s_protocol_error(c, "data frames are not supported");
+        return;
+    }
+    Rb__Tunnel__TunnelControl *m = rb_frame_control(f);
+    if (!m) {
+        s_protocol_error(c, "undecodable control message");
+        return;
+    }
+    s_dispatch_control(c, m);
+    /* The Logon's password is in the unpacked copy: wipe it. */
+    if (m->msg_case == RB__TUNNEL__TUNNEL_CONTROL__MSG_LOGON && m->logon->password)
+        OPENSSL_cleanse(m->logon->password, strlen(m->logon->password));
+    rb__tunnel__tunnel_control__free_unpacked(m, NULL);
+}
+
+static void s_free(edge_conn_t *c)
+{
+    edge_ctx_t *ctx = c->ctx;
+    rb_loop_cancel_timer(ctx->loop, c->idle_timer);
+    edge_auth_cancel(ctx->auth, c);
+    /* A logon still at the broker may yet create a session: end it then. */
+    edge_broker_abandon(ctx->broker, c->breq);
+    /* Resume (keeping the session for a device that comes back with its
+     * token) is a later issue; for now a dropped connection logs off. */
+    s_end_session(c, "connection lost");
+    rb_tconn_destroy(&c->t);
+    if (c->prev) c->prev->next = c->next;
+    else ctx->head = c->next;
+    if (c->next) c->next->prev = c->prev;
+    ctx->connections--;
+    rb_metric_set(ctx->m_connections, (double)ctx->connections);
+    free(c->user);
+    free(c->device);
+    free(c);
+}
+
+static void s_on_close(rb_tconn_t *t, rb_tconn_end_t end, const char *reason, void *arg)
+{
+    edge_conn_t *c = arg;
+    if (end == RB_TCONN_PROTOCOL) rb_metric_inc(c->ctx->m_protocol_errors);
+    rb_debug("tunnel_closed", "peer %s (state %s): %s: %s", c->peer, s_st_names[c->st],
+             rb_tconn_end_str(end), reason);
+    if (c->session_id)
+        rb_info("session_lost", "user '%s' from %s: connection ended (%s)", c->user, c->peer,
+                reason);
+    s_free(c);
+}
+
+static void s_on_idle_check(rb_loop_t *loop, void *arg)
+{
+    edge_conn_t *c = arg;
+    if (c->st == ST_CLOSING) return;
+    uint64_t limit = 3ull * c->ctx->keepalive_s * 1000;
+    if (c->last_rx_ms && rb_now_ms() - c->last_rx_ms > limit) {
+        rb_info("tunnel_idle", "peer %s (state %s): nothing for %u s; closing", c->peer,
+                s_st_names[c->st], 3 * c->ctx->keepalive_s);
+        s_close(c, RB__TUNNEL__CLOSE_REASON__CLOSE_IDLE, "no keepalive in time");
+    }
+}
+
+static const rb_tconn_handlers_t s_handlers = {s_on_open, s_on_frame, s_on_close};
+
+edge_conn_t *edge_conn_new(edge_ctx_t *ctx, int fd, const char *peer)
+{
+    edge_conn_t *c = calloc(1, sizeof *c);
+    if (!c) {
+        close(fd);
+        return NULL;
+    }
+    c->ctx = ctx;
+    c->st = ST_HELLO;
+    snprintf(c->peer, sizeof c->peer, "%s", peer);
+    snprintf(c->addr, sizeof c->addr, "%s", peer);
+    char *colon = strrchr(c->addr, ':');
+    if (colon) *colon = '\0';
+    /* Before the handshake completes rb_tconn's own deadline applies;
+     * after it, the keepalive rule (checked every keepalive_s). */
+    c->idle_timer = rb_loop_add_timer(ctx->loop, (uint64_t)ctx->keepalive_s * 1000, true,
+                                      s_on_idle_check, c);
+    if (!c->idle_timer) {
+        free(c);
+        close(fd);
+        return NULL;
+    }
+    c->t = rb_tconn_accept(ctx->loop, ctx->tls, fd, peer, &s_handlers, c);
+    if (!c->t) {
+        rb_loop_cancel_timer(ctx->loop, c->idle_timer);
+        free(c);
+        return NULL;
+    }
+    c->next = ctx->head;
+    if (ctx->head) ctx->head->prev = c;
+    ctx->head = c;
+    ctx->connections++;
+    rb_metric_set(ctx->m_connections, (double)ctx->connections);
+    return c;
+}
+
+void edge_conn_destroy(edge_conn_t **cp)
+{
+    if (!cp || !*cp) return;
+    s_free(*cp);
+    *cp = NULL;
+}
+
+void edge_conn_shutdown(edge_conn_t *c)
+{
+    if (!c) return;
+    if (!rb_tconn_is_open(c->t)) {
+        /* Still in the TLS handshake: nothing to say. */
+        rb_tconn_close_after_flush(c->t);
+        return;
+    }
+    s_end_session(c, "edge shutdown");
+    s_close(c, RB__TUNNEL__CLOSE_REASON__CLOSE_SHUTDOWN, "the edge is stopping");
+}
+
+edge_conn_t *edge_conn_next(const edge_conn_t *c) { return c->next; }
