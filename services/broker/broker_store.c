@@ -120,6 +120,7 @@ typedef struct broker_op {
     } fn;
     void *arg;
     char session_id[BROKER_SESSION_ID_LEN + 1];
+    uint64_t since_ms;
 } broker_op_t;
 
 struct broker_store {
@@ -217,6 +218,19 @@ void broker_store_destroy(broker_store_t **sp)
     free(s);
 }
 
+void broker_store_cancel(broker_store_t *s, void *arg)
+{
+    broker_op_t *op = s->ops;
+    while (op) {
+        broker_op_t *next = op->next;
+        if (op->arg == arg) {
+            rb_redis_cancel(s->redis, op);
+            s_op_free(op);
+        }
+        op = next;
+    }
+}
+
 /* ---- begin ---- */
 
 static void s_on_begin(void *arg, const redisReply *rep)
@@ -241,7 +255,7 @@ static void s_on_begin(void *arg, const redisReply *rep)
         rb_warn("session_begin_failed", "Redis: %s", s_reply_error(rep));
     }
     if (op->fn.begin)
-        op->fn.begin(op->arg, res, sid, label);
+        op->fn.begin(op->arg, res, sid, label, res == BROKER_BEGIN_CLAIMED ? op->since_ms : 0);
     s_op_free(op);
 }
 
@@ -271,7 +285,8 @@ int broker_store_begin(broker_store_t *s, const char *user, const char *label,
         s_op_free(op);
         return -1;
     }
-    snprintf(now, sizeof(now), "%" PRIu64, rb_wall_ms());
+    op->since_ms = rb_wall_ms();
+    snprintf(now, sizeof(now), "%" PRIu64, op->since_ms);
     const char *av[] = {op->session_id, user,   label, alt_label,
                         device,         edge_id, source, now,
                         BROKER_PENDING_TTL_MS};

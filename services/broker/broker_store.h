@@ -33,8 +33,9 @@ typedef enum {
     BROKER_BEGIN_ERROR,       /* Redis failed, or no label could be had */
 } broker_begin_result_t;
 
+/* since_ms: when the claimed session started (as stored). */
 typedef void(broker_begin_fn)(void *arg, broker_begin_result_t res, const char *session_id,
-                              const char *label);
+                              const char *label, uint64_t since_ms);
 /* seq > 0: the new event sequence number; 0: failed (error or the pending
  * session expired). */
 typedef void(broker_seq_fn)(void *arg, uint64_t seq);
@@ -52,6 +53,9 @@ typedef void(broker_stats_fn)(void *arg, int rc, uint64_t seq, uint64_t sessions
 broker_store_t *broker_store_new(rb_redis_t *redis);
 /* Accepts NULL; clears the pointer. Pending callbacks are not called. */
 void broker_store_destroy(broker_store_t **s);
+
+/* Forgets the calls in progress whose callback argument is arg. */
+void broker_store_cancel(broker_store_t *s, void *arg);
 
 /* Claims a new session for user unless one exists, and the DNS label:
  * label when it is free or already the user's (labels are owned for ever),

@@ -41,11 +41,13 @@ static bool s_ok(void *arg)
     return rb_redis_ok(arg);
 }
 
-static void s_on_begin(void *arg, broker_begin_result_t res, const char *sid, const char *label)
+static void s_on_begin(void *arg, broker_begin_result_t res, const char *sid, const char *label,
+                       uint64_t since_ms)
 {
     res_t *r = arg;
     r->done = true;
     r->res = res;
+    r->seq = since_ms; /* reused: begin has no seq */
     snprintf(r->sid, sizeof(r->sid), "%s", sid ? sid : "");
     snprintf(r->label, sizeof(r->label), "%s", label ? label : "");
 }
@@ -158,6 +160,10 @@ static void test_begin_commit_end(void **state)
     assert_int_equal(b.res, BROKER_BEGIN_CLAIMED);
     assert_int_equal(strlen(b.sid), BROKER_SESSION_ID_LEN);
     assert_string_equal(b.label, "alice");
+    assert_true(b.seq > 1700000000000ull); /* since_ms, Unix ms */
+    redisReply *since = rbt_cmd(&f->rs, "HGET rb:session:%s since", b.sid);
+    assert_int_equal(strtoull(since->str, NULL, 10), b.seq);
+    freeReplyObject(since);
     /* Pending: not live yet, and the claim would expire. */
     assert_int_equal(rbt_cmd_int(&f->rs, "SCARD rb:sessions:live"), 0);
     assert_true(rbt_cmd_int(&f->rs, "PTTL rb:user:alice") > 0);
