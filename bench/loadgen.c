@@ -64,7 +64,7 @@ typedef struct {
 
 struct lg {
     /* options */
-    const char *server, *ca, *prefix, *verify_name, *ready_file;
+    const char *server, *ca, *prefix, *verify_name, *ready_file, *sessions_file;
     char password[256];
     unsigned count, first, concurrency;
     unsigned timeout_ms, logoff_timeout_ms, dns_poll_ms;
@@ -96,6 +96,7 @@ struct lg {
 };
 
 static void s_start_more(lg_t *lg);
+static void s_arm_keepalive(sess_t *s);
 static void s_check_phase(lg_t *lg);
 static void s_logoff_phase(lg_t *lg, const char *why);
 
@@ -170,6 +171,7 @@ static void s_complete(sess_t *s)
     s->st = S_UP;
     lg->in_flight--;
     lg->up++;
+    s_arm_keepalive(s);
     s_start_more(lg);
     s_check_phase(lg);
 }
@@ -351,7 +353,6 @@ static void s_on_open(rb_tconn_t *c, void *arg)
     if (s->lg->tls_only) {
         s->keepalive_ms = 30000;
         s_complete(s);
-        if (s->st == S_UP) s_arm_keepalive(s);
         return;
     }
     Rb__Tunnel__Hello hello = RB__TUNNEL__HELLO__INIT;
@@ -383,23 +384,18 @@ static void s_on_logon_ok(sess_t *s, const Rb__Tunnel__LogonOk *ok)
         s_fail(s, "logon_ok_bad_ip");
         return;
     }
-    if (!lg->dns) {
-        s_complete(s);
-        if (s->st == S_UP) s_arm_keepalive(s);
-        return;
-    }
     const char *name = ok->fqdn;
     char fallback[256];
     if (!name || !*name) {
-        /* An edge that leaves out the name: ask for <user>.<suffix>. */
-        if (!lg->suffix) {
+        /* An edge that leaves out the name: ask for <label>.<suffix>. */
+        if (!lg->suffix && lg->dns) {
             s_fail(s, "logon_ok_no_fqdn");
             return;
         }
         char user[64], label[RB_LABEL_MAX + 1];
         snprintf(user, sizeof user, "%s%u", lg->prefix, lg->first + s->idx);
         rb_label_from_user(user, label);
-        snprintf(fallback, sizeof fallback, "%s.%s", label, lg->suffix);
+        snprintf(fallback, sizeof fallback, "%s.%s", label, lg->suffix ? lg->suffix : "");
         name = fallback;
     } else if (lg->suffix) {
         size_t nl = strlen(name), sl = strlen(lg->suffix);
@@ -411,6 +407,10 @@ static void s_on_logon_ok(sess_t *s, const Rb__Tunnel__LogonOk *ok)
     s->fqdn = strdup(name);
     if (!s->fqdn) {
         s_fail(s, "out_of_memory");
+        return;
+    }
+    if (!lg->dns) {
+        s_complete(s);
         return;
     }
     s->st = S_DNS;
@@ -609,8 +609,27 @@ static void s_start_more(lg_t *lg)
     }
 }
 
+/* "user ip fqdn" of every session that is up, for peers serving the same
+ * names (the DNS benchmark's dnsmasq). */
+static void s_write_sessions(lg_t *lg)
+{
+    FILE *f = fopen(lg->sessions_file, "w");
+    if (!f) {
+        rb_warn("sessions_file", "%s: %s", lg->sessions_file, strerror(errno));
+        return;
+    }
+    for (unsigned i = 0; i < lg->count; i++) {
+        const sess_t *s = &lg->s[i];
+        char ip[INET_ADDRSTRLEN];
+        if (s->st != S_UP || !s->fqdn || !inet_ntop(AF_INET, &s->ip, ip, sizeof ip)) continue;
+        fprintf(f, "%s%u %s %s\n", lg->prefix, lg->first + i, ip, s->fqdn);
+    }
+    fclose(f);
+}
+
 static void s_write_ready(lg_t *lg)
 {
+    if (lg->sessions_file) s_write_sessions(lg);
     if (!lg->ready_file) return;
     char tmp[4096];
     snprintf(tmp, sizeof tmp, "%s.tmp", lg->ready_file);
@@ -773,11 +792,12 @@ static void s_usage(FILE *f)
             "         [--concurrency C] [--dns HOST:PORT [--suffix S]] [--hold SECONDS]\n"
             "         [--duration SECONDS] [--timeout MS] [--logoff-timeout MS]\n"
             "         [--dns-poll-ms MS] [--verify-name NAME] [--ready-file F]\n"
-            "         [--tls-only] [--log-level L]\n"
+            "         [--sessions-file F] [--tls-only] [--log-level L]\n"
             "Opens N sessions (users <P><I>..<P><I+N-1>, all with the password in F),\n"
             "C at a time; with --dns each counts once its name answers with its IP.\n"
             "--hold keeps them open and idle that long (--ready-file is written when\n"
-            "they are all up), then every session logs off. --duration (default 300)\n"
+            "they are all up, --sessions-file lists \"user ip fqdn\" of each),\n"
+            "then every session logs off. --duration (default 300)\n"
             "ends the logon and hold phases; the logoff phase then takes at most\n"
             "--logoff-timeout (default 10000 ms). SIGINT/SIGTERM log off early.\n"
             "--tls-only: TLS handshakes only (for peer TLS servers). Prints one JSON line.\n");
@@ -824,7 +844,7 @@ static void s_options(lg_t *lg, int argc, char **argv)
 {
     enum { O_SERVER = 256, O_CA, O_PREFIX, O_FIRST, O_COUNT, O_CONC, O_PWFILE, O_DNS, O_SUFFIX,
            O_HOLD, O_DURATION, O_TIMEOUT, O_LOGOFF_TIMEOUT, O_POLL, O_VERIFY, O_READY, O_TLS,
-           O_LOG, O_HELP };
+           O_LOG, O_SESSIONS, O_HELP };
     static const struct option opts[] = {
         {"server", 1, 0, O_SERVER}, {"ca", 1, 0, O_CA}, {"users-prefix", 1, 0, O_PREFIX},
         {"first", 1, 0, O_FIRST}, {"count", 1, 0, O_COUNT}, {"concurrency", 1, 0, O_CONC},
@@ -832,6 +852,7 @@ static void s_options(lg_t *lg, int argc, char **argv)
         {"hold", 1, 0, O_HOLD}, {"duration", 1, 0, O_DURATION}, {"timeout", 1, 0, O_TIMEOUT},
         {"logoff-timeout", 1, 0, O_LOGOFF_TIMEOUT}, {"dns-poll-ms", 1, 0, O_POLL},
         {"verify-name", 1, 0, O_VERIFY}, {"ready-file", 1, 0, O_READY},
+        {"sessions-file", 1, 0, O_SESSIONS},
         {"tls-only", 0, 0, O_TLS}, {"log-level", 1, 0, O_LOG}, {"help", 0, 0, O_HELP},
         {0, 0, 0, 0}};
     const char *pwfile = NULL;
@@ -866,6 +887,7 @@ static void s_options(lg_t *lg, int argc, char **argv)
         case O_POLL: lg->dns_poll_ms = s_uint("--dns-poll-ms", optarg, 1); break;
         case O_VERIFY: lg->verify_name = optarg; break;
         case O_READY: lg->ready_file = optarg; break;
+        case O_SESSIONS: lg->sessions_file = optarg; break;
         case O_TLS: lg->tls_only = true; break;
         case O_LOG: {
             rb_log_level_t l;
