@@ -98,6 +98,11 @@ static bool s_heard(void *arg)
     return ((fx_t *)arg)->heartbeats > 0;
 }
 
+static bool s_never(void *arg)
+{
+    return false;
+}
+
 static size_t g_want_events;
 static bool s_have_events(void *arg)
 {
@@ -454,6 +459,30 @@ static void test_exhaustion_and_snapshot(void **state)
     protobuf_c_message_free_unpacked(&c.snap->base, NULL);
 }
 
+static void test_ipalloc_down_unwinds(void **state)
+{
+    fx_t *f = *state;
+    if (!f)
+        skip();
+    kill(f->ipalloc_pid, SIGTERM);
+    waitpid(f->ipalloc_pid, NULL, 0);
+    f->ipalloc_pid = 0;
+    uint64_t t0 = rb_now_ms();
+    Rb__Edgebroker__BrokerToEdge *r = s_logon(f, "dave");
+    uint64_t took = rb_now_ms() - t0;
+    assert_int_equal(r->logon->status, RB__EDGEBROKER__LOGON_STATUS__LOGON_UNAVAILABLE);
+    s_free(r);
+    /* About 2 s (1 s and one resend), and the claim was undone. */
+    assert_true(took >= 1500 && took < 4000);
+    assert_int_equal(rbt_cmd_int(&f->rs, "EXISTS rb:user:dave"), 0);
+    /* Not ready once ipalloc has been silent for 3 s. */
+    rb_buf_t why = RB_BUF_INIT;
+    rbt_wait(f->loop, s_never, NULL, 2500);
+    assert_false(broker_ready(f->b, &why));
+    assert_non_null(strstr(why.data, "ipalloc"));
+    rb_buf_free(&why);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -461,6 +490,7 @@ int main(void)
         cmocka_unit_test(test_garbage_then_logon),
         cmocka_unit_test(test_ping),
         cmocka_unit_test(test_exhaustion_and_snapshot),
+        cmocka_unit_test(test_ipalloc_down_unwinds), /* last: stops ipalloc */
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
