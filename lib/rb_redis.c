@@ -29,8 +29,8 @@ struct rb_redis_script {
 
 typedef struct rb_redis_req {
     struct rb_redis_req *prev, *next;
-    rb_redis_t *r;            /* NULL once r is destroyed: free on answer */
-    rb_redis_reply_fn *fn;    /* NULL once cancelled */
+    rb_redis_t *r;         /* NULL once r is destroyed: free on answer */
+    rb_redis_reply_fn *fn; /* NULL once cancelled */
     void *arg;
     uint64_t deadline;
     /* For EVALSHA: what to send again as EVAL on NOSCRIPT. */
@@ -77,19 +77,15 @@ static void s_on_io(rb_loop_t *loop, int fd, unsigned events, void *arg)
 {
     rb_redis_t *r = arg;
     /* Each handler may free the context (error, EOF): look again each time. */
-    if (r->ac && (events & (RB_EV_READ | RB_EV_ERROR)))
-        redisAsyncHandleRead(r->ac);
-    if (r->ac && (events & RB_EV_WRITE))
-        redisAsyncHandleWrite(r->ac);
+    if (r->ac && (events & (RB_EV_READ | RB_EV_ERROR))) redisAsyncHandleRead(r->ac);
+    if (r->ac && (events & RB_EV_WRITE)) redisAsyncHandleWrite(r->ac);
 }
 
 static void s_fd_update(rb_redis_t *r)
 {
-    if (r->fd < 0)
-        return;
+    if (r->fd < 0) return;
     if (r->fd_events == 0) {
-        if (r->fd_registered)
-            rb_loop_del_fd(r->loop, r->fd);
+        if (r->fd_registered) rb_loop_del_fd(r->loop, r->fd);
         r->fd_registered = false;
         return;
     }
@@ -168,8 +164,7 @@ static void s_unlink(rb_redis_t *r, rb_redis_req_t *q)
 
 static void s_req_free(rb_redis_req_t *q)
 {
-    if (!q)
-        return;
+    if (!q) return;
     for (int i = 0; i < q->argc; i++)
         free(q->argv[i]);
     free(q->argv);
@@ -183,10 +178,8 @@ static void s_on_reply(redisAsyncContext *ac, void *reply, void *privdata);
 static int s_submit(rb_redis_t *r, rb_redis_req_t *q, int argc, const char **argv,
                     const size_t *argvlen)
 {
-    if (!r->ac)
-        return -1;
-    if (redisAsyncCommandArgv(r->ac, s_on_reply, q, argc, argv, argvlen) != REDIS_OK)
-        return -1;
+    if (!r->ac) return -1;
+    if (redisAsyncCommandArgv(r->ac, s_on_reply, q, argc, argv, argvlen) != REDIS_OK) return -1;
     q->deadline = rb_now_ms() + r->timeout_ms;
     s_link(r, q);
     return 0;
@@ -200,8 +193,7 @@ static int s_submit_eval(rb_redis_t *r, rb_redis_req_t *q)
     size_t *al = calloc((size_t)n, sizeof(*al));
     char nk[16];
     int rc = -1;
-    if (!av || !al)
-        goto out;
+    if (!av || !al) goto out;
     snprintf(nk, sizeof(nk), "%d", q->nkeys);
     av[0] = "EVAL";
     al[0] = 4;
@@ -232,8 +224,7 @@ static void s_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     rb_redis_t *r = q->r;
     const redisReply *rep = reply;
 
-    if (r)
-        s_unlink(r, q);
+    if (r) s_unlink(r, q);
     if (!r || !q->fn) {
         s_req_free(q);
         return;
@@ -244,8 +235,7 @@ static void s_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         rb_info("redis_noscript", "script %.12s not cached by Redis; sending it again",
                 q->script->sha);
         q->retried = true;
-        if (s_submit_eval(r, q) == 0)
-            return;
+        if (s_submit_eval(r, q) == 0) return;
         rep = NULL;
     }
     q->fn(q->arg, rep);
@@ -255,8 +245,7 @@ static void s_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 static rb_redis_req_t *s_req_new(rb_redis_t *r, rb_redis_reply_fn *fn, void *arg)
 {
     rb_redis_req_t *q = calloc(1, sizeof(*q));
-    if (!q)
-        return NULL;
+    if (!q) return NULL;
     q->r = r;
     q->fn = fn;
     q->arg = arg;
@@ -274,11 +263,10 @@ static void s_on_retry(rb_loop_t *loop, void *arg)
 
 static void s_schedule_reconnect(rb_redis_t *r)
 {
-    if (r->retry)
-        return;
+    if (r->retry) return;
     unsigned delay = r->backoff_ms;
-    r->backoff_ms = r->backoff_ms * 2 > RB_REDIS_BACKOFF_MAX_MS ? RB_REDIS_BACKOFF_MAX_MS
-                                                                  : r->backoff_ms * 2;
+    r->backoff_ms =
+        r->backoff_ms * 2 > RB_REDIS_BACKOFF_MAX_MS ? RB_REDIS_BACKOFF_MAX_MS : r->backoff_ms * 2;
     r->retry = rb_loop_add_timer(r->loop, delay, false, s_on_retry, r);
 }
 
@@ -303,8 +291,7 @@ static void s_detach(rb_redis_t *r, redisAsyncContext *ac)
 static void s_drop(rb_redis_t *r, const char *why)
 {
     redisAsyncContext *ac = r->ac;
-    if (!ac)
-        return;
+    if (!ac) return;
     rb_warn("redis_down", "dropping the Redis connection: %s", why);
     r->ac = NULL;
     r->ok = false;
@@ -317,11 +304,9 @@ static void s_drop(rb_redis_t *r, const char *why)
 static void s_on_connect(const redisAsyncContext *ac, int status)
 {
     rb_redis_t *r = ac->data;
-    if (!r || r->ac != ac || status == REDIS_OK)
-        return;
+    if (!r || r->ac != ac || status == REDIS_OK) return;
     /* hiredis frees the context after this callback. */
-    rb_warn("redis_connect_failed", "cannot connect to Redis: %s",
-            ac->errstr ? ac->errstr : "?");
+    rb_warn("redis_connect_failed", "cannot connect to Redis: %s", ac->errstr ? ac->errstr : "?");
     r->ac = NULL;
     r->ok = false;
     r->ping_pending = false;
@@ -331,8 +316,7 @@ static void s_on_connect(const redisAsyncContext *ac, int status)
 static void s_on_disconnect(const redisAsyncContext *ac, int status)
 {
     rb_redis_t *r = ac->data;
-    if (!r || r->ac != ac)
-        return;
+    if (!r || r->ac != ac) return;
     rb_warn("redis_down", "lost the Redis connection: %s",
             ac->err ? (ac->errstr ? ac->errstr : "error") : "closed");
     r->ac = NULL;
@@ -344,8 +328,7 @@ static void s_on_disconnect(const redisAsyncContext *ac, int status)
 static void s_on_auth(void *arg, const redisReply *rep)
 {
     rb_redis_t *r = arg;
-    if (!rep)
-        return;
+    if (!rep) return;
     if (rep->type == REDIS_REPLY_ERROR) {
         rb_error("redis_auth_failed", "Redis refused AUTH: %s", rep->str ? rep->str : "?");
         s_drop(r, "authentication failed");
@@ -355,8 +338,7 @@ static void s_on_auth(void *arg, const redisReply *rep)
 static void s_on_script_load(void *arg, const redisReply *rep)
 {
     rb_redis_script_t *s = arg;
-    if (!rep)
-        return;
+    if (!rep) return;
     if (rep->type != REDIS_REPLY_STRING || strcmp(rep->str, s->sha) != 0)
         rb_warn("redis_script_load", "SCRIPT LOAD of %.12s answered %s", s->sha,
                 rep->str ? rep->str : "?");
@@ -366,29 +348,23 @@ static void s_on_ping(void *arg, const redisReply *rep)
 {
     rb_redis_t *r = arg;
     r->ping_pending = false;
-    bool good = rep && rep->type == REDIS_REPLY_STATUS && rep->str &&
-                strcmp(rep->str, "PONG") == 0;
+    bool good = rep && rep->type == REDIS_REPLY_STATUS && rep->str && strcmp(rep->str, "PONG") == 0;
     if (!good) {
         r->ok = false;
-        if (rep)
-            rb_warn("redis_ping_failed", "PING answered %s", rep->str ? rep->str : "?");
+        if (rep) rb_warn("redis_ping_failed", "PING answered %s", rep->str ? rep->str : "?");
         return;
     }
     if (!r->ok) {
         r->ok = true;
         r->backoff_ms = RB_REDIS_BACKOFF_MIN_MS;
-        if (r->ever_up)
-            r->reconnects++;
+        if (r->ever_up) r->reconnects++;
         r->ever_up = true;
-        rb_info("redis_up", "connected to Redis at %s",
-                r->socket_path ? r->socket_path : r->host);
-        if (r->up_fn)
-            r->up_fn(r->up_arg);
+        rb_info("redis_up", "connected to Redis at %s", r->socket_path ? r->socket_path : r->host);
+        if (r->up_fn) r->up_fn(r->up_arg);
     }
 }
 
-static int s_simple(rb_redis_t *r, rb_redis_reply_fn *fn, void *arg, int argc,
-                    const char **argv)
+static int s_simple(rb_redis_t *r, rb_redis_reply_fn *fn, void *arg, int argc, const char **argv)
 {
     return rb_redis_command(r, argc, argv, NULL, fn, arg);
 }
@@ -434,8 +410,7 @@ static void s_connect(rb_redis_t *r)
     ac->ev.addWrite = s_ev_add_write;
     ac->ev.delWrite = s_ev_del_write;
     ac->ev.cleanup = s_ev_cleanup;
-    if (ac->c.reader)
-        ac->c.reader->maxbuf = RB_REDIS_READER_MAXBUF;
+    if (ac->c.reader) ac->c.reader->maxbuf = RB_REDIS_READER_MAXBUF;
 #if HIREDIS_MAJOR >= 1
     /* A snapshot of 100k sessions is ~1M elements; more is a bug. */
     ac->c.reader->maxelements = 16 * 1024 * 1024;
@@ -462,15 +437,13 @@ static void s_on_tick(rb_loop_t *loop, void *arg)
 {
     rb_redis_t *r = arg;
     uint64_t now = rb_now_ms();
-    if (!r->ac)
-        return;
+    if (!r->ac) return;
     if (r->head && r->head->deadline <= now) {
         rb_warn("redis_timeout", "Redis did not answer within %u ms", r->timeout_ms);
         s_drop(r, "command timeout");
         return;
     }
-    if (!r->ping_pending && now - r->last_ping_ms >= r->ping_ms)
-        s_send_ping(r);
+    if (!r->ping_pending && now - r->last_ping_ms >= r->ping_ms) s_send_ping(r);
 }
 
 /* ---- public ---- */
@@ -483,8 +456,7 @@ static char *s_dup_or_null(const char *s)
 rb_redis_t *rb_redis_new(rb_loop_t *loop, const rb_redis_config_t *cfg)
 {
     rb_redis_t *r = calloc(1, sizeof(*r));
-    if (!r)
-        return NULL;
+    if (!r) return NULL;
     r->loop = loop;
     r->host = strdup(cfg->host && *cfg->host ? cfg->host : "127.0.0.1");
     r->port = cfg->port > 0 ? cfg->port : 6379;
@@ -498,8 +470,7 @@ rb_redis_t *rb_redis_new(rb_loop_t *loop, const rb_redis_config_t *cfg)
         (cfg->password && *cfg->password && !r->password))
         goto fail;
     r->tick = rb_loop_add_timer(loop, RB_REDIS_TICK_MS, true, s_on_tick, r);
-    if (!r->tick)
-        goto fail;
+    if (!r->tick) goto fail;
     s_connect(r);
     return r;
 fail:
@@ -509,8 +480,7 @@ fail:
 
 void rb_redis_destroy(rb_redis_t **rp)
 {
-    if (!rp || !*rp)
-        return;
+    if (!rp || !*rp) return;
     rb_redis_t *r = *rp;
     *rp = NULL;
     /* Orphan the pending commands: hiredis frees them through s_on_reply,
@@ -566,19 +536,16 @@ rb_redis_script_t *rb_redis_script(rb_redis_t *r, const char *lua)
         snprintf(s->sha + 2 * i, 3, "%02x", md[i]);
     s->next = r->scripts;
     r->scripts = s;
-    if (r->ac)
-        s_load_script(r, s);
+    if (r->ac) s_load_script(r, s);
     return s;
 }
 
 int rb_redis_command(rb_redis_t *r, int argc, const char **argv, const size_t *argvlen,
                      rb_redis_reply_fn *fn, void *arg)
 {
-    if (!r->ac)
-        return -1;
+    if (!r->ac) return -1;
     rb_redis_req_t *q = s_req_new(r, fn, arg);
-    if (!q)
-        return -1;
+    if (!q) return -1;
     if (s_submit(r, q, argc, argv, argvlen) != 0) {
         s_req_free(q);
         return -1;
@@ -586,30 +553,26 @@ int rb_redis_command(rb_redis_t *r, int argc, const char **argv, const size_t *a
     return 0;
 }
 
-int rb_redis_eval(rb_redis_t *r, rb_redis_script_t *script, int nkeys, int argc,
-                  const char **argv, const size_t *argvlen, rb_redis_reply_fn *fn, void *arg)
+int rb_redis_eval(rb_redis_t *r, rb_redis_script_t *script, int nkeys, int argc, const char **argv,
+                  const size_t *argvlen, rb_redis_reply_fn *fn, void *arg)
 {
-    if (!r->ac || nkeys < 0 || nkeys > argc)
-        return -1;
+    if (!r->ac || nkeys < 0 || nkeys > argc) return -1;
     rb_redis_req_t *q = s_req_new(r, fn, arg);
     const char **av = calloc((size_t)argc + 3, sizeof(*av));
     size_t *al = calloc((size_t)argc + 3, sizeof(*al));
     char nk[16];
     int rc = -1;
-    if (!q || !av || !al)
-        goto out;
+    if (!q || !av || !al) goto out;
     q->script = script;
     q->nkeys = nkeys;
     q->argv = calloc((size_t)argc + 1, sizeof(*q->argv));
     q->argvlen = calloc((size_t)argc + 1, sizeof(*q->argvlen));
-    if (!q->argv || !q->argvlen)
-        goto out;
+    if (!q->argv || !q->argvlen) goto out;
     /* Keep our own copy of the arguments for the EVAL fallback. */
     for (int i = 0; i < argc; i++) {
         size_t len = argvlen ? argvlen[i] : strlen(argv[i]);
         q->argv[i] = malloc(len + 1);
-        if (!q->argv[i])
-            goto out;
+        if (!q->argv[i]) goto out;
         q->argc = i + 1;
         memcpy(q->argv[i], argv[i], len);
         q->argv[i][len] = '\0';
@@ -629,8 +592,7 @@ int rb_redis_eval(rb_redis_t *r, rb_redis_script_t *script, int nkeys, int argc,
     }
     rc = s_submit(r, q, argc + 3, av, al);
 out:
-    if (rc != 0)
-        s_req_free(q);
+    if (rc != 0) s_req_free(q);
     free(av);
     free(al);
     return rc;
@@ -639,8 +601,7 @@ out:
 void rb_redis_cancel(rb_redis_t *r, void *arg)
 {
     for (rb_redis_req_t *q = r->head; q; q = q->next)
-        if (q->arg == arg)
-            q->fn = NULL;
+        if (q->arg == arg) q->fn = NULL;
 }
 
 uint64_t rb_redis_reconnects(const rb_redis_t *r)

@@ -61,8 +61,8 @@ int rb_redis_command(rb_redis_t *r, int argc, const char **argv, const size_t *a
                      rb_redis_reply_fn *fn, void *arg);
 /* EVALSHA of script with nkeys keys followed by the other arguments in
  * argv; falls back to EVAL on NOSCRIPT. Same contract as rb_redis_command. */
-int rb_redis_eval(rb_redis_t *r, rb_redis_script_t *script, int nkeys, int argc,
-                  const char **argv, const size_t *argvlen, rb_redis_reply_fn *fn, void *arg);
+int rb_redis_eval(rb_redis_t *r, rb_redis_script_t *script, int nkeys, int argc, const char **argv,
+                  const size_t *argvlen, rb_redis_reply_fn *fn, void *arg);
 /* Forgets the pending commands whose callback argument is arg: their
  * callbacks will not be called. */
 void rb_redis_cancel(rb_redis_t *r, void *arg);

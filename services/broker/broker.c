@@ -51,8 +51,8 @@ const rb_option_t broker_options[] = {
      offsetof(broker_config_t, listen_snapshot), 0, 0, "ZeroMQ endpoint serving snapshots"},
     {"ipalloc_endpoint", RB_OPT_STRING, "tcp://127.0.0.1:7301",
      offsetof(broker_config_t, ipalloc_endpoint), 0, 0, "ZeroMQ endpoint of ipalloc"},
-    {"ipalloc_public_key", RB_OPT_STRING, "", offsetof(broker_config_t, ipalloc_public_key), 0,
-     0, "ipalloc's CURVE public key file (needed with curve_secret_key)"},
+    {"ipalloc_public_key", RB_OPT_STRING, "", offsetof(broker_config_t, ipalloc_public_key), 0, 0,
+     "ipalloc's CURVE public key file (needed with curve_secret_key)"},
     {"dns_suffix", RB_OPT_STRING, NULL, offsetof(broker_config_t, dns_suffix), 0, 0,
      "DNS zone of user names: <label>.<dns_suffix>"},
     {"redis_host", RB_OPT_STRING, "127.0.0.1", offsetof(broker_config_t, redis_host), 0, 0,
@@ -65,8 +65,8 @@ const rb_option_t broker_options[] = {
      "Redis AUTH password"},
     {"curve_secret_key", RB_OPT_STRING, "", offsetof(broker_config_t, curve_secret_key), 0, 0,
      "our CURVE secret key file; empty: no CURVE"},
-    {"curve_allowed_keys", RB_OPT_STRING, "", offsetof(broker_config_t, curve_allowed_keys), 0,
-     0, "comma-separated public key files of the peers allowed to connect"},
+    {"curve_allowed_keys", RB_OPT_STRING, "", offsetof(broker_config_t, curve_allowed_keys), 0, 0,
+     "comma-separated public key files of the peers allowed to connect"},
     {"admin_token", RB_OPT_STRING, "", offsetof(broker_config_t, admin_token), 0, 0,
      "bearer token for admin routes of the status server"},
     RB_OPT_END,
@@ -136,8 +136,7 @@ struct broker {
 static int s_random_hex(char *out, size_t nbytes)
 {
     unsigned char b[64];
-    if (nbytes > sizeof(b) || getrandom(b, nbytes, 0) != (ssize_t)nbytes)
-        return -1;
+    if (nbytes > sizeof(b) || getrandom(b, nbytes, 0) != (ssize_t)nbytes) return -1;
     for (size_t i = 0; i < nbytes; i++)
         snprintf(out + 2 * i, 3, "%02x", b[i]);
     explicit_bzero(b, sizeof(b));
@@ -148,8 +147,7 @@ static int s_sha256_hex(const char *in, char out[65])
 {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned len = 0;
-    if (EVP_Digest(in, strlen(in), md, &len, EVP_sha256(), NULL) != 1 || len != 32)
-        return -1;
+    if (EVP_Digest(in, strlen(in), md, &len, EVP_sha256(), NULL) != 1 || len != 32) return -1;
     for (unsigned i = 0; i < len; i++)
         snprintf(out + 2 * i, 3, "%02x", md[i]);
     return 0;
@@ -159,8 +157,7 @@ static int s_sha256_hex(const char *in, char out[65])
 static bool s_copy_field(char *dst, size_t cap, const char *src, bool required)
 {
     size_t n = src ? strlen(src) : 0;
-    if ((required && n == 0) || n >= cap)
-        return false;
+    if ((required && n == 0) || n >= cap) return false;
     memcpy(dst, src ? src : "", n + 1);
     return true;
 }
@@ -168,14 +165,12 @@ static bool s_copy_field(char *dst, size_t cap, const char *src, bool required)
 static logon_t *s_ctx_new(broker_t *b, rb_rpc_req_t *req)
 {
     logon_t *c = calloc(1, sizeof(*c));
-    if (!c)
-        return NULL;
+    if (!c) return NULL;
     c->b = b;
     c->req = req;
     c->start_ms = rb_now_ms();
     c->next = b->ctxs;
-    if (b->ctxs)
-        b->ctxs->prev = c;
+    if (b->ctxs) b->ctxs->prev = c;
     b->ctxs = c;
     return c;
 }
@@ -187,8 +182,7 @@ static void s_ctx_free(logon_t *c)
         c->prev->next = c->next;
     else
         b->ctxs = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    if (c->next) c->next->prev = c->prev;
     rb_rpc_req_free(c->req);
     explicit_bzero(c->token, sizeof(c->token));
     free(c);
@@ -229,8 +223,8 @@ static void s_on_release_logged(void *arg, const uint8_t *body, size_t len)
 }
 
 /* Sends ReleaseRequest; fn (may be s_on_release_logged) gets the answer. */
-static int s_send_release(broker_t *b, const char *ip, const char *session_id,
-                          rb_rpc_reply_fn *fn, void *arg)
+static int s_send_release(broker_t *b, const char *ip, const char *session_id, rb_rpc_reply_fn *fn,
+                          void *arg)
 {
     Rb__Brokeripalloc__BrokerToIpalloc env = RB__BROKERIPALLOC__BROKER_TO_IPALLOC__INIT;
     Rb__Brokeripalloc__ReleaseRequest rr = RB__BROKERIPALLOC__RELEASE_REQUEST__INIT;
@@ -266,10 +260,8 @@ static void s_logon_fail(logon_t *c, Rb__Edgebroker__LogonStatus status, const c
 {
     broker_t *b = c->b;
     if (c->claimed && broker_store_abort(b->store, c->session_id, NULL, NULL) != 0)
-        rb_warn("abort_failed", "session %s stays pending until its claim expires",
-                c->session_id);
-    if (c->leasing &&
-        s_send_release(b, c->ip, c->session_id, s_on_release_logged, b) != 0)
+        rb_warn("abort_failed", "session %s stays pending until its claim expires", c->session_id);
+    if (c->leasing && s_send_release(b, c->ip, c->session_id, s_on_release_logged, b) != 0)
         rb_warn("release_failed", "could not ask ipalloc to release session %s", c->session_id);
     switch (status) {
     case RB__EDGEBROKER__LOGON_STATUS__LOGON_POOL_EXHAUSTED:
@@ -285,8 +277,7 @@ static void s_logon_fail(logon_t *c, Rb__Edgebroker__LogonStatus status, const c
         rb_metric_inc(b->m_unavailable);
         break;
     }
-    rb_info("logon_failed", "user %s from %s via %s: %s", c->user, c->source, c->edge_id,
-            message);
+    rb_info("logon_failed", "user %s from %s via %s: %s", c->user, c->source, c->edge_id, message);
     s_reply_logon(c->req, status, message, NULL);
     c->req = NULL;
     s_ctx_free(c);
@@ -311,8 +302,7 @@ static void s_on_commit(void *arg, uint64_t seq)
                           .edge_id = c->edge_id,
                           .since_ms = c->since_ms};
     broker_events_publish(b->events, seq, true, &s, "");
-    if (seq > b->seq)
-        b->seq = seq;
+    if (seq > b->seq) b->seq = seq;
     rb_metric_inc(b->m_ok);
     rb_metric_observe(b->m_duration, (double)(rb_now_ms() - c->start_ms) / 1000.0);
     rb_info("logon_ok", "user %s from %s via %s: session %.8s, %s, %s (seq %llu)", c->user,
@@ -359,8 +349,7 @@ static void s_on_lease(void *arg, const uint8_t *body, size_t len)
             s_logon_fail(c, RB__EDGEBROKER__LOGON_STATUS__LOGON_UNAVAILABLE,
                          "the session could not be stored");
     }
-    if (m)
-        protobuf_c_message_free_unpacked(&m->base, NULL);
+    if (m) protobuf_c_message_free_unpacked(&m->base, NULL);
 }
 
 static void s_on_begin(void *arg, broker_begin_result_t res, const char *session_id,
@@ -444,8 +433,8 @@ static void s_on_logoff_release(void *arg, const uint8_t *body, size_t len)
 {
     logon_t *c = arg;
     if (!body)
-        rb_warn("release_timeout", "ipalloc did not answer the release of %s (session %.8s)",
-                c->ip, c->session_id);
+        rb_warn("release_timeout", "ipalloc did not answer the release of %s (session %.8s)", c->ip,
+                c->session_id);
     /* The session has ended either way; the edge needs no more. */
     s_reply_logoff(c, true);
 }
@@ -465,8 +454,7 @@ static void s_on_end(void *arg, int found, uint64_t seq, const broker_session_t 
     }
     rb_metric_inc(b->m_logoffs);
     broker_events_publish(b->events, seq, false, s, c->reason);
-    if (seq > b->seq)
-        b->seq = seq;
+    if (seq > b->seq) b->seq = seq;
     rb_info("logoff", "user %s: session %.8s ended (%s), %s released (seq %llu)", s->user,
             s->session_id, c->reason, s->ip, (unsigned long long)seq);
     snprintf(c->ip, sizeof(c->ip), "%s", s->ip);
@@ -474,8 +462,7 @@ static void s_on_end(void *arg, int found, uint64_t seq, const broker_session_t 
         s_reply_logoff(c, true);
 }
 
-static void s_handle_logoff(broker_t *b, rb_rpc_req_t *req,
-                            const Rb__Edgebroker__EdgeToBroker *env)
+static void s_handle_logoff(broker_t *b, rb_rpc_req_t *req, const Rb__Edgebroker__EdgeToBroker *env)
 {
     const Rb__Edgebroker__LogoffRequest *lr = env->logoff;
     logon_t *c = s_ctx_new(b, req);
@@ -489,10 +476,8 @@ static void s_handle_logoff(broker_t *b, rb_rpc_req_t *req,
         s_ctx_free(c); /* dropped: LogoffReply cannot say "bad request" */
         return;
     }
-    if (!c->reason[0])
-        snprintf(c->reason, sizeof(c->reason), "logoff");
-    if (broker_store_end(b->store, c->session_id, c->reason, s_on_end, c) != 0)
-        s_ctx_free(c);
+    if (!c->reason[0]) snprintf(c->reason, sizeof(c->reason), "logoff");
+    if (broker_store_end(b->store, c->session_id, c->reason, s_on_end, c) != 0) s_ctx_free(c);
 }
 
 /* ---- ping ---- */
@@ -516,8 +501,7 @@ static void s_handle_ping(broker_t *b, rb_rpc_req_t *req, const Rb__Edgebroker__
 
 /* ---- dispatch ---- */
 
-typedef void(s_handler_fn)(broker_t *b, rb_rpc_req_t *req,
-                           const Rb__Edgebroker__EdgeToBroker *env);
+typedef void(s_handler_fn)(broker_t *b, rb_rpc_req_t *req, const Rb__Edgebroker__EdgeToBroker *env);
 
 static const struct {
     Rb__Edgebroker__EdgeToBroker__BodyCase body;
@@ -569,11 +553,9 @@ static void s_on_stats(void *arg, int rc, uint64_t seq, uint64_t sessions)
 {
     broker_t *b = arg;
     b->stats_pending = false;
-    if (rc != 0)
-        return;
+    if (rc != 0) return;
     b->sessions = sessions;
-    if (seq > b->seq)
-        b->seq = seq;
+    if (seq > b->seq) b->seq = seq;
     rb_metric_set(b->m_sessions, (double)sessions);
     broker_events_heartbeat(b->events, seq);
 }
@@ -582,14 +564,11 @@ static void s_on_ipalloc_ping(void *arg, const uint8_t *body, size_t len)
 {
     broker_t *b = arg;
     b->ping_pending = false;
-    if (!body)
-        return;
+    if (!body) return;
     Rb__Brokeripalloc__IpallocToBroker *m =
         s_unpack_ipalloc(body, len, RB__BROKERIPALLOC__IPALLOC_TO_BROKER__BODY_PING);
-    if (m && m->ping && m->ping->redis_ok)
-        b->ipalloc_ok_ms = rb_now_ms();
-    if (m)
-        protobuf_c_message_free_unpacked(&m->base, NULL);
+    if (m && m->ping && m->ping->redis_ok) b->ipalloc_ok_ms = rb_now_ms();
+    if (m) protobuf_c_message_free_unpacked(&m->base, NULL);
 }
 
 static void s_ping_ipalloc(broker_t *b)
@@ -608,8 +587,7 @@ static void s_on_tick(rb_loop_t *loop, void *arg)
     broker_t *b = arg;
     if (!b->stats_pending && broker_store_stats(b->store, s_on_stats, b) == 0)
         b->stats_pending = true;
-    if (!b->ping_pending)
-        s_ping_ipalloc(b);
+    if (!b->ping_pending) s_ping_ipalloc(b);
 }
 
 /* ---- object ---- */
@@ -619,8 +597,7 @@ broker_t *broker_new(rb_loop_t *loop, const broker_config_t *cfg)
     char err[256];
     char ipalloc_pub[RB_Z85_KEY_LEN + 1] = "";
     broker_t *b = calloc(1, sizeof(*b));
-    if (!b)
-        return NULL;
+    if (!b) return NULL;
     b->loop = loop;
     b->cfg = cfg;
     if (rb_curve_load(&b->curve, cfg->curve_secret_key, err, sizeof(err)) != 0) {
@@ -637,31 +614,26 @@ broker_t *broker_new(rb_loop_t *loop, const broker_config_t *cfg)
                             .socket_path = cfg->redis_socket,
                             .password = cfg->redis_password};
     b->redis = rb_redis_new(loop, &rc);
-    if (!b->redis || !(b->store = broker_store_new(b->redis)))
-        goto fail;
+    if (!b->redis || !(b->store = broker_store_new(b->redis))) goto fail;
     b->events = broker_events_new(loop, cfg->listen_events, cfg->listen_snapshot, &b->curve,
                                   b->store, cfg->broker_id);
-    if (!b->events)
-        goto fail;
+    if (!b->events) goto fail;
     void *dealer = rb_zsock_connect(ZMQ_DEALER, cfg->ipalloc_endpoint, &b->curve, ipalloc_pub);
-    if (!dealer)
-        goto fail;
+    if (!dealer) goto fail;
     b->ipalloc = rb_rpc_client_new(loop, dealer, "ipalloc");
     if (!b->ipalloc) {
         rb_zsock_close(&dealer);
         goto fail;
     }
     void *router = rb_zsock_bind(ZMQ_ROUTER, cfg->listen_edge, &b->curve);
-    if (!router)
-        goto fail;
+    if (!router) goto fail;
     b->edge = rb_rpc_server_new(loop, router, s_on_edge_request, b);
     if (!b->edge) {
         rb_zsock_close(&router);
         goto fail;
     }
     b->tick = rb_loop_add_timer(loop, BROKER_TICK_MS, true, s_on_tick, b);
-    if (!b->tick)
-        goto fail;
+    if (!b->tick) goto fail;
 
     const char *h = "logon requests by result";
     b->m_sessions = rb_gauge("reachback_sessions", NULL, "live sessions in the cluster");
@@ -671,8 +643,8 @@ broker_t *broker_new(rb_loop_t *loop, const broker_config_t *cfg)
     b->m_unavailable = rb_counter("reachback_logons_total", "result=\"unavailable\"", h);
     b->m_bad = rb_counter("reachback_logons_total", "result=\"bad_request\"", h);
     b->m_logoffs = rb_counter("reachback_logoffs_total", NULL, "sessions ended by a logoff");
-    b->m_duration = rb_histogram("reachback_logon_duration_seconds", NULL,
-                                 "time from logon request to answer");
+    b->m_duration =
+        rb_histogram("reachback_logon_duration_seconds", NULL, "time from logon request to answer");
     s_ping_ipalloc(b);
     rb_info("broker_started", "%s: edges on %s, events on %s, snapshots on %s, ipalloc at %s",
             cfg->broker_id, cfg->listen_edge, cfg->listen_events, cfg->listen_snapshot,
@@ -685,8 +657,7 @@ fail:
 
 void broker_destroy(broker_t **bp)
 {
-    if (!bp || !*bp)
-        return;
+    if (!bp || !*bp) return;
     broker_t *b = *bp;
     *bp = NULL;
     rb_loop_cancel_timer(b->loop, b->tick);

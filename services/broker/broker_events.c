@@ -42,8 +42,7 @@ static void s_ctx_free(snap_ctx_t *c)
         c->prev->next = c->next;
     else
         ev->ctxs = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    if (c->next) c->next->prev = c->prev;
     rb_rpc_req_free(c->req);
     free(c);
 }
@@ -53,8 +52,7 @@ static int s_send(broker_events_t *ev, Rb__Events__EventMessage *m)
     rb_buf_t b = RB_BUF_INIT;
     int rc = -1;
     m->version = RB_PROTO_VERSION;
-    if (rb_pb_pack(&m->base, &b) != 0)
-        goto out;
+    if (rb_pb_pack(&m->base, &b) != 0) goto out;
     if (zmq_send(ev->pub, b.data ? b.data : "", b.len, ZMQ_DONTWAIT) < 0) {
         rb_warn("publish_failed", "PUB send: %s", zmq_strerror(errno));
         goto out;
@@ -90,8 +88,7 @@ int broker_events_publish(broker_events_t *ev, uint64_t seq, bool up, const brok
     se.reason = (char *)(reason ? reason : "");
     m.body_case = RB__EVENTS__EVENT_MESSAGE__BODY_EVENT;
     m.event = &se;
-    if (s_send(ev, &m) != 0)
-        return -1;
+    if (s_send(ev, &m) != 0) return -1;
     rb_metric_inc(ev->m_published);
     return 0;
 }
@@ -109,8 +106,7 @@ int broker_events_heartbeat(broker_events_t *ev, uint64_t seq)
 
 /* ---- snapshots ---- */
 
-static void s_on_snapshot(void *arg, int rc, uint64_t seq, const broker_session_t *list,
-                          size_t n)
+static void s_on_snapshot(void *arg, int rc, uint64_t seq, const broker_session_t *list, size_t n)
 {
     snap_ctx_t *c = arg;
     Rb__Events__SnapshotAnswer ans = RB__EVENTS__SNAPSHOT_ANSWER__INIT;
@@ -124,8 +120,7 @@ static void s_on_snapshot(void *arg, int rc, uint64_t seq, const broker_session_
     }
     sessions = calloc(n ? n : 1, sizeof(*sessions));
     ptrs = calloc(n ? n : 1, sizeof(*ptrs));
-    if (!sessions || !ptrs)
-        goto out;
+    if (!sessions || !ptrs) goto out;
     for (size_t i = 0; i < n; i++) {
         rb__events__session__init(&sessions[i]);
         s_fill_session(&sessions[i], &list[i]);
@@ -150,9 +145,9 @@ out:
 static void s_on_snapshot_call(void *arg, rb_rpc_req_t *req, const uint8_t *body, size_t len)
 {
     broker_events_t *ev = arg;
-    Rb__Events__SnapshotCall *call = (Rb__Events__SnapshotCall *)rb_pb_unpack(
-        &rb__events__snapshot_call__descriptor, body, len, BROKER_MAX_SNAPSHOT_CALL,
-        rb_rpc_req_peer(req));
+    Rb__Events__SnapshotCall *call =
+        (Rb__Events__SnapshotCall *)rb_pb_unpack(&rb__events__snapshot_call__descriptor, body, len,
+                                                 BROKER_MAX_SNAPSHOT_CALL, rb_rpc_req_peer(req));
     if (!call) {
         rb_rpc_req_free(req);
         return;
@@ -173,8 +168,7 @@ static void s_on_snapshot_call(void *arg, rb_rpc_req_t *req, const uint8_t *body
     c->ev = ev;
     c->req = req;
     c->next = ev->ctxs;
-    if (ev->ctxs)
-        ev->ctxs->prev = c;
+    if (ev->ctxs) ev->ctxs->prev = c;
     ev->ctxs = c;
     if (broker_store_snapshot(ev->store, s_on_snapshot, c) != 0) {
         rb_warn("snapshot_failed", "Redis is not connected; %s gets no snapshot",
@@ -190,26 +184,23 @@ broker_events_t *broker_events_new(rb_loop_t *loop, const char *pub_endpoint,
                                    broker_store_t *store, const char *broker_id)
 {
     broker_events_t *ev = calloc(1, sizeof(*ev));
-    if (!ev)
-        return NULL;
+    if (!ev) return NULL;
     ev->loop = loop;
     ev->store = store;
     ev->broker_id = broker_id;
     ev->pub = rb_zsock_bind(ZMQ_PUB, pub_endpoint, curve);
-    if (!ev->pub)
-        goto fail;
+    if (!ev->pub) goto fail;
     void *router = rb_zsock_bind(ZMQ_ROUTER, snapshot_endpoint, curve);
-    if (!router)
-        goto fail;
+    if (!router) goto fail;
     ev->snap = rb_rpc_server_new(loop, router, s_on_snapshot_call, ev);
     if (!ev->snap) {
         rb_zsock_close(&router);
         goto fail;
     }
-    ev->m_published = rb_counter("reachback_events_published_total", NULL,
-                                 "session events published");
-    ev->m_snapshots = rb_counter("reachback_snapshots_served_total", NULL,
-                                 "snapshots sent to subscribers");
+    ev->m_published =
+        rb_counter("reachback_events_published_total", NULL, "session events published");
+    ev->m_snapshots =
+        rb_counter("reachback_snapshots_served_total", NULL, "snapshots sent to subscribers");
     return ev;
 fail:
     broker_events_destroy(&ev);
@@ -218,8 +209,7 @@ fail:
 
 void broker_events_destroy(broker_events_t **evp)
 {
-    if (!evp || !*evp)
-        return;
+    if (!evp || !*evp) return;
     broker_events_t *ev = *evp;
     *evp = NULL;
     /* The store must still be alive: our pending snapshot reads are

@@ -100,9 +100,8 @@ static const char LUA_SNAPSHOT[] =
     "end\n"
     "return out\n";
 
-static const char LUA_STATS[] =
-    "return {tonumber(redis.call('GET', 'rb:events:seq') or '0'),\n"
-    "        redis.call('SCARD', 'rb:sessions:live')}\n";
+static const char LUA_STATS[] = "return {tonumber(redis.call('GET', 'rb:events:seq') or '0'),\n"
+                                "        redis.call('SCARD', 'rb:sessions:live')}\n";
 
 /* Fields per session in LUA_SNAPSHOT's answer. */
 #define SNAP_FIELDS 8
@@ -132,13 +131,11 @@ struct broker_store {
 static broker_op_t *s_op_new(broker_store_t *s, void *arg)
 {
     broker_op_t *op = calloc(1, sizeof(*op));
-    if (!op)
-        return NULL;
+    if (!op) return NULL;
     op->store = s;
     op->arg = arg;
     op->next = s->ops;
-    if (s->ops)
-        s->ops->prev = op;
+    if (s->ops) s->ops->prev = op;
     s->ops = op;
     return op;
 }
@@ -150,8 +147,7 @@ static void s_op_free(broker_op_t *op)
         op->prev->next = op->next;
     else
         s->ops = op->next;
-    if (op->next)
-        op->next->prev = op->prev;
+    if (op->next) op->next->prev = op->prev;
     free(op);
 }
 
@@ -168,16 +164,14 @@ static int s_eval(broker_op_t *op, rb_redis_script_t *script, int argc, const ch
 
 static bool s_field_ok(const char *v, bool required)
 {
-    if (!v)
-        return false;
+    if (!v) return false;
     size_t n = strlen(v);
     return (n > 0 || !required) && n <= BROKER_FIELD_MAX;
 }
 
 static const char *s_reply_error(const redisReply *rep)
 {
-    if (!rep)
-        return "no answer";
+    if (!rep) return "no answer";
     return rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply";
 }
 
@@ -189,8 +183,7 @@ static bool s_is_str(const redisReply *rep)
 broker_store_t *broker_store_new(rb_redis_t *redis)
 {
     broker_store_t *s = calloc(1, sizeof(*s));
-    if (!s)
-        return NULL;
+    if (!s) return NULL;
     s->redis = redis;
     s->begin = rb_redis_script(redis, LUA_BEGIN);
     s->commit = rb_redis_script(redis, LUA_COMMIT);
@@ -207,8 +200,7 @@ broker_store_t *broker_store_new(rb_redis_t *redis)
 
 void broker_store_destroy(broker_store_t **sp)
 {
-    if (!sp || !*sp)
-        return;
+    if (!sp || !*sp) return;
     broker_store_t *s = *sp;
     *sp = NULL;
     while (s->ops) {
@@ -262,8 +254,7 @@ static void s_on_begin(void *arg, const redisReply *rep)
 static int s_random_hex(char *out, size_t nbytes)
 {
     unsigned char b[64];
-    if (nbytes > sizeof(b) || getrandom(b, nbytes, 0) != (ssize_t)nbytes)
-        return -1;
+    if (nbytes > sizeof(b) || getrandom(b, nbytes, 0) != (ssize_t)nbytes) return -1;
     for (size_t i = 0; i < nbytes; i++)
         snprintf(out + 2 * i, 3, "%02x", b[i]);
     return 0;
@@ -278,8 +269,7 @@ int broker_store_begin(broker_store_t *s, const char *user, const char *label,
         !s_field_ok(device, false) || !s_field_ok(edge_id, false) || !s_field_ok(source, false))
         return -1;
     broker_op_t *op = s_op_new(s, arg);
-    if (!op)
-        return -1;
+    if (!op) return -1;
     op->fn.begin = fn;
     if (s_random_hex(op->session_id, BROKER_SESSION_ID_LEN / 2) != 0) {
         s_op_free(op);
@@ -287,8 +277,7 @@ int broker_store_begin(broker_store_t *s, const char *user, const char *label,
     }
     op->since_ms = rb_wall_ms();
     snprintf(now, sizeof(now), "%" PRIu64, op->since_ms);
-    const char *av[] = {op->session_id, user,   label, alt_label,
-                        device,         edge_id, source, now,
+    const char *av[] = {op->session_id,       user, label, alt_label, device, edge_id, source, now,
                         BROKER_PENDING_TTL_MS};
     return s_eval(op, s->begin, 9, av, s_on_begin);
 }
@@ -305,21 +294,18 @@ static void s_on_commit(void *arg, const redisReply *rep)
         rb_warn("session_commit_failed", "session %s is no longer pending", op->session_id);
     else
         rb_warn("session_commit_failed", "Redis: %s", s_reply_error(rep));
-    if (op->fn.seq)
-        op->fn.seq(op->arg, seq);
+    if (op->fn.seq) op->fn.seq(op->arg, seq);
     s_op_free(op);
 }
 
-int broker_store_commit(broker_store_t *s, const char *session_id, const char *ip,
-                        const char *fqdn, const char *token_sha256, broker_seq_fn *fn,
-                        void *arg)
+int broker_store_commit(broker_store_t *s, const char *session_id, const char *ip, const char *fqdn,
+                        const char *token_sha256, broker_seq_fn *fn, void *arg)
 {
     if (!s_field_ok(session_id, true) || !s_field_ok(ip, false) || !s_field_ok(fqdn, false) ||
         !s_field_ok(token_sha256, false))
         return -1;
     broker_op_t *op = s_op_new(s, arg);
-    if (!op)
-        return -1;
+    if (!op) return -1;
     op->fn.seq = fn;
     snprintf(op->session_id, sizeof(op->session_id), "%s", session_id);
     const char *av[] = {session_id, ip, fqdn, token_sha256};
@@ -334,19 +320,15 @@ static void s_on_found(void *arg, const redisReply *rep)
         found = rep->integer == 1;
     else
         rb_warn("session_abort_failed", "Redis: %s", s_reply_error(rep));
-    if (op->fn.found)
-        op->fn.found(op->arg, found);
+    if (op->fn.found) op->fn.found(op->arg, found);
     s_op_free(op);
 }
 
-int broker_store_abort(broker_store_t *s, const char *session_id, broker_found_fn *fn,
-                       void *arg)
+int broker_store_abort(broker_store_t *s, const char *session_id, broker_found_fn *fn, void *arg)
 {
-    if (!s_field_ok(session_id, true))
-        return -1;
+    if (!s_field_ok(session_id, true)) return -1;
     broker_op_t *op = s_op_new(s, arg);
-    if (!op)
-        return -1;
+    if (!op) return -1;
     op->fn.found = fn;
     const char *av[] = {session_id};
     return s_eval(op, s->abort, 1, av, s_on_found);
@@ -383,21 +365,17 @@ static void s_on_end(void *arg, const redisReply *rep)
             }
         }
     }
-    if (found < 0)
-        rb_warn("session_end_failed", "Redis: %s", s_reply_error(rep));
-    if (op->fn.end)
-        op->fn.end(op->arg, found, seq, found == 1 ? &sess : NULL);
+    if (found < 0) rb_warn("session_end_failed", "Redis: %s", s_reply_error(rep));
+    if (op->fn.end) op->fn.end(op->arg, found, seq, found == 1 ? &sess : NULL);
     s_op_free(op);
 }
 
 int broker_store_end(broker_store_t *s, const char *session_id, const char *reason,
                      broker_end_fn *fn, void *arg)
 {
-    if (!s_field_ok(session_id, true) || strlen(session_id) > BROKER_SESSION_ID_LEN)
-        return -1;
+    if (!s_field_ok(session_id, true) || strlen(session_id) > BROKER_SESSION_ID_LEN) return -1;
     broker_op_t *op = s_op_new(s, arg);
-    if (!op)
-        return -1;
+    if (!op) return -1;
     op->fn.end = fn;
     snprintf(op->session_id, sizeof(op->session_id), "%s", session_id);
     const char *av[] = {session_id};
@@ -422,13 +400,11 @@ static void s_on_snapshot(void *arg, const redisReply *rep)
     seq = (uint64_t)rep->element[0]->integer;
     n = (rep->elements - 1) / SNAP_FIELDS;
     list = calloc(n ? n : 1, sizeof(*list));
-    if (!list)
-        goto out;
+    if (!list) goto out;
     for (size_t i = 0; i < n; i++) {
         redisReply **e = rep->element + 1 + i * SNAP_FIELDS;
         for (size_t k = 0; k < SNAP_FIELDS; k++)
-            if (!s_is_str(e[k]))
-                goto out;
+            if (!s_is_str(e[k])) goto out;
         list[i].session_id = e[0]->str;
         list[i].user = e[1]->str;
         list[i].label = e[2]->str;
@@ -440,8 +416,7 @@ static void s_on_snapshot(void *arg, const redisReply *rep)
     }
     rc = 0;
 out:
-    if (op->fn.snapshot)
-        op->fn.snapshot(op->arg, rc, seq, rc == 0 ? list : NULL, rc == 0 ? n : 0);
+    if (op->fn.snapshot) op->fn.snapshot(op->arg, rc, seq, rc == 0 ? list : NULL, rc == 0 ? n : 0);
     free(list);
     s_op_free(op);
 }
@@ -449,8 +424,7 @@ out:
 int broker_store_snapshot(broker_store_t *s, broker_snapshot_fn *fn, void *arg)
 {
     broker_op_t *op = s_op_new(s, arg);
-    if (!op)
-        return -1;
+    if (!op) return -1;
     op->fn.snapshot = fn;
     return s_eval(op, s->snapshot, 0, NULL, s_on_snapshot);
 }
@@ -470,8 +444,7 @@ static void s_on_stats(void *arg, const redisReply *rep)
 int broker_store_stats(broker_store_t *s, broker_stats_fn *fn, void *arg)
 {
     broker_op_t *op = s_op_new(s, arg);
-    if (!op)
-        return -1;
+    if (!op) return -1;
     op->fn.stats = fn;
     return s_eval(op, s->stats, 0, NULL, s_on_stats);
 }

@@ -44,8 +44,8 @@ typedef void(broker_found_fn)(void *arg, int found);
 /* found as above; seq and s are set when found is 1. */
 typedef void(broker_end_fn)(void *arg, int found, uint64_t seq, const broker_session_t *s);
 /* rc 0 or -1; sessions[0..n) are the live sessions as of seq. */
-typedef void(broker_snapshot_fn)(void *arg, int rc, uint64_t seq,
-                                 const broker_session_t *sessions, size_t n);
+typedef void(broker_snapshot_fn)(void *arg, int rc, uint64_t seq, const broker_session_t *sessions,
+                                 size_t n);
 /* rc 0 or -1: the current sequence number and the number of live sessions. */
 typedef void(broker_stats_fn)(void *arg, int rc, uint64_t seq, uint64_t sessions);
 
@@ -66,12 +66,10 @@ int broker_store_begin(broker_store_t *s, const char *user, const char *label,
                        const char *source, broker_begin_fn *fn, void *arg);
 /* Makes a pending session live with its address, name and the SHA-256 (hex)
  * of its resume token, and bumps the event sequence, in one script. */
-int broker_store_commit(broker_store_t *s, const char *session_id, const char *ip,
-                        const char *fqdn, const char *token_sha256, broker_seq_fn *fn,
-                        void *arg);
+int broker_store_commit(broker_store_t *s, const char *session_id, const char *ip, const char *fqdn,
+                        const char *token_sha256, broker_seq_fn *fn, void *arg);
 /* Drops a pending session (a logon that failed half way). */
-int broker_store_abort(broker_store_t *s, const char *session_id, broker_found_fn *fn,
-                       void *arg);
+int broker_store_abort(broker_store_t *s, const char *session_id, broker_found_fn *fn, void *arg);
 /* Ends a live session and bumps the event sequence. */
 int broker_store_end(broker_store_t *s, const char *session_id, const char *reason,
                      broker_end_fn *fn, void *arg);

@@ -28,8 +28,7 @@ int main(int argc, char **argv)
     rb_cli_run(&cli, argc, argv);
 
     rb_loop_t *loop = rb_loop_new();
-    if (!loop)
-        rb_fatal("startup_failed", "cannot create the event loop");
+    if (!loop) rb_fatal("startup_failed", "cannot create the event loop");
     rb_loop_add_signal(loop, SIGINT, s_on_signal, NULL);
     rb_loop_add_signal(loop, SIGTERM, s_on_signal, NULL);
     /* The ZAP handler must run before any CURVE socket is bound. */
@@ -42,8 +41,7 @@ int main(int argc, char **argv)
     if (b && st) {
         rb_status_set_ready(st, broker_ready, b);
         rb_status_set_info(st, broker_status_info, b);
-        if (cfg.admin_token[0])
-            rb_status_set_admin_token(st, cfg.admin_token);
+        if (cfg.admin_token[0]) rb_status_set_admin_token(st, cfg.admin_token);
         rc = rb_loop_run(loop) == 0 ? 0 : 1;
     } else {
         rb_error("startup_failed", "could not start; see the messages above");

@@ -46,8 +46,7 @@ const rb_option_t ipalloc_options[] = {
      "Redis AUTH password"},
     {"curve_secret_key", RB_OPT_STRING, "", offsetof(ipalloc_config_t, curve_secret_key), 0, 0,
      "our CURVE secret key file; empty: no CURVE"},
-    {"curve_allowed_keys", RB_OPT_STRING, "",
-     offsetof(ipalloc_config_t, curve_allowed_keys), 0, 0,
+    {"curve_allowed_keys", RB_OPT_STRING, "", offsetof(ipalloc_config_t, curve_allowed_keys), 0, 0,
      "comma-separated public key files of the brokers allowed to connect"},
     RB_OPT_END,
 };
@@ -85,14 +84,12 @@ struct ipalloc {
 static ipalloc_ctx_t *s_ctx_new(ipalloc_t *ia, rb_rpc_req_t *req)
 {
     ipalloc_ctx_t *c = calloc(1, sizeof(*c));
-    if (!c)
-        return NULL;
+    if (!c) return NULL;
     c->ia = ia;
     c->req = req;
     c->start_ms = rb_now_ms();
     c->next = ia->ctxs;
-    if (ia->ctxs)
-        ia->ctxs->prev = c;
+    if (ia->ctxs) ia->ctxs->prev = c;
     ia->ctxs = c;
     return c;
 }
@@ -104,8 +101,7 @@ static void s_ctx_free(ipalloc_ctx_t *c)
         c->prev->next = c->next;
     else
         ia->ctxs = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    if (c->next) c->next->prev = c->prev;
     rb_rpc_req_free(c->req); /* NULL when already answered */
     free(c);
 }
@@ -119,8 +115,8 @@ static void s_reply(rb_rpc_req_t *req, Rb__Brokeripalloc__IpallocToBroker *env)
         rb_warn("reply_failed", "could not answer %s", rb_rpc_req_peer(req));
 }
 
-static void s_reply_lease(rb_rpc_req_t *req, Rb__Brokeripalloc__LeaseStatus status,
-                          const char *ip, const char *pool, const char *message)
+static void s_reply_lease(rb_rpc_req_t *req, Rb__Brokeripalloc__LeaseStatus status, const char *ip,
+                          const char *pool, const char *message)
 {
     Rb__Brokeripalloc__IpallocToBroker env = RB__BROKERIPALLOC__IPALLOC_TO_BROKER__INIT;
     Rb__Brokeripalloc__LeaseReply lr = RB__BROKERIPALLOC__LEASE_REPLY__INIT;
@@ -271,8 +267,8 @@ static void s_on_request(void *arg, rb_rpc_req_t *req, const uint8_t *body, size
         return;
     }
     if (env->version != RB_PROTO_VERSION) {
-        rb_warn("bad_version", "%s speaks protocol version %u, we speak %u",
-                rb_rpc_req_peer(req), env->version, RB_PROTO_VERSION);
+        rb_warn("bad_version", "%s speaks protocol version %u, we speak %u", rb_rpc_req_peer(req),
+                env->version, RB_PROTO_VERSION);
         s_reply_lease(req, RB__BROKERIPALLOC__LEASE_STATUS__LEASE_BAD_REQUEST, NULL, NULL,
                       "protocol version mismatch");
         goto out;
@@ -309,10 +305,8 @@ static void s_on_init(void *arg, int rc, bool rebuilt)
 
 static void s_init_pool(ipalloc_t *ia)
 {
-    if (ia->init_pending)
-        return;
-    if (ipalloc_store_init_pool(ia->store, ia->pool, s_on_init, ia) == 0)
-        ia->init_pending = true;
+    if (ia->init_pending) return;
+    if (ipalloc_store_init_pool(ia->store, ia->pool, s_on_init, ia) == 0) ia->init_pending = true;
 }
 
 static void s_on_redis_up(void *arg)
@@ -325,14 +319,12 @@ static void s_on_stats(void *arg, const ipalloc_stats_t *st)
 {
     ipalloc_t *ia = arg;
     ia->stats_pending = false;
-    if (!st)
-        return;
+    if (!st) return;
     ia->stats = *st;
     rb_metric_set(ia->m_leases, (double)st->leased);
     if (strcmp(st->digest, ia->digest) != 0) {
         /* Another instance with a different pool, or Redis lost its data. */
-        if (ia->pool_ready)
-            rb_warn("pool_changed", "the pool in Redis is not ours; rebuilding it");
+        if (ia->pool_ready) rb_warn("pool_changed", "the pool in Redis is not ours; rebuilding it");
         ia->pool_ready = false;
         s_init_pool(ia);
     }
@@ -355,8 +347,7 @@ ipalloc_t *ipalloc_new(rb_loop_t *loop, const ipalloc_config_t *cfg)
 {
     char err[256];
     ipalloc_t *ia = calloc(1, sizeof(*ia));
-    if (!ia)
-        return NULL;
+    if (!ia) return NULL;
     ia->loop = loop;
     ia->cfg = cfg;
     ia->pool = rb_pool_new(cfg->pool, cfg->exclude, err, sizeof(err));
@@ -364,15 +355,13 @@ ipalloc_t *ipalloc_new(rb_loop_t *loop, const ipalloc_config_t *cfg)
         rb_error("bad_pool", "pool '%s': %s", cfg->pool ? cfg->pool : "", err);
         goto fail;
     }
-    if (ipalloc_store_pool_digest(ia->pool, ia->digest) != 0)
-        goto fail;
+    if (ipalloc_store_pool_digest(ia->pool, ia->digest) != 0) goto fail;
     if (rb_curve_load(&ia->curve, cfg->curve_secret_key, err, sizeof(err)) != 0) {
         rb_error("bad_curve_key", "%s", err);
         goto fail;
     }
     void *router = rb_zsock_bind(ZMQ_ROUTER, cfg->listen, &ia->curve);
-    if (!router)
-        goto fail;
+    if (!router) goto fail;
     ia->server = rb_rpc_server_new(loop, router, s_on_request, ia);
     if (!ia->server) {
         rb_zsock_close(&router);
@@ -383,12 +372,10 @@ ipalloc_t *ipalloc_new(rb_loop_t *loop, const ipalloc_config_t *cfg)
                             .socket_path = cfg->redis_socket,
                             .password = cfg->redis_password};
     ia->redis = rb_redis_new(loop, &rc);
-    if (!ia->redis || !(ia->store = ipalloc_store_new(ia->redis)))
-        goto fail;
+    if (!ia->redis || !(ia->store = ipalloc_store_new(ia->redis))) goto fail;
     rb_redis_on_up(ia->redis, s_on_redis_up, ia);
     ia->stats_timer = rb_loop_add_timer(loop, IPALLOC_STATS_MS, true, s_on_stats_tick, ia);
-    if (!ia->stats_timer)
-        goto fail;
+    if (!ia->stats_timer) goto fail;
 
     ia->m_leases = rb_gauge("reachback_leases", NULL, "addresses under lease");
     ia->m_ok = rb_counter("reachback_leases_total", "result=\"ok\"", "lease requests by result");
@@ -396,8 +383,8 @@ ipalloc_t *ipalloc_new(rb_loop_t *loop, const ipalloc_config_t *cfg)
         rb_counter("reachback_leases_total", "result=\"exhausted\"", "lease requests by result");
     ia->m_error =
         rb_counter("reachback_leases_total", "result=\"error\"", "lease requests by result");
-    ia->m_duration = rb_histogram("reachback_lease_duration_seconds", NULL,
-                                  "time from lease request to answer");
+    ia->m_duration =
+        rb_histogram("reachback_lease_duration_seconds", NULL, "time from lease request to answer");
     rb_info("ipalloc_started", "%s listening on %s, pool %s (%llu addresses)", cfg->ipalloc_id,
             cfg->listen, cfg->pool, (unsigned long long)rb_pool_size(ia->pool));
     return ia;
@@ -408,8 +395,7 @@ fail:
 
 void ipalloc_destroy(ipalloc_t **iap)
 {
-    if (!iap || !*iap)
-        return;
+    if (!iap || !*iap) return;
     ipalloc_t *ia = *iap;
     *iap = NULL;
     rb_loop_cancel_timer(ia->loop, ia->stats_timer);
@@ -448,7 +434,7 @@ void ipalloc_status_info(void *arg, rb_buf_t *json)
     rb_buf_printf(json,
                   "\",\"pool_size\":%llu,\"leased\":%llu,\"free\":%llu,"
                   "\"pool_ready\":%s,\"redis_ok\":%s",
-                  (unsigned long long)rb_pool_size(ia->pool),
-                  (unsigned long long)ia->stats.leased, (unsigned long long)ia->stats.free,
-                  ia->pool_ready ? "true" : "false", rb_redis_ok(ia->redis) ? "true" : "false");
+                  (unsigned long long)rb_pool_size(ia->pool), (unsigned long long)ia->stats.leased,
+                  (unsigned long long)ia->stats.free, ia->pool_ready ? "true" : "false",
+                  rb_redis_ok(ia->redis) ? "true" : "false");
 }

@@ -115,7 +115,7 @@ typedef struct ipalloc_op {
     void *arg;
     /* OP_INIT_*: the rebuild arguments, kept between the two steps. */
     char digest[65];
-    char *addrs;  /* n x 16 bytes of dotted quads */
+    char *addrs; /* n x 16 bytes of dotted quads */
     size_t naddrs;
 } ipalloc_op_t;
 
@@ -128,14 +128,12 @@ struct ipalloc_store {
 static ipalloc_op_t *s_op_new(ipalloc_store_t *s, op_kind_t kind, void *arg)
 {
     ipalloc_op_t *op = calloc(1, sizeof(*op));
-    if (!op)
-        return NULL;
+    if (!op) return NULL;
     op->store = s;
     op->kind = kind;
     op->arg = arg;
     op->next = s->ops;
-    if (s->ops)
-        s->ops->prev = op;
+    if (s->ops) s->ops->prev = op;
     s->ops = op;
     return op;
 }
@@ -147,8 +145,7 @@ static void s_op_free(ipalloc_op_t *op)
         op->prev->next = op->next;
     else
         s->ops = op->next;
-    if (op->next)
-        op->next->prev = op->prev;
+    if (op->next) op->next->prev = op->prev;
     free(op->addrs);
     free(op);
 }
@@ -162,8 +159,7 @@ static bool s_name_ok(const char *v)
 ipalloc_store_t *ipalloc_store_new(rb_redis_t *redis)
 {
     ipalloc_store_t *s = calloc(1, sizeof(*s));
-    if (!s)
-        return NULL;
+    if (!s) return NULL;
     s->redis = redis;
     s->rebuild = rb_redis_script(redis, LUA_REBUILD);
     s->lease = rb_redis_script(redis, LUA_LEASE);
@@ -178,8 +174,7 @@ ipalloc_store_t *ipalloc_store_new(rb_redis_t *redis)
 
 void ipalloc_store_destroy(ipalloc_store_t **sp)
 {
-    if (!sp || !*sp)
-        return;
+    if (!sp || !*sp) return;
     ipalloc_store_t *s = *sp;
     *sp = NULL;
     while (s->ops) {
@@ -197,18 +192,14 @@ int ipalloc_store_pool_digest(const rb_pool_t *pool, char out[65])
     uint64_t n = rb_pool_size(pool);
     int rc = -1;
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    if (!ctx || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1)
-        goto out;
+    if (!ctx || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) goto out;
     for (uint64_t i = 0; i < n; i++) {
         uint32_t ip;
-        if (rb_pool_nth(pool, i, &ip) != 0)
-            goto out;
+        if (rb_pool_nth(pool, i, &ip) != 0) goto out;
         unsigned char b[4] = {ip >> 24, ip >> 16, ip >> 8, ip};
-        if (EVP_DigestUpdate(ctx, b, sizeof(b)) != 1)
-            goto out;
+        if (EVP_DigestUpdate(ctx, b, sizeof(b)) != 1) goto out;
     }
-    if (EVP_DigestFinal_ex(ctx, md, &mdlen) != 1 || mdlen != 32)
-        goto out;
+    if (EVP_DigestFinal_ex(ctx, md, &mdlen) != 1 || mdlen != 32) goto out;
     for (unsigned i = 0; i < mdlen; i++)
         snprintf(out + 2 * i, 3, "%02x", md[i]);
     rc = 0;
@@ -226,8 +217,7 @@ static int s_send_rebuild(ipalloc_op_t *op)
     ipalloc_store_t *s = op->store;
     int argc = (int)op->naddrs + 5;
     const char **av = calloc((size_t)argc, sizeof(*av));
-    if (!av)
-        return -1;
+    if (!av) return -1;
     av[0] = K_POOL;
     av[1] = K_FREE;
     av[2] = K_LEASED;
@@ -281,22 +271,18 @@ int ipalloc_store_init_pool(ipalloc_store_t *s, const rb_pool_t *pool, ipalloc_i
         return -1;
     }
     ipalloc_op_t *op = s_op_new(s, OP_INIT_CHECK, arg);
-    if (!op)
-        return -1;
+    if (!op) return -1;
     op->fn.init = fn;
     op->naddrs = (size_t)n;
     op->addrs = malloc(op->naddrs * 16);
-    if (!op->addrs || ipalloc_store_pool_digest(pool, op->digest) != 0)
-        goto fail;
+    if (!op->addrs || ipalloc_store_pool_digest(pool, op->digest) != 0) goto fail;
     for (size_t i = 0; i < op->naddrs; i++) {
         uint32_t ip;
-        if (rb_pool_nth(pool, i, &ip) != 0)
-            goto fail;
+        if (rb_pool_nth(pool, i, &ip) != 0) goto fail;
         rb_ip_format(ip, op->addrs + 16 * i);
     }
     const char *av[] = {"GET", K_DIGEST};
-    if (rb_redis_command(s->redis, 2, av, NULL, s_on_init, op) != 0)
-        goto fail;
+    if (rb_redis_command(s->redis, 2, av, NULL, s_on_init, op) != 0) goto fail;
     return 0;
 fail:
     s_op_free(op);
@@ -332,12 +318,10 @@ int ipalloc_store_lease(ipalloc_store_t *s, const char *user, const char *sessio
                         ipalloc_lease_fn *fn, void *arg)
 {
     char now[24];
-    if (!s_name_ok(user) || !s_name_ok(session))
-        return -1;
+    if (!s_name_ok(user) || !s_name_ok(session)) return -1;
     snprintf(now, sizeof(now), "%" PRIu64, rb_wall_ms());
     ipalloc_op_t *op = s_op_new(s, OP_LEASE, arg);
-    if (!op)
-        return -1;
+    if (!op) return -1;
     op->fn.lease = fn;
     const char *av[] = {K_FREE, K_LEASED, user, session, now};
     if (rb_redis_eval(s->redis, s->lease, 2, 5, av, NULL, s_on_lease, op) != 0) {
@@ -366,11 +350,9 @@ int ipalloc_store_release(ipalloc_store_t *s, const char *ip, const char *sessio
                           ipalloc_release_fn *fn, void *arg)
 {
     uint32_t addr;
-    if (!ip || !s_name_ok(session) || (*ip && rb_ip_parse(ip, &addr) != 0))
-        return -1;
+    if (!ip || !s_name_ok(session) || (*ip && rb_ip_parse(ip, &addr) != 0)) return -1;
     ipalloc_op_t *op = s_op_new(s, OP_RELEASE, arg);
-    if (!op)
-        return -1;
+    if (!op) return -1;
     op->fn.release = fn;
     const char *av[] = {K_FREE, K_LEASED, K_POOL, ip, session};
     if (rb_redis_eval(s->redis, s->release, 3, 5, av, NULL, s_on_release, op) != 0) {
@@ -405,8 +387,7 @@ static void s_on_stats(void *arg, const redisReply *rep)
 int ipalloc_store_stats(ipalloc_store_t *s, ipalloc_stats_fn *fn, void *arg)
 {
     ipalloc_op_t *op = s_op_new(s, OP_STATS, arg);
-    if (!op)
-        return -1;
+    if (!op) return -1;
     op->fn.stats = fn;
     const char *av[] = {K_POOL, K_LEASED, K_FREE, K_DIGEST};
     if (rb_redis_eval(s->redis, s->stats, 4, 4, av, NULL, s_on_stats, op) != 0) {

@@ -27,8 +27,7 @@ int main(int argc, char **argv)
     rb_cli_run(&cli, argc, argv);
 
     rb_loop_t *loop = rb_loop_new();
-    if (!loop)
-        rb_fatal("startup_failed", "cannot create the event loop");
+    if (!loop) rb_fatal("startup_failed", "cannot create the event loop");
     rb_loop_add_signal(loop, SIGINT, s_on_signal, NULL);
     rb_loop_add_signal(loop, SIGTERM, s_on_signal, NULL);
     /* The ZAP handler must run before any CURVE socket is bound. */

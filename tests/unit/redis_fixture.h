@@ -47,8 +47,7 @@ static RBT_UNUSED int rbt_redis_spawn(rbt_redis_t *rs)
     char logfile[160];
     snprintf(logfile, sizeof(logfile), "%s/redis.log", rs->dir);
     pid_t pid = fork();
-    if (pid < 0)
-        return -1;
+    if (pid < 0) return -1;
     if (pid == 0) {
         execlp("redis-server", "redis-server", "--port", "0", "--unixsocket", rs->sock,
                "--unixsocketperm", "700", "--save", "", "--appendonly", "no", "--dir", rs->dir,
@@ -68,8 +67,7 @@ static RBT_UNUSED int rbt_redis_spawn(rbt_redis_t *rs)
                 return 0;
             }
         }
-        if (c)
-            redisFree(c);
+        if (c) redisFree(c);
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid) {
             rs->pid = 0;
@@ -84,8 +82,7 @@ static RBT_UNUSED int rbt_redis_start(rbt_redis_t *rs)
 {
     memset(rs, 0, sizeof(*rs));
     snprintf(rs->dir, sizeof(rs->dir), "/tmp/rb-redis-XXXXXX");
-    if (!mkdtemp(rs->dir))
-        return -1;
+    if (!mkdtemp(rs->dir)) return -1;
     snprintf(rs->sock, sizeof(rs->sock), "%s/redis.sock", rs->dir);
     return rbt_redis_spawn(rs);
 }
@@ -157,11 +154,9 @@ static RBT_UNUSED void rbt_wait_tick(rb_loop_t *loop, void *arg)
 static RBT_UNUSED bool rbt_wait(rb_loop_t *loop, bool (*cond)(void *arg), void *arg, unsigned ms)
 {
     rbt_wait_t w = {cond, arg, rb_now_ms() + ms, false};
-    if (cond(arg))
-        return true;
+    if (cond(arg)) return true;
     rb_timer_t *t = rb_loop_add_timer(loop, 2, true, rbt_wait_tick, &w);
-    if (!t)
-        return false;
+    if (!t) return false;
     rb_loop_run(loop);
     rb_loop_cancel_timer(loop, t);
     return w.met;

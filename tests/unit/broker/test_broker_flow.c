@@ -50,7 +50,6 @@ typedef struct {
     char ep[4][160];
 } fx_t;
 
-
 static void s_on_sub(rb_loop_t *loop, void *sock, void *arg)
 {
     fx_t *f = arg;
@@ -62,11 +61,10 @@ static void s_on_sub(rb_loop_t *loop, void *sock, void *arg)
             return;
         }
         Rb__Events__EventMessage *m = (Rb__Events__EventMessage *)rb_pb_unpack(
-            &rb__events__event_message__descriptor, zmq_msg_data(&msg), zmq_msg_size(&msg),
-            65536, "test-sub");
+            &rb__events__event_message__descriptor, zmq_msg_data(&msg), zmq_msg_size(&msg), 65536,
+            "test-sub");
         zmq_msg_close(&msg);
-        if (!m)
-            continue;
+        if (!m) continue;
         if (m->body_case == RB__EVENTS__EVENT_MESSAGE__BODY_HEARTBEAT) {
             f->heartbeats++;
         } else if (m->body_case == RB__EVENTS__EVENT_MESSAGE__BODY_EVENT &&
@@ -114,28 +112,24 @@ static int s_spawn_ipalloc(fx_t *f, const char *pool)
 {
     char self[PATH_MAX], bin[PATH_MAX + 32], conf[200], logf[200];
     ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-    if (n <= 0)
-        return -1;
+    if (n <= 0) return -1;
     self[n] = '\0';
     char *slash = strrchr(self, '/');
-    if (!slash)
-        return -1;
+    if (!slash) return -1;
     *slash = '\0';
     snprintf(bin, sizeof(bin), "%s/reachback-ipalloc", self);
-    if (access(bin, X_OK) != 0)
-        return -1;
+    if (access(bin, X_OK) != 0) return -1;
     snprintf(conf, sizeof(conf), "%s/ipalloc.conf", f->rs.dir);
     snprintf(logf, sizeof(logf), "%s/ipalloc.log", f->rs.dir);
     FILE *fp = fopen(conf, "w");
-    if (!fp)
-        return -1;
-    fprintf(fp, "log_level = info\nstatus_listen = 127.0.0.1:0\nlisten = %s\npool = %s\n"
-                "redis_socket = %s\n",
+    if (!fp) return -1;
+    fprintf(fp,
+            "log_level = info\nstatus_listen = 127.0.0.1:0\nlisten = %s\npool = %s\n"
+            "redis_socket = %s\n",
             f->ep[3], pool, f->rs.sock);
     fclose(fp);
     pid_t pid = fork();
-    if (pid < 0)
-        return -1;
+    if (pid < 0) return -1;
     if (pid == 0) {
         int fd = open(logf, O_WRONLY | O_CREAT | O_TRUNC, 0600);
         if (fd >= 0) {
@@ -153,8 +147,7 @@ static int setup(void **state)
 {
     fx_t *f = calloc(1, sizeof(*f));
     rb_log_init("test", RB_LOG_WARN);
-    if (!f || rbt_redis_start(&f->rs) != 0)
-        return -1;
+    if (!f || rbt_redis_start(&f->rs) != 0) return -1;
     const char *names[] = {"edge", "events", "snap", "ipalloc"};
     for (int i = 0; i < 4; i++)
         snprintf(f->ep[i], sizeof(f->ep[i]), "ipc://%s/%s.sock", f->rs.dir, names[i]);
@@ -181,21 +174,19 @@ static int setup(void **state)
     c->curve_allowed_keys = "";
     c->admin_token = "";
     f->b = broker_new(f->loop, c);
-    if (!f->b)
-        return -1;
+    if (!f->b) return -1;
     rb_curve_t none = {0};
-    f->edge = rb_rpc_client_new(f->loop, rb_zsock_connect(ZMQ_DEALER, f->ep[0], &none, NULL),
-                                "broker");
-    f->snap = rb_rpc_client_new(f->loop, rb_zsock_connect(ZMQ_DEALER, f->ep[2], &none, NULL),
-                                "snapshot");
+    f->edge =
+        rb_rpc_client_new(f->loop, rb_zsock_connect(ZMQ_DEALER, f->ep[0], &none, NULL), "broker");
+    f->snap =
+        rb_rpc_client_new(f->loop, rb_zsock_connect(ZMQ_DEALER, f->ep[2], &none, NULL), "snapshot");
     f->sub = rb_zsock_connect(ZMQ_SUB, f->ep[1], &none, NULL);
     if (!f->edge || !f->snap || !f->sub || zmq_setsockopt(f->sub, ZMQ_SUBSCRIBE, "", 0) != 0 ||
         rb_loop_add_zsock(f->loop, f->sub, s_on_sub, f) != 0)
         return -1;
     /* Ready: Redis answers, ipalloc answered a ping, and our SUB is joined
      * (a heartbeat arrived), so no event can be lost to the slow joiner. */
-    if (!rbt_wait(f->loop, s_ready, f->b, 8000) || !rbt_wait(f->loop, s_heard, f, 5000))
-        return -1;
+    if (!rbt_wait(f->loop, s_ready, f->b, 8000) || !rbt_wait(f->loop, s_heard, f, 5000)) return -1;
     *state = f;
     return 0;
 }
@@ -203,8 +194,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fx_t *f = *state;
-    if (!f)
-        return 0;
+    if (!f) return 0;
     rb_loop_del_zsock(f->loop, f->sub);
     rb_zsock_close(&f->sub);
     rb_rpc_client_destroy(&f->edge);
@@ -302,8 +292,7 @@ static const ev_t *s_wait_event(fx_t *f, size_t index)
 static void test_logon_logoff(void **state)
 {
     fx_t *f = *state;
-    if (!f)
-        skip();
+    if (!f) skip();
     size_t base = f->nevents;
     Rb__Edgebroker__BrokerToEdge *r = s_logon(f, "alice");
     Rb__Edgebroker__LogonReply *lr = r->logon;
@@ -362,20 +351,19 @@ static void test_logon_logoff(void **state)
 static void test_garbage_then_logon(void **state)
 {
     fx_t *f = *state;
-    if (!f)
-        skip();
+    if (!f) skip();
     rb_curve_t none = {0};
     void *raw = rb_zsock_connect(ZMQ_DEALER, f->ep[0], &none, NULL);
     assert_non_null(raw);
     const char junk[] = "\xff\xff\xff\xff not a protobuf";
     zmq_send(raw, "12345678", 8, ZMQ_SNDMORE);
-    zmq_send(raw, junk, sizeof(junk), 0);            /* id + garbage body */
-    zmq_send(raw, "x", 1, 0);                        /* one frame only */
+    zmq_send(raw, junk, sizeof(junk), 0); /* id + garbage body */
+    zmq_send(raw, "x", 1, 0);             /* one frame only */
     zmq_send(raw, "a", 1, ZMQ_SNDMORE);
     zmq_send(raw, "b", 1, ZMQ_SNDMORE);
-    zmq_send(raw, "c", 1, 0);                        /* three frames */
+    zmq_send(raw, "c", 1, 0); /* three frames */
     zmq_send(raw, "12345678", 8, ZMQ_SNDMORE);
-    zmq_send(raw, "", 0, 0);                         /* empty envelope: version 0 */
+    zmq_send(raw, "", 0, 0); /* empty envelope: version 0 */
     Rb__Edgebroker__EdgeToBroker env = RB__EDGEBROKER__EDGE_TO_BROKER__INIT;
     uint8_t buf[64];
     env.version = RB_PROTO_VERSION; /* valid envelope, no body */
@@ -398,8 +386,7 @@ static void test_garbage_then_logon(void **state)
 static void test_ping(void **state)
 {
     fx_t *f = *state;
-    if (!f)
-        skip();
+    if (!f) skip();
     Rb__Edgebroker__EdgeToBroker env = RB__EDGEBROKER__EDGE_TO_BROKER__INIT;
     Rb__Edgebroker__PingRequest pr = RB__EDGEBROKER__PING_REQUEST__INIT;
     pr.edge_id = "edge-test";
@@ -425,8 +412,7 @@ static void s_on_snap(void *arg, const uint8_t *body, size_t len)
 static void test_exhaustion_and_snapshot(void **state)
 {
     fx_t *f = *state;
-    if (!f)
-        skip();
+    if (!f) skip();
     /* bob holds one of the 6 addresses of the /29; 5 more fit. */
     for (int i = 0; i < 5; i++) {
         char user[16];
@@ -462,8 +448,7 @@ static void test_exhaustion_and_snapshot(void **state)
 static void test_ipalloc_down_unwinds(void **state)
 {
     fx_t *f = *state;
-    if (!f)
-        skip();
+    if (!f) skip();
     kill(f->ipalloc_pid, SIGTERM);
     waitpid(f->ipalloc_pid, NULL, 0);
     f->ipalloc_pid = 0;

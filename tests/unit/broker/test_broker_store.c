@@ -95,13 +95,11 @@ static int setup(void **state)
 {
     fx_t *f = calloc(1, sizeof(*f));
     rb_log_init("test", RB_LOG_WARN);
-    if (!f || rbt_redis_start(&f->rs) != 0)
-        return -1;
+    if (!f || rbt_redis_start(&f->rs) != 0) return -1;
     f->loop = rb_loop_new();
     rb_redis_config_t cfg = {.socket_path = f->rs.sock};
     f->r = rb_redis_new(f->loop, &cfg);
-    if (!f->r || !rbt_wait(f->loop, s_ok, f->r, 3000))
-        return -1;
+    if (!f->r || !rbt_wait(f->loop, s_ok, f->r, 3000)) return -1;
     f->s = broker_store_new(f->r);
     *state = f;
     return f->s ? 0 : -1;
@@ -121,10 +119,9 @@ static int teardown(void **state)
 static res_t s_begin(fx_t *f, const char *user, const char *label, const char *alt)
 {
     res_t r = {0};
-    assert_int_equal(
-        broker_store_begin(f->s, user, label, alt, "laptop", "edge-1", "127.0.0.1:5000",
-                           s_on_begin, &r),
-        0);
+    assert_int_equal(broker_store_begin(f->s, user, label, alt, "laptop", "edge-1",
+                                        "127.0.0.1:5000", s_on_begin, &r),
+                     0);
     assert_true(rbt_wait(f->loop, s_done, &r, 3000));
     return r;
 }

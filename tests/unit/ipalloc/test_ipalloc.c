@@ -37,8 +37,7 @@ static int setup(void **state)
 {
     fx_t *f = calloc(1, sizeof(*f));
     rb_log_init("test", RB_LOG_WARN);
-    if (!f || rbt_redis_start(&f->rs) != 0)
-        return -1;
+    if (!f || rbt_redis_start(&f->rs) != 0) return -1;
     snprintf(f->ep, sizeof(f->ep), "ipc://%s/ipalloc.sock", f->rs.dir);
     f->loop = rb_loop_new();
     ipalloc_config_t *c = &f->cfg;
@@ -54,10 +53,9 @@ static int setup(void **state)
     c->curve_allowed_keys = "";
     f->ia = ipalloc_new(f->loop, c);
     rb_curve_t none = {0};
-    f->cli = rb_rpc_client_new(f->loop, rb_zsock_connect(ZMQ_DEALER, f->ep, &none, NULL),
-                               "ipalloc");
-    if (!f->ia || !f->cli || !rbt_wait(f->loop, s_ready, f->ia, 5000))
-        return -1;
+    f->cli =
+        rb_rpc_client_new(f->loop, rb_zsock_connect(ZMQ_DEALER, f->ep, &none, NULL), "ipalloc");
+    if (!f->ia || !f->cli || !rbt_wait(f->loop, s_ready, f->ia, 5000)) return -1;
     *state = f;
     return 0;
 }

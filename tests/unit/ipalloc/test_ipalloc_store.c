@@ -65,8 +65,7 @@ static rb_redis_t *s_redis(fx_t *f)
 {
     rb_redis_config_t cfg = {.socket_path = f->rs.sock};
     rb_redis_t *r = rb_redis_new(f->loop, &cfg);
-    if (r && !rbt_wait(f->loop, s_ok, r, 3000))
-        rb_redis_destroy(&r);
+    if (r && !rbt_wait(f->loop, s_ok, r, 3000)) rb_redis_destroy(&r);
     return r;
 }
 
@@ -74,13 +73,11 @@ static int setup(void **state)
 {
     fx_t *f = calloc(1, sizeof(*f));
     rb_log_init("test", RB_LOG_WARN);
-    if (!f || rbt_redis_start(&f->rs) != 0)
-        return -1;
+    if (!f || rbt_redis_start(&f->rs) != 0) return -1;
     f->loop = rb_loop_new();
     f->r1 = s_redis(f);
     f->r2 = s_redis(f);
-    if (!f->r1 || !f->r2)
-        return -1;
+    if (!f->r1 || !f->r2) return -1;
     f->s1 = ipalloc_store_new(f->r1);
     f->s2 = ipalloc_store_new(f->r2);
     *state = f;
@@ -223,8 +220,7 @@ static void test_exclusions_never_leased(void **state)
         char sid[16];
         snprintf(sid, sizeof(sid), "s%d", n);
         res_t r = s_lease(f, f->s1, sid, sid);
-        if (r.res == IPALLOC_LEASE_EXHAUSTED)
-            break;
+        if (r.res == IPALLOC_LEASE_EXHAUSTED) break;
         assert_int_equal(r.res, IPALLOC_LEASE_OK);
         assert_string_not_equal(r.ip, "10.0.0.2");
         assert_string_not_equal(r.ip, "10.0.0.4");
@@ -285,8 +281,8 @@ static void test_two_stores_race(void **state)
     for (int i = 0; i < RACE_N; i++) {
         char name[16];
         snprintf(name, sizeof(name), "r%d", i);
-        assert_int_equal(
-            ipalloc_store_lease(i % 2 ? f->s2 : f->s1, name, name, s_on_lease, &r[i]), 0);
+        assert_int_equal(ipalloc_store_lease(i % 2 ? f->s2 : f->s1, name, name, s_on_lease, &r[i]),
+                         0);
     }
     for (int i = 0; i < RACE_N; i++)
         assert_true(rbt_wait(f->loop, s_done, &r[i], 5000));
@@ -299,8 +295,7 @@ static void test_two_stores_race(void **state)
         assert_int_equal(r[i].res, IPALLOC_LEASE_OK);
         ok++;
         for (int j = 0; j < i; j++)
-            if (r[j].res == IPALLOC_LEASE_OK)
-                assert_string_not_equal(r[i].ip, r[j].ip);
+            if (r[j].res == IPALLOC_LEASE_OK) assert_string_not_equal(r[i].ip, r[j].ip);
     }
     assert_int_equal(ok, 30);
     assert_int_equal(exhausted, RACE_N - 30);

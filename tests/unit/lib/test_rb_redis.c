@@ -33,8 +33,7 @@ static void s_got(void *arg, const struct redisReply *rep)
     if (rep) {
         g->type = rep->type;
         g->integer = rep->integer;
-        if (rep->str)
-            snprintf(g->str, sizeof(g->str), "%s", rep->str);
+        if (rep->str) snprintf(g->str, sizeof(g->str), "%s", rep->str);
     }
 }
 
@@ -55,10 +54,8 @@ static bool s_not_ok(void *arg)
 
 static rb_redis_t *s_connect(fx_t *f, unsigned timeout_ms, const char *password)
 {
-    rb_redis_config_t cfg = {.socket_path = f->rs.sock,
-                             .password = password,
-                             .timeout_ms = timeout_ms,
-                             .ping_ms = 100};
+    rb_redis_config_t cfg = {
+        .socket_path = f->rs.sock, .password = password, .timeout_ms = timeout_ms, .ping_ms = 100};
     return rb_redis_new(f->loop, &cfg);
 }
 
@@ -66,12 +63,10 @@ static int setup(void **state)
 {
     fx_t *f = calloc(1, sizeof(*f));
     rb_log_init("test", RB_LOG_WARN);
-    if (!f || rbt_redis_start(&f->rs) != 0)
-        return -1;
+    if (!f || rbt_redis_start(&f->rs) != 0) return -1;
     f->loop = rb_loop_new();
     f->r = s_connect(f, 300, NULL);
-    if (!f->loop || !f->r || !rbt_wait(f->loop, s_ok, f->r, 3000))
-        return -1;
+    if (!f->loop || !f->r || !rbt_wait(f->loop, s_ok, f->r, 3000)) return -1;
     *state = f;
     return 0;
 }
