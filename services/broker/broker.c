@@ -283,11 +283,19 @@ static void s_logon_fail(logon_t *c, Rb__Edgebroker__LogonStatus status, const c
     s_ctx_free(c);
 }
 
-static void s_on_commit(void *arg, uint64_t seq)
+static void s_on_commit(void *arg, int rc, uint64_t seq)
 {
     logon_t *c = arg;
     broker_t *b = c->b;
-    if (seq == 0) {
+    if (rc != 0) {
+        /* When the outcome is unknown the session may be live with this
+         * address: keep the lease rather than risk handing it out twice. It
+         * goes when the session ends. */
+        if (rc < 0) {
+            c->leasing = false;
+            rb_warn("commit_unknown", "session %s of %s may be live; its lease %s is kept",
+                    c->session_id, c->user, c->ip);
+        }
         s_logon_fail(c, RB__EDGEBROKER__LOGON_STATUS__LOGON_UNAVAILABLE,
                      "the session could not be stored");
         return;

@@ -288,13 +288,17 @@ static void s_on_commit(void *arg, const redisReply *rep)
 {
     broker_op_t *op = arg;
     uint64_t seq = 0;
-    if (rep && rep->type == REDIS_REPLY_INTEGER && rep->integer > 0)
+    int rc = -1;
+    if (rep && rep->type == REDIS_REPLY_INTEGER && rep->integer > 0) {
         seq = (uint64_t)rep->integer;
-    else if (rep && rep->type == REDIS_REPLY_INTEGER)
+        rc = 0;
+    } else if (rep && rep->type == REDIS_REPLY_INTEGER) {
         rb_warn("session_commit_failed", "session %s is no longer pending", op->session_id);
-    else
+        rc = 1;
+    } else {
         rb_warn("session_commit_failed", "Redis: %s", s_reply_error(rep));
-    if (op->fn.seq) op->fn.seq(op->arg, seq);
+    }
+    if (op->fn.seq) op->fn.seq(op->arg, rc, seq);
     s_op_free(op);
 }
 

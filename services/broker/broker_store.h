@@ -36,9 +36,10 @@ typedef enum {
 /* since_ms: when the claimed session started (as stored). */
 typedef void(broker_begin_fn)(void *arg, broker_begin_result_t res, const char *session_id,
                               const char *label, uint64_t since_ms);
-/* seq > 0: the new event sequence number; 0: failed (error or the pending
- * session expired). */
-typedef void(broker_seq_fn)(void *arg, uint64_t seq);
+/* rc 0: committed, seq is the new event sequence number; 1: not committed
+ * (the pending session expired or was aborted); -1: unknown (Redis failed or
+ * did not answer, the script may have run). */
+typedef void(broker_seq_fn)(void *arg, int rc, uint64_t seq);
 /* found: 1 done, 0 no such session (in the needed state), -1 error. */
 typedef void(broker_found_fn)(void *arg, int found);
 /* found as above; seq and s are set when found is 1. */

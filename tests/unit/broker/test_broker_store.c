@@ -52,11 +52,13 @@ static void s_on_begin(void *arg, broker_begin_result_t res, const char *sid, co
     snprintf(r->label, sizeof(r->label), "%s", label ? label : "");
 }
 
-static void s_on_seq(void *arg, uint64_t seq)
+static void s_on_seq(void *arg, int rc, uint64_t seq)
 {
     res_t *r = arg;
     r->done = true;
+    r->rc = rc;
     r->seq = seq;
+    assert_true(rc == 0 ? seq > 0 : seq == 0);
 }
 
 static void s_on_found(void *arg, int found)
