@@ -776,7 +776,8 @@ static int s_events(dns_server_t *s, const dns_config_t *cfg)
         .broker_public_key = broker_key,
         .name = cfg->dns_id && cfg->dns_id[0] ? cfg->dns_id : "dns",
     };
-    rb_events_handlers_t h = {s_ev_reset, s_ev_up, s_ev_down};
+    /* rb_events keeps the pointer to the handlers: they must outlive it. */
+    static const rb_events_handlers_t h = {s_ev_reset, s_ev_up, s_ev_down};
     s->events = rb_events_new(s->loop, &ec, &h, s);
     return s->events ? 0 : -1;
 }
