@@ -457,6 +457,10 @@ static void s_on_end(void *arg, int found, uint64_t seq, const broker_session_t 
         return;
     }
     if (found == 0) {
+        /* Perhaps a first attempt ended it and its answer was lost before
+         * the release: releasing by session id is harmless when there is
+         * nothing to release, and otherwise frees a lease nobody holds. */
+        s_send_release(b, "", c->session_id, s_on_release_logged, b);
         s_reply_logoff(c, false);
         return;
     }
