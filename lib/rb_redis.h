@@ -24,7 +24,8 @@ typedef struct rb_redis_script rb_redis_script_t;
 struct redisReply;
 
 typedef struct {
-    const char *host;        /* default "127.0.0.1"; resolved at every connect */
+    const char *host;        /* default "127.0.0.1"; a name is resolved (blocking) at
+                                each connect, so prefer an address */
     int port;                /* default 6379 */
     const char *socket_path; /* unix socket; overrides host/port when non-empty */
     const char *password;    /* AUTH when non-empty */
