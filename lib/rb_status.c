@@ -235,12 +235,12 @@ rb_status_t *rb_status_new(rb_loop_t *loop, const char *listen, const char *serv
     st->requests = rb_counter("reachback_status_http_requests_total", NULL,
                               "Requests answered by the status HTTP server");
     st->mhd = MHD_start_daemon(MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL, s_handle, st,
+                               MHD_OPTION_EXTERNAL_LOGGER, s_log, NULL,
                                MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
                                MHD_OPTION_NOTIFY_COMPLETED, s_done, st,
                                MHD_OPTION_CONNECTION_LIMIT, (unsigned)128,
                                MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
                                MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(128 * 1024),
-                               MHD_OPTION_EXTERNAL_LOGGER, s_log, NULL,
                                MHD_OPTION_END);
     if (!st->mhd) {
         rb_error("status_listen_failed", "cannot serve status HTTP on %s", listen);
