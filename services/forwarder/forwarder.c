@@ -1,0 +1,271 @@
+/* forwarder: the service object (see forwarder.h). Sessions are kept in a
+ * chained hash table keyed by session id; the event stream is the only
+ * writer. */
+#include "forwarder.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rb_events.h"
+#include "rb_log.h"
+#include "rb_metrics.h"
+#include "rb_status.h"
+#include "rb_zmq.h"
+
+const rb_option_t forwarder_options[] = {
+    RB_OPT_COMMON(forwarder_config_t),
+    {"forwarder_id", RB_OPT_STRING, "forwarder", offsetof(forwarder_config_t, forwarder_id), 0,
+     0, "this instance's name in the brokers' logs"},
+    {"events_endpoints", RB_OPT_STRING, NULL, offsetof(forwarder_config_t, events_endpoints), 0,
+     0, "comma-separated broker PUB endpoints of the session event stream"},
+    {"snapshot_endpoints", RB_OPT_STRING, NULL,
+     offsetof(forwarder_config_t, snapshot_endpoints), 0, 0,
+     "comma-separated broker snapshot endpoints"},
+    {"broker_public_key", RB_OPT_STRING, "", offsetof(forwarder_config_t, broker_public_key), 0,
+     0, "key file holding the brokers' CURVE public key (needed with curve_secret_key)"},
+    {"curve_secret_key", RB_OPT_STRING, "", offsetof(forwarder_config_t, curve_secret_key), 0,
+     0, "our CURVE secret key file; empty for links in the clear (ipc://)"},
+    RB_OPT_END,
+};
+
+typedef struct fw_session {
+    struct fw_session *next;
+    char *session_id, *user, *ip, *edge_id;
+} fw_session_t;
+
+struct forwarder {
+    rb_loop_t *loop;
+    const forwarder_config_t *cfg;
+    rb_curve_t curve;
+    char broker_public[RB_Z85_KEY_LEN + 1];
+    rb_events_t *events;
+    rb_status_t *status;
+    fw_session_t **buckets;
+    size_t nbuckets, count;
+    rb_metric_t *m_sessions;
+};
+
+int forwarder_config_validate(void *vcfg, char *err, size_t errlen)
+{
+    forwarder_config_t *cfg = vcfg;
+    if (!cfg->events_endpoints || !*cfg->events_endpoints) {
+        snprintf(err, errlen, "key 'events_endpoints': at least one endpoint is needed");
+        return -1;
+    }
+    if (!cfg->snapshot_endpoints || !*cfg->snapshot_endpoints) {
+        snprintf(err, errlen, "key 'snapshot_endpoints': at least one endpoint is needed");
+        return -1;
+    }
+    if (cfg->curve_secret_key && *cfg->curve_secret_key &&
+        (!cfg->broker_public_key || !*cfg->broker_public_key)) {
+        snprintf(err, errlen, "key 'broker_public_key': needed when curve_secret_key is set");
+        return -1;
+    }
+    return 0;
+}
+
+/* FNV-1a: session ids come from the broker, not from an attacker, but the
+ * table must not degrade on similar ids. */
+static size_t s_hash(const char *s, size_t n)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++) h = (h ^ (uint8_t)*s) * 1099511628211ULL;
+    return (size_t)h & (n - 1);
+}
+
+static void s_session_free(fw_session_t *s)
+{
+    free(s->session_id);
+    free(s->user);
+    free(s->ip);
+    free(s->edge_id);
+    free(s);
+}
+
+static fw_session_t **s_find(forwarder_t *fw, const char *id)
+{
+    fw_session_t **pp = &fw->buckets[s_hash(id, fw->nbuckets)];
+    while (*pp && strcmp((*pp)->session_id, id) != 0) pp = &(*pp)->next;
+    return pp;
+}
+
+static void s_grow(forwarder_t *fw)
+{
+    size_t n = fw->nbuckets * 2;
+    fw_session_t **b = calloc(n, sizeof *b);
+    if (!b) return;   /* longer chains, still correct */
+    for (size_t i = 0; i < fw->nbuckets; i++) {
+        for (fw_session_t *s = fw->buckets[i], *next; s; s = next) {
+            next = s->next;
+            size_t h = s_hash(s->session_id, n);
+            s->next = b[h];
+            b[h] = s;
+        }
+    }
+    free(fw->buckets);
+    fw->buckets = b;
+    fw->nbuckets = n;
+}
+
+void forwarder_reset(forwarder_t *fw)
+{
+    for (size_t i = 0; i < fw->nbuckets; i++) {
+        for (fw_session_t *s = fw->buckets[i], *next; s; s = next) {
+            next = s->next;
+            s_session_free(s);
+        }
+        fw->buckets[i] = NULL;
+    }
+    fw->count = 0;
+    rb_metric_set(fw->m_sessions, 0);
+}
+
+int forwarder_session_up(forwarder_t *fw, const Rb__Events__Session *in)
+{
+    const char *id = in->session_id ? in->session_id : "";
+    if (!*id) {
+        rb_warn("bad_session", "session event for user '%s' without a session id",
+                in->user ? in->user : "");
+        return -1;
+    }
+    fw_session_t *s = calloc(1, sizeof *s);
+    if (!s) return -1;
+    s->session_id = strdup(id);
+    s->user = strdup(in->user ? in->user : "");
+    s->ip = strdup(in->ip ? in->ip : "");
+    s->edge_id = strdup(in->edge_id ? in->edge_id : "");
+    if (!s->session_id || !s->user || !s->ip || !s->edge_id) {
+        s_session_free(s);
+        rb_error("session_up", "out of memory for session %s", id);
+        return -1;
+    }
+    fw_session_t **pp = s_find(fw, id);
+    if (*pp) {   /* an update (moved edge, resumed): replace in place */
+        s->next = (*pp)->next;
+        s_session_free(*pp);
+        *pp = s;
+    } else {
+        if (fw->count + 1 > fw->nbuckets) {
+            s_grow(fw);
+            pp = s_find(fw, id);
+        }
+        s->next = NULL;
+        *pp = s;
+        fw->count++;
+    }
+    rb_debug("session_up", "%s (%s) at %s via edge %s", s->user, s->session_id,
+             *s->ip ? s->ip : "no address", s->edge_id);
+    rb_metric_set(fw->m_sessions, (double)fw->count);
+    return 0;
+}
+
+void forwarder_session_down(forwarder_t *fw, const Rb__Events__Session *in, const char *reason)
+{
+    fw_session_t **pp = s_find(fw, in->session_id ? in->session_id : "");
+    if (!*pp) return;   /* never seen, or already gone: nothing to undo */
+    fw_session_t *s = *pp;
+    *pp = s->next;
+    fw->count--;
+    rb_debug("session_down", "%s (%s): %s", s->user, s->session_id, reason);
+    s_session_free(s);
+    rb_metric_set(fw->m_sessions, (double)fw->count);
+}
+
+static void s_on_reset(void *arg) { forwarder_reset(arg); }
+static void s_on_up(void *arg, const Rb__Events__Session *s) { forwarder_session_up(arg, s); }
+static void s_on_down(void *arg, const Rb__Events__Session *s, const char *reason)
+{
+    forwarder_session_down(arg, s, reason);
+}
+
+static const rb_events_handlers_t s_handlers = {s_on_reset, s_on_up, s_on_down};
+
+static bool s_ready(void *arg, rb_buf_t *why)
+{
+    forwarder_t *fw = arg;
+    if (rb_events_ready(fw->events)) return true;
+    rb_buf_puts(why, "session events: no snapshot yet, or no broker heard for 3 s");
+    return false;
+}
+
+static void s_info(void *arg, rb_buf_t *json)
+{
+    forwarder_t *fw = arg;
+    rb_buf_puts(json, "\"forwarder_id\":\"");
+    rb_buf_json_escape(json, fw->cfg->forwarder_id ? fw->cfg->forwarder_id : "");
+    rb_buf_printf(json, "\",\"sessions\":%zu,\"events_seq\":%llu,\"snapshots\":%llu", fw->count,
+                  (unsigned long long)rb_events_seq(fw->events),
+                  (unsigned long long)rb_events_snapshots(fw->events));
+}
+
+forwarder_t *forwarder_new(rb_loop_t *loop, const forwarder_config_t *cfg)
+{
+    char err[512];
+    forwarder_t *fw = calloc(1, sizeof *fw);
+    if (!fw) return NULL;
+    fw->loop = loop;
+    fw->cfg = cfg;
+    fw->nbuckets = 1024;
+    fw->buckets = calloc(fw->nbuckets, sizeof *fw->buckets);
+    if (!fw->buckets) goto fail;
+    fw->m_sessions = rb_gauge("reachback_forwarder_sessions", NULL,
+                              "Live sessions known to this forwarder");
+    if (rb_curve_load(&fw->curve, cfg->curve_secret_key, err, sizeof err) < 0) {
+        rb_error("forwarder_keys", "curve_secret_key: %s", err);
+        goto fail;
+    }
+    if (fw->curve.enabled &&
+        rb_curve_read_public(cfg->broker_public_key, fw->broker_public, err, sizeof err) < 0) {
+        rb_error("forwarder_keys", "broker_public_key: %s", err);
+        goto fail;
+    }
+    rb_events_config_t ec = {
+        .pub_endpoints = cfg->events_endpoints,
+        .snapshot_endpoints = cfg->snapshot_endpoints,
+        .curve = &fw->curve,
+        .broker_public_key = fw->broker_public,
+        .name = cfg->forwarder_id,
+    };
+    fw->events = rb_events_new(loop, &ec, &s_handlers, fw);
+    if (!fw->events) goto fail;
+    if (cfg->status_listen && *cfg->status_listen) {
+        fw->status = rb_status_new(loop, cfg->status_listen, "forwarder");
+        if (!fw->status) {
+            rb_error("forwarder_status", "cannot start the status server on %s",
+                     cfg->status_listen);
+            goto fail;
+        }
+        rb_status_set_ready(fw->status, s_ready, fw);
+        rb_status_set_info(fw->status, s_info, fw);
+        rb_info("forwarder_status", "status server on port %d", rb_status_port(fw->status));
+    }
+    rb_info("forwarder_start", "%s following session events from %s",
+            cfg->forwarder_id ? cfg->forwarder_id : "forwarder", cfg->events_endpoints);
+    return fw;
+fail:
+    forwarder_destroy(&fw);
+    return NULL;
+}
+
+void forwarder_destroy(forwarder_t **pfw)
+{
+    if (!pfw || !*pfw) return;
+    forwarder_t *fw = *pfw;
+    *pfw = NULL;
+    rb_status_destroy(&fw->status);
+    rb_events_destroy(&fw->events);
+    if (fw->buckets) forwarder_reset(fw);
+    free(fw->buckets);
+    explicit_bzero(&fw->curve, sizeof fw->curve);
+    free(fw);
+}
+
+bool forwarder_ready(const forwarder_t *fw) { return fw && rb_events_ready(fw->events); }
+
+size_t forwarder_session_count(const forwarder_t *fw) { return fw ? fw->count : 0; }
+
+int forwarder_status_port(const forwarder_t *fw)
+{
+    return fw && fw->status ? rb_status_port(fw->status) : -1;
+}
