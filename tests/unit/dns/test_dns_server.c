@@ -6,7 +6,9 @@
  * Servers: "srv" serves vpn.lab without upstream (REFUSED outside), "corp"
  * serves corp.lab, "fwd" serves vpn.lab and forwards to corp, "big" forwards
  * to a fake upstream (a socket on the same loop) that answers with 40 A
- * records, too many for 512 bytes, and "dead" forwards to a silent socket. */
+ * records, too many for 512 bytes, "dead" forwards to a silent socket, and
+ * "evs" follows a fake broker's event stream (snapshot ROUTER + XPUB, raw
+ * ZeroMQ on the same loop). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -24,17 +26,25 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <zmq.h>
+
 #include "dns_server.h"
 #include "dns_wire.h"
+#include "rb_buf.h"
 #include "rb_loop.h"
 #include "rb_metrics.h"
+#include "rb_pb.h"
+#include "rb_zmq.h"
 
 typedef struct {
     rb_loop_t *loop;
     pthread_t thread;
     int cmd[2], done[2];
     int fake_fd, silent_fd;
-    dns_server_t *srv, *corp, *fwd, *big, *dead;
+    dns_server_t *srv, *corp, *fwd, *big, *dead, *evs;
+    void *xpub, *router;          /* the fake broker */
+    rb_timer_t *hb;
+    uint64_t seq;
 } fixture_t;
 
 static fixture_t F;
@@ -90,6 +100,113 @@ static void s_fake_read(rb_loop_t *loop, int fd, unsigned events, void *arg)
     sendto(fd, out, len, 0, (struct sockaddr *)&from, fl);
 }
 
+/* ---- a fake broker: one session in every snapshot, heartbeats ---- */
+
+static void s_session(Rb__Events__Session *ss, const char *label, const char *ip)
+{
+    rb__events__session__init(ss);
+    ss->session_id = (char *)label;
+    ss->user = (char *)label;
+    ss->label = (char *)label;
+    ss->ip = (char *)ip;
+}
+
+static void s_on_snapshot_call(rb_loop_t *l, void *sock, void *arg)
+{
+    zmq_msg_t rid, id, body;
+    zmq_msg_init(&rid);
+    while (zmq_msg_recv(&rid, sock, ZMQ_DONTWAIT) >= 0) {
+        zmq_msg_init(&id);
+        zmq_msg_init(&body);
+        assert_true(zmq_msg_recv(&id, sock, 0) >= 0);
+        assert_true(zmq_msg_recv(&body, sock, 0) >= 0);
+        Rb__Events__Session ss, *ps = &ss;
+        s_session(&ss, "erin", "127.77.0.9");
+        Rb__Events__Snapshot snap = RB__EVENTS__SNAPSHOT__INIT;
+        snap.seq = F.seq;
+        snap.n_sessions = 1;
+        snap.sessions = &ps;
+        Rb__Events__SnapshotAnswer a = RB__EVENTS__SNAPSHOT_ANSWER__INIT;
+        a.version = RB_PROTO_VERSION;
+        a.snapshot = &snap;
+        rb_buf_t out = RB_BUF_INIT;
+        assert_int_equal(rb_pb_pack(&a.base, &out), 0);
+        assert_true(zmq_msg_send(&rid, sock, ZMQ_SNDMORE) >= 0);
+        assert_true(zmq_msg_send(&id, sock, ZMQ_SNDMORE) >= 0);
+        assert_true(zmq_send(sock, out.data, out.len, 0) >= 0);
+        rb_buf_free(&out);
+        zmq_msg_close(&id);
+        zmq_msg_close(&body);
+        zmq_msg_close(&rid);
+        zmq_msg_init(&rid);
+    }
+    zmq_msg_close(&rid);
+}
+
+static void s_on_xpub(rb_loop_t *l, void *sock, void *arg)
+{
+    char buf[64];
+    while (zmq_recv(sock, buf, sizeof buf, ZMQ_DONTWAIT) >= 0) {
+    }
+}
+
+static void s_publish(Rb__Events__EventMessage *m)
+{
+    m->version = RB_PROTO_VERSION;
+    rb_buf_t out = RB_BUF_INIT;
+    assert_int_equal(rb_pb_pack(&m->base, &out), 0);
+    zmq_send(F.xpub, out.data, out.len, 0);
+    rb_buf_free(&out);
+}
+
+static void s_heartbeat(rb_loop_t *l, void *arg)
+{
+    Rb__Events__Heartbeat hb = RB__EVENTS__HEARTBEAT__INIT;
+    hb.seq = F.seq;
+    hb.broker_id = "fake";
+    Rb__Events__EventMessage m = RB__EVENTS__EVENT_MESSAGE__INIT;
+    m.body_case = RB__EVENTS__EVENT_MESSAGE__BODY_HEARTBEAT;
+    m.heartbeat = &hb;
+    s_publish(&m);
+}
+
+/* Publishes frank up (or erin down) as the next event. */
+static void s_event(void *arg)
+{
+    bool up = arg != NULL;
+    Rb__Events__Session ss;
+    s_session(&ss, up ? "frank" : "erin", up ? "127.77.0.10" : "127.77.0.9");
+    Rb__Events__SessionEvent ev = RB__EVENTS__SESSION_EVENT__INIT;
+    ev.seq = ++F.seq;
+    ev.kind = up ? RB__EVENTS__EVENT_KIND__SESSION_UP : RB__EVENTS__EVENT_KIND__SESSION_DOWN;
+    ev.session = &ss;
+    ev.reason = up ? "" : "logoff";
+    Rb__Events__EventMessage m = RB__EVENTS__EVENT_MESSAGE__INIT;
+    m.body_case = RB__EVENTS__EVENT_MESSAGE__BODY_EVENT;
+    m.event = &ev;
+    s_publish(&m);
+}
+
+static void s_broker_start(char *pub_ep, char *snap_ep, size_t n)
+{
+    void *ctx = rb_zmq_ctx();
+    F.xpub = zmq_socket(ctx, ZMQ_XPUB);
+    F.router = zmq_socket(ctx, ZMQ_ROUTER);
+    int zero = 0;
+    zmq_setsockopt(F.xpub, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(F.router, ZMQ_LINGER, &zero, sizeof zero);
+    assert_int_equal(zmq_bind(F.xpub, "tcp://127.0.0.1:*"), 0);
+    assert_int_equal(zmq_bind(F.router, "tcp://127.0.0.1:*"), 0);
+    size_t len = n;
+    zmq_getsockopt(F.xpub, ZMQ_LAST_ENDPOINT, pub_ep, &len);
+    len = n;
+    zmq_getsockopt(F.router, ZMQ_LAST_ENDPOINT, snap_ep, &len);
+    assert_int_equal(rb_loop_add_zsock(F.loop, F.xpub, s_on_xpub, NULL), 0);
+    assert_int_equal(rb_loop_add_zsock(F.loop, F.router, s_on_snapshot_call, NULL), 0);
+    F.seq = 5;
+    F.hb = rb_loop_add_timer(F.loop, 100, true, s_heartbeat, NULL);
+}
+
 static int s_udp_socket(int *port)
 {
     int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
@@ -101,18 +218,24 @@ static int s_udp_socket(int *port)
     return fd;
 }
 
-static dns_server_t *s_server(const char *suffix, const char *pool, const char *upstream)
+static dns_server_t *s_server_ev(const char *suffix, const char *pool, const char *upstream,
+                                 char *pub, char *snap)
 {
     dns_config_t cfg = {
         .log_level = "info", .status_listen = "", .listen = "127.0.0.1:0",
         .suffix = (char *)suffix, .ttl = 30, .pool = (char *)pool, .ns_address = "127.0.0.1",
-        .upstream = (char *)upstream, .events_endpoints = "", .snapshot_endpoints = "",
+        .upstream = (char *)upstream, .events_endpoints = pub, .snapshot_endpoints = snap,
         .broker_public_key = "", .curve_secret_key = "", .dns_id = "test",
     };
     dns_server_t *s = dns_server_new(F.loop, &cfg);
     assert_non_null(s);
     assert_true(dns_server_port(s) > 0);
     return s;
+}
+
+static dns_server_t *s_server(const char *suffix, const char *pool, const char *upstream)
+{
+    return s_server_ev(suffix, pool, upstream, "", "");
 }
 
 static void s_up(dns_server_t *s, const char *sid, const char *label, const char *fqdn,
@@ -148,6 +271,10 @@ static int s_setup(void **state)
     F.big = s_server("vpn.lab", "", up);
     snprintf(up, sizeof up, "127.0.0.1:%d", silent_port);
     F.dead = s_server("vpn.lab", "", up);
+    char pub[128], snap[128];
+    s_broker_start(pub, snap, sizeof pub);
+    F.evs = s_server_ev("vpn.lab", "127.77.0.0/16", "", pub, snap);
+    assert_false(dns_server_ready(F.evs));
 
     s_up(F.srv, "s1", "alice", "alice.vpn.lab", "127.77.0.2");
     s_up(F.srv, "s2", "carol", "", "127.77.0.3");
@@ -163,9 +290,15 @@ static int s_teardown(void **state)
 {
     s_in_loop(s_stop, NULL);
     pthread_join(F.thread, NULL);
-    dns_server_t **all[] = {&F.srv, &F.corp, &F.fwd, &F.big, &F.dead};
-    for (size_t i = 0; i < 5; i++) dns_server_destroy(all[i]);
+    dns_server_t **all[] = {&F.srv, &F.corp, &F.fwd, &F.big, &F.dead, &F.evs};
+    for (size_t i = 0; i < 6; i++) dns_server_destroy(all[i]);
     assert_null(F.srv);
+    rb_loop_cancel_timer(F.loop, F.hb);
+    rb_loop_del_zsock(F.loop, F.xpub);
+    rb_loop_del_zsock(F.loop, F.router);
+    zmq_close(F.xpub);
+    zmq_close(F.router);
+    rb_zmq_term();
     rb_loop_del_fd(F.loop, F.cmd[0]);
     rb_loop_del_fd(F.loop, F.fake_fd);
     close(F.fake_fd);
@@ -482,6 +615,34 @@ static void test_malformed(void **state)
     close(fd);
 }
 
+/* Polls dig until it prints want (at most ~5 s). */
+static bool s_dig_until(int port, const char *args, const char *want)
+{
+    for (int i = 0; i < 50; i++) {
+        if (strcmp(s_run(DIG "%s", port, args), want) == 0) return true;
+        usleep(100 * 1000);
+    }
+    return false;
+}
+
+static void s_check_ready(void *arg) { *(bool *)arg = dns_server_ready(F.evs); }
+
+static void test_event_stream(void **state)
+{
+    int port = dns_server_port(F.evs);
+    /* erin comes with the snapshot; then frank's up and erin's down arrive
+     * as events. */
+    assert_true(s_dig_until(port, "erin.vpn.lab +short", "127.77.0.9\n"));
+    bool ready = false;
+    s_in_loop(s_check_ready, &ready);
+    assert_true(ready);
+    s_in_loop(s_event, (void *)1);
+    assert_true(s_dig_until(port, "-x 127.77.0.10 +short", "frank.vpn.lab.\n"));
+    s_in_loop(s_event, NULL);
+    assert_true(s_dig_until(port, "erin.vpn.lab +short", ""));
+    assert_string_equal(s_run(DIG "frank.vpn.lab +short", port), "127.77.0.10\n");
+}
+
 static void test_metrics(void **state)
 {
     /* Counters are process-wide, shared by the servers of this test. */
@@ -501,7 +662,7 @@ int main(void)
         cmocka_unit_test(test_a_ptr_and_case),   cmocka_unit_test(test_negative_answers),
         cmocka_unit_test(test_updates_visible),  cmocka_unit_test(test_forwarding),
         cmocka_unit_test(test_truncation_and_tcp), cmocka_unit_test(test_malformed),
-        cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_event_stream),     cmocka_unit_test(test_metrics),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
