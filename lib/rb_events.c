@@ -137,7 +137,9 @@ static void s_process_live(rb_events_t *ev, ev_msg_t *m)
             if (s_seq(ev->reorder.v[i]) == ev->last + 1) s_apply(ev, ev->reorder.v[i]);
             s_free_msg(ev->reorder.v[i]);
         }
-        memmove(ev->reorder.v, ev->reorder.v + i, (ev->reorder.len - i) * sizeof(ev_msg_t *));
+        if (i)
+            memmove(ev->reorder.v, ev->reorder.v + i,
+                    (ev->reorder.len - i) * sizeof(ev_msg_t *));
         ev->reorder.len -= i;
         s_update_gap(ev);
         return;
@@ -209,7 +211,7 @@ static void s_on_snapshot(void *arg, const uint8_t *body, size_t len)
 
     ev_list_t buffered = ev->pending;
     memset(&ev->pending, 0, sizeof ev->pending);
-    qsort(buffered.v, buffered.len, sizeof *buffered.v, s_cmp_seq);
+    if (buffered.len) qsort(buffered.v, buffered.len, sizeof *buffered.v, s_cmp_seq);
     for (size_t i = 0; i < buffered.len; i++) {
         /* A callback may have asked for a new snapshot (reorder overflow):
          * the rest goes back to the pending buffer. */
