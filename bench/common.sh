@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2016
 # Shared by the bench/*.sh scripts (sourced, not run): a work dir, a lab,
 # benchmark users, process bookkeeping by PID, and a watchdog so that every
 # script ends within its time budget. Everything listens on 127.0.0.1 only.
@@ -29,6 +30,7 @@ bench_cleanup() {
     if [[ -f "$LAB/lab.claims" ]]; then
         "$ROOT/scripts/lab" stop --dir "$LAB" >/dev/null 2>&1 || true
     fi
+    [[ -f "$WORK/watchdog.log" ]] && cat "$WORK/watchdog.log" >&2
     if (( rc != 0 )); then
         say "failed (exit $rc); last log lines:"
         for f in "$LAB"/logs/*.log "$WORK"/*.log "$WORK"/*.out; do
@@ -47,10 +49,17 @@ trap 'exit 130' INT TERM
 bench_track() { BENCH_PIDS+=("$1"); }
 
 # bench_watchdog SECONDS: the whole script ends (cleanly, through the EXIT
-# trap) after that long, whatever hangs.
+# trap) after that long, whatever hangs. The watchdog's own sleep dies with
+# it, and it holds none of the script's output open.
 bench_watchdog() {
-    local me=$$
-    ( sleep "$1"; echo "[$BENCH_NAME] watchdog: ${1}s budget exhausted" >&2; kill -TERM "$me" ) &
+    local me=$$ secs=$1
+    (
+        trap 'kill "$sp" 2>/dev/null; exit 0' TERM
+        sleep "$secs" & sp=$!
+        wait "$sp"
+        echo "[$BENCH_NAME] watchdog: ${secs}s budget exhausted" >"$WORK/watchdog.log"
+        kill -TERM "$me"
+    ) </dev/null >/dev/null 2>&1 &
     bench_track $!
 }
 

@@ -778,7 +778,10 @@ static void s_summary(lg_t *lg)
            s_pct_ms(lg->logon_us, n, 99), s_pct_ms(lg->dns_us, n, 50),
            s_pct_ms(lg->dns_us, n, 99), lg->dropped, lg->logged_off);
     s_reasons_json(lg->off_reasons, lg->n_off_reasons);
-    printf(",\"loadgen_maxrss_kib\":%ld}\n", ru.ru_maxrss);
+    printf(",\"loadgen_cpu_s\":%.2f,\"loadgen_maxrss_kib\":%ld}\n",
+           ru.ru_utime.tv_sec + ru.ru_stime.tv_sec +
+               (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6,
+           ru.ru_maxrss);
     fflush(stdout);
 }
 
