@@ -165,10 +165,11 @@ CONF
         bench_track $!
         sleep 0.05
     done
-    # Each logged-on session is a privileged monitor and its post-auth child.
+    # A session is one process per connection ("sshd: root" for a root
+    # login; a monitor and a post-auth child for other users).
     for _ in $(seq 150); do
         n=$(descendants "$SSHD" | wc -l)
-        (( n >= 2 * N_SSH )) && break
+        (( n >= N_SSH )) && break
         sleep 0.1
     done
     settle
