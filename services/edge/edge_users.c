@@ -146,10 +146,9 @@ edge_users_t *edge_users_load(const char *path, char *err, size_t errlen)
     }
     if (ferror(f)) {
         snprintf(err, errlen, "%s: read error", path);
-        lineno = 0;
-        goto fail_reported;
+            goto fail_reported;
     }
-    qsort(u->v, u->n, sizeof *u->v, s_cmp);
+    if (u->n > 1) qsort(u->v, u->n, sizeof *u->v, s_cmp);
     for (size_t i = 1; i < u->n; i++) {
         if (strcmp(u->v[i - 1].name, u->v[i].name) == 0) {
             unsigned a = u->v[i - 1].line, b = u->v[i].line;
