@@ -146,7 +146,7 @@ edge_users_t *edge_users_load(const char *path, char *err, size_t errlen)
     }
     if (ferror(f)) {
         snprintf(err, errlen, "%s: read error", path);
-            goto fail_reported;
+        goto fail_reported;
     }
     if (u->n > 1) qsort(u->v, u->n, sizeof *u->v, s_cmp);
     for (size_t i = 1; i < u->n; i++) {
