@@ -385,8 +385,13 @@ static void s_on_close(rb_tconn_t *t, rb_tconn_end_t end, const char *reason, vo
 {
     edge_conn_t *c = arg;
     if (end == RB_TCONN_PROTOCOL) rb_metric_inc(c->ctx->m_protocol_errors);
-    rb_debug("tunnel_closed", "peer %s (state %s): %s: %s", c->peer, s_st_names[c->st],
-             rb_tconn_end_str(end), reason);
+    /* Failed handshakes are what a wrong CA, an old client or a scanner
+     * looks like: worth a line, but not a warning. */
+    if (end == RB_TCONN_TLS_FAILED)
+        rb_info("tls_handshake_failed", "peer %s: %s", c->peer, reason);
+    else
+        rb_debug("tunnel_closed", "peer %s (state %s): %s: %s", c->peer, s_st_names[c->st],
+                 rb_tconn_end_str(end), reason);
     if (c->session_id)
         rb_info("session_lost", "user '%s' from %s: connection ended (%s)", c->user, c->peer,
                 reason);
