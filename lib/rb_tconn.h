@@ -8,7 +8,10 @@
  * more than OpenSSL's SSL object.
  *
  * Callbacks are only made from the loop (never from inside an rb_tconn_*
- * call), and any of them may call rb_tconn_destroy on the connection. */
+ * call), and any of them may call rb_tconn_destroy on the connection.
+ *
+ * OpenSSL writes with write(2): a process using rb_tconn must ignore
+ * SIGPIPE, or a peer that resets mid-write kills it. */
 #ifndef RB_TCONN_H
 #define RB_TCONN_H
 #include <openssl/ssl.h>

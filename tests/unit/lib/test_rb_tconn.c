@@ -16,6 +16,7 @@
 #include <netinet/in.h>
 #include <openssl/err.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -45,6 +46,7 @@ static int s_sh(const char *cmd)
 
 static int s_setup(void **state)
 {
+    signal(SIGPIPE, SIG_IGN);
     snprintf(s_dir, sizeof s_dir, "/tmp/rb-tconn-test-XXXXXX");
     if (!mkdtemp(s_dir)) return -1;
     const char *ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
