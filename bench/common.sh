@@ -77,13 +77,25 @@ bench_ensure_built() {
 }
 
 # lab_start [--set svc.key=value ...]: a lab in $LAB; its lab.env is sourced.
+# Tried three times: scripts/lab checks that its port block has no listener,
+# but a port of it may still be taken by an outgoing connection's ephemeral
+# port (the blocks overlap ip_local_port_range), and then a service fails to
+# bind; a new block usually works.
 lab_start() {
-    RB_LAB_HASH_COST=${RB_LAB_HASH_COST:-10} "$ROOT/scripts/lab" start --dir "$LAB" "$@" \
-        >"$WORK/lab-start.log" 2>&1 || { cat "$WORK/lab-start.log" >&2; die "lab did not start"; }
-    set -a
-    # shellcheck disable=SC1091
-    . "$LAB/lab.env"
-    set +a
+    local try
+    for try in 1 2 3; do
+        if RB_LAB_HASH_COST=${RB_LAB_HASH_COST:-10} "$ROOT/scripts/lab" start --dir "$LAB" "$@"             >"$WORK/lab-start.log" 2>&1; then
+            set -a
+            # shellcheck disable=SC1091
+            . "$LAB/lab.env"
+            set +a
+            return 0
+        fi
+        say "lab start failed (try $try): $(tail -n 1 "$WORK/lab-start.log")"
+        [[ -f "$LAB/lab.claims" ]] && "$ROOT/scripts/lab" stop --dir "$LAB" >/dev/null 2>&1
+    done
+    cat "$WORK/lab-start.log" >&2
+    die "lab did not start"
 }
 
 # The edge reads the users file once at start.
@@ -175,5 +187,5 @@ free_port() {
 machine() {
     local model
     model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
-    echo "$(nproc) cores ($model), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -r)"
+    echo "$(nproc) cores ($model), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg) at the end"
 }
