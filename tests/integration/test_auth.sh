@@ -41,7 +41,9 @@ ok "per-address rate limit: $addr"
 
 failed=$(curl -sf "$EDGE_STATUS_URL/metrics" | awk '/^reachback_logons_total\{result="bad_credentials"\}/ { print $2 }')
 limited=$(curl -sf "$EDGE_STATUS_URL/metrics" | awk '/^reachback_logons_total\{result="rate_limited"\}/ { print $2 }')
-[[ ${failed%.*} -ge 9 && ${limited%.*} -ge 2 ]] || fail "metrics: bad_credentials=$failed rate_limited=$limited"
+# 8 wrong passwords counted from this address (alice x3, mallory, u1..u4);
+# refused unchecked: alice's right password, u5, u6 and bob.
+[[ ${failed%.*} == 8 && ${limited%.*} == 4 ]] || fail "metrics: bad_credentials=$failed rate_limited=$limited, want 8 and 4"
 ok "metrics count $failed bad credentials, $limited rate-limited"
 grep -q '"event":"logon_failed"' "$LAB/logs/edge.log" || grep -q 'logon_failed\|auth_failed' "$LAB/logs/edge.log" \
     || fail "edge did not log the failures"

@@ -38,8 +38,12 @@ ip_bob=$(json_field "$LAB/dev2.json" ip)
 ok "bob got $ip_bob"
 
 # The session is visible in the broker's and the edge's status.
-curl -sf "$BROKER_STATUS_URL/status" | grep -q '"sessions":2' || fail "broker /status: $(curl -s "$BROKER_STATUS_URL/status")"
-ok "broker counts 2 sessions"
+# (the broker samples the session count from Redis once a second)
+wait_until 2500 bash -c "curl -sf $BROKER_STATUS_URL/status | grep -q '\"sessions\":2'" \
+    || fail "broker /status: $(curl -s "$BROKER_STATUS_URL/status")"
+wait_until 2500 bash -c "curl -sf $EDGE_STATUS_URL/status | grep -q '\"sessions\":2'" \
+    || fail "edge /status: $(curl -s "$EDGE_STATUS_URL/status")"
+ok "broker and edge count 2 sessions"
 
 kill -INT "$CLIENT_PID_dev1"
 rc=0; wait "$CLIENT_PID_dev1" || rc=$?
