@@ -125,4 +125,5 @@ echo "Target: at least 1,000 complete logons/s at hash cost ln=1 on 2 cores (DES
 echo "Latency runs from the TCP connect to the first DNS answer holding the session's IP;"
 echo "The loadgen (one process, one thread) runs on the same 2 cores and does the client half"
 echo "of every handshake: its CPU seconds are in the last column. Peers: stunnel and the edge"
-echo "answering bare TLS handshakes from the same loadgen, in this run."
+echo "answering bare TLS handshakes from the same loadgen, in this run. Service links: the"
+echo "lab's tcp://127.0.0.1 ZeroMQ endpoints with CURVE (edge-broker, broker-ipalloc, events)."
