@@ -77,10 +77,9 @@ bench_ensure_built() {
 }
 
 # lab_start [--set svc.key=value ...]: a lab in $LAB; its lab.env is sourced.
-# Tried three times: scripts/lab checks that its port block has no listener,
-# but a port of it may still be taken by an outgoing connection's ephemeral
-# port (the blocks overlap ip_local_port_range), and then a service fails to
-# bind; a new block usually works.
+# Tried three times: a port of the block scripts/lab claimed can still be
+# taken by another program before a service binds it (seen when the blocks
+# overlapped the ephemeral range); a new block works.
 lab_start() {
     local try
     for try in 1 2 3; do
