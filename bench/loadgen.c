@@ -107,19 +107,18 @@ static uint64_t s_now_us(void)
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
+/* The table's last slot is kept for "other", so it never overflows. */
 static void s_count(reason_t *tab, unsigned *n, const char *why)
 {
-    for (unsigned i = 0; i < *n; i++)
-        if (strcmp(tab[i].name, why) == 0) {
-            tab[i].n++;
-            return;
-        }
-    if (*n == MAX_REASONS) why = "other";
-    for (unsigned i = 0; i < *n; i++)
-        if (strcmp(tab[i].name, why) == 0) {
-            tab[i].n++;
-            return;
-        }
+    for (int pass = 0; pass < 2; pass++) {
+        for (unsigned i = 0; i < *n; i++)
+            if (strcmp(tab[i].name, why) == 0) {
+                tab[i].n++;
+                return;
+            }
+        if (*n < MAX_REASONS - 1) break;
+        why = "other";
+    }
     snprintf(tab[*n].name, sizeof tab[*n].name, "%s", why);
     tab[(*n)++].n = 1;
 }
