@@ -212,7 +212,9 @@ static void test_tls12_client_refused(void **state)
 static void test_client_certificates(void **state)
 {
     (void)state;
-    const char *ca = s_path("ca.crt");
+    /* s_path's buffers rotate: keep our own copy of a path used throughout. */
+    char ca[128];
+    snprintf(ca, sizeof ca, "%s", s_path("ca.crt"));
     SSL_CTX *required = s_server(ca, 1), *optional = s_server(ca, 0);
     SSL_CTX *anon = s_client(ca, NULL, NULL);
     SSL_CTX *with = s_client(ca, s_path("cli.crt"), s_path("cli.key"));
