@@ -183,8 +183,12 @@ free_port() {
     die "no free port"
 }
 
+# Taken when a script starts, before it loads the machine itself (stunnel's
+# thread per connection alone drives the load average up later).
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+
 machine() {
     local model
     model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
-    echo "$(nproc) cores ($model), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg) at the end"
+    echo "$(nproc) cores ($model), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -r), load average $LOAD_BEFORE before the run"
 }
