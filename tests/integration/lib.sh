@@ -20,8 +20,27 @@ ok() {
 
 cleanup() {
     local rc=$?
+    (( rc == 0 )) || echo "$TEST_NAME: exit status $rc (line ${BASH_LINENO[0]:-?})" >&2
     for pid in "${CHILDREN[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${CHILDREN[@]}"; do wait "$pid" 2>/dev/null || true; done
+    # A service that crashed, or a sanitizer report anywhere, fails the test
+    # even when every check passed.
+    local f
+    for f in "$LAB"/run/*.pid; do
+        [[ -f $f ]] || continue
+        local pid; pid=$(cat "$f")
+        local st; st=$(awk '{ print $3 }' "/proc/$pid/stat" 2>/dev/null || echo gone)
+        if [[ $st == gone || $st == Z ]]; then
+            echo "FAIL [$TEST_NAME]: $(basename "$f" .pid) (pid $pid) died during the test" >&2
+            rc=1
+        fi
+    done
+    # Stopping first lets LeakSanitizer speak at each service's exit.
+    [[ -f "$LAB/lab.claims" ]] && "$ROOT/scripts/lab" stop --dir "$LAB" >/dev/null 2>&1
+    if grep -l -E "ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:" "$LAB"/logs/*.log "$LAB"/*.out 2>/dev/null; then
+        echo "FAIL [$TEST_NAME]: sanitizer report in the files above" >&2
+        rc=1
+    fi
     if (( rc != 0 )); then
         echo "---- lab logs (last lines) ----" >&2
         for f in "$LAB"/logs/*.log "$LAB"/*.out; do
@@ -30,7 +49,6 @@ cleanup() {
             tail -n 15 "$f" >&2
         done
     fi
-    [[ -f "$LAB/lab.claims" ]] && "$ROOT/scripts/lab" stop --dir "$LAB" >/dev/null 2>&1
     rm -rf "$LAB"
     (( rc == 0 )) && echo "$TEST_NAME: $CHECKS checks passed"
     exit $rc
