@@ -39,13 +39,32 @@ struct rb_status {
     route_t routes[MAX_ROUTES];
     size_t nroutes;
     rb_metric_t *requests;
+    /* While a route handler runs: its connection, and the deferral it asked
+     * for, if any. */
+    struct MHD_Connection *current_conn;
+    struct req *current_req;
+    rb_status_pending_t *deferred;
+    rb_status_pending_t *waiting;   /* every unfinished deferral */
 };
 
-/* Per-request state: the body of POST/PUT/DELETE as it arrives. */
-typedef struct {
+/* Per-request state: the body of POST/PUT/DELETE as it arrives, and the
+ * answer of a deferred route once it is known. */
+typedef struct req {
     rb_buf_t body;
     bool too_large;
+    rb_status_pending_t *pending;
+    bool answered;
+    int code;
+    const char *ctype;
+    rb_buf_t answer;
 } req_t;
+
+struct rb_status_pending {
+    rb_status_t *st;
+    struct MHD_Connection *conn;
+    req_t *req;   /* NULL once the client went away */
+    rb_status_pending_t *prev, *next;
+};
 
 static void s_log(void *arg, const char *fmt, va_list ap)
 {
@@ -143,6 +162,12 @@ static enum MHD_Result s_handle(void *cls, struct MHD_Connection *c, const char 
         *con_cls = rq;
         return MHD_YES;
     }
+    if (rq->answered) {   /* resumed after rb_status_finish */
+        enum MHD_Result rc = s_send(c, (unsigned)rq->code, rq->ctype,
+                                    rq->answer.data ? rq->answer.data : "", rq->answer.len);
+        rq->answered = false;
+        return rc;
+    }
     if (*upload_size) {
         if (rq->body.len + *upload_size > MAX_BODY || rb_buf_append(&rq->body, upload, *upload_size) < 0)
             rq->too_large = true;
@@ -162,8 +187,19 @@ static enum MHD_Result s_handle(void *cls, struct MHD_Connection *c, const char 
         }
         rb_buf_t out = RB_BUF_INIT;
         const char *ctype = "application/json";
+        st->current_conn = c;
+        st->current_req = rq;
+        st->deferred = NULL;
         int code = r->fn(r->arg, method, url, rq->body.data ? rq->body.data : "", rq->body.len, &out,
                          &ctype);
+        st->current_conn = NULL;
+        st->current_req = NULL;
+        if (st->deferred) {
+            st->deferred = NULL;
+            rb_buf_free(&out);
+            MHD_suspend_connection(c);
+            return MHD_YES;
+        }
         enum MHD_Result rc = s_send(c, (unsigned)code, ctype, out.data ? out.data : "", out.len);
         rb_buf_free(&out);
         return rc;
@@ -178,7 +214,9 @@ static void s_done(void *cls, struct MHD_Connection *c, void **con_cls,
 {
     req_t *rq = *con_cls;
     if (!rq) return;
+    if (rq->pending) rq->pending->req = NULL;   /* rb_status_finish will only free it */
     rb_buf_free(&rq->body);
+    rb_buf_free(&rq->answer);
     free(rq);
     *con_cls = NULL;
 }
@@ -234,7 +272,7 @@ rb_status_t *rb_status_new(rb_loop_t *loop, const char *listen, const char *serv
     st->started_ms = rb_now_ms();
     st->requests = rb_counter("reachback_status_http_requests_total", NULL,
                               "Requests answered by the status HTTP server");
-    st->mhd = MHD_start_daemon(MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL, s_handle, st,
+    st->mhd = MHD_start_daemon(MHD_USE_EPOLL | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME, 0, NULL, NULL, s_handle, st,
                                MHD_OPTION_EXTERNAL_LOGGER, s_log, NULL,
                                MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
                                MHD_OPTION_NOTIFY_COMPLETED, s_done, st,
@@ -267,6 +305,9 @@ void rb_status_destroy(rb_status_t **stp)
     rb_status_t *st = *stp;
     if (st->epfd >= 0) rb_loop_del_fd(st->loop, st->epfd);
     rb_loop_cancel_timer(st->loop, st->tick);
+    /* libmicrohttpd must not be stopped with suspended connections. */
+    while (st->waiting)
+        rb_status_finish(st->waiting, 503, "text/plain", "shutting down\n", 14);
     if (st->mhd) MHD_stop_daemon(st->mhd);
     for (size_t i = 0; i < st->nroutes; i++) free(st->routes[i].prefix);
     free(st->service);
@@ -303,4 +344,44 @@ int rb_status_add_route(rb_status_t *st, const char *path_prefix, bool admin, rb
     if (!p) return -1;
     st->routes[st->nroutes++] = (route_t){p, admin, fn, arg};
     return 0;
+}
+
+rb_status_pending_t *rb_status_defer(rb_status_t *st)
+{
+    if (!st->current_conn || st->deferred) return NULL;
+    rb_status_pending_t *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->st = st;
+    p->conn = st->current_conn;
+    p->req = st->current_req;
+    p->next = st->waiting;
+    if (p->next) p->next->prev = p;
+    st->waiting = p;
+    p->req->pending = p;
+    st->deferred = p;
+    return p;
+}
+
+void rb_status_finish(rb_status_pending_t *p, int code, const char *ctype, const char *body,
+                      size_t len)
+{
+    if (!p) return;
+    if (p->prev) p->prev->next = p->next;
+    else p->st->waiting = p->next;
+    if (p->next) p->next->prev = p->prev;
+    req_t *rq = p->req;
+    if (rq) {
+        rq->pending = NULL;
+        rq->answered = true;
+        rq->code = code;
+        rq->ctype = ctype;
+        rb_buf_reset(&rq->answer);
+        if (rb_buf_append(&rq->answer, body ? body : "", body ? len : 0) < 0) {
+            rq->code = 500;
+            rq->ctype = "text/plain";
+        }
+        /* MHD calls the handler again for this request, which sends it. */
+        MHD_resume_connection(p->conn);
+    }
+    free(p);
 }

@@ -25,6 +25,12 @@ typedef void(rb_status_info_fn)(void *arg, rb_buf_t *json);
 typedef int(rb_route_fn)(void *arg, const char *method, const char *path, const char *body_in,
                          size_t body_len, rb_buf_t *out, const char **content_type);
 
+/* A route that must wait for something (Redis, another service) calls
+ * rb_status_defer() from inside its handler, returns any status (ignored),
+ * and later calls rb_status_finish() exactly once with the answer. The
+ * connection waits meanwhile; the loop goes on. */
+typedef struct rb_status_pending rb_status_pending_t;
+
 /* listen is "host:port" (port 0: any free port). Returns NULL on error. */
 rb_status_t *rb_status_new(rb_loop_t *loop, const char *listen, const char *service);
 void rb_status_destroy(rb_status_t **st);
@@ -36,5 +42,13 @@ void rb_status_set_admin_token(rb_status_t *st, const char *token);
 /* Routes match path_prefix; admin routes need the bearer token. 0 or -1. */
 int rb_status_add_route(rb_status_t *st, const char *path_prefix, bool admin, rb_route_fn *fn,
                         void *arg);
+
+/* Only valid inside a route handler. Returns NULL when memory runs out (the
+ * handler then answers at once as usual). */
+rb_status_pending_t *rb_status_defer(rb_status_t *st);
+/* Sends the answer and frees p. When the client went away meanwhile, only
+ * frees p. ctype is a static string. */
+void rb_status_finish(rb_status_pending_t *p, int code, const char *ctype, const char *body,
+                      size_t len);
 
 #endif

@@ -127,6 +127,44 @@ static void test_endpoints(void **state)
     rb_loop_destroy(&l);
 }
 
+/* A route that answers 50 ms later, from a timer, as one waiting on Redis
+ * or another service would. */
+static rb_status_t *s_st;
+static void s_finish_later(rb_loop_t *l, void *arg)
+{
+    rb_status_finish(arg, 202, "application/json", "{\"later\":true}", 14);
+}
+
+static int s_slow(void *arg, const char *method, const char *path, const char *body, size_t len,
+                  rb_buf_t *out, const char **ctype)
+{
+    rb_status_pending_t *p = rb_status_defer(s_st);
+    assert_non_null(p);
+    assert_null(rb_status_defer(s_st));   /* once per request */
+    rb_loop_add_timer(arg, 50, false, s_finish_later, p);
+    return 0;
+}
+
+static void test_deferred_route(void **state)
+{
+    rb_loop_t *l = rb_loop_new();
+    s_st = rb_status_new(l, "127.0.0.1:0", "testsvc");
+    assert_non_null(s_st);
+    assert_int_equal(rb_status_add_route(s_st, "/slow", false, s_slow, l), 0);
+    uint64_t t0 = rb_now_ms();
+    const char *r = s_ask(l, s_st, "GET /slow HTTP/1.0\r\n\r\n");
+    assert_non_null(strstr(r, "202"));
+    assert_non_null(strstr(r, "{\"later\":true}"));
+    assert_true(rb_now_ms() - t0 >= 50);
+    /* Other requests are served while one waits. */
+    r = s_ask(l, s_st, "GET /healthz HTTP/1.0\r\n\r\n");
+    assert_non_null(strstr(r, "200 OK"));
+    /* Outside a handler there is nothing to defer. */
+    assert_null(rb_status_defer(s_st));
+    rb_status_destroy(&s_st);
+    rb_loop_destroy(&l);
+}
+
 static void test_bad_listen(void **state)
 {
     rb_loop_t *l = rb_loop_new();
@@ -139,6 +177,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_endpoints),
+        cmocka_unit_test(test_deferred_route),
         cmocka_unit_test(test_bad_listen),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
