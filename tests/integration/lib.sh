@@ -29,8 +29,7 @@ cleanup() {
     for f in "$LAB"/run/*.pid; do
         [[ -f $f ]] || continue
         local pid; pid=$(cat "$f")
-        local st; st=$(awk '{ print $3 }' "/proc/$pid/stat" 2>/dev/null || echo gone)
-        if [[ $st == gone || $st == Z ]]; then
+        if ! proc_running "$pid"; then
             echo "FAIL [$TEST_NAME]: $(basename "$f" .pid) (pid $pid) died during the test" >&2
             rc=1
         fi
@@ -63,6 +62,12 @@ lab_start() {
 }
 
 now_ms() { date +%s%3N; }
+
+# proc_running PID: alive and not a zombie waiting to be reaped.
+proc_running() {
+    local st
+    st=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) && [[ -n $st && $st != Z ]]
+}
 
 # wait_until MS CMD...: runs CMD every 50 ms until it succeeds; fails after MS.
 wait_until() {

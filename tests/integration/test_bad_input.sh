@@ -28,7 +28,7 @@ sleep 0.5
 grep -c '"level":"warn"' "$LAB/logs/edge.log" >/dev/null || fail "edge logged no warnings"
 n=$(grep -cE 'protocol|tls|frame' "$LAB/logs/edge.log" || true)
 (( n >= 4 )) || fail "edge logged only $n protocol/TLS errors for 6 bad connections"
-kill -0 "$CLIENT_PID_d1" || fail "alice's session died from other people's garbage"
+proc_running "$CLIENT_PID_d1" || fail "alice's session died from other people's garbage"
 client_start d2 bob
 wait_until 10000 test -s "$LAB/d2.json" || fail "bob cannot log on after the garbage: $(cat "$LAB/d2.out")"
 ok "TLS port: garbage, non-TLS, oversized and bad frames refused and logged; alice stays, bob logs on"

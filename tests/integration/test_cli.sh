@@ -39,5 +39,5 @@ rm -rf "$LAB2"
 ok "two labs side by side"
 pids=$(cat "$LAB"/run/*.pid)
 "$ROOT/scripts/lab" stop --dir "$LAB"
-for p in $pids; do ! kill -0 "$p" 2>/dev/null || fail "process $p survived lab stop"; done
+for p in $pids; do ! proc_running "$p" || fail "process $p survived lab stop"; done
 ok "lab stop leaves no process behind"
