@@ -18,6 +18,7 @@
 typedef struct {
     char *name;
     char *hash;
+    char *groups;   /* comma list, "" for none */
     unsigned line;
 } user_t;
 
@@ -43,6 +44,27 @@ static bool s_b64ish(const char *s, size_t n)
     return true;
 }
 
+/* A groups field: comma-separated names of [A-Za-z0-9._-], none empty. */
+static const char *s_check_groups(const char *g)
+{
+    unsigned n = 0;
+    size_t len = 0;
+    for (const char *p = g;; p++) {
+        if (*p == ',' || *p == '\0') {
+            if (len == 0) return *g ? "empty group name" : NULL;
+            if (++n > EDGE_USERS_MAX_GROUPS) return "too many groups";
+            if (*p == '\0') return NULL;
+            len = 0;
+            continue;
+        }
+        char c = *p;
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return "group names are letters, digits, '.', '_' and '-'";
+        if (++len > EDGE_USERS_GROUP_MAX) return "group name too long";
+    }
+}
+
 /* The shape of an entry, so that a broken line is reported at start with
  * its line number rather than as a failed logon later. rb_passwd_verify
  * still checks everything (including the cost ranges) when it runs. */
@@ -65,6 +87,7 @@ static void s_free_users(user_t *v, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         free(v[i].name);
+        free(v[i].groups);
         if (v[i].hash) {
             OPENSSL_cleanse(v[i].hash, strlen(v[i].hash));
             free(v[i].hash);
@@ -123,7 +146,16 @@ edge_users_t *edge_users_load(const char *path, char *err, size_t errlen)
                 goto fail;
             }
         }
-        if ((why = s_check_hash(colon + 1)) != NULL) goto fail;
+        /* The hash ends at the next ':', if any; the groups follow. */
+        char *hash_start = (char *)colon + 1;
+        char *gcolon = strchr(hash_start, ':');
+        const char *groups = "";
+        if (gcolon) {
+            *gcolon = '\0';
+            groups = gcolon + 1;
+            if ((why = s_check_groups(groups)) != NULL) goto fail;
+        }
+        if ((why = s_check_hash(hash_start)) != NULL) goto fail;
         if (u->n == cap) {
             size_t ncap = cap ? cap * 2 : 64;
             user_t *nv = realloc(u->v, ncap * sizeof *nv);
@@ -136,10 +168,11 @@ edge_users_t *edge_users_load(const char *path, char *err, size_t errlen)
         }
         user_t *e = &u->v[u->n];
         e->name = strndup(s, nlen);
-        e->hash = strdup(colon + 1);
+        e->hash = strdup(hash_start);
+        e->groups = strdup(groups);
         e->line = lineno;
         u->n++;
-        if (!e->name || !e->hash) {
+        if (!e->name || !e->hash || !e->groups) {
             why = "out of memory";
             goto fail;
         }
@@ -183,12 +216,23 @@ void edge_users_destroy(edge_users_t **up)
     *up = NULL;
 }
 
-const char *edge_users_lookup(const edge_users_t *u, const char *name)
+static const user_t *s_find(const edge_users_t *u, const char *name)
 {
     if (!u || !name || u->n == 0) return NULL;
     user_t key = {.name = (char *)name};
-    const user_t *e = bsearch(&key, u->v, u->n, sizeof *u->v, s_cmp);
+    return bsearch(&key, u->v, u->n, sizeof *u->v, s_cmp);
+}
+
+const char *edge_users_lookup(const edge_users_t *u, const char *name)
+{
+    const user_t *e = s_find(u, name);
     return e ? e->hash : NULL;
+}
+
+const char *edge_users_groups(const edge_users_t *u, const char *name)
+{
+    const user_t *e = s_find(u, name);
+    return e ? e->groups : NULL;
 }
 
 size_t edge_users_count(const edge_users_t *u) { return u ? u->n : 0; }

@@ -86,6 +86,42 @@ static void test_bad_lines_name_file_and_line(void **state)
                    ":4: user 'alice' already defined on line 1");
 }
 
+/* The optional third field: groups for the broker. Old two-field lines
+ * stay valid and have none. */
+static void test_groups(void **state)
+{
+    s_write("alice:" H1 ":staff,vpn-admins\n"
+            "bob:" H1 "\n"
+            "carol:" H1 ":\n"
+            "dave:" H1 ":ops.eu_1   \n");
+    char err[256] = "";
+    edge_users_t *u = edge_users_load(s_file, err, sizeof err);
+    if (!u) fail_msg("%s", err);
+    assert_int_equal(edge_users_count(u), 4);
+    assert_string_equal(edge_users_lookup(u, "alice"), H1);   /* the hash stops at ':' */
+    assert_string_equal(edge_users_groups(u, "alice"), "staff,vpn-admins");
+    assert_string_equal(edge_users_groups(u, "bob"), "");
+    assert_string_equal(edge_users_lookup(u, "bob"), H1);
+    assert_string_equal(edge_users_groups(u, "carol"), "");
+    assert_string_equal(edge_users_groups(u, "dave"), "ops.eu_1");
+    assert_null(edge_users_groups(u, "mallory"));
+    edge_users_destroy(&u);
+    unlink(s_file);
+
+    s_expect_error("alice:" H1 ":staff,,ops\n", ":1: empty group name");
+    s_expect_error("alice:" H1 ":staff,\n", ":1: empty group name");
+    s_expect_error("alice:" H1 ":sta ff\n", ":1: group names are");
+    s_expect_error("alice:" H1 ":a:b\n", ":1: group names are");
+    char many[512] = "alice:" H1 ":";
+    for (int i = 0; i <= EDGE_USERS_MAX_GROUPS; i++) strcat(many, i ? ",g" : "g");
+    strcat(many, "\n");
+    s_expect_error(many, ":1: too many groups");
+    char longg[256] = "alice:" H1 ":";
+    memset(longg + strlen(longg), 'g', EDGE_USERS_GROUP_MAX + 1);
+    strcat(longg, "\n");
+    s_expect_error(longg, ":1: group name too long");
+}
+
 static void test_missing_file(void **state)
 {
     char err[256] = "";
@@ -110,6 +146,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_load_and_lookup),
         cmocka_unit_test(test_bad_lines_name_file_and_line),
+        cmocka_unit_test(test_groups),
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_empty_file),
     };
