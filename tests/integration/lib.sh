@@ -27,7 +27,8 @@ cleanup() {
     # even when every check passed.
     local f
     for f in "$LAB"/run/*.pid; do
-        [[ -f $f ]] || continue
+        # edge.pid and broker.pid are links to the first instance's file.
+        [[ -f $f && ! -L $f ]] || continue
         local pid; pid=$(cat "$f")
         if ! proc_running "$pid"; then
             echo "FAIL [$TEST_NAME]: $(basename "$f" .pid) (pid $pid) died during the test" >&2
@@ -43,7 +44,7 @@ cleanup() {
     if (( rc != 0 )); then
         echo "---- lab logs (last lines) ----" >&2
         for f in "$LAB"/logs/*.log "$LAB"/*.out; do
-            [[ -f $f ]] || continue
+            [[ -f $f && ! -L $f ]] || continue
             echo "== $f" >&2
             tail -n 15 "$f" >&2
         done
