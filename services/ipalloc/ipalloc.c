@@ -1,11 +1,14 @@
 /* ipalloc: the IP allocator service object (see ipalloc.h).
  *
  * Requests arrive as BrokerToIpalloc envelopes on a ROUTER (rb_rpc_server)
- * and are dispatched by a constant table on the oneof case. Each lease or
- * release is one asynchronous ipalloc_store call; the request waits in a
- * context that the store's callback answers, so the loop never blocks on
- * Redis. Pool usage for /status and the gauges comes from a stats script run
- * once a second, never per status request. */
+ * and are dispatched by a constant table on the oneof case. Each lease,
+ * release or pools request is one asynchronous ipalloc_store call; the
+ * request waits in a context that the store's callback answers, so the loop
+ * never blocks on Redis. The address plan (which pool a user's groups pick,
+ * reservations, groups without addresses) is decided here from
+ * ipalloc_pools; Redis only sees the chosen pool. Pool usage for /status
+ * and the gauges comes from a stats script run once a second, never per
+ * status request. */
 #include "ipalloc.h"
 #include <stddef.h>
 #include <stdio.h>
@@ -13,6 +16,7 @@
 #include <string.h>
 #include <zmq.h>
 #include "broker_ipalloc.pb-c.h"
+#include "ipalloc_pools.h"
 #include "ipalloc_store.h"
 #include "rb_cidr.h"
 #include "rb_log.h"
@@ -25,6 +29,8 @@
 /* A BrokerToIpalloc is a few short strings; refuse anything bigger. */
 #define IPALLOC_MAX_REQUEST 4096
 #define IPALLOC_STATS_MS 1000
+/* A user in more groups than this is not a user the users file describes. */
+#define IPALLOC_MAX_GROUPS 64
 
 const rb_option_t ipalloc_options[] = {
     RB_OPT_COMMON(ipalloc_config_t),
@@ -35,7 +41,16 @@ const rb_option_t ipalloc_options[] = {
     {"pool", RB_OPT_STRING, NULL, offsetof(ipalloc_config_t, pool), 0, 0,
      "comma-separated CIDR blocks to lease from"},
     {"exclude", RB_OPT_STRING, "", offsetof(ipalloc_config_t, exclude), 0, 0,
-     "comma-separated addresses or blocks never leased"},
+     "comma-separated addresses or blocks never leased (in every pool)"},
+    {"group_pools", RB_OPT_STRING, "", offsetof(ipalloc_config_t, group_pools), 0, 0,
+     "per-group pools, group=cidr[+cidr...];group2=...: the first of a user's groups with a "
+     "pool decides; disjoint from each other and from pool"},
+    {"static", RB_OPT_STRING, "", offsetof(ipalloc_config_t, statics), 0, 0,
+     "static reservations, user=ip,user2=ip2: the address is only ever leased to its user"},
+    {"spillover", RB_OPT_BOOL, "no", offsetof(ipalloc_config_t, spillover), 0, 0,
+     "an exhausted pool answers no address (a session without one) instead of an error"},
+    {"no_address_groups", RB_OPT_STRING, "", offsetof(ipalloc_config_t, no_address_groups), 0,
+     0, "comma-separated groups whose members never get an address"},
     {"redis_host", RB_OPT_STRING, "127.0.0.1", offsetof(ipalloc_config_t, redis_host), 0, 0,
      "Redis address"},
     {"redis_port", RB_OPT_INT, "6379", offsetof(ipalloc_config_t, redis_port), 1, 65535,
@@ -56,26 +71,38 @@ typedef struct ipalloc_ctx {
     ipalloc_t *ia;
     rb_rpc_req_t *req;
     uint64_t start_ms;
+    /* Leases: for the answer and the logs. */
+    size_t pool;
+    char user[257], session[129], old[129];
 } ipalloc_ctx_t;
+
+/* One pool of the plan and what Redis last said about it. */
+typedef struct {
+    ipalloc_t *ia;
+    size_t index;
+    char digest[65]; /* the config's */
+    bool ready, init_pending;
+    ipalloc_pool_stats_t stats;
+    rb_metric_t *m_leases, *m_free;
+} s_pool_state_t;
 
 struct ipalloc {
     rb_loop_t *loop;
     const ipalloc_config_t *cfg;
-    rb_pool_t *pool;
-    char digest[65];
+    ipalloc_pools_t *plan;
+    s_pool_state_t *pools; /* one per pool of the plan, same order */
+    size_t npools;
     rb_curve_t curve;
     rb_rpc_server_t *server;
     rb_redis_t *redis;
     ipalloc_store_t *store;
     rb_timer_t *stats_timer;
-    bool pool_ready;
-    bool init_pending;
     bool stats_pending;
-    ipalloc_stats_t stats;
+    uint64_t leased; /* every lease, from the last stats */
     ipalloc_ctx_t *ctxs; /* requests waiting for Redis */
 
-    rb_metric_t *m_leases;
-    rb_metric_t *m_ok, *m_exhausted, *m_error;
+    rb_metric_t *m_ok, *m_exhausted, *m_no_address, *m_error;
+    rb_metric_t *m_moved;
     rb_metric_t *m_duration;
 };
 
@@ -131,23 +158,56 @@ static void s_reply_lease(rb_rpc_req_t *req, Rb__Brokeripalloc__LeaseStatus stat
 
 /* ---- handlers ---- */
 
-static void s_on_lease(void *arg, ipalloc_lease_result_t res, const char *ip)
+static bool s_all_ready(const ipalloc_t *ia)
+{
+    for (size_t i = 0; i < ia->npools; i++)
+        if (!ia->pools[i].ready) return false;
+    return true;
+}
+
+static void s_on_lease(void *arg, const ipalloc_lease_t *l)
 {
     ipalloc_ctx_t *c = arg;
     ipalloc_t *ia = c->ia;
     rb_rpc_req_t *req = c->req;
+    const char *pool = ipalloc_pools_name(ia->plan, c->pool);
     c->req = NULL;
     rb_metric_observe(ia->m_duration, (double)(rb_now_ms() - c->start_ms) / 1000.0);
-    switch (res) {
-    case IPALLOC_LEASE_OK:
+    if (l->takeover_missed)
+        rb_info("takeover_missed", "session %s of %s held no address; %s lease for %s", c->old,
+                c->user, l->res == IPALLOC_LEASE_OK ? l->how : "no", c->session);
+    if (l->reserved_busy)
+        rb_warn("reserved_address_busy",
+                "the address reserved for %s is leased to another session; session %s gets "
+                "another one",
+                c->user, c->session);
+    switch (l->res) {
+    case IPALLOC_LEASE_OK: {
+        uint32_t ip = 0;
+        int k = rb_ip_parse(l->ip, &ip) == 0 ? ipalloc_pools_find(ia->plan, ip) : -1;
         rb_metric_inc(ia->m_ok);
-        s_reply_lease(req, RB__BROKERIPALLOC__LEASE_STATUS__LEASE_OK, ip, ia->cfg->pool, "");
+        if (strcmp(l->how, "moved") == 0) {
+            rb_metric_inc(ia->m_moved);
+            rb_info("lease_moved", "%s moved from session %s to %s for %s", l->ip, c->old,
+                    c->session, c->user);
+        }
+        s_reply_lease(req, RB__BROKERIPALLOC__LEASE_STATUS__LEASE_OK, l->ip,
+                      k >= 0 ? ipalloc_pools_name(ia->plan, (size_t)k) : "", "");
         break;
+    }
     case IPALLOC_LEASE_EXHAUSTED:
-        rb_metric_inc(ia->m_exhausted);
-        rb_warn("pool_exhausted", "no free address left in pool %s", ia->cfg->pool);
-        s_reply_lease(req, RB__BROKERIPALLOC__LEASE_STATUS__LEASE_POOL_EXHAUSTED, NULL,
-                      ia->cfg->pool, "the address pool is exhausted");
+        if (ia->cfg->spillover) {
+            rb_metric_inc(ia->m_no_address);
+            rb_warn("pool_exhausted", "no free address left in pool %s; spillover: session %s of "
+                    "%s gets none", pool, c->session, c->user);
+            s_reply_lease(req, RB__BROKERIPALLOC__LEASE_STATUS__LEASE_NO_ADDRESS, NULL, pool,
+                          "the address pool is exhausted; a session without an address");
+        } else {
+            rb_metric_inc(ia->m_exhausted);
+            rb_warn("pool_exhausted", "no free address left in pool %s", pool);
+            s_reply_lease(req, RB__BROKERIPALLOC__LEASE_STATUS__LEASE_POOL_EXHAUSTED, NULL, pool,
+                          "the address pool is exhausted");
+        }
         break;
     default:
         rb_metric_inc(ia->m_error);
@@ -168,21 +228,50 @@ static void s_handle_lease(ipalloc_t *ia, rb_rpc_req_t *req,
                            const Rb__Brokeripalloc__BrokerToIpalloc *env)
 {
     const Rb__Brokeripalloc__LeaseRequest *lr = env->lease;
-    if (!lr || !s_field_ok(lr->user, 256) || !s_field_ok(lr->session_id, 128)) {
-        rb_warn("bad_request", "%s: lease without a valid user and session id",
-                rb_rpc_req_peer(req));
+    bool groups_ok = lr && lr->n_groups <= IPALLOC_MAX_GROUPS;
+    for (size_t i = 0; groups_ok && i < lr->n_groups; i++)
+        groups_ok = s_field_ok(lr->groups[i], 256);
+    if (!lr || !s_field_ok(lr->user, 256) || !s_field_ok(lr->session_id, 128) || !groups_ok ||
+        (lr->take_over_session && *lr->take_over_session &&
+         (!s_field_ok(lr->take_over_session, 128) ||
+          strcmp(lr->take_over_session, lr->session_id) == 0))) {
+        rb_warn("bad_request", "%s: lease without a valid user, session id, take-over session "
+                "and groups", rb_rpc_req_peer(req));
         s_reply_lease(req, RB__BROKERIPALLOC__LEASE_STATUS__LEASE_BAD_REQUEST, NULL, NULL,
-                      "user and session_id are required");
+                      "user and session_id are required; take_over_session must differ from "
+                      "session_id");
         return;
     }
-    if (!ia->pool_ready) {
+    /* Not even a take-over: these users have no address, whatever they
+     * held before (the broker releases the old session's lease). */
+    if (ipalloc_pools_no_address(ia->plan, lr->groups, lr->n_groups)) {
+        rb_metric_inc(ia->m_no_address);
+        rb_debug("no_address", "%s is in a group without addresses", lr->user);
+        s_reply_lease(req, RB__BROKERIPALLOC__LEASE_STATUS__LEASE_NO_ADDRESS, NULL, NULL,
+                      "the user's group gets no address");
+        return;
+    }
+    if (!s_all_ready(ia)) {
         rb_metric_inc(ia->m_error);
         s_reply_lease(req, RB__BROKERIPALLOC__LEASE_STATUS__LEASE_UNAVAILABLE, NULL, NULL,
-                      "the pool is not initialised yet");
+                      "the pools are not initialised yet");
         return;
     }
+    ipalloc_lease_req_t q = {.user = lr->user,
+                             .session = lr->session_id,
+                             .take_over = lr->take_over_session};
+    size_t pool = ipalloc_pools_for_groups(ia->plan, lr->groups, lr->n_groups), rpool = 0;
+    q.pool = ipalloc_pools_name(ia->plan, pool);
+    if (ipalloc_pools_reserved(ia->plan, lr->user, &q.reserved_ip, &rpool))
+        q.reserved_pool = ipalloc_pools_name(ia->plan, rpool);
     ipalloc_ctx_t *c = s_ctx_new(ia, req);
-    if (!c || ipalloc_store_lease(ia->store, lr->user, lr->session_id, s_on_lease, c) != 0) {
+    if (c) {
+        c->pool = pool;
+        snprintf(c->user, sizeof(c->user), "%s", lr->user);
+        snprintf(c->session, sizeof(c->session), "%s", lr->session_id);
+        snprintf(c->old, sizeof(c->old), "%s", q.take_over ? q.take_over : "");
+    }
+    if (!c || ipalloc_store_lease(ia->store, &q, s_on_lease, c) != 0) {
         if (c) {
             c->req = NULL;
             s_ctx_free(c);
@@ -236,10 +325,61 @@ static void s_handle_ping(ipalloc_t *ia, rb_rpc_req_t *req,
 {
     Rb__Brokeripalloc__IpallocToBroker out = RB__BROKERIPALLOC__IPALLOC_TO_BROKER__INIT;
     Rb__Brokeripalloc__PingReply pr = RB__BROKERIPALLOC__PING_REPLY__INIT;
-    pr.redis_ok = rb_redis_ok(ia->redis) && ia->pool_ready;
+    pr.redis_ok = rb_redis_ok(ia->redis) && s_all_ready(ia);
     out.body_case = RB__BROKERIPALLOC__IPALLOC_TO_BROKER__BODY_PING;
     out.ping = &pr;
     s_reply(req, &out);
+}
+
+static void s_on_pools(void *arg, const ipalloc_stats_t *st)
+{
+    ipalloc_ctx_t *c = arg;
+    ipalloc_t *ia = c->ia;
+    if (st) {
+        Rb__Brokeripalloc__IpallocToBroker env = RB__BROKERIPALLOC__IPALLOC_TO_BROKER__INIT;
+        Rb__Brokeripalloc__PoolsReply pr = RB__BROKERIPALLOC__POOLS_REPLY__INIT;
+        Rb__Brokeripalloc__PoolStats *ps = calloc(ia->npools, sizeof(*ps));
+        Rb__Brokeripalloc__PoolStats **pp = calloc(ia->npools, sizeof(*pp));
+        if (ps && pp) {
+            /* In the plan's order, each from Redis's answer by name; a pool
+             * Redis has not heard of yet counts as empty. */
+            for (size_t i = 0; i < ia->npools; i++) {
+                rb__brokeripalloc__pool_stats__init(&ps[i]);
+                ps[i].name = (char *)ipalloc_pools_name(ia->plan, i);
+                ps[i].cidrs = (char *)ipalloc_pools_cidrs(ia->plan, i);
+                for (size_t j = 0; j < st->npools; j++) {
+                    if (strcmp(st->pools[j].name, ps[i].name) != 0) continue;
+                    ps[i].size = st->pools[j].size;
+                    ps[i].used = st->pools[j].used;
+                    ps[i].free = st->pools[j].free;
+                }
+                pp[i] = &ps[i];
+            }
+            pr.n_pools = ia->npools;
+            pr.pools = pp;
+            env.body_case = RB__BROKERIPALLOC__IPALLOC_TO_BROKER__BODY_POOLS;
+            env.pools = &pr;
+            s_reply(c->req, &env);
+            c->req = NULL;
+        }
+        free(ps);
+        free(pp);
+    }
+    /* Without an answer from Redis there is nothing true to say: the
+     * broker's call times out, as for a release. */
+    s_ctx_free(c);
+}
+
+static void s_handle_pools(ipalloc_t *ia, rb_rpc_req_t *req,
+                           const Rb__Brokeripalloc__BrokerToIpalloc *env)
+{
+    (void)env;
+    ipalloc_ctx_t *c = s_ctx_new(ia, req);
+    if (!c) {
+        rb_rpc_req_free(req);
+        return;
+    }
+    if (ipalloc_store_stats(ia->store, s_on_pools, c) != 0) s_ctx_free(c);
 }
 
 typedef void(s_handler_fn)(ipalloc_t *ia, rb_rpc_req_t *req,
@@ -253,6 +393,7 @@ static const struct {
     {RB__BROKERIPALLOC__BROKER_TO_IPALLOC__BODY_LEASE, "lease", s_handle_lease},
     {RB__BROKERIPALLOC__BROKER_TO_IPALLOC__BODY_RELEASE, "release", s_handle_release},
     {RB__BROKERIPALLOC__BROKER_TO_IPALLOC__BODY_PING, "ping", s_handle_ping},
+    {RB__BROKERIPALLOC__BROKER_TO_IPALLOC__BODY_POOLS, "pools", s_handle_pools},
 };
 
 static void s_on_request(void *arg, rb_rpc_req_t *req, const uint8_t *body, size_t len)
@@ -292,27 +433,38 @@ out:
 
 static void s_on_init(void *arg, int rc, bool rebuilt)
 {
-    ipalloc_t *ia = arg;
-    ia->init_pending = false;
+    s_pool_state_t *ps = arg;
+    ipalloc_t *ia = ps->ia;
+    ps->init_pending = false;
     if (rc == 0) {
-        ia->pool_ready = true;
-        rb_info("pool_ready", "pool %s (%llu addresses) %s", ia->cfg->pool,
-                (unsigned long long)rb_pool_size(ia->pool),
+        ps->ready = true;
+        rb_info("pool_ready", "pool %s: %s (%llu addresses) %s",
+                ipalloc_pools_name(ia->plan, ps->index), ipalloc_pools_cidrs(ia->plan, ps->index),
+                (unsigned long long)rb_pool_size(ipalloc_pools_pool(ia->plan, ps->index)),
                 rebuilt ? "rebuilt" : "already in Redis");
     }
     /* On failure the next stats tick tries again. */
 }
 
-static void s_init_pool(ipalloc_t *ia)
+static void s_init_pool(s_pool_state_t *ps)
 {
-    if (ia->init_pending) return;
-    if (ipalloc_store_init_pool(ia->store, ia->pool, s_on_init, ia) == 0) ia->init_pending = true;
+    ipalloc_t *ia = ps->ia;
+    size_t nres;
+    if (ps->init_pending) return;
+    const ipalloc_reservation_t *res = ipalloc_pools_reservations(ia->plan, ps->index, &nres);
+    if (ipalloc_store_init_pool(ia->store, ipalloc_pools_name(ia->plan, ps->index),
+                                ipalloc_pools_pool(ia->plan, ps->index), res, nres, s_on_init,
+                                ps) == 0)
+        ps->init_pending = true;
 }
 
 static void s_on_redis_up(void *arg)
 {
-    /* A Redis that restarted empty has lost the pool: check it each time. */
-    s_init_pool(arg);
+    ipalloc_t *ia = arg;
+    /* A Redis that restarted empty has lost the pools: check them each time.
+     * In the plan's order, so the store's stats come in that order too. */
+    for (size_t i = 0; i < ia->npools; i++)
+        s_init_pool(&ia->pools[i]);
 }
 
 static void s_on_stats(void *arg, const ipalloc_stats_t *st)
@@ -320,28 +472,77 @@ static void s_on_stats(void *arg, const ipalloc_stats_t *st)
     ipalloc_t *ia = arg;
     ia->stats_pending = false;
     if (!st) return;
-    ia->stats = *st;
-    rb_metric_set(ia->m_leases, (double)st->leased);
-    if (strcmp(st->digest, ia->digest) != 0) {
-        /* Another instance with a different pool, or Redis lost its data. */
-        if (ia->pool_ready) rb_warn("pool_changed", "the pool in Redis is not ours; rebuilding it");
-        ia->pool_ready = false;
-        s_init_pool(ia);
+    ia->leased = st->leased;
+    for (size_t j = 0; j < st->npools; j++) {
+        s_pool_state_t *ps = NULL;
+        for (size_t i = 0; i < ia->npools && !ps; i++)
+            if (strcmp(ipalloc_pools_name(ia->plan, i), st->pools[j].name) == 0)
+                ps = &ia->pools[i];
+        if (!ps) continue;
+        ps->stats = st->pools[j];
+        ps->stats.name = NULL; /* borrowed from the answer */
+        rb_metric_set(ps->m_leases, (double)ps->stats.used);
+        rb_metric_set(ps->m_free, (double)ps->stats.free);
+        if (strcmp(st->pools[j].digest, ps->digest) != 0) {
+            /* Another instance with a different plan, or Redis lost its data. */
+            if (ps->ready)
+                rb_warn("pool_changed", "pool %s in Redis is not ours; rebuilding it",
+                        ipalloc_pools_name(ia->plan, ps->index));
+            ps->ready = false;
+            s_init_pool(ps);
+        }
     }
 }
 
 static void s_on_stats_tick(rb_loop_t *loop, void *arg)
 {
     ipalloc_t *ia = arg;
+    (void)loop;
     if (!rb_redis_ok(ia->redis)) {
-        ia->pool_ready = false;
+        for (size_t i = 0; i < ia->npools; i++)
+            ia->pools[i].ready = false;
         return;
     }
+    for (size_t i = 0; i < ia->npools; i++)
+        if (!ia->pools[i].ready) s_init_pool(&ia->pools[i]);
     if (!ia->stats_pending && ipalloc_store_stats(ia->store, s_on_stats, ia) == 0)
         ia->stats_pending = true;
 }
 
 /* ---- object ---- */
+
+int ipalloc_config_validate(void *arg, char *err, size_t errlen)
+{
+    const ipalloc_config_t *cfg = arg;
+    ipalloc_pools_t *plan = ipalloc_pools_new(cfg->pool, cfg->exclude, cfg->group_pools,
+                                              cfg->statics, cfg->no_address_groups, err, errlen);
+    if (!plan) return -1;
+    ipalloc_pools_destroy(&plan);
+    return 0;
+}
+
+static int s_pools_new(ipalloc_t *ia)
+{
+    ia->npools = ipalloc_pools_count(ia->plan);
+    ia->pools = calloc(ia->npools, sizeof(*ia->pools));
+    if (!ia->pools) return -1;
+    for (size_t i = 0; i < ia->npools; i++) {
+        s_pool_state_t *ps = &ia->pools[i];
+        size_t nres;
+        const ipalloc_reservation_t *res = ipalloc_pools_reservations(ia->plan, i, &nres);
+        char labels[32 + IPALLOC_GROUP_MAX];
+        ps->ia = ia;
+        ps->index = i;
+        if (ipalloc_store_pool_digest(ipalloc_pools_pool(ia->plan, i), res, nres, ps->digest) != 0)
+            return -1;
+        /* Group names are [A-Za-z0-9._-]: nothing to escape in a label. */
+        snprintf(labels, sizeof(labels), "pool=\"%s\"", ipalloc_pools_name(ia->plan, i));
+        ps->m_leases = rb_gauge("reachback_leases", labels, "addresses under lease, per pool");
+        ps->m_free = rb_gauge("reachback_pool_free", labels,
+                              "addresses anyone may lease now, per pool");
+    }
+    return 0;
+}
 
 ipalloc_t *ipalloc_new(rb_loop_t *loop, const ipalloc_config_t *cfg)
 {
@@ -350,12 +551,13 @@ ipalloc_t *ipalloc_new(rb_loop_t *loop, const ipalloc_config_t *cfg)
     if (!ia) return NULL;
     ia->loop = loop;
     ia->cfg = cfg;
-    ia->pool = rb_pool_new(cfg->pool, cfg->exclude, err, sizeof(err));
-    if (!ia->pool) {
-        rb_error("bad_pool", "pool '%s': %s", cfg->pool ? cfg->pool : "", err);
+    ia->plan = ipalloc_pools_new(cfg->pool, cfg->exclude, cfg->group_pools, cfg->statics,
+                                 cfg->no_address_groups, err, sizeof(err));
+    if (!ia->plan) {
+        rb_error("bad_pool", "%s", err);
         goto fail;
     }
-    if (ipalloc_store_pool_digest(ia->pool, ia->digest) != 0) goto fail;
+    if (s_pools_new(ia) != 0) goto fail;
     if (rb_curve_load(&ia->curve, cfg->curve_secret_key, err, sizeof(err)) != 0) {
         rb_error("bad_curve_key", "%s", err);
         goto fail;
@@ -377,16 +579,20 @@ ipalloc_t *ipalloc_new(rb_loop_t *loop, const ipalloc_config_t *cfg)
     ia->stats_timer = rb_loop_add_timer(loop, IPALLOC_STATS_MS, true, s_on_stats_tick, ia);
     if (!ia->stats_timer) goto fail;
 
-    ia->m_leases = rb_gauge("reachback_leases", NULL, "addresses under lease");
     ia->m_ok = rb_counter("reachback_leases_total", "result=\"ok\"", "lease requests by result");
     ia->m_exhausted =
         rb_counter("reachback_leases_total", "result=\"exhausted\"", "lease requests by result");
+    ia->m_no_address =
+        rb_counter("reachback_leases_total", "result=\"no_address\"", "lease requests by result");
     ia->m_error =
         rb_counter("reachback_leases_total", "result=\"error\"", "lease requests by result");
+    ia->m_moved = rb_counter("reachback_lease_takeovers_total", NULL,
+                             "leases moved to a new session by a transfer");
     ia->m_duration =
         rb_histogram("reachback_lease_duration_seconds", NULL, "time from lease request to answer");
-    rb_info("ipalloc_started", "%s listening on %s, pool %s (%llu addresses)", cfg->ipalloc_id,
-            cfg->listen, cfg->pool, (unsigned long long)rb_pool_size(ia->pool));
+    rb_info("ipalloc_started", "%s listening on %s, %zu pools, default pool %s (%llu addresses)",
+            cfg->ipalloc_id, cfg->listen, ia->npools, ipalloc_pools_cidrs(ia->plan, 0),
+            (unsigned long long)rb_pool_size(ipalloc_pools_pool(ia->plan, 0)));
     return ia;
 fail:
     ipalloc_destroy(&ia);
@@ -405,7 +611,8 @@ void ipalloc_destroy(ipalloc_t **iap)
     while (ia->ctxs)
         s_ctx_free(ia->ctxs);
     rb_rpc_server_destroy(&ia->server);
-    rb_pool_destroy(&ia->pool);
+    free(ia->pools);
+    ipalloc_pools_destroy(&ia->plan);
     memset(ia->curve.secret_key, 0, sizeof(ia->curve.secret_key));
     free(ia);
 }
@@ -417,9 +624,12 @@ bool ipalloc_ready(void *arg, rb_buf_t *why)
         rb_buf_puts(why, "Redis does not answer");
         return false;
     }
-    if (!ia->pool_ready) {
-        rb_buf_puts(why, "the address pool is not initialised");
-        return false;
+    for (size_t i = 0; i < ia->npools; i++) {
+        if (!ia->pools[i].ready) {
+            rb_buf_printf(why, "the address pool %s is not initialised",
+                          ipalloc_pools_name(ia->plan, i));
+            return false;
+        }
     }
     return true;
 }
@@ -427,14 +637,33 @@ bool ipalloc_ready(void *arg, rb_buf_t *why)
 void ipalloc_status_info(void *arg, rb_buf_t *json)
 {
     ipalloc_t *ia = arg;
+    uint64_t nfree = 0;
+    for (size_t i = 0; i < ia->npools; i++)
+        nfree += ia->pools[i].stats.free;
     rb_buf_puts(json, "\"ipalloc_id\":\"");
     rb_buf_json_escape(json, ia->cfg->ipalloc_id);
     rb_buf_puts(json, "\",\"pool\":\"");
-    rb_buf_json_escape(json, ia->cfg->pool);
+    rb_buf_json_escape(json, ipalloc_pools_cidrs(ia->plan, 0));
+    /* pool and pool_size: the default pool; leased and free: every pool. */
     rb_buf_printf(json,
                   "\",\"pool_size\":%llu,\"leased\":%llu,\"free\":%llu,"
-                  "\"pool_ready\":%s,\"redis_ok\":%s",
-                  (unsigned long long)rb_pool_size(ia->pool), (unsigned long long)ia->stats.leased,
-                  (unsigned long long)ia->stats.free, ia->pool_ready ? "true" : "false",
-                  rb_redis_ok(ia->redis) ? "true" : "false");
+                  "\"pool_ready\":%s,\"redis_ok\":%s,\"spillover\":%s,\"pools\":[",
+                  (unsigned long long)rb_pool_size(ipalloc_pools_pool(ia->plan, 0)),
+                  (unsigned long long)ia->leased, (unsigned long long)nfree,
+                  s_all_ready(ia) ? "true" : "false", rb_redis_ok(ia->redis) ? "true" : "false",
+                  ia->cfg->spillover ? "true" : "false");
+    for (size_t i = 0; i < ia->npools; i++) {
+        const s_pool_state_t *ps = &ia->pools[i];
+        rb_buf_puts(json, i ? ",{\"name\":\"" : "{\"name\":\"");
+        rb_buf_json_escape(json, ipalloc_pools_name(ia->plan, i));
+        rb_buf_puts(json, "\",\"cidrs\":\"");
+        rb_buf_json_escape(json, ipalloc_pools_cidrs(ia->plan, i));
+        rb_buf_printf(json,
+                      "\",\"size\":%llu,\"used\":%llu,\"free\":%llu,\"reserved\":%llu,"
+                      "\"ready\":%s}",
+                      (unsigned long long)rb_pool_size(ipalloc_pools_pool(ia->plan, i)),
+                      (unsigned long long)ps->stats.used, (unsigned long long)ps->stats.free,
+                      (unsigned long long)ps->stats.reserved, ps->ready ? "true" : "false");
+    }
+    rb_buf_puts(json, "]");
 }

@@ -1,7 +1,7 @@
 /* ipalloc: the IP allocator service object. It answers BrokerToIpalloc
  * requests (proto/broker_ipalloc.proto) on a ROUTER socket, keeps its state
  * in Redis through ipalloc_store, and reports readiness (Redis answers and
- * the pool is initialised) and pool usage to the status server. */
+ * every pool is initialised) and per-pool usage to the status server. */
 #ifndef IPALLOC_H
 #define IPALLOC_H
 #include <stdbool.h>
@@ -16,6 +16,10 @@ typedef struct {
     char *listen;
     char *pool;
     char *exclude;
+    char *group_pools;
+    char *statics; /* key "static" */
+    bool spillover;
+    char *no_address_groups;
     char *redis_host;
     long redis_port;
     char *redis_socket;
@@ -26,6 +30,10 @@ typedef struct {
 
 /* The option table of reachback-ipalloc (rb_config). */
 extern const rb_option_t ipalloc_options[];
+/* rb_cli's cross-field check (cfg is an ipalloc_config_t): the pools,
+ * reservations and groups parse and agree. 0 or -1 with err naming the key
+ * and the bad entry. */
+int ipalloc_config_validate(void *cfg, char *err, size_t errlen);
 
 typedef struct ipalloc ipalloc_t;
 

@@ -21,7 +21,8 @@ int main(int argc, char **argv)
     rb_cli_t cli = {.service = "ipalloc",
                     .summary = "intranet IP address allocator (leases in Redis)",
                     .opts = ipalloc_options,
-                    .cfg = &cfg};
+                    .cfg = &cfg,
+                    .validate = ipalloc_config_validate};
     char err[256];
     int rc = 1;
     rb_cli_run(&cli, argc, argv);
