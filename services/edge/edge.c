@@ -16,7 +16,9 @@
 #include "edge_broker.h"
 #include "edge_conn.h"
 #include "edge_ratelimit.h"
+#include "edge_smap.h"
 #include "edge_users.h"
+#include "rb_events.h"
 #include "rb_log.h"
 #include "rb_status.h"
 #include "rb_tls.h"
@@ -27,6 +29,9 @@
 /* accept() failing for lack of descriptors is retried after this pause
  * (the listener stays readable, so retrying at once would spin). */
 #define ACCEPT_PAUSE_MS 100
+/* Session ids per RefreshRequest: 5000 ids of ~40 bytes stay far below
+ * RB_PB_MAX_MESSAGE, and one message stays cheap for the broker. */
+#define REFRESH_BATCH 5000
 
 const rb_option_t edge_options[] = {
     RB_OPT_COMMON(edge_config_t),
@@ -63,6 +68,15 @@ const rb_option_t edge_options[] = {
      "how long a locked-out user or address is refused without a check (seconds)"},
     {"max_connections", RB_OPT_INT, "20000", offsetof(edge_config_t, max_connections), 1,
      10000000, "tunnel connections held at once; more are closed at accept"},
+    {"refresh_s", RB_OPT_INT, "5", offsetof(edge_config_t, refresh_s), 1, 300,
+     "tell the broker this often which sessions are carried here (seconds); keep it well "
+     "under the broker's session_timeout"},
+    {"events_endpoints", RB_OPT_STRING, "", offsetof(edge_config_t, events_endpoints), 0, 0,
+     "the brokers' session event PUB endpoints, comma-separated (CURVE as for "
+     "broker_endpoint); empty: no event stream, sessions ended elsewhere reach devices "
+     "only through refresh"},
+    {"snapshot_endpoints", RB_OPT_STRING, "", offsetof(edge_config_t, snapshot_endpoints), 0,
+     0, "the brokers' snapshot ROUTER endpoints, comma-separated (with events_endpoints)"},
     RB_OPT_END,
 };
 
@@ -71,6 +85,12 @@ int edge_config_validate(void *cfgp, char *err, size_t errlen)
     edge_config_t *cfg = cfgp;
     if (*cfg->curve_secret_key && !*cfg->broker_public_key) {
         snprintf(err, errlen, "key 'broker_public_key': required with curve_secret_key");
+        return -1;
+    }
+    if (!*cfg->events_endpoints != !*cfg->snapshot_endpoints) {
+        snprintf(err, errlen, "key '%s': required with %s",
+                 *cfg->events_endpoints ? "snapshot_endpoints" : "events_endpoints",
+                 *cfg->events_endpoints ? "events_endpoints" : "snapshot_endpoints");
         return -1;
     }
     if (!strchr(cfg->listen, ':')) {
@@ -91,6 +111,11 @@ struct edge {
     int port;
     rb_timer_t *accept_pause;
     rb_timer_t *stop_timer;
+    rb_timer_t *refresh_timer;
+    rb_timer_t *snapshot_done;    /* clears in_snapshot after a reset */
+    rb_events_t *events;
+    bool in_snapshot;             /* applying a snapshot (see s_ev_up) */
+    uint64_t refresh_rounds, refresh_failures, refresh_gone;
     rb_status_t *status;
     uint64_t refused;         /* connections over max_connections */
     uint64_t last_refuse_log;
@@ -194,10 +219,18 @@ static int s_listen(const char *hostport, int *port_out)
     return fd;
 }
 
+static void s_metric_family(rb_metric_t **out, int n, const char *const *names,
+                            const char *metric, const char *label, const char *help)
+{
+    for (int i = 0; i < n; i++) {
+        char labels[64];
+        snprintf(labels, sizeof labels, "%s=\"%s\"", label, names[i]);
+        out[i] = rb_counter(metric, labels, help);
+    }
+}
+
 static void s_metrics(edge_ctx_t *ctx)
 {
-    static const char *results[EDGE_LOGON_NRESULTS] = {
-        "ok", "bad_credentials", "rate_limited", "exists", "unavailable", "exhausted"};
     ctx->m_connections =
         rb_gauge("reachback_edge_connections", NULL, "Tunnel connections open on this edge");
     ctx->m_sessions = rb_gauge("reachback_edge_sessions", NULL,
@@ -206,12 +239,127 @@ static void s_metrics(edge_ctx_t *ctx)
                                         "Connections closed for breaking the tunnel protocol");
     ctx->m_logon_duration = rb_histogram("reachback_logon_duration_seconds", NULL,
                                          "Time from Logon to LogonOk, successful logons");
-    for (int i = 0; i < EDGE_LOGON_NRESULTS; i++) {
-        char labels[48];
-        snprintf(labels, sizeof labels, "result=\"%s\"", results[i]);
-        ctx->m_logons[i] = rb_counter("reachback_logons_total", labels, "Logon attempts by result");
+    s_metric_family(ctx->m_logons, EDGE_LOGON_NRESULTS, edge_logon_result_names,
+                    "reachback_logons_total", "result", "Logon attempts by result");
+    s_metric_family(ctx->m_resumes, EDGE_RESUME_NRESULTS, edge_resume_result_names,
+                    "reachback_edge_resumes_total", "result", "Resume attempts by result");
+    s_metric_family(ctx->m_transfers, EDGE_TRANSFER_NRESULTS, edge_transfer_result_names,
+                    "reachback_edge_transfers_total", "result",
+                    "Transfer offers answered on this edge, by result");
+    s_metric_family(ctx->m_kicks, EDGE_KICK_NREASONS, edge_kick_reason_names,
+                    "reachback_edge_kicks_total", "reason",
+                    "Tunnels closed because their session ended elsewhere, by reason");
+}
+
+/* ------------------------------------------------------------------ */
+/* Refresh: tell the broker which sessions are carried here            */
+
+static void s_on_refresh_reply(void *arg, const Rb__Edgebroker__RefreshReply *r)
+{
+    edge_t *e = arg;
+    if (!r) {
+        e->refresh_failures++;
+        return;
+    }
+    for (size_t i = 0; i < r->n_gone; i++) {
+        if (!r->gone[i]) continue;
+        edge_conn_t *c = edge_smap_get(e->ctx.by_session, r->gone[i]);
+        if (!c) continue;
+        e->refresh_gone++;
+        edge_conn_kick(c, RB__TUNNEL__CLOSE_REASON__CLOSE_EXPIRED, "session expired");
     }
 }
+
+static void s_on_refresh(rb_loop_t *loop, void *arg)
+{
+    edge_t *e = arg;
+    if (e->stopping) return;
+    const char *ids[REFRESH_BATCH];
+    size_t n = 0;
+    bool sent = false;
+    unsigned timeout_ms = (unsigned)e->cfg->refresh_s * 1000;
+    e->refresh_rounds++;
+    /* An empty request still says "this edge is alive and carries
+     * nothing", which costs the broker nothing to hear. */
+    for (edge_conn_t *c = e->ctx.head;; c = edge_conn_next(c)) {
+        const char *id = c ? edge_conn_session_id(c) : NULL;
+        if (id) ids[n++] = id;
+        if (n == REFRESH_BATCH || (!c && (n > 0 || !sent))) {
+            if (edge_broker_refresh(e->ctx.broker, ids, n, timeout_ms, s_on_refresh_reply, e) < 0)
+                e->refresh_failures++;
+            n = 0;
+            sent = true;
+        }
+        if (!c) break;
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* The session event stream: sessions ended or moved elsewhere         */
+
+static void s_snapshot_done(rb_loop_t *loop, void *arg)
+{
+    edge_t *e = arg;
+    e->snapshot_done = NULL;
+    e->in_snapshot = false;
+}
+
+/* A snapshot is applied in one go (reset, then every session, then the
+ * events buffered meanwhile) from one loop callback; the flag lasts until
+ * the loop's next turn. */
+static void s_ev_reset(void *arg)
+{
+    edge_t *e = arg;
+    e->in_snapshot = true;
+    if (!e->snapshot_done) e->snapshot_done = rb_loop_add_timer(e->loop, 0, false, s_snapshot_done, e);
+    if (!e->snapshot_done) e->in_snapshot = false;
+}
+
+/* A session carried here that comes UP on another edge resumed there (its
+ * device moved before this connection was noticed dead): close ours, as
+ * REPLACED. Not while a snapshot is applied: a snapshot may be older than
+ * a resume that just landed here, and would close a live tunnel. */
+static void s_ev_up(void *arg, const Rb__Events__Session *s)
+{
+    edge_t *e = arg;
+    if (e->in_snapshot || !s->session_id || !s->edge_id) return;
+    edge_conn_t *c = edge_smap_get(e->ctx.by_session, s->session_id);
+    if (!c || strcmp(s->edge_id, e->edge_id) == 0) return;
+    char msg[320];
+    snprintf(msg, sizeof msg, "the session resumed on edge %s", s->edge_id);
+    edge_conn_kick(c, RB__TUNNEL__CLOSE_REASON__CLOSE_REPLACED, msg);
+}
+
+static void s_ev_down(void *arg, const Rb__Events__Session *s, const char *reason)
+{
+    edge_t *e = arg;
+    if (!s->session_id) return;
+    edge_conn_t *c = edge_smap_get(e->ctx.by_session, s->session_id);
+    if (!c) return;
+    static const struct {
+        const char *reason;
+        Rb__Tunnel__CloseReason close;
+        const char *msg;
+    } map[] = {
+        {"transferred", RB__TUNNEL__CLOSE_REASON__CLOSE_TRANSFERRED,
+         "session transferred to another device"},
+        {"replaced", RB__TUNNEL__CLOSE_REASON__CLOSE_REPLACED, "replaced by a newer logon"},
+        {"kicked", RB__TUNNEL__CLOSE_REASON__CLOSE_KICKED, "closed by administrator"},
+        {"expired", RB__TUNNEL__CLOSE_REASON__CLOSE_EXPIRED, "session expired"},
+        {"logoff", RB__TUNNEL__CLOSE_REASON__CLOSE_LOGOFF, "logged off"},
+    };
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++) {
+        if (strcmp(reason, map[i].reason) == 0) {
+            edge_conn_kick(c, map[i].close, map[i].msg);
+            return;
+        }
+    }
+    char msg[160];
+    snprintf(msg, sizeof msg, "session ended (%.100s)", reason);
+    edge_conn_kick(c, RB__TUNNEL__CLOSE_REASON__CLOSE_UNSPECIFIED, msg);
+}
+
+static const rb_events_handlers_t s_ev_handlers = {s_ev_reset, s_ev_up, s_ev_down};
 
 bool edge_ready(void *arg, rb_buf_t *why)
 {
@@ -222,6 +370,10 @@ bool edge_ready(void *arg, rb_buf_t *why)
     }
     if (!edge_broker_ready(e->ctx.broker)) {
         rb_buf_puts(why, "no broker answered a ping in the last 3 s");
+        return false;
+    }
+    if (e->events && !rb_events_ready(e->events)) {
+        rb_buf_puts(why, "the session event stream has no snapshot or is silent");
         return false;
     }
     return true;
@@ -235,12 +387,18 @@ void edge_status_json(void *arg, rb_buf_t *json)
     rb_buf_printf(json,
                   "\",\"tunnel_port\":%d,\"connections\":%zu,\"sessions\":%zu,\"auth_queue\":%zu,"
                   "\"broker_pending\":%zu,\"broker_ready\":%s,\"users\":%zu,"
-                  "\"ratelimit_users\":%zu,\"ratelimit_addrs\":%zu,\"refused_full\":%llu",
+                  "\"ratelimit_users\":%zu,\"ratelimit_addrs\":%zu,\"refused_full\":%llu,"
+                  "\"events\":%s,\"events_seq\":%llu,\"refresh_rounds\":%llu,"
+                  "\"refresh_failures\":%llu,\"refresh_gone\":%llu",
                   e->port, e->ctx.connections, e->ctx.sessions, edge_auth_pending(e->ctx.auth),
                   edge_broker_pending(e->ctx.broker),
                   edge_broker_ready(e->ctx.broker) ? "true" : "false",
                   edge_users_count(e->users), edge_rl_users(e->ctx.rl), edge_rl_addrs(e->ctx.rl),
-                  (unsigned long long)e->refused);
+                  (unsigned long long)e->refused,
+                  !e->events ? "\"off\"" : rb_events_ready(e->events) ? "\"ready\"" : "\"waiting\"",
+                  (unsigned long long)(e->events ? rb_events_seq(e->events) : 0),
+                  (unsigned long long)e->refresh_rounds, (unsigned long long)e->refresh_failures,
+                  (unsigned long long)e->refresh_gone);
 }
 
 edge_t *edge_new(rb_loop_t *loop, const edge_config_t *cfg)
@@ -267,6 +425,9 @@ edge_t *edge_new(rb_loop_t *loop, const edge_config_t *cfg)
         rb_error("edge_users", "%s", err);
         goto fail;
     }
+    ctx->users = e->users;
+    ctx->by_session = edge_smap_new();
+    if (!ctx->by_session) goto fail;
     ctx->tls = rb_tls_server_ctx(cfg->tls_cert, cfg->tls_key,
                                  *cfg->tls_client_ca ? cfg->tls_client_ca : NULL, 0, err,
                                  sizeof err);
@@ -295,6 +456,21 @@ edge_t *edge_new(rb_loop_t *loop, const edge_config_t *cfg)
     }
     ctx->broker = edge_broker_new(loop, cfg->broker_endpoint, &e->curve, broker_pub, e->edge_id);
     if (!ctx->broker) goto fail;
+    e->refresh_timer = rb_loop_add_timer(loop, (uint64_t)cfg->refresh_s * 1000, true,
+                                         s_on_refresh, e);
+    if (!e->refresh_timer) goto fail;
+    if (*cfg->events_endpoints) {
+        rb_events_config_t ec = {.pub_endpoints = cfg->events_endpoints,
+                                 .snapshot_endpoints = cfg->snapshot_endpoints,
+                                 .curve = &e->curve,
+                                 .broker_public_key = e->curve.enabled ? broker_pub : NULL,
+                                 .name = e->edge_id};
+        e->events = rb_events_new(loop, &ec, &s_ev_handlers, e);
+        if (!e->events) goto fail;
+    } else {
+        rb_warn("edge_no_events", "no events_endpoints: sessions transferred or kicked "
+                "elsewhere reach their devices only at the next refresh (%ld s)", cfg->refresh_s);
+    }
 
     e->lfd = s_listen(cfg->listen, &e->port);
     if (e->lfd < 0 || rb_loop_add_fd(loop, e->lfd, RB_EV_READ, s_on_accept, e) < 0) goto fail;
@@ -327,8 +503,11 @@ void edge_destroy(edge_t **ep)
     if (!ep || !*ep) return;
     edge_t *e = *ep;
     rb_loop_cancel_timer(e->loop, e->stop_timer);
+    rb_loop_cancel_timer(e->loop, e->refresh_timer);
+    rb_loop_cancel_timer(e->loop, e->snapshot_done);
     s_close_listener(e);
     rb_status_destroy(&e->status);
+    rb_events_destroy(&e->events);
     while (e->ctx.head) {
         edge_conn_t *c = e->ctx.head;
         edge_conn_destroy(&c);
@@ -337,6 +516,7 @@ void edge_destroy(edge_t **ep)
     edge_auth_destroy(&e->ctx.auth);
     edge_broker_destroy(&e->ctx.broker);
     edge_rl_destroy(&e->ctx.rl);
+    edge_smap_destroy(&e->ctx.by_session);
     if (e->ctx.tls) SSL_CTX_free(e->ctx.tls);
     edge_users_destroy(&e->users);
     free(e);

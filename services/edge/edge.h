@@ -27,6 +27,9 @@ typedef struct {
     long auth_window_s;
     long auth_lockout_s;
     long max_connections;
+    long refresh_s;
+    char *events_endpoints;
+    char *snapshot_endpoints;
 } edge_config_t;
 
 /* The option table (keys, defaults, help), ending with RB_OPT_END. */
@@ -47,7 +50,8 @@ void edge_destroy(edge_t **e);
 void edge_shutdown(edge_t *e);
 /* The tunnel port actually bound (listen may say port 0). */
 int edge_port(const edge_t *e);
-/* Ready: the listener is bound and a broker answered within 3 s. */
+/* Ready: the listener is bound, a broker answered within 3 s, and (when
+ * configured) the session event stream has a snapshot and is live. */
 bool edge_ready(void *e, rb_buf_t *why);
 /* The /status fields. */
 void edge_status_json(void *e, rb_buf_t *json);

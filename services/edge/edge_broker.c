@@ -19,6 +19,8 @@
 #define LOGOFF_TIMEOUT_MS 2000
 #define LOGOFF_RETRIES 2
 
+typedef struct refresh_call refresh_call_t;
+
 struct edge_broker {
     rb_loop_t *loop;
     rb_rpc_client_t *rpc;
@@ -28,13 +30,25 @@ struct edge_broker {
     uint64_t last_pong_ms;
     bool ping_out;        /* a ping is in flight */
     bool ever_pong;
+    refresh_call_t *refreshes;   /* in flight, freed at destroy */
 };
 
 struct edge_broker_req {
     edge_broker_t *b;
     edge_broker_logon_fn *fn;
     void *arg;
+    bool keep_if_abandoned;   /* resume: the session is the device's still */
 };
+
+struct refresh_call {
+    refresh_call_t *prev, *next;
+    edge_broker_t *b;
+    edge_broker_refresh_fn *fn;
+    void *arg;
+};
+
+/* Groups from the users file travel as a repeated field. */
+#define MAX_GROUPS 32
 
 /* Unpacks a reply and checks its version and body. NULL when unusable. */
 static Rb__Edgebroker__BrokerToEdge *s_unpack(edge_broker_t *b, const uint8_t *body, size_t len,
@@ -130,6 +144,11 @@ void edge_broker_destroy(edge_broker_t **bp)
     /* Pending logon handles are freed by their owners' cancel; rpc drops
      * the calls unanswered. */
     rb_rpc_client_destroy(&b->rpc);
+    while (b->refreshes) {
+        refresh_call_t *rc = b->refreshes;
+        b->refreshes = rc->next;
+        free(rc);
+    }
     free(b->edge_id);
     free(b->peer);
     free(b);
@@ -155,28 +174,138 @@ static void s_on_logon_reply(void *arg, const uint8_t *body, size_t len)
     if (m) protobuf_c_message_free_unpacked(&m->base, NULL);
 }
 
-edge_broker_req_t *edge_broker_logon(edge_broker_t *b, const char *user, const char *device,
-                                     const char *source, edge_broker_logon_fn *fn, void *arg)
+/* Sends m (a logon-like request) and returns its handle. */
+static edge_broker_req_t *s_logon_call(edge_broker_t *b, Rb__Edgebroker__EdgeToBroker *m,
+                                       edge_broker_logon_fn *fn, void *arg)
 {
     edge_broker_req_t *req = calloc(1, sizeof *req);
     if (!req) return NULL;
     req->b = b;
     req->fn = fn;
     req->arg = arg;
+    m->version = RB_PROTO_VERSION;
+    if (rb_rpc_call(b->rpc, &m->base, LOGON_TIMEOUT_MS, 0, s_on_logon_reply, req) < 0) {
+        free(req);
+        return NULL;
+    }
+    return req;
+}
+
+/* Splits a comma list into v (pointing into buf, which it modifies). */
+static size_t s_split_groups(char *buf, char **v, size_t max)
+{
+    size_t n = 0;
+    char *save = NULL;
+    for (char *g = strtok_r(buf, ",", &save); g && n < max; g = strtok_r(NULL, ",", &save))
+        v[n++] = g;
+    return n;
+}
+
+edge_broker_req_t *edge_broker_logon(edge_broker_t *b, const char *user, const char *device,
+                                     const char *source, const char *groups,
+                                     edge_broker_logon_fn *fn, void *arg)
+{
+    char gbuf[MAX_GROUPS * 66];
+    char *gv[MAX_GROUPS];
+    snprintf(gbuf, sizeof gbuf, "%s", groups ? groups : "");
     Rb__Edgebroker__EdgeToBroker m = RB__EDGEBROKER__EDGE_TO_BROKER__INIT;
     Rb__Edgebroker__LogonRequest l = RB__EDGEBROKER__LOGON_REQUEST__INIT;
     l.user = (char *)user;
     l.device = (char *)device;
     l.edge_id = b->edge_id;
     l.source = (char *)source;
-    m.version = RB_PROTO_VERSION;
+    l.n_groups = s_split_groups(gbuf, gv, MAX_GROUPS);
+    l.groups = gv;
     m.body_case = RB__EDGEBROKER__EDGE_TO_BROKER__BODY_LOGON;
     m.logon = &l;
-    if (rb_rpc_call(b->rpc, &m.base, LOGON_TIMEOUT_MS, 0, s_on_logon_reply, req) < 0) {
-        free(req);
-        return NULL;
-    }
+    return s_logon_call(b, &m, fn, arg);
+}
+
+edge_broker_req_t *edge_broker_transfer(edge_broker_t *b, const char *offer_id,
+                                        const char *user, const char *device,
+                                        const char *source, const char *groups,
+                                        edge_broker_logon_fn *fn, void *arg)
+{
+    char gbuf[MAX_GROUPS * 66];
+    char *gv[MAX_GROUPS];
+    snprintf(gbuf, sizeof gbuf, "%s", groups ? groups : "");
+    Rb__Edgebroker__EdgeToBroker m = RB__EDGEBROKER__EDGE_TO_BROKER__INIT;
+    Rb__Edgebroker__TransferRequest t = RB__EDGEBROKER__TRANSFER_REQUEST__INIT;
+    t.offer_id = (char *)offer_id;
+    t.user = (char *)user;
+    t.device = (char *)device;
+    t.edge_id = b->edge_id;
+    t.source = (char *)source;
+    t.n_groups = s_split_groups(gbuf, gv, MAX_GROUPS);
+    t.groups = gv;
+    m.body_case = RB__EDGEBROKER__EDGE_TO_BROKER__BODY_TRANSFER;
+    m.transfer = &t;
+    return s_logon_call(b, &m, fn, arg);
+}
+
+edge_broker_req_t *edge_broker_resume(edge_broker_t *b, const char *session_id,
+                                      const char *token, const char *device,
+                                      const char *source, edge_broker_logon_fn *fn, void *arg)
+{
+    Rb__Edgebroker__EdgeToBroker m = RB__EDGEBROKER__EDGE_TO_BROKER__INIT;
+    Rb__Edgebroker__ResumeRequest r = RB__EDGEBROKER__RESUME_REQUEST__INIT;
+    r.session_id = (char *)session_id;
+    r.resume_token = (char *)token;
+    r.device = (char *)device;
+    r.edge_id = b->edge_id;
+    r.source = (char *)source;
+    m.body_case = RB__EDGEBROKER__EDGE_TO_BROKER__BODY_RESUME;
+    m.resume = &r;
+    edge_broker_req_t *req = s_logon_call(b, &m, fn, arg);
+    if (req) req->keep_if_abandoned = true;
     return req;
+}
+
+
+static void s_refresh_unlink(refresh_call_t *rc)
+{
+    if (rc->prev) rc->prev->next = rc->next;
+    else rc->b->refreshes = rc->next;
+    if (rc->next) rc->next->prev = rc->prev;
+}
+
+static void s_on_refresh_reply(void *arg, const uint8_t *body, size_t len)
+{
+    refresh_call_t *rc = arg;
+    Rb__Edgebroker__BrokerToEdge *m =
+        s_unpack(rc->b, body, len, RB__EDGEBROKER__BROKER_TO_EDGE__BODY_REFRESH);
+    if (!body) rb_warn("broker_timeout", "broker %s: no answer to a refresh", rc->b->peer);
+    s_refresh_unlink(rc);
+    rc->fn(rc->arg, m ? m->refresh : NULL);
+    if (m) protobuf_c_message_free_unpacked(&m->base, NULL);
+    free(rc);
+}
+
+int edge_broker_refresh(edge_broker_t *b, const char *const *ids, size_t n,
+                        unsigned timeout_ms, edge_broker_refresh_fn *fn, void *arg)
+{
+    refresh_call_t *rc = calloc(1, sizeof *rc);
+    if (!rc) return -1;
+    rc->b = b;
+    rc->fn = fn;
+    rc->arg = arg;
+    Rb__Edgebroker__EdgeToBroker m = RB__EDGEBROKER__EDGE_TO_BROKER__INIT;
+    Rb__Edgebroker__RefreshRequest r = RB__EDGEBROKER__REFRESH_REQUEST__INIT;
+    r.edge_id = b->edge_id;
+    r.n_session_ids = n;
+    r.session_ids = (char **)ids;
+    m.version = RB_PROTO_VERSION;
+    m.body_case = RB__EDGEBROKER__EDGE_TO_BROKER__BODY_REFRESH;
+    m.refresh = &r;
+    /* Not retried: the next round says the same, with fresher news. */
+    if (rb_rpc_call(b->rpc, &m.base, timeout_ms, 0, s_on_refresh_reply, rc) < 0) {
+        free(rc);
+        return -1;
+    }
+    rc->next = b->refreshes;
+    if (rc->next) rc->next->prev = rc;
+    b->refreshes = rc;
+    return 0;
 }
 
 void edge_broker_cancel(edge_broker_t *b, edge_broker_req_t *req)
@@ -193,10 +322,12 @@ static void s_on_abandoned_logon(void *arg, const Rb__Edgebroker__LogonReply *r)
         edge_broker_logoff(b, r->session_id, "connection lost during logon");
 }
 
+static void s_on_abandoned_resume(void *arg, const Rb__Edgebroker__LogonReply *r) {}
+
 void edge_broker_abandon(edge_broker_t *b, edge_broker_req_t *req)
 {
     if (!req) return;
-    req->fn = s_on_abandoned_logon;
+    req->fn = req->keep_if_abandoned ? s_on_abandoned_resume : s_on_abandoned_logon;
     req->arg = b;
 }
 

@@ -17,17 +17,35 @@
 #include "rb_log.h"
 #include "rb_tconn.h"
 
-/* Logon attempts on one connection before it is closed: retrying on a new
- * connection costs a TLS handshake, which slows guessing down. */
+/* Logon, transfer and resume attempts on one connection before it is
+ * closed: retrying on a new connection costs a TLS handshake, which slows
+ * guessing down. */
 #define MAX_LOGONS_PER_CONN 3
 #define USER_MAX 256
 #define PASSWORD_MAX 1024
 #define DEVICE_MAX 128
+/* Session ids, offer ids and resume tokens come from the broker: short
+ * printable strings. Longer ones are not ours. */
+#define ID_MAX 128
+#define TOKEN_MAX 256
 
-typedef enum { ST_HELLO, ST_LOGON, ST_AUTH, ST_BROKER, ST_ACTIVE, ST_CLOSING } st_t;
+typedef enum { ST_HELLO, ST_LOGON, ST_AUTH, ST_BROKER, ST_OFFERED, ST_ACTIVE, ST_CLOSING } st_t;
 #define ST(s) (1u << (s))
 
-static const char *s_st_names[] = {"hello", "logon", "auth", "broker", "active", "closing"};
+static const char *s_st_names[] = {"hello",   "logon",  "auth",   "broker",
+                                   "offered", "active", "closing"};
+
+/* What the request in flight in ST_BROKER is. */
+typedef enum { BK_LOGON, BK_TRANSFER, BK_RESUME } bk_t;
+
+const char *const edge_logon_result_names[EDGE_LOGON_NRESULTS] = {
+    "ok", "bad_credentials", "rate_limited", "exists", "unavailable", "exhausted", "offered"};
+const char *const edge_resume_result_names[EDGE_RESUME_NRESULTS] = {"ok", "refused",
+                                                                     "rate_limited", "unavailable"};
+const char *const edge_transfer_result_names[EDGE_TRANSFER_NRESULTS] = {"ok", "expired",
+                                                                         "declined", "unavailable"};
+const char *const edge_kick_reason_names[EDGE_KICK_NREASONS] = {
+    "transferred", "replaced", "kicked", "expired", "logoff", "other"};
 
 struct edge_conn {
     edge_ctx_t *ctx;
@@ -38,14 +56,19 @@ struct edge_conn {
     uint64_t last_rx_ms;
     uint64_t logon_start_ms;
     rb_timer_t *idle_timer;
-    edge_broker_req_t *breq;    /* LogonRequest in flight (ST_BROKER) */
-    char *user, *device;        /* from the Logon being handled */
-    char *session_id;           /* ST_ACTIVE */
+    rb_timer_t *offer_timer;    /* ST_OFFERED: the offer's deadline */
+    edge_broker_req_t *breq;    /* request in flight (ST_BROKER) */
+    bk_t bkind;
+    char *user, *device;        /* from the Logon or Resume being handled */
+    char *offer_id;             /* the last offer made on this connection */
+    char *session_id;           /* ST_ACTIVE (and in by_session) */
     char peer[64];
     char addr[64];              /* peer without the port, for rate limits */
 };
 
 typedef void(handler_fn)(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m);
+
+static const char *s_user(const edge_conn_t *c) { return c->user ? c->user : "?"; }
 
 /* ------------------------------------------------------------------ */
 /* Sending and closing                                                 */
@@ -54,6 +77,24 @@ static void s_send(edge_conn_t *c, Rb__Tunnel__TunnelControl *m)
 {
     if (rb_tconn_send_control(c->t, m) < 0)
         rb_warn("tunnel_send", "peer %s: cannot queue a control message", c->peer);
+}
+
+/* The session is no longer carried here (it may still exist at the
+ * broker). */
+static void s_detach(edge_conn_t *c)
+{
+    if (!c->session_id) return;
+    edge_smap_del(c->ctx->by_session, c->session_id, c);
+    free(c->session_id);
+    c->session_id = NULL;
+    c->ctx->sessions--;
+    rb_metric_set(c->ctx->m_sessions, (double)c->ctx->sessions);
+}
+
+static void s_cancel_offer(edge_conn_t *c)
+{
+    rb_loop_cancel_timer(c->ctx->loop, c->offer_timer);
+    c->offer_timer = NULL;
 }
 
 /* Tells the device why, then closes once that is flushed. */
@@ -68,6 +109,7 @@ static void s_close(edge_conn_t *c, Rb__Tunnel__CloseReason reason, const char *
     m.session_closed = &sc;
     s_send(c, &m);
     c->st = ST_CLOSING;
+    s_cancel_offer(c);
     /* Answers still on their way would act on a closing connection. */
     edge_auth_cancel(c->ctx->auth, c);
     edge_broker_abandon(c->ctx->broker, c->breq);
@@ -83,32 +125,23 @@ static void s_protocol_error(edge_conn_t *c, const char *what)
     s_close(c, RB__TUNNEL__CLOSE_REASON__CLOSE_PROTOCOL, what);
 }
 
-/* Ends the broker side of the session, if there is one. */
+/* Ends the broker side of the session (Logoff), if there is one. */
 static void s_end_session(edge_conn_t *c, const char *reason)
 {
     if (!c->session_id) return;
     if (edge_broker_logoff(c->ctx->broker, c->session_id, reason) < 0)
         rb_warn("broker_logoff", "session %s: cannot send the logoff; it will expire",
                 c->session_id);
-    free(c->session_id);
-    c->session_id = NULL;
-    c->ctx->sessions--;
-    rb_metric_set(c->ctx->m_sessions, (double)c->ctx->sessions);
+    s_detach(c);
 }
 
 /* ------------------------------------------------------------------ */
-/* Logon                                                               */
+/* Logon, transfer, resume                                             */
 
-static const char *s_result_names[] = {"ok",          "bad_credentials", "rate_limited",
-                                       "exists",      "unavailable",     "exhausted"};
-
-/* A refused logon: the device may try again on this connection, a few
+/* A refused attempt: the device may try again on this connection, a few
  * times. */
-static void s_logon_failed(edge_conn_t *c, int result, Rb__Tunnel__FailReason reason,
-                           const char *msg)
+static void s_refuse(edge_conn_t *c, Rb__Tunnel__FailReason reason, const char *msg)
 {
-    rb_metric_inc(c->ctx->m_logons[result]);
-    rb_info("logon_failed", "user '%s' from %s: %s", c->user, c->peer, s_result_names[result]);
     Rb__Tunnel__TunnelControl m = RB__TUNNEL__TUNNEL_CONTROL__INIT;
     Rb__Tunnel__LogonFailed lf = RB__TUNNEL__LOGON_FAILED__INIT;
     lf.reason = reason;
@@ -122,70 +155,231 @@ static void s_logon_failed(edge_conn_t *c, int result, Rb__Tunnel__FailReason re
                 "too many logon attempts on one connection");
 }
 
-static void s_on_broker_reply(void *arg, const Rb__Edgebroker__LogonReply *r)
+static void s_logon_failed(edge_conn_t *c, int result, Rb__Tunnel__FailReason reason,
+                           const char *msg)
 {
-    edge_conn_t *c = arg;
-    c->breq = NULL;
-    if (!r) {
-        s_logon_failed(c, EDGE_LOGON_UNAVAILABLE, RB__TUNNEL__FAIL_REASON__FAIL_UNAVAILABLE,
-                       "the session service did not answer; try again later");
+    rb_metric_inc(c->ctx->m_logons[result]);
+    rb_info("logon_failed", "user '%s' from %s: %s", s_user(c), c->peer,
+            edge_logon_result_names[result]);
+    s_refuse(c, reason, msg);
+}
+
+static void s_resume_failed(edge_conn_t *c, int result, Rb__Tunnel__FailReason reason,
+                            const char *msg)
+{
+    rb_metric_inc(c->ctx->m_resumes[result]);
+    rb_info("resume_failed", "from %s (device '%s'): %s", c->peer, c->device ? c->device : "",
+            edge_resume_result_names[result]);
+    s_refuse(c, reason, msg);
+}
+
+static void s_transfer_failed(edge_conn_t *c, int result, Rb__Tunnel__FailReason reason,
+                              const char *msg)
+{
+    rb_metric_inc(c->ctx->m_transfers[result]);
+    rb_info("transfer_failed", "user '%s' from %s: %s", s_user(c), c->peer,
+            edge_transfer_result_names[result]);
+    s_refuse(c, reason, msg);
+}
+
+/* A refusal of the request in flight, counted under its kind. */
+static void s_broker_failed(edge_conn_t *c, Rb__Tunnel__FailReason reason, const char *msg)
+{
+    switch (c->bkind) {
+    case BK_LOGON:
+        s_logon_failed(c,
+                       reason == RB__TUNNEL__FAIL_REASON__FAIL_POOL_EXHAUSTED ? EDGE_LOGON_EXHAUSTED
+                       : reason == RB__TUNNEL__FAIL_REASON__FAIL_SESSION_EXISTS
+                           ? EDGE_LOGON_EXISTS
+                           : EDGE_LOGON_UNAVAILABLE,
+                       reason, msg);
         return;
+    case BK_TRANSFER: s_transfer_failed(c, EDGE_TRANSFER_UNAVAILABLE, reason, msg); return;
+    case BK_RESUME: s_resume_failed(c, EDGE_RESUME_UNAVAILABLE, reason, msg); return;
     }
-    switch (r->status) {
-    case RB__EDGEBROKER__LOGON_STATUS__LOGON_OK: break;
-    case RB__EDGEBROKER__LOGON_STATUS__LOGON_POOL_EXHAUSTED:
-        s_logon_failed(c, EDGE_LOGON_EXHAUSTED, RB__TUNNEL__FAIL_REASON__FAIL_POOL_EXHAUSTED,
-                       "no intranet address is free");
-        return;
-    case RB__EDGEBROKER__LOGON_STATUS__LOGON_SESSION_EXISTS:
-        s_logon_failed(c, EDGE_LOGON_EXISTS, RB__TUNNEL__FAIL_REASON__FAIL_SESSION_EXISTS,
-                       r->message && *r->message ? r->message : "you already have a session");
-        return;
-    default:
-        rb_warn("broker_logon_refused", "user '%s': broker says %d: %s", c->user, r->status,
-                r->message ? r->message : "");
-        s_logon_failed(c, EDGE_LOGON_UNAVAILABLE, RB__TUNNEL__FAIL_REASON__FAIL_UNAVAILABLE,
-                       "the session service cannot log you on now; try again later");
-        return;
-    }
-    if (!r->session_id || !*r->session_id || !r->ip || !*r->ip) {
-        rb_warn("broker_bad_reply", "user '%s': LOGON_OK without a session or address", c->user);
-        s_logon_failed(c, EDGE_LOGON_UNAVAILABLE, RB__TUNNEL__FAIL_REASON__FAIL_UNAVAILABLE,
-                       "the session service gave an incomplete answer");
-        return;
-    }
+}
+
+/* The session is carried here from now on: LogonOk, ACTIVE. */
+static void s_attach(edge_conn_t *c, const Rb__Edgebroker__LogonReply *r)
+{
     c->session_id = strdup(r->session_id);
     if (!c->session_id) {
-        /* The broker has a session we cannot track: end it. */
-        edge_broker_logoff(c->ctx->broker, r->session_id, "edge out of memory");
-        s_logon_failed(c, EDGE_LOGON_UNAVAILABLE, RB__TUNNEL__FAIL_REASON__FAIL_UNAVAILABLE,
-                       "the edge is out of memory");
+        /* The broker has a session we cannot track; it expires unrefreshed. */
+        s_broker_failed(c, RB__TUNNEL__FAIL_REASON__FAIL_UNAVAILABLE, "the edge is out of memory");
+        return;
+    }
+    void *old = NULL;
+    if (edge_smap_put(c->ctx->by_session, c->session_id, c, &old) < 0) {
+        free(c->session_id);
+        c->session_id = NULL;
+        s_broker_failed(c, RB__TUNNEL__FAIL_REASON__FAIL_UNAVAILABLE, "the edge is out of memory");
         return;
     }
     c->st = ST_ACTIVE;
     c->ctx->sessions++;
     rb_metric_set(c->ctx->m_sessions, (double)c->ctx->sessions);
-    rb_metric_inc(c->ctx->m_logons[EDGE_LOGON_OK]);
-    rb_metric_observe(c->ctx->m_logon_duration, (double)(rb_now_ms() - c->logon_start_ms) / 1000);
-    rb_info("logon_ok", "user '%s' from %s (device '%s'): session %s, ip %s, name %s", c->user,
-            c->peer, c->device, r->session_id, r->ip, r->fqdn ? r->fqdn : "");
-
+    /* A resume over a connection we still hold for the session (its device
+     * moved before the old path was noticed dead): the old one goes. */
+    if (old && old != c)
+        edge_conn_kick(old, RB__TUNNEL__CLOSE_REASON__CLOSE_REPLACED,
+                       "the session resumed on another connection");
+    const char *ip = r->ip ? r->ip : "";
+    const char *fqdn = r->fqdn ? r->fqdn : "";
+    switch (c->bkind) {
+    case BK_LOGON:
+    case BK_TRANSFER:
+        if (c->bkind == BK_LOGON) {
+            rb_metric_inc(c->ctx->m_logons[EDGE_LOGON_OK]);
+            rb_metric_observe(c->ctx->m_logon_duration,
+                              (double)(rb_now_ms() - c->logon_start_ms) / 1000);
+        } else {
+            rb_metric_inc(c->ctx->m_transfers[EDGE_TRANSFER_OK]);
+        }
+        rb_info(c->bkind == BK_LOGON ? "logon_ok" : "transfer_ok",
+                "user '%s' from %s (device '%s'): session %s, ip %s, name %s%s", s_user(c),
+                c->peer, c->device, r->session_id, *ip ? ip : "-", *fqdn ? fqdn : "-",
+                r->no_address ? " (no address)" : "");
+        break;
+    case BK_RESUME:
+        rb_metric_inc(c->ctx->m_resumes[EDGE_RESUME_OK]);
+        rb_info("resume_ok", "session %s from %s (device '%s'): ip %s, name %s", r->session_id,
+                c->peer, c->device, *ip ? ip : "-", *fqdn ? fqdn : "-");
+        break;
+    }
     Rb__Tunnel__TunnelControl m = RB__TUNNEL__TUNNEL_CONTROL__INIT;
     Rb__Tunnel__LogonOk ok = RB__TUNNEL__LOGON_OK__INIT;
     ok.session_id = r->session_id;
-    ok.ip = r->ip;
-    ok.fqdn = r->fqdn;
-    ok.resume_token = r->resume_token;
+    ok.ip = (char *)ip;
+    ok.fqdn = (char *)fqdn;
+    ok.resume_token = r->resume_token ? r->resume_token : "";
     ok.keepalive_s = c->ctx->keepalive_s;
+    ok.no_address = r->no_address;
     m.msg_case = RB__TUNNEL__TUNNEL_CONTROL__MSG_LOGON_OK;
     m.logon_ok = &ok;
     s_send(c, &m);
+}
+
+static void s_on_offer_deadline(rb_loop_t *loop, void *arg)
+{
+    edge_conn_t *c = arg;
+    c->offer_timer = NULL;
+    if (c->st != ST_OFFERED) return;
+    /* The broker would refuse the accept now; say so before the device
+     * asks. A late answer naming this offer is ignored (see the handler). */
+    s_transfer_failed(c, EDGE_TRANSFER_EXPIRED, RB__TUNNEL__FAIL_REASON__FAIL_TRANSFER_EXPIRED,
+                      "transfer offer expired");
+}
+
+static void s_offer(edge_conn_t *c, const Rb__Edgebroker__TransferOfferInfo *o)
+{
+    if (!o || !o->offer_id || !*o->offer_id || strlen(o->offer_id) > ID_MAX) {
+        rb_warn("broker_bad_reply", "user '%s': transfer offer without a usable id", s_user(c));
+        s_logon_failed(c, EDGE_LOGON_UNAVAILABLE, RB__TUNNEL__FAIL_REASON__FAIL_UNAVAILABLE,
+                       "the session service gave an incomplete answer");
+        return;
+    }
+    free(c->offer_id);
+    c->offer_id = strdup(o->offer_id);
+    /* An offer of 0 s could never be taken; one of days would hold the
+     * connection (and the broker's offer) longer than anyone waits. */
+    unsigned ttl = o->expires_in_s ? o->expires_in_s : 1;
+    if (ttl > 3600) ttl = 3600;
+    c->offer_timer = rb_loop_add_timer(c->ctx->loop, (uint64_t)ttl * 1000, false,
+                                       s_on_offer_deadline, c);
+    if (!c->offer_id || !c->offer_timer) {
+        s_cancel_offer(c);
+        s_logon_failed(c, EDGE_LOGON_UNAVAILABLE, RB__TUNNEL__FAIL_REASON__FAIL_UNAVAILABLE,
+                       "the edge is out of memory");
+        return;
+    }
+    rb_metric_inc(c->ctx->m_logons[EDGE_LOGON_OFFERED]);
+    rb_info("transfer_offered", "user '%s' from %s (device '%s'): session since %llu on '%s' "
+            "(edge %s), offer %s for %u s", s_user(c), c->peer, c->device,
+            (unsigned long long)o->session_since_ms, o->device ? o->device : "",
+            o->edge_id ? o->edge_id : "", o->offer_id, ttl);
+    Rb__Tunnel__TunnelControl m = RB__TUNNEL__TUNNEL_CONTROL__INIT;
+    Rb__Tunnel__TransferOffer to = RB__TUNNEL__TRANSFER_OFFER__INIT;
+    to.offer_id = o->offer_id;
+    to.session_since_ms = o->session_since_ms;
+    to.device = o->device ? o->device : "";
+    to.edge_id = o->edge_id ? o->edge_id : "";
+    to.source = o->source ? o->source : "";
+    to.expires_in_s = ttl;
+    m.msg_case = RB__TUNNEL__TUNNEL_CONTROL__MSG_TRANSFER_OFFER;
+    m.transfer_offer = &to;
+    s_send(c, &m);
+    c->st = ST_OFFERED;
+}
+
+static void s_on_broker_reply(void *arg, const Rb__Edgebroker__LogonReply *r)
+{
+    edge_conn_t *c = arg;
+    c->breq = NULL;
+    if (!r) {
+        s_broker_failed(c, RB__TUNNEL__FAIL_REASON__FAIL_UNAVAILABLE,
+                        "the session service did not answer; try again later");
+        return;
+    }
+    switch (r->status) {
+    case RB__EDGEBROKER__LOGON_STATUS__LOGON_OK: break;
+    case RB__EDGEBROKER__LOGON_STATUS__LOGON_POOL_EXHAUSTED:
+        s_broker_failed(c, RB__TUNNEL__FAIL_REASON__FAIL_POOL_EXHAUSTED,
+                        "no intranet address is free");
+        return;
+    case RB__EDGEBROKER__LOGON_STATUS__LOGON_SESSION_EXISTS:
+        s_broker_failed(c, RB__TUNNEL__FAIL_REASON__FAIL_SESSION_EXISTS,
+                        r->message && *r->message ? r->message : "you already have a session");
+        return;
+    case RB__EDGEBROKER__LOGON_STATUS__LOGON_TRANSFER_OFFER:
+        if (c->bkind == BK_LOGON) {
+            s_offer(c, r->offer);
+            return;
+        }
+        break;   /* an offer answering a transfer or resume: not ours */
+    case RB__EDGEBROKER__LOGON_STATUS__LOGON_OFFER_EXPIRED:
+        if (c->bkind == BK_TRANSFER) {
+            s_transfer_failed(c, EDGE_TRANSFER_EXPIRED,
+                              RB__TUNNEL__FAIL_REASON__FAIL_TRANSFER_EXPIRED,
+                              "transfer offer expired");
+            return;
+        }
+        break;
+    case RB__EDGEBROKER__LOGON_STATUS__LOGON_RESUME_REFUSED:
+        if (c->bkind == BK_RESUME) {
+            /* Counted like a failed password: tokens are not to be guessed. */
+            edge_rl_failure(c->ctx->rl, NULL, c->addr, rb_now_ms());
+            s_resume_failed(c, EDGE_RESUME_REFUSED, RB__TUNNEL__FAIL_REASON__FAIL_RESUME_REFUSED,
+                            "the session cannot be resumed (it ended, or the token is wrong)");
+            return;
+        }
+        break;
+    default: break;
+    }
+    if (r->status != RB__EDGEBROKER__LOGON_STATUS__LOGON_OK) {
+        rb_warn("broker_logon_refused", "user '%s': broker says %d to a %s: %s", s_user(c),
+                r->status, c->bkind == BK_LOGON ? "logon" : c->bkind == BK_TRANSFER ? "transfer"
+                                                                               : "resume",
+                r->message ? r->message : "");
+        s_broker_failed(c, RB__TUNNEL__FAIL_REASON__FAIL_UNAVAILABLE,
+                        "the session service cannot log you on now; try again later");
+        return;
+    }
+    if (!r->session_id || !*r->session_id || strlen(r->session_id) > ID_MAX ||
+        (!r->no_address && (!r->ip || !*r->ip))) {
+        rb_warn("broker_bad_reply", "user '%s': LOGON_OK without a session or address",
+                s_user(c));
+        s_broker_failed(c, RB__TUNNEL__FAIL_REASON__FAIL_UNAVAILABLE,
+                        "the session service gave an incomplete answer");
+        return;
+    }
+    s_attach(c, r);
 }
 
 static void s_on_auth(void *arg, bool ok)
 {
     edge_conn_t *c = arg;
     uint64_t now = rb_now_ms();
+    c->bkind = BK_LOGON;
     if (!ok) {
         edge_rl_failure(c->ctx->rl, c->user, c->addr, now);
         s_logon_failed(c, EDGE_LOGON_BAD_CREDENTIALS, RB__TUNNEL__FAIL_REASON__FAIL_BAD_CREDENTIALS,
@@ -193,7 +387,9 @@ static void s_on_auth(void *arg, bool ok)
         return;
     }
     edge_rl_success(c->ctx->rl, c->user, now);
-    c->breq = edge_broker_logon(c->ctx->broker, c->user, c->device, c->peer, s_on_broker_reply, c);
+    const char *groups = edge_users_groups(c->ctx->users, c->user);
+    c->breq = edge_broker_logon(c->ctx->broker, c->user, c->device, c->peer, groups,
+                                s_on_broker_reply, c);
     if (!c->breq) {
         s_logon_failed(c, EDGE_LOGON_UNAVAILABLE, RB__TUNNEL__FAIL_REASON__FAIL_UNAVAILABLE,
                        "the session service is unreachable; try again later");
@@ -207,6 +403,16 @@ static bool s_printable(const char *s)
     for (; *s; s++)
         if ((unsigned char)*s < 0x20 || *s == 0x7f) return false;
     return true;
+}
+
+/* Replaces *dst with a copy of src. 0 or -1. */
+static int s_set(char **dst, const char *src)
+{
+    char *p = strdup(src);
+    if (!p) return -1;
+    free(*dst);
+    *dst = p;
+    return 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -231,8 +437,9 @@ static void s_on_hello(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m)
     c->st = ST_LOGON;
 }
 
-static void s_on_logon(edge_conn_t *c, const Rb__Tunnel__Logon *l)
+static void s_on_logon(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m)
 {
+    const Rb__Tunnel__Logon *l = m->logon;
     const char *user = l->user ? l->user : "";
     const char *pw = l->password ? l->password : "";
     const char *dev = l->device ? l->device : "";
@@ -241,11 +448,7 @@ static void s_on_logon(edge_conn_t *c, const Rb__Tunnel__Logon *l)
         s_protocol_error(c, "logon fields too long or not printable");
         return;
     }
-    free(c->user);
-    free(c->device);
-    c->user = strdup(user);
-    c->device = strdup(*dev ? dev : "unnamed");
-    if (!c->user || !c->device) {
+    if (s_set(&c->user, user) < 0 || s_set(&c->device, *dev ? dev : "unnamed") < 0) {
         s_close(c, RB__TUNNEL__CLOSE_REASON__CLOSE_UNSPECIFIED, "edge out of memory");
         return;
     }
@@ -264,14 +467,83 @@ static void s_on_logon(edge_conn_t *c, const Rb__Tunnel__Logon *l)
     c->st = ST_AUTH;
 }
 
-static void s_on_logon_msg(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m)
+static void s_on_transfer_answer(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m)
 {
-    s_on_logon(c, m->logon);
+    const Rb__Tunnel__TransferAnswer *a = m->transfer_answer;
+    const char *id = a->offer_id ? a->offer_id : "";
+    bool ours = c->offer_id && strcmp(id, c->offer_id) == 0;
+    if (c->st == ST_LOGON) {
+        /* The answer crossed our "offer expired": the device has been told
+         * already. Anything else here is out of order. */
+        if (ours) {
+            rb_debug("transfer_late", "peer %s: answer to expired offer %s ignored", c->peer, id);
+            return;
+        }
+        s_protocol_error(c, "TransferAnswer without an offer");
+        return;
+    }
+    if (!ours) {
+        s_protocol_error(c, "TransferAnswer names another offer");
+        return;
+    }
+    s_cancel_offer(c);
+    if (!a->accept) {
+        rb_metric_inc(c->ctx->m_transfers[EDGE_TRANSFER_DECLINED]);
+        rb_info("transfer_declined", "user '%s' from %s: offer %s declined", s_user(c), c->peer,
+                id);
+        s_close(c, RB__TUNNEL__CLOSE_REASON__CLOSE_DECLINED,
+                "transfer declined; the existing session is left alone");
+        return;
+    }
+    c->bkind = BK_TRANSFER;
+    c->logons++;
+    const char *groups = edge_users_groups(c->ctx->users, c->user);
+    c->breq = edge_broker_transfer(c->ctx->broker, c->offer_id, c->user, c->device, c->peer,
+                                   groups, s_on_broker_reply, c);
+    if (!c->breq) {
+        s_transfer_failed(c, EDGE_TRANSFER_UNAVAILABLE, RB__TUNNEL__FAIL_REASON__FAIL_UNAVAILABLE,
+                          "the session service is unreachable; try again later");
+        return;
+    }
+    c->st = ST_BROKER;
+}
+
+static void s_on_resume(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m)
+{
+    const Rb__Tunnel__Resume *r = m->resume;
+    const char *sid = r->session_id ? r->session_id : "";
+    const char *tok = r->resume_token ? r->resume_token : "";
+    const char *dev = r->device ? r->device : "";
+    if (!*sid || strlen(sid) > ID_MAX || strlen(tok) > TOKEN_MAX || strlen(dev) > DEVICE_MAX ||
+        !s_printable(sid) || !s_printable(dev)) {
+        s_protocol_error(c, "resume fields empty, too long or not printable");
+        return;
+    }
+    if (s_set(&c->device, *dev ? dev : "unnamed") < 0) {
+        s_close(c, RB__TUNNEL__CLOSE_REASON__CLOSE_UNSPECIFIED, "edge out of memory");
+        return;
+    }
+    c->bkind = BK_RESUME;
+    c->logons++;
+    c->logon_start_ms = rb_now_ms();
+    if (edge_rl_blocked(c->ctx->rl, NULL, c->addr, c->logon_start_ms)) {
+        s_resume_failed(c, EDGE_RESUME_RATE_LIMITED, RB__TUNNEL__FAIL_REASON__FAIL_RATE_LIMITED,
+                        "too many failed attempts from your address; wait a minute");
+        return;
+    }
+    c->breq = edge_broker_resume(c->ctx->broker, sid, tok, c->device, c->peer,
+                                 s_on_broker_reply, c);
+    if (!c->breq) {
+        s_resume_failed(c, EDGE_RESUME_UNAVAILABLE, RB__TUNNEL__FAIL_REASON__FAIL_UNAVAILABLE,
+                        "the session service is unreachable; try again later");
+        return;
+    }
+    c->st = ST_BROKER;
 }
 
 static void s_on_logoff(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m)
 {
-    if (c->session_id) rb_info("logoff", "user '%s' from %s: session %s", c->user, c->peer,
+    if (c->session_id) rb_info("logoff", "user '%s' from %s: session %s", s_user(c), c->peer,
                                c->session_id);
     s_end_session(c, "logoff");
     s_close(c, RB__TUNNEL__CLOSE_REASON__CLOSE_LOGOFF, "logged off");
@@ -291,7 +563,7 @@ static void s_on_ping(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m)
  * it already did. */
 static void s_on_pong(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m) {}
 
-#define AFTER_HELLO (ST(ST_LOGON) | ST(ST_AUTH) | ST(ST_BROKER) | ST(ST_ACTIVE))
+#define AFTER_HELLO (ST(ST_LOGON) | ST(ST_AUTH) | ST(ST_BROKER) | ST(ST_OFFERED) | ST(ST_ACTIVE))
 
 static const struct {
     Rb__Tunnel__TunnelControl__MsgCase msg;
@@ -300,18 +572,26 @@ static const struct {
     unsigned states;
 } s_dispatch[] = {
     {RB__TUNNEL__TUNNEL_CONTROL__MSG_HELLO, "Hello", s_on_hello, ST(ST_HELLO)},
-    {RB__TUNNEL__TUNNEL_CONTROL__MSG_LOGON, "Logon", s_on_logon_msg, ST(ST_LOGON)},
-    /* While a check or LogonRequest is in flight the device must wait for
+    {RB__TUNNEL__TUNNEL_CONTROL__MSG_LOGON, "Logon", s_on_logon, ST(ST_LOGON)},
+    {RB__TUNNEL__TUNNEL_CONTROL__MSG_RESUME, "Resume", s_on_resume, ST(ST_LOGON)},
+    /* In LOGON only to drop an answer that crossed the offer's expiry. */
+    {RB__TUNNEL__TUNNEL_CONTROL__MSG_TRANSFER_ANSWER, "TransferAnswer", s_on_transfer_answer,
+     ST(ST_OFFERED) | ST(ST_LOGON)},
+    /* While a check or broker request is in flight the device must wait for
      * its answer; a Logoff then would race the session's creation. */
-    {RB__TUNNEL__TUNNEL_CONTROL__MSG_LOGOFF, "Logoff", s_on_logoff, ST(ST_LOGON) | ST(ST_ACTIVE)},
+    {RB__TUNNEL__TUNNEL_CONTROL__MSG_LOGOFF, "Logoff", s_on_logoff,
+     ST(ST_LOGON) | ST(ST_OFFERED) | ST(ST_ACTIVE)},
     {RB__TUNNEL__TUNNEL_CONTROL__MSG_PING, "Ping", s_on_ping, AFTER_HELLO},
     {RB__TUNNEL__TUNNEL_CONTROL__MSG_PONG, "Pong", s_on_pong, AFTER_HELLO},
 };
 
 static const char *s_msg_name(int msg)
 {
-    static const char *names[] = {"empty",  "Hello",  "HelloAck", "Logon",        "LogonOk",
-                                  "LogonFailed", "Logoff", "Ping", "Pong", "SessionClosed"};
+    static const char *names[] = {"empty",         "Hello",         "HelloAck",
+                                  "Logon",         "LogonOk",       "LogonFailed",
+                                  "Logoff",        "Ping",          "Pong",
+                                  "SessionClosed", "Resume",        "TransferOffer",
+                                  "TransferAnswer"};
     return msg >= 0 && (size_t)msg < sizeof names / sizeof names[0] ? names[msg] : "unknown";
 }
 
@@ -354,9 +634,12 @@ static void s_on_frame(rb_tconn_t *t, const rb_frame_t *f, void *arg)
         return;
     }
     s_dispatch_control(c, m);
-    /* The Logon's password is in the unpacked copy: wipe it. */
+    /* The Logon's password and the Resume's token are in the unpacked
+     * copy: wipe them. */
     if (m->msg_case == RB__TUNNEL__TUNNEL_CONTROL__MSG_LOGON && m->logon->password)
         OPENSSL_cleanse(m->logon->password, strlen(m->logon->password));
+    if (m->msg_case == RB__TUNNEL__TUNNEL_CONTROL__MSG_RESUME && m->resume->resume_token)
+        OPENSSL_cleanse(m->resume->resume_token, strlen(m->resume->resume_token));
     rb__tunnel__tunnel_control__free_unpacked(m, NULL);
 }
 
@@ -365,11 +648,12 @@ static void s_free(edge_conn_t *c)
     edge_ctx_t *ctx = c->ctx;
     rb_loop_cancel_timer(ctx->loop, c->idle_timer);
     edge_auth_cancel(ctx->auth, c);
+    rb_loop_cancel_timer(ctx->loop, c->offer_timer);
     /* A logon still at the broker may yet create a session: end it then. */
     edge_broker_abandon(ctx->broker, c->breq);
-    /* Resume (keeping the session for a device that comes back with its
-     * token) is a later issue; for now a dropped connection logs off. */
-    s_end_session(c, "connection lost");
+    /* A dropped device keeps its session: it may resume, here or on
+     * another edge; unrefreshed, the broker expires it. */
+    s_detach(c);
     rb_tconn_destroy(&c->t);
     if (c->prev) c->prev->next = c->next;
     else ctx->head = c->next;
@@ -378,6 +662,7 @@ static void s_free(edge_conn_t *c)
     rb_metric_set(ctx->m_connections, (double)ctx->connections);
     free(c->user);
     free(c->device);
+    free(c->offer_id);
     free(c);
 }
 
@@ -393,8 +678,8 @@ static void s_on_close(rb_tconn_t *t, rb_tconn_end_t end, const char *reason, vo
         rb_debug("tunnel_closed", "peer %s (state %s): %s: %s", c->peer, s_st_names[c->st],
                  rb_tconn_end_str(end), reason);
     if (c->session_id)
-        rb_info("session_lost", "user '%s' from %s: connection ended (%s)", c->user, c->peer,
-                reason);
+        rb_info("session_detached", "session %s (user '%s') from %s: connection ended (%s); "
+                "kept for a resume", c->session_id, s_user(c), c->peer, reason);
     s_free(c);
 }
 
@@ -463,8 +748,36 @@ void edge_conn_shutdown(edge_conn_t *c)
         rb_tconn_close_after_flush(c->t);
         return;
     }
-    s_end_session(c, "edge shutdown");
+    /* No logoff: the device resumes its session on another edge. */
     s_close(c, RB__TUNNEL__CLOSE_REASON__CLOSE_SHUTDOWN, "the edge is stopping");
+    s_detach(c);
+}
+
+static int s_kick_index(Rb__Tunnel__CloseReason reason)
+{
+    switch (reason) {
+    case RB__TUNNEL__CLOSE_REASON__CLOSE_TRANSFERRED: return EDGE_KICK_TRANSFERRED;
+    case RB__TUNNEL__CLOSE_REASON__CLOSE_REPLACED: return EDGE_KICK_REPLACED;
+    case RB__TUNNEL__CLOSE_REASON__CLOSE_KICKED: return EDGE_KICK_KICKED;
+    case RB__TUNNEL__CLOSE_REASON__CLOSE_EXPIRED: return EDGE_KICK_EXPIRED;
+    case RB__TUNNEL__CLOSE_REASON__CLOSE_LOGOFF: return EDGE_KICK_LOGOFF;
+    default: return EDGE_KICK_OTHER;
+    }
+}
+
+void edge_conn_kick(edge_conn_t *c, Rb__Tunnel__CloseReason reason, const char *msg)
+{
+    if (!c || c->st == ST_CLOSING) return;
+    rb_metric_inc(c->ctx->m_kicks[s_kick_index(reason)]);
+    rb_info("session_kicked", "session %s (user '%s') from %s: %s", c->session_id ? c->session_id : "-",
+            s_user(c), c->peer, msg);
+    s_close(c, reason, msg);
+    s_detach(c);
+}
+
+const char *edge_conn_session_id(const edge_conn_t *c)
+{
+    return c->st == ST_ACTIVE ? c->session_id : NULL;
 }
 
 edge_conn_t *edge_conn_next(const edge_conn_t *c) { return c->next; }

@@ -187,14 +187,14 @@ void edge_rl_destroy(edge_rl_t **rlp)
 
 bool edge_rl_blocked(edge_rl_t *rl, const char *user, const char *addr, uint64_t now_ms)
 {
-    bool u = s_locked(rl, &rl->users, user, now_ms);
+    bool u = user && s_locked(rl, &rl->users, user, now_ms);
     bool a = s_locked(rl, &rl->addrs, addr, now_ms);
     return u || a;
 }
 
 void edge_rl_failure(edge_rl_t *rl, const char *user, const char *addr, uint64_t now_ms)
 {
-    s_fail(rl, &rl->users, user, now_ms);
+    if (user) s_fail(rl, &rl->users, user, now_ms);
     s_fail(rl, &rl->addrs, addr, now_ms);
 }
 

@@ -33,9 +33,11 @@ typedef struct {
 edge_rl_t *edge_rl_new(const edge_rl_config_t *cfg);
 void edge_rl_destroy(edge_rl_t **rl);
 
-/* True when an attempt for user from addr must be refused now. */
+/* True when an attempt for user from addr must be refused now. user may be
+ * NULL (a resume, which names no user): the address alone decides. */
 bool edge_rl_blocked(edge_rl_t *rl, const char *user, const char *addr, uint64_t now_ms);
-/* Records a failed password check. */
+/* Records a failed password check (or, with user NULL, a refused resume:
+ * it counts against the address, like a failed logon). */
 void edge_rl_failure(edge_rl_t *rl, const char *user, const char *addr, uint64_t now_ms);
 /* A good password forgets the user's failures (not the address's: one
  * address guessing many users stays limited). */
