@@ -49,8 +49,8 @@ const rb_option_t ipalloc_options[] = {
      "static reservations, user=ip,user2=ip2: the address is only ever leased to its user"},
     {"spillover", RB_OPT_BOOL, "no", offsetof(ipalloc_config_t, spillover), 0, 0,
      "an exhausted pool answers no address (a session without one) instead of an error"},
-    {"no_address_groups", RB_OPT_STRING, "", offsetof(ipalloc_config_t, no_address_groups), 0,
-     0, "comma-separated groups whose members never get an address"},
+    {"no_address_groups", RB_OPT_STRING, "", offsetof(ipalloc_config_t, no_address_groups), 0, 0,
+     "comma-separated groups whose members never get an address"},
     {"redis_host", RB_OPT_STRING, "127.0.0.1", offsetof(ipalloc_config_t, redis_host), 0, 0,
      "Redis address"},
     {"redis_port", RB_OPT_INT, "6379", offsetof(ipalloc_config_t, redis_port), 1, 65535,
@@ -98,7 +98,7 @@ struct ipalloc {
     ipalloc_store_t *store;
     rb_timer_t *stats_timer;
     bool stats_pending;
-    uint64_t leased; /* every lease, from the last stats */
+    uint64_t leased;     /* every lease, from the last stats */
     ipalloc_ctx_t *ctxs; /* requests waiting for Redis */
 
     rb_metric_t *m_ok, *m_exhausted, *m_no_address, *m_error;
@@ -198,8 +198,10 @@ static void s_on_lease(void *arg, const ipalloc_lease_t *l)
     case IPALLOC_LEASE_EXHAUSTED:
         if (ia->cfg->spillover) {
             rb_metric_inc(ia->m_no_address);
-            rb_warn("pool_exhausted", "no free address left in pool %s; spillover: session %s of "
-                    "%s gets none", pool, c->session, c->user);
+            rb_warn("pool_exhausted",
+                    "no free address left in pool %s; spillover: session %s of "
+                    "%s gets none",
+                    pool, c->session, c->user);
             s_reply_lease(req, RB__BROKERIPALLOC__LEASE_STATUS__LEASE_NO_ADDRESS, NULL, pool,
                           "the address pool is exhausted; a session without an address");
         } else {
@@ -235,8 +237,10 @@ static void s_handle_lease(ipalloc_t *ia, rb_rpc_req_t *req,
         (lr->take_over_session && *lr->take_over_session &&
          (!s_field_ok(lr->take_over_session, 128) ||
           strcmp(lr->take_over_session, lr->session_id) == 0))) {
-        rb_warn("bad_request", "%s: lease without a valid user, session id, take-over session "
-                "and groups", rb_rpc_req_peer(req));
+        rb_warn("bad_request",
+                "%s: lease without a valid user, session id, take-over session "
+                "and groups",
+                rb_rpc_req_peer(req));
         s_reply_lease(req, RB__BROKERIPALLOC__LEASE_STATUS__LEASE_BAD_REQUEST, NULL, NULL,
                       "user and session_id are required; take_over_session must differ from "
                       "session_id");
@@ -257,9 +261,8 @@ static void s_handle_lease(ipalloc_t *ia, rb_rpc_req_t *req,
                       "the pools are not initialised yet");
         return;
     }
-    ipalloc_lease_req_t q = {.user = lr->user,
-                             .session = lr->session_id,
-                             .take_over = lr->take_over_session};
+    ipalloc_lease_req_t q = {
+        .user = lr->user, .session = lr->session_id, .take_over = lr->take_over_session};
     size_t pool = ipalloc_pools_for_groups(ia->plan, lr->groups, lr->n_groups), rpool = 0;
     q.pool = ipalloc_pools_name(ia->plan, pool);
     if (ipalloc_pools_reserved(ia->plan, lr->user, &q.reserved_ip, &rpool))
@@ -476,8 +479,7 @@ static void s_on_stats(void *arg, const ipalloc_stats_t *st)
     for (size_t j = 0; j < st->npools; j++) {
         s_pool_state_t *ps = NULL;
         for (size_t i = 0; i < ia->npools && !ps; i++)
-            if (strcmp(ipalloc_pools_name(ia->plan, i), st->pools[j].name) == 0)
-                ps = &ia->pools[i];
+            if (strcmp(ipalloc_pools_name(ia->plan, i), st->pools[j].name) == 0) ps = &ia->pools[i];
         if (!ps) continue;
         ps->stats = st->pools[j];
         ps->stats.name = NULL; /* borrowed from the answer */
@@ -538,8 +540,8 @@ static int s_pools_new(ipalloc_t *ia)
         /* Group names are [A-Za-z0-9._-]: nothing to escape in a label. */
         snprintf(labels, sizeof(labels), "pool=\"%s\"", ipalloc_pools_name(ia->plan, i));
         ps->m_leases = rb_gauge("reachback_leases", labels, "addresses under lease, per pool");
-        ps->m_free = rb_gauge("reachback_pool_free", labels,
-                              "addresses anyone may lease now, per pool");
+        ps->m_free =
+            rb_gauge("reachback_pool_free", labels, "addresses anyone may lease now, per pool");
     }
     return 0;
 }

@@ -220,8 +220,8 @@ static int s_on_static(ipalloc_pools_t *p, char *piece, char *err, size_t errlen
         return -1;
     }
     if (rb_ip_parse(ips, &ip) != 0) {
-        snprintf(err, errlen, "key 'static': entry '%s=%s': '%s' is not an IPv4 address", user,
-                 ips, ips);
+        snprintf(err, errlen, "key 'static': entry '%s=%s': '%s' is not an IPv4 address", user, ips,
+                 ips);
         return -1;
     }
     if (ipalloc_pools_find(p, ip) < 0) {
@@ -279,8 +279,7 @@ static int s_index_reservations(ipalloc_pools_t *p, char *err, size_t errlen)
         if (p->by_pool[i].ip == p->by_pool[i - 1].ip) {
             char a[16];
             snprintf(err, errlen, "key 'static': %s is reserved for both '%s' and '%s'",
-                     rb_ip_format(p->by_pool[i].ip, a), p->by_pool[i - 1].user,
-                     p->by_pool[i].user);
+                     rb_ip_format(p->by_pool[i].ip, a), p->by_pool[i - 1].user, p->by_pool[i].user);
             return -1;
         }
     }

@@ -300,8 +300,8 @@ void ipalloc_store_destroy(ipalloc_store_t **sp)
     free(s);
 }
 
-int ipalloc_store_pool_digest(const rb_pool_t *pool, const ipalloc_reservation_t *res,
-                              size_t nres, char out[65])
+int ipalloc_store_pool_digest(const rb_pool_t *pool, const ipalloc_reservation_t *res, size_t nres,
+                              char out[65])
 {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned mdlen = 0;
@@ -429,7 +429,8 @@ int ipalloc_store_init_pool(ipalloc_store_t *s, const char *name, const rb_pool_
     op->argv = calloc(2 + 2 * nres, sizeof(*op->argv));
     op->naddrs = (size_t)n;
     op->addrs = malloc(op->naddrs * 16);
-    if (!op->argv || !op->addrs || ipalloc_store_pool_digest(pool, res, nres, op->digest) != 0) goto fail;
+    if (!op->argv || !op->addrs || ipalloc_store_pool_digest(pool, res, nres, op->digest) != 0)
+        goto fail;
     char num[24];
     snprintf(num, sizeof(num), "%zu", nres);
     if (!(op->argv[op->nargs++] = strdup(op->digest))) goto fail;
@@ -541,8 +542,7 @@ int ipalloc_store_release(ipalloc_store_t *s, const char *ip, const char *sessio
     int rc = -1;
     if (op) {
         op->fn.release = fn;
-        rc = rb_redis_eval(s->redis, s->release, 1, 3 + (int)s->npools, av, NULL, s_on_release,
-                           op);
+        rc = rb_redis_eval(s->redis, s->release, 1, 3 + (int)s->npools, av, NULL, s_on_release, op);
         if (rc != 0) s_op_free(op);
     }
     free(av);
@@ -582,7 +582,8 @@ static void s_on_stats(void *arg, const redisReply *rep)
         snprintf(ps[i].digest, sizeof(ps[i].digest), "%s", e[4]->str);
     }
     if (good) {
-        ipalloc_stats_t st = {.leased = (uint64_t)rep->element[0]->integer, .npools = n, .pools = ps};
+        ipalloc_stats_t st = {
+            .leased = (uint64_t)rep->element[0]->integer, .npools = n, .pools = ps};
         fn(op->arg, &st);
     } else {
         fn(op->arg, NULL);

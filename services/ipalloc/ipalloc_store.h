@@ -39,9 +39,9 @@ typedef struct {
 /* What a lease got; strings valid only during the callback. */
 typedef struct {
     ipalloc_lease_result_t res;
-    const char *ip;   /* dotted quad when res is OK */
-    const char *how;  /* "held" (already this session's), "moved" (taken over),
-                         "reserved", "sticky" (the user's last one), "any" */
+    const char *ip;       /* dotted quad when res is OK */
+    const char *how;      /* "held" (already this session's), "moved" (taken over),
+                             "reserved", "sticky" (the user's last one), "any" */
     bool takeover_missed; /* take_over held no address of this user */
     bool reserved_busy;   /* the user's reserved address is leased to another session */
 } ipalloc_lease_t;
@@ -76,8 +76,8 @@ void ipalloc_store_destroy(ipalloc_store_t **s);
 
 /* The digest of a pool and its reservations: SHA-256 (hex) of its addresses
  * in order, then of each reservation. 0 or -1. */
-int ipalloc_store_pool_digest(const rb_pool_t *pool, const ipalloc_reservation_t *res,
-                              size_t nres, char out[65]);
+int ipalloc_store_pool_digest(const rb_pool_t *pool, const ipalloc_reservation_t *res, size_t nres,
+                              char out[65]);
 
 /* Makes Redis's copy of pool `name` match pool and res: when the stored
  * digest differs, the pool's free set is rebuilt in one script as the pool

@@ -1,7 +1,10 @@
 /* The ipalloc service object over real ZeroMQ (ipc:// in a temporary
  * directory, no CURVE) and a real redis-server: lease and release through
  * BrokerToIpalloc, exhaustion, bad and unknown requests, version mismatch,
- * garbage frames, readiness and /status fields. */
+ * garbage frames, readiness and /status fields; take-over through the
+ * protocol; an address plan with a group pool, a reservation and a group
+ * without addresses; spillover; PoolsRequest; per-pool gauges; config
+ * validation. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,6 +15,7 @@
 #include "broker_ipalloc.pb-c.h"
 #include "ipalloc.h"
 #include "rb_log.h"
+#include "rb_metrics.h"
 #include "rb_pb.h"
 #include "rb_rpc.h"
 #include "rb_zmq.h"
@@ -33,7 +37,9 @@ static bool s_ready(void *arg)
     return ok;
 }
 
-static int setup(void **state)
+typedef enum { PLAN_NONE, PLAN_GROUPS, PLAN_SPILLOVER } plan_t;
+
+static int s_setup(void **state, plan_t plan)
 {
     fx_t *f = calloc(1, sizeof(*f));
     rb_log_init("test", RB_LOG_WARN);
@@ -45,6 +51,15 @@ static int setup(void **state)
     c->listen = f->ep;
     c->pool = "10.66.0.0/30"; /* two usable addresses */
     c->exclude = "";
+    c->group_pools = "";
+    c->statics = "";
+    c->no_address_groups = "";
+    if (plan != PLAN_NONE) {
+        c->group_pools = " staff = 10.67.0.0/30 ";
+        c->statics = "vip = 10.66.0.2";
+        c->no_address_groups = "guests";
+        c->spillover = plan == PLAN_SPILLOVER;
+    }
     c->redis_host = "127.0.0.1";
     c->redis_port = 6379;
     c->redis_socket = f->rs.sock;
@@ -58,6 +73,21 @@ static int setup(void **state)
     if (!f->ia || !f->cli || !rbt_wait(f->loop, s_ready, f->ia, 5000)) return -1;
     *state = f;
     return 0;
+}
+
+static int setup(void **state)
+{
+    return s_setup(state, PLAN_NONE);
+}
+
+static int setup_groups(void **state)
+{
+    return s_setup(state, PLAN_GROUPS);
+}
+
+static int setup_spillover(void **state)
+{
+    return s_setup(state, PLAN_SPILLOVER);
 }
 
 static int teardown(void **state)
@@ -100,12 +130,26 @@ static Rb__Brokeripalloc__IpallocToBroker *s_call(fx_t *f, Rb__Brokeripalloc__Br
     return c.reply;
 }
 
-static Rb__Brokeripalloc__IpallocToBroker *s_lease(fx_t *f, const char *user, const char *sid)
+/* A lease for user in the groups of a comma-separated list (may be NULL),
+ * taking over session old (may be NULL). */
+static Rb__Brokeripalloc__IpallocToBroker *s_lease_full(fx_t *f, const char *user, const char *sid,
+                                                        const char *groups, const char *old)
 {
     Rb__Brokeripalloc__BrokerToIpalloc env = RB__BROKERIPALLOC__BROKER_TO_IPALLOC__INIT;
     Rb__Brokeripalloc__LeaseRequest lr = RB__BROKERIPALLOC__LEASE_REQUEST__INIT;
+    char buf[128], *gv[8];
+    size_t ng = 0;
+    if (groups) {
+        snprintf(buf, sizeof(buf), "%s", groups);
+        for (char *save = NULL, *g = strtok_r(buf, ",", &save); g && ng < 8;
+             g = strtok_r(NULL, ",", &save))
+            gv[ng++] = g;
+    }
     lr.user = (char *)user;
     lr.session_id = (char *)sid;
+    lr.groups = gv;
+    lr.n_groups = ng;
+    lr.take_over_session = (char *)(old ? old : "");
     env.version = RB_PROTO_VERSION;
     env.body_case = RB__BROKERIPALLOC__BROKER_TO_IPALLOC__BODY_LEASE;
     env.lease = &lr;
@@ -115,9 +159,25 @@ static Rb__Brokeripalloc__IpallocToBroker *s_lease(fx_t *f, const char *user, co
     return r;
 }
 
+static Rb__Brokeripalloc__IpallocToBroker *s_lease(fx_t *f, const char *user, const char *sid)
+{
+    return s_lease_full(f, user, sid, NULL, NULL);
+}
+
 static void s_free(Rb__Brokeripalloc__IpallocToBroker *r)
 {
     protobuf_c_message_free_unpacked(&r->base, NULL);
+}
+
+/* The status and ip of a lease, freeing the reply. */
+static Rb__Brokeripalloc__LeaseStatus s_lease_ip(Rb__Brokeripalloc__IpallocToBroker *r, char ip[16],
+                                                 char pool[16])
+{
+    Rb__Brokeripalloc__LeaseStatus st = r->lease->status;
+    snprintf(ip, 16, "%s", r->lease->ip);
+    snprintf(pool, 16, "%s", r->lease->pool);
+    s_free(r);
+    return st;
 }
 
 static void test_lease_release_exhaust(void **state)
@@ -230,12 +290,183 @@ static void test_pool_rebuilt_after_redis_loses_it(void **state)
     s_free(a);
 }
 
+static void test_takeover(void **state)
+{
+    fx_t *f = *state;
+    char ip[16], ip2[16], pool[16];
+    assert_int_equal(s_lease_ip(s_lease(f, "alice", "sa"), ip, pool),
+                     RB__BROKERIPALLOC__LEASE_STATUS__LEASE_OK);
+    assert_int_equal(s_lease_ip(s_lease_full(f, "alice", "sb", NULL, "sa"), ip2, pool),
+                     RB__BROKERIPALLOC__LEASE_STATUS__LEASE_OK);
+    assert_string_equal(ip, ip2);
+    assert_string_equal(pool, "default");
+    redisReply *rep = rbt_cmd(&f->rs, "HGET rb:ip:lease:%s session", ip);
+    assert_string_equal(rep->str, "sb");
+    freeReplyObject(rep);
+    assert_int_equal(rbt_cmd_int(&f->rs, "EXISTS rb:ip:session:sa"), 0);
+    /* Taking over itself is a broker bug, refused. */
+    assert_int_equal(s_lease_ip(s_lease_full(f, "alice", "sb", NULL, "sb"), ip2, pool),
+                     RB__BROKERIPALLOC__LEASE_STATUS__LEASE_BAD_REQUEST);
+    rb_buf_t m = RB_BUF_INIT;
+    rb_metrics_render(&m);
+    assert_non_null(strstr(m.data, "reachback_lease_takeovers_total "));
+    rb_buf_free(&m);
+}
+
+static Rb__Brokeripalloc__PoolsReply *s_pools(fx_t *f, Rb__Brokeripalloc__IpallocToBroker **r)
+{
+    Rb__Brokeripalloc__BrokerToIpalloc env = RB__BROKERIPALLOC__BROKER_TO_IPALLOC__INIT;
+    Rb__Brokeripalloc__PoolsRequest pr = RB__BROKERIPALLOC__POOLS_REQUEST__INIT;
+    env.version = RB_PROTO_VERSION;
+    env.body_case = RB__BROKERIPALLOC__BROKER_TO_IPALLOC__BODY_POOLS;
+    env.pools = &pr;
+    *r = s_call(f, &env, 2000);
+    assert_non_null(*r);
+    assert_int_equal((*r)->body_case, RB__BROKERIPALLOC__IPALLOC_TO_BROKER__BODY_POOLS);
+    return (*r)->pools;
+}
+
+static bool s_staff_gauge(void *arg)
+{
+    (void)arg;
+    rb_buf_t m = RB_BUF_INIT;
+    rb_metrics_render(&m);
+    bool ok = strstr(m.data, "reachback_leases{pool=\"staff\"} 1\n") &&
+              strstr(m.data, "reachback_leases{pool=\"default\"} 2\n");
+    rb_buf_free(&m);
+    return ok;
+}
+
+static void test_plan(void **state)
+{
+    fx_t *f = *state;
+    char ip[16], pool[16];
+    /* The first group with a pool decides. */
+    assert_int_equal(s_lease_ip(s_lease_full(f, "sam", "ss", "devs,staff", NULL), ip, pool),
+                     RB__BROKERIPALLOC__LEASE_STATUS__LEASE_OK);
+    assert_true(strncmp(ip, "10.67.0.", 8) == 0);
+    assert_string_equal(pool, "staff");
+    /* Others use the default pool, whose .2 is vip's: one address left. */
+    assert_int_equal(s_lease_ip(s_lease_full(f, "dora", "sd", "devs", NULL), ip, pool),
+                     RB__BROKERIPALLOC__LEASE_STATUS__LEASE_OK);
+    assert_string_equal(ip, "10.66.0.1");
+    assert_string_equal(pool, "default");
+    assert_int_equal(s_lease_ip(s_lease(f, "eve", "se"), ip, pool),
+                     RB__BROKERIPALLOC__LEASE_STATUS__LEASE_POOL_EXHAUSTED);
+    assert_string_equal(pool, "default");
+    assert_int_equal(s_lease_ip(s_lease(f, "vip", "sv"), ip, pool),
+                     RB__BROKERIPALLOC__LEASE_STATUS__LEASE_OK);
+    assert_string_equal(ip, "10.66.0.2");
+    /* A group without addresses: no lease at all, pools untouched. */
+    long leased = rbt_cmd_int(&f->rs, "SCARD rb:ip:leased");
+    assert_int_equal(s_lease_ip(s_lease_full(f, "gus", "sg", "staff,guests", NULL), ip, pool),
+                     RB__BROKERIPALLOC__LEASE_STATUS__LEASE_NO_ADDRESS);
+    assert_string_equal(ip, "");
+    assert_int_equal(rbt_cmd_int(&f->rs, "SCARD rb:ip:leased"), leased);
+    assert_int_equal(rbt_cmd_int(&f->rs, "EXISTS rb:ip:session:sg"), 0);
+
+    Rb__Brokeripalloc__IpallocToBroker *r;
+    Rb__Brokeripalloc__PoolsReply *pr = s_pools(f, &r);
+    assert_int_equal(pr->n_pools, 2);
+    assert_string_equal(pr->pools[0]->name, "default");
+    assert_string_equal(pr->pools[0]->cidrs, "10.66.0.0/30");
+    assert_int_equal(pr->pools[0]->size, 2);
+    assert_int_equal(pr->pools[0]->used, 2);
+    assert_int_equal(pr->pools[0]->free, 0);
+    assert_string_equal(pr->pools[1]->name, "staff");
+    assert_string_equal(pr->pools[1]->cidrs, "10.67.0.0/30");
+    assert_int_equal(pr->pools[1]->size, 2);
+    assert_int_equal(pr->pools[1]->used, 1);
+    assert_int_equal(pr->pools[1]->free, 1);
+    s_free(r);
+
+    /* The gauges and /status follow within a stats tick. */
+    assert_true(rbt_wait(f->loop, s_staff_gauge, NULL, 3000));
+    rb_buf_t json = RB_BUF_INIT;
+    ipalloc_status_info(f->ia, &json);
+    assert_non_null(strstr(json.data, "{\"name\":\"staff\",\"cidrs\":\"10.67.0.0/30\",\"size\":2,"
+                                      "\"used\":1,\"free\":1,\"reserved\":0,\"ready\":true}"));
+    assert_non_null(strstr(json.data, "\"spillover\":false"));
+    rb_buf_free(&json);
+}
+
+static void test_spillover(void **state)
+{
+    fx_t *f = *state;
+    char ip[16], pool[16];
+    assert_int_equal(s_lease_ip(s_lease(f, "dora", "sd"), ip, pool),
+                     RB__BROKERIPALLOC__LEASE_STATUS__LEASE_OK);
+    /* Full: a session without an address instead of an error. */
+    assert_int_equal(s_lease_ip(s_lease(f, "eve", "se"), ip, pool),
+                     RB__BROKERIPALLOC__LEASE_STATUS__LEASE_NO_ADDRESS);
+    assert_string_equal(ip, "");
+    assert_string_equal(pool, "default");
+    /* The reservation still holds for its user. */
+    assert_int_equal(s_lease_ip(s_lease(f, "vip", "sv"), ip, pool),
+                     RB__BROKERIPALLOC__LEASE_STATUS__LEASE_OK);
+    assert_string_equal(ip, "10.66.0.2");
+}
+
+static void s_invalid(const char *pool, const char *groups, const char *statics, const char *noaddr,
+                      const char *want)
+{
+    ipalloc_config_t c = {.pool = (char *)pool,
+                          .exclude = "10.1.0.1",
+                          .group_pools = (char *)groups,
+                          .statics = (char *)statics,
+                          .no_address_groups = (char *)noaddr};
+    char err[256] = "";
+    assert_int_equal(ipalloc_config_validate(&c, err, sizeof(err)), -1);
+    if (!strstr(err, want)) fail_msg("error '%s' does not say '%s'", err, want);
+}
+
+static void test_config_validation(void **state)
+{
+    (void)state;
+    ipalloc_config_t good = {.pool = "10.1.0.0/16",
+                             .exclude = "10.1.0.1",
+                             .group_pools = "staff=10.2.0.0/24+10.3.0.0/24; ops=10.4.0.0/30",
+                             .statics = " alice = 10.1.0.5 , bob=10.3.0.9,carol=10.4.0.1",
+                             .no_address_groups = "guests, visitors"};
+    char err[256];
+    assert_int_equal(ipalloc_config_validate(&good, err, sizeof(err)), 0);
+
+    s_invalid("10.1.0.0/16", "staff=10.1.2.0/24", "", "",
+              "key 'group_pools': pool 'staff' (10.1.2.0/24) overlaps pool 'default'");
+    s_invalid("10.1.0.0/16", "a=10.2.0.0/24;b=10.3.0.0/24+10.2.0.128/25", "", "",
+              "pool 'b' (10.2.0.128/25) overlaps pool 'a'");
+    s_invalid("10.1.0.0/16", "", "alice=10.1.0.5,bob=10.1.0.5", "",
+              "key 'static': 10.1.0.5 is reserved for both 'alice' and 'bob'");
+    s_invalid("10.1.0.0/16", "", "alice=10.1.0.5,alice=10.1.0.6", "",
+              "key 'static': user 'alice' has two reservations");
+    s_invalid("10.1.0.0/16", "staff=10.2.0.0/24", "alice=10.9.0.5", "",
+              "key 'static': entry 'alice=10.9.0.5': the address is in no pool");
+    /* Excluded, and a network address: no pool hands them out. */
+    s_invalid("10.1.0.0/16", "", "alice=10.1.0.1", "",
+              "entry 'alice=10.1.0.1': the address is in no");
+    s_invalid("10.1.0.0/16", "", "alice=10.1.0.0", "",
+              "entry 'alice=10.1.0.0': the address is in no");
+    s_invalid("10.1.0.0/16", "", "alice", "", "key 'static': entry 'alice' is not user=ip");
+    s_invalid("10.1.0.0/16", "", "alice=10.1.0.256", "", "is not an IPv4 address");
+    s_invalid("10.1.0.0/16", "default=10.2.0.0/24", "", "", "key 'group_pools'");
+    s_invalid("10.1.0.0/16", "st:aff=10.2.0.0/24", "", "", "is not a group name");
+    s_invalid("10.1.0.0/16", "staff=10.2.0.0/24;staff=10.3.0.0/24", "", "",
+              "group 'staff' has two pools");
+    s_invalid("10.1.0.0/16", "staff", "", "", "is not group=cidr");
+    s_invalid("10.1.0.0/16", "staff=10.2.0.0/24", "", "staff", "key 'no_address_groups'");
+    s_invalid("10.1.0.0/16", "", "alice=10.1.0.5,", "", "empty entry");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_lease_release_exhaust, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_requests, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pool_rebuilt_after_redis_loses_it, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_takeover, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_plan, setup_groups, teardown),
+        cmocka_unit_test_setup_teardown(test_spillover, setup_spillover, teardown),
+        cmocka_unit_test(test_config_validation),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

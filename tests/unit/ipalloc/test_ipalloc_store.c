@@ -319,7 +319,6 @@ static void test_big_pool_initialises_fast(void **state)
     assert_int_equal(rbt_cmd_int(&f->rs, "SCARD rb:ip:free"), 65534);
 }
 
-
 static void test_takeover_moves_lease(void **state)
 {
     fx_t *f = *state;
@@ -702,8 +701,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_takeover_falls_back, setup, teardown),
         cmocka_unit_test_setup_teardown(test_takeover_race, setup, teardown),
         cmocka_unit_test_setup_teardown(test_static_reservation, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_reservation_added_under_a_live_lease, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_reservation_added_under_a_live_lease, setup, teardown),
         cmocka_unit_test_setup_teardown(test_group_pools_and_stats, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
