@@ -80,18 +80,74 @@ wait_until() {
     done
 }
 
-# client_start NAME USER [extra args]: a device in the background; its pid in
-# CLIENT_PID_<NAME>, status file $LAB/NAME.json, output $LAB/NAME.out.
+# client_start NAME USER [extra args]: a device in the background on the
+# lab's first edge; its pid in CLIENT_PID_<NAME>, status file $LAB/NAME.json,
+# output $LAB/NAME.out.
 client_start() {
     local name=$1 user=$2; shift 2
-    local pwvar="USER_${user^^}_PASSWORD_FILE"
-    "$BIN/reachback-client" connect --server "$EDGE_ADDR" --ca "$CA" --user "$user" \
-        --password-file "${!pwvar}" --device "$name" --status-file "$LAB/$name.json" "$@" \
-        </dev/null >"$LAB/$name.out" 2>&1 &
+    client_start_at "$name" "$user" "$EDGE_ADDR" "$@"
+}
+
+# client_start_at NAME USER "EDGE [EDGE...]" [extra args]: as client_start,
+# with a --server for each edge of the list, in order.
+client_start_at() {
+    local name=$1 user=$2 servers=$3; shift 3
+    local args; mapfile -t args < <(client_args "$name" "$user" "$servers")
+    "$BIN/reachback-client" "${args[@]}" "$@" </dev/null >"$LAB/$name.out" 2>&1 &
     local pid=$!
     CHILDREN+=("$pid")
     printf -v "CLIENT_PID_$name" '%s' "$pid"
 }
+
+client_args() {   # client_args NAME USER SERVERS: the connect arguments, one a line
+    local name=$1 user=$2 s
+    local pwvar="USER_${user^^}_PASSWORD_FILE"
+    printf '%s\n' connect
+    for s in $3; do printf '%s\n' --server "$s"; done
+    printf '%s\n' --ca "$CA" --user "$user" --password-file "${!pwvar}" --device "$name" \
+        --status-file "$LAB/$name.json"
+}
+
+# pty_client_start NAME USER "EDGES" [extra args]: a device whose standard
+# input and output are a real terminal (script(1) holds the pseudo-terminal);
+# pty_send NAME TEXT types a line into it. CLIENT_PID_<NAME> is script's pid
+# (script -e exits with the client's status); output in $LAB/NAME.out.
+pty_client_start() {
+    local name=$1 user=$2 servers=$3; shift 3
+    local args cmd; mapfile -t args < <(client_args "$name" "$user" "$servers")
+    printf -v cmd '%q ' "$BIN/reachback-client" "${args[@]}" "$@"
+    rm -f "$LAB/$name.in"; mkfifo "$LAB/$name.in"
+    script -qefc "$cmd" /dev/null <"$LAB/$name.in" >"$LAB/$name.out" 2>&1 &
+    local pid=$! fd
+    CHILDREN+=("$pid")
+    printf -v "CLIENT_PID_$name" '%s' "$pid"
+    exec {fd}>"$LAB/$name.in"
+    printf -v "PTY_FD_$name" '%s' "$fd"
+}
+
+pty_send() {   # pty_send NAME TEXT
+    local v="PTY_FD_$1"
+    printf '%s\n' "$2" >&"${!v}"
+}
+
+# wait_exit NAME MS: waits up to MS for client NAME to exit; its exit status
+# in EXIT_RC. Fails (returns 1) when it is still running.
+wait_exit() {
+    local v="CLIENT_PID_$1"
+    local pid=${!v}
+    wait_until "$2" bash -c "! kill -0 $pid 2>/dev/null || [[ \$(awk '{print \$3}' /proc/$pid/stat 2>/dev/null) == Z ]]" \
+        || return 1
+    EXIT_RC=0
+    wait "$pid" || EXIT_RC=$?
+}
+
+# client_running NAME
+client_running() { local v="CLIENT_PID_$1"; proc_running "${!v}"; }
+
+rcli() { redis-cli -s "$REDIS_SOCKET" "$@"; }
+
+# edge_addr K: the K-th edge's tunnel address (1-based) from EDGE_ADDRS.
+edge_addr() { local a; read -ra a <<<"$EDGE_ADDRS"; echo "${a[$1 - 1]}"; }
 
 json_field() {   # json_field FILE KEY: a string field of a flat JSON object
     sed -n "s/.*\"$2\":\"\([^\"]*\)\".*/\1/p" "$1"

@@ -66,12 +66,14 @@ wait_until 10000 test -s "$LAB/dev3.json" || fail "alice did not log on again: $
 [[ $(json_field "$LAB/dev3.json" ip) == "$ip" ]] || fail "alice got $(json_field "$LAB/dev3.json" ip), not her previous $ip"
 ok "alice got her previous address again"
 
-# A second logon while a session exists is refused with its own exit code.
+# A second logon while a session exists gets a transfer offer; without a
+# terminal to ask, the client declines it (exit 10) and the session stays.
 rc=0
 "$BIN/reachback-client" connect --server "$EDGE_ADDR" --ca "$CA" --user alice \
     --password-file "$USER_ALICE_PASSWORD_FILE" >"$LAB/dup.out" 2>&1 </dev/null || rc=$?
-[[ $rc == 7 ]] || fail "second logon of alice: exit $rc, want 7 ($(cat "$LAB/dup.out"))"
-ok "second logon refused: $(tail -n1 "$LAB/dup.out")"
+[[ $rc == 10 ]] || fail "second logon of alice without a terminal: exit $rc, want 10 ($(cat "$LAB/dup.out"))"
+client_running dev3 || fail "alice's session went away when a second logon declined"
+ok "second logon declined: $(tail -n1 "$LAB/dup.out")"
 
 [[ $(metric "$DNS_STATUS_URL" 'reachback_dns_queries_total{rcode="NOERROR"}') != "" ]] || fail "no DNS query metrics"
 ok "metrics present"
