@@ -1,11 +1,10 @@
 /* broker: the session broker service object (see broker.h).
  *
- * A logon walks: begin (claim the user's session and label in Redis) ->
- * LeaseRequest to ipalloc -> commit (session live, sequence bumped) ->
- * publish SESSION_UP -> LogonReply. Each step is asynchronous and carries a
- * logon context; any failure unwinds what was done (abort the claim, release
- * the lease) and answers the edge. A logoff walks: end -> publish
- * SESSION_DOWN -> ReleaseRequest -> LogoffReply. Nothing blocks the loop. */
+ * This file holds the object, its options, the 1 s tick (stats, heartbeat,
+ * ipalloc ping, expiry sweep) and the conversation with ipalloc that outlives
+ * an edge request: releases of ended sessions and lease take-overs after a
+ * transfer. The edge's requests are in broker_edge.c, the admin API in
+ * broker_admin.c. Nothing blocks the loop. */
 #include "broker.h"
 #include <openssl/evp.h>
 #include <stddef.h>
@@ -14,30 +13,25 @@
 #include <string.h>
 #include <sys/random.h>
 #include <zmq.h>
-#include "broker_events.h"
-#include "broker_ipalloc.pb-c.h"
-#include "broker_store.h"
-#include "edge_broker.pb-c.h"
-#include "rb_cidr.h"
-#include "rb_label.h"
+#include "broker_int.h"
 #include "rb_log.h"
-#include "rb_metrics.h"
 #include "rb_pb.h"
 #include "rb_redis.h"
-#include "rb_rpc.h"
-#include "rb_zmq.h"
 
-/* An EdgeToBroker is a few short strings; refuse anything bigger. */
-#define BROKER_MAX_REQUEST 4096
-#define BROKER_MAX_IPALLOC_REPLY 4096
-#define BROKER_FIELD_MAX 256
+#define BROKER_MAX_IPALLOC_REPLY 65536
 #define BROKER_TICK_MS 1000
 /* ipalloc counts as up while it answered a ping within this. */
 #define BROKER_IPALLOC_FRESH_MS 3000
-/* Leases are idempotent per session, so one resend is safe: 2 x 1 s. */
-#define BROKER_LEASE_TIMEOUT_MS 1000
-#define BROKER_LEASE_RETRIES 1
-#define BROKER_TOKEN_BYTES 32
+#define BROKER_IPALLOC_TIMEOUT_MS 1000
+/* Sessions ended per sweep script: each run keeps Redis busy for a few ms at
+ * most; a full run is followed by another at once. */
+#define BROKER_SWEEP_LIMIT 500
+/* Take-over attempts (1 s apart) before giving up; a predecessor's own
+ * take-over may still be on its way (see broker_takeover_start). */
+#define BROKER_TAKEOVER_TRIES 30
+/* Answers naming another address before we conclude that ipalloc does not
+ * know take_over_session and move the lease by release + lease. */
+#define BROKER_TAKEOVER_MISMATCHES 3
 
 const rb_option_t broker_options[] = {
     RB_OPT_COMMON(broker_config_t),
@@ -68,7 +62,13 @@ const rb_option_t broker_options[] = {
     {"curve_allowed_keys", RB_OPT_STRING, "", offsetof(broker_config_t, curve_allowed_keys), 0, 0,
      "comma-separated public key files of the peers allowed to connect"},
     {"admin_token", RB_OPT_STRING, "", offsetof(broker_config_t, admin_token), 0, 0,
-     "bearer token for admin routes of the status server"},
+     "bearer token for the admin API (/admin/...) of the status server; empty: admin API off"},
+    {"transfer_offer_ttl", RB_OPT_INT, "120", offsetof(broker_config_t, transfer_offer_ttl), 1,
+     86400, "seconds a transfer offer may be accepted"},
+    {"session_timeout", RB_OPT_INT, "60", offsetof(broker_config_t, session_timeout), 2, 86400,
+     "seconds a session lives without a refresh from its edge (idle timeout)"},
+    {"session_max_lifetime", RB_OPT_INT, "86400", offsetof(broker_config_t, session_max_lifetime),
+     0, 31536000, "seconds a session may last at most (absolute timeout); 0: no limit"},
     RB_OPT_END,
 };
 
@@ -87,53 +87,9 @@ int broker_config_validate(void *arg, char *err, size_t errlen)
     return 0;
 }
 
-typedef struct logon {
-    struct logon *prev, *next;
-    broker_t *b;
-    rb_rpc_req_t *req;
-    uint64_t start_ms;
-    bool claimed; /* a pending session exists in Redis */
-    bool leasing; /* ipalloc may hold an address for it */
-    char user[BROKER_FIELD_MAX + 1];
-    char device[BROKER_FIELD_MAX + 1];
-    char edge_id[BROKER_FIELD_MAX + 1];
-    char source[BROKER_FIELD_MAX + 1];
-    char label[RB_LABEL_MAX + 1];
-    char session_id[BROKER_SESSION_ID_LEN + 1];
-    char ip[16];
-    char fqdn[RB_LABEL_MAX + 200];
-    char token[BROKER_TOKEN_BYTES * 2 + 1];
-    uint64_t since_ms;
-    char reason[BROKER_FIELD_MAX + 1]; /* logoff */
-} logon_t;
-
-struct broker {
-    rb_loop_t *loop;
-    const broker_config_t *cfg;
-    rb_curve_t curve;
-    rb_redis_t *redis;
-    broker_store_t *store;
-    broker_events_t *events;
-    rb_rpc_server_t *edge;
-    rb_rpc_client_t *ipalloc;
-    rb_timer_t *tick;
-    logon_t *ctxs;
-
-    bool stats_pending;
-    bool ping_pending;
-    uint64_t ipalloc_ok_ms; /* last good ping answer; 0: never */
-    uint64_t seq;
-    uint64_t sessions;
-
-    rb_metric_t *m_sessions;
-    rb_metric_t *m_ok, *m_exists, *m_exhausted, *m_unavailable, *m_bad;
-    rb_metric_t *m_logoffs;
-    rb_metric_t *m_duration;
-};
-
 /* ---- helpers ---- */
 
-static int s_random_hex(char *out, size_t nbytes)
+int broker_random_hex(char *out, size_t nbytes)
 {
     unsigned char b[64];
     if (nbytes > sizeof(b) || getrandom(b, nbytes, 0) != (ssize_t)nbytes) return -1;
@@ -143,7 +99,7 @@ static int s_random_hex(char *out, size_t nbytes)
     return 0;
 }
 
-static int s_sha256_hex(const char *in, char out[65])
+int broker_sha256_hex(const char *in, char out[65])
 {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned len = 0;
@@ -153,18 +109,9 @@ static int s_sha256_hex(const char *in, char out[65])
     return 0;
 }
 
-/* Copies a peer's string field, refusing empty (when required) or long. */
-static bool s_copy_field(char *dst, size_t cap, const char *src, bool required)
+broker_ctx_t *broker_ctx_new(broker_t *b, rb_rpc_req_t *req)
 {
-    size_t n = src ? strlen(src) : 0;
-    if ((required && n == 0) || n >= cap) return false;
-    memcpy(dst, src ? src : "", n + 1);
-    return true;
-}
-
-static logon_t *s_ctx_new(broker_t *b, rb_rpc_req_t *req)
-{
-    logon_t *c = calloc(1, sizeof(*c));
+    broker_ctx_t *c = calloc(1, sizeof(*c));
     if (!c) return NULL;
     c->b = b;
     c->req = req;
@@ -175,7 +122,7 @@ static logon_t *s_ctx_new(broker_t *b, rb_rpc_req_t *req)
     return c;
 }
 
-static void s_ctx_free(logon_t *c)
+void broker_ctx_free(broker_ctx_t *c)
 {
     broker_t *b = c->b;
     if (c->prev)
@@ -184,62 +131,28 @@ static void s_ctx_free(logon_t *c)
         b->ctxs = c->next;
     if (c->next) c->next->prev = c->prev;
     rb_rpc_req_free(c->req);
+    for (size_t i = 0; i < c->ngroups; i++)
+        free(c->groups[i]);
     explicit_bzero(c->token, sizeof(c->token));
     free(c);
 }
 
-static void s_reply(rb_rpc_req_t *req, Rb__Edgebroker__BrokerToEdge *env)
+bool broker_ctx_set_groups(broker_ctx_t *c, char *const *groups, size_t n)
 {
-    env->version = RB_PROTO_VERSION;
-    if (rb_rpc_reply(req, &env->base) != 0)
-        rb_warn("reply_failed", "could not answer edge %s", rb_rpc_req_peer(req));
-}
-
-static void s_reply_logon(rb_rpc_req_t *req, Rb__Edgebroker__LogonStatus status,
-                          const char *message, const logon_t *c)
-{
-    Rb__Edgebroker__BrokerToEdge env = RB__EDGEBROKER__BROKER_TO_EDGE__INIT;
-    Rb__Edgebroker__LogonReply lr = RB__EDGEBROKER__LOGON_REPLY__INIT;
-    lr.status = status;
-    lr.message = (char *)(message ? message : "");
-    if (c && status == RB__EDGEBROKER__LOGON_STATUS__LOGON_OK) {
-        lr.session_id = (char *)c->session_id;
-        lr.ip = (char *)c->ip;
-        lr.fqdn = (char *)c->fqdn;
-        lr.resume_token = (char *)c->token;
+    if (n > BROKER_MAX_GROUPS) return false;
+    for (size_t i = 0; i < n; i++) {
+        if (!groups[i] || strlen(groups[i]) > BROKER_FIELD_MAX) return false;
+        if (!(c->groups[c->ngroups] = strdup(groups[i]))) return false;
+        c->ngroups++;
     }
-    env.body_case = RB__EDGEBROKER__BROKER_TO_EDGE__BODY_LOGON;
-    env.logon = &lr;
-    s_reply(req, &env);
+    return true;
 }
 
 /* ---- talking to ipalloc ---- */
 
-static void s_on_release_logged(void *arg, const uint8_t *body, size_t len)
-{
-    if (!body)
-        rb_warn("release_timeout", "ipalloc did not answer a release; the lease stays until "
-                                   "released again");
-}
-
-/* Sends ReleaseRequest; fn (may be s_on_release_logged) gets the answer. */
-static int s_send_release(broker_t *b, const char *ip, const char *session_id, rb_rpc_reply_fn *fn,
-                          void *arg)
-{
-    Rb__Brokeripalloc__BrokerToIpalloc env = RB__BROKERIPALLOC__BROKER_TO_IPALLOC__INIT;
-    Rb__Brokeripalloc__ReleaseRequest rr = RB__BROKERIPALLOC__RELEASE_REQUEST__INIT;
-    rr.ip = (char *)ip;
-    rr.session_id = (char *)session_id;
-    env.version = RB_PROTO_VERSION;
-    env.body_case = RB__BROKERIPALLOC__BROKER_TO_IPALLOC__BODY_RELEASE;
-    env.release = &rr;
-    return rb_rpc_call(b->ipalloc, &env.base, BROKER_LEASE_TIMEOUT_MS, BROKER_LEASE_RETRIES, fn,
-                       arg);
-}
-
-/* Unpacks an ipalloc answer of the expected kind; NULL (logged) otherwise. */
-static Rb__Brokeripalloc__IpallocToBroker *
-s_unpack_ipalloc(const uint8_t *body, size_t len, Rb__Brokeripalloc__IpallocToBroker__BodyCase want)
+Rb__Brokeripalloc__IpallocToBroker *
+broker_unpack_ipalloc(const uint8_t *body, size_t len,
+                      Rb__Brokeripalloc__IpallocToBroker__BodyCase want)
 {
     Rb__Brokeripalloc__IpallocToBroker *m = (Rb__Brokeripalloc__IpallocToBroker *)rb_pb_unpack(
         &rb__brokeripalloc__ipalloc_to_broker__descriptor, body, len, BROKER_MAX_IPALLOC_REPLY,
@@ -253,313 +166,232 @@ s_unpack_ipalloc(const uint8_t *body, size_t len, Rb__Brokeripalloc__IpallocToBr
     return m;
 }
 
-/* ---- logon ---- */
-
-/* Undoes what a failed logon did and answers the edge. */
-static void s_logon_fail(logon_t *c, Rb__Edgebroker__LogonStatus status, const char *message)
+int broker_send_lease(broker_t *b, const char *user, const char *session_id,
+                      char *const *groups, size_t ngroups, const char *take_over,
+                      unsigned retries, rb_rpc_reply_fn *fn, void *arg)
 {
-    broker_t *b = c->b;
-    if (c->claimed && broker_store_abort(b->store, c->session_id, NULL, NULL) != 0)
-        rb_warn("abort_failed", "session %s stays pending until its claim expires", c->session_id);
-    if (c->leasing && s_send_release(b, c->ip, c->session_id, s_on_release_logged, b) != 0)
-        rb_warn("release_failed", "could not ask ipalloc to release session %s", c->session_id);
-    switch (status) {
-    case RB__EDGEBROKER__LOGON_STATUS__LOGON_POOL_EXHAUSTED:
-        rb_metric_inc(b->m_exhausted);
-        break;
-    case RB__EDGEBROKER__LOGON_STATUS__LOGON_SESSION_EXISTS:
-        rb_metric_inc(b->m_exists);
-        break;
-    case RB__EDGEBROKER__LOGON_STATUS__LOGON_BAD_REQUEST:
-        rb_metric_inc(b->m_bad);
-        break;
-    default:
-        rb_metric_inc(b->m_unavailable);
-        break;
-    }
-    rb_info("logon_failed", "user %s from %s via %s: %s", c->user, c->source, c->edge_id, message);
-    s_reply_logon(c->req, status, message, NULL);
-    c->req = NULL;
-    s_ctx_free(c);
+    Rb__Brokeripalloc__BrokerToIpalloc env = RB__BROKERIPALLOC__BROKER_TO_IPALLOC__INIT;
+    Rb__Brokeripalloc__LeaseRequest lr = RB__BROKERIPALLOC__LEASE_REQUEST__INIT;
+    lr.user = (char *)user;
+    lr.session_id = (char *)session_id;
+    lr.groups = (char **)groups;
+    lr.n_groups = ngroups;
+    lr.take_over_session = (char *)(take_over ? take_over : "");
+    env.version = RB_PROTO_VERSION;
+    env.body_case = RB__BROKERIPALLOC__BROKER_TO_IPALLOC__BODY_LEASE;
+    env.lease = &lr;
+    return rb_rpc_call(b->ipalloc, &env.base, BROKER_IPALLOC_TIMEOUT_MS, retries, fn, arg);
 }
 
-static void s_on_commit(void *arg, int rc, uint64_t seq)
+static void s_on_release_logged(void *arg, const uint8_t *body, size_t len)
 {
-    logon_t *c = arg;
-    broker_t *b = c->b;
-    if (rc != 0) {
-        /* When the outcome is unknown the session may be live with this
-         * address: keep the lease rather than risk handing it out twice. It
-         * goes when the session ends. */
-        if (rc < 0) {
-            c->leasing = false;
-            rb_warn("commit_unknown", "session %s of %s may be live; its lease %s is kept",
-                    c->session_id, c->user, c->ip);
-        }
-        s_logon_fail(c, RB__EDGEBROKER__LOGON_STATUS__LOGON_UNAVAILABLE,
-                     "the session could not be stored");
+    if (!body)
+        rb_warn("release_timeout", "ipalloc did not answer a release; the lease stays until "
+                                   "released again");
+}
+
+int broker_send_release(broker_t *b, const char *ip, const char *session_id, rb_rpc_reply_fn *fn,
+                        void *arg)
+{
+    Rb__Brokeripalloc__BrokerToIpalloc env = RB__BROKERIPALLOC__BROKER_TO_IPALLOC__INIT;
+    Rb__Brokeripalloc__ReleaseRequest rr = RB__BROKERIPALLOC__RELEASE_REQUEST__INIT;
+    rr.ip = (char *)ip;
+    rr.session_id = (char *)session_id;
+    env.version = RB_PROTO_VERSION;
+    env.body_case = RB__BROKERIPALLOC__BROKER_TO_IPALLOC__BODY_RELEASE;
+    env.release = &rr;
+    /* Releases are idempotent per session: one resend is safe. */
+    return rb_rpc_call(b->ipalloc, &env.base, BROKER_IPALLOC_TIMEOUT_MS, 1,
+                       fn ? fn : s_on_release_logged, fn ? arg : b);
+}
+
+int broker_send_pools(broker_t *b, rb_rpc_reply_fn *fn, void *arg)
+{
+    Rb__Brokeripalloc__BrokerToIpalloc env = RB__BROKERIPALLOC__BROKER_TO_IPALLOC__INIT;
+    Rb__Brokeripalloc__PoolsRequest pr = RB__BROKERIPALLOC__POOLS_REQUEST__INIT;
+    env.version = RB_PROTO_VERSION;
+    env.body_case = RB__BROKERIPALLOC__BROKER_TO_IPALLOC__BODY_POOLS;
+    env.pools = &pr;
+    return rb_rpc_call(b->ipalloc, &env.base, 2 * BROKER_IPALLOC_TIMEOUT_MS, 0, fn, arg);
+}
+
+void broker_session_ended(broker_t *b, uint64_t seq, const broker_session_t *s,
+                          const char *reason)
+{
+    broker_events_publish(b->events, seq, false, s, reason);
+    if (seq > b->seq) b->seq = seq;
+    rb_info("session_ended", "user %s: session %.8s ended (%s), %s released (seq %llu)", s->user,
+            s->session_id, reason, s->ip[0] ? s->ip : "no address", (unsigned long long)seq);
+    if (s->ip[0] && broker_send_release(b, s->ip, s->session_id, NULL, NULL) != 0)
+        rb_warn("release_failed", "could not ask ipalloc to release %s of session %.8s", s->ip,
+                s->session_id);
+}
+
+/* ---- lease take-over after a transfer ----
+ *
+ * The transfer script already made the new session live with the address;
+ * ipalloc still has it leased to the replaced session until it hears
+ * LeaseRequest{session_id = new, take_over_session = old}. The address is
+ * never free in between, so no one else can get it. What can go wrong:
+ * - the request or its answer is lost: ask again (a take-over is idempotent
+ *   per new session);
+ * - accepts in quick succession (A: s0 -> s1, B: s1 -> s2, perhaps on two
+ *   brokers) whose take-overs reach ipalloc out of order: s2's finds s1
+ *   holding nothing and ipalloc may lease s2 another address. That address
+ *   is given back at once and s2 asks again until s1's take-over has landed;
+ * - the new session ends (logoff, kick, expiry, or another transfer) before
+ *   its take-over landed: its release found nothing, so once the take-over
+ *   is done we ask Redis whether the address is still wanted (by the session
+ *   or by the user's live session, a successor that will take it over from
+ *   this one) and release it when not. */
+
+struct broker_takeover {
+    broker_takeover_t *prev, *next;
+    broker_t *b;
+    rb_timer_t *timer;
+    unsigned tries, mismatches;
+    bool plain; /* ipalloc ignores take_over_session: release + lease */
+    char user[BROKER_FIELD_MAX + 1];
+    char new_sid[BROKER_SESSION_ID_LEN + 1];
+    char old_sid[BROKER_SESSION_ID_LEN + 1];
+    char ip[16];
+    char wrong_ip[16];
+    char *groups[BROKER_MAX_GROUPS];
+    size_t ngroups;
+};
+
+static void s_takeover_free(broker_takeover_t *t)
+{
+    broker_t *b = t->b;
+    if (t->prev)
+        t->prev->next = t->next;
+    else
+        b->takeovers = t->next;
+    if (t->next) t->next->prev = t->prev;
+    rb_loop_cancel_timer(b->loop, t->timer);
+    rb_rpc_cancel(b->ipalloc, t);
+    broker_store_cancel(b->store, t);
+    for (size_t i = 0; i < t->ngroups; i++)
+        free(t->groups[i]);
+    free(t);
+}
+
+static void s_takeover_send(broker_takeover_t *t);
+
+static void s_takeover_timer(rb_loop_t *loop, void *arg)
+{
+    broker_takeover_t *t = arg;
+    t->timer = NULL;
+    s_takeover_send(t);
+}
+
+static void s_takeover_later(broker_takeover_t *t)
+{
+    if (++t->tries >= BROKER_TAKEOVER_TRIES) {
+        rb_metric_inc(t->b->m_takeover_failed);
+        rb_error("lease_takeover_failed",
+                 "user %s: ipalloc did not move %s from session %.8s to %.8s after %u tries; "
+                 "the address stays leased to the old session until it is released by hand",
+                 t->user, t->ip, t->old_sid, t->new_sid, t->tries);
+        s_takeover_free(t);
         return;
     }
-    c->claimed = c->leasing = false;
-    broker_session_t s = {.session_id = c->session_id,
-                          .user = c->user,
-                          .label = c->label,
-                          .fqdn = c->fqdn,
-                          .ip = c->ip,
-                          .device = c->device,
-                          .edge_id = c->edge_id,
-                          .since_ms = c->since_ms};
-    broker_events_publish(b->events, seq, true, &s, "");
-    if (seq > b->seq) b->seq = seq;
-    rb_metric_inc(b->m_ok);
-    rb_metric_observe(b->m_duration, (double)(rb_now_ms() - c->start_ms) / 1000.0);
-    rb_info("logon_ok", "user %s from %s via %s: session %.8s, %s, %s (seq %llu)", c->user,
-            c->source, c->edge_id, c->session_id, c->ip, c->fqdn, (unsigned long long)seq);
-    s_reply_logon(c->req, RB__EDGEBROKER__LOGON_STATUS__LOGON_OK, "", c);
-    c->req = NULL;
-    s_ctx_free(c);
+    t->timer = rb_loop_add_timer(t->b->loop, BROKER_IPALLOC_TIMEOUT_MS, false, s_takeover_timer, t);
+    if (!t->timer) s_takeover_free(t);
 }
 
-static void s_on_lease(void *arg, const uint8_t *body, size_t len)
+static void s_on_wanted(void *arg, int found)
 {
-    logon_t *c = arg;
-    broker_t *b = c->b;
-    char token_sha[65];
-    uint32_t addr;
+    broker_takeover_t *t = arg;
+    if (found == 0) {
+        rb_info("lease_takeover_late", "session %.8s of %s ended before its lease of %s moved; "
+                "releasing it", t->new_sid, t->user, t->ip);
+        broker_send_release(t->b, t->ip, t->new_sid, NULL, NULL);
+    }
+    s_takeover_free(t);
+}
+
+static void s_on_wrong_released(void *arg, const uint8_t *body, size_t len)
+{
+    broker_takeover_t *t = arg;
+    /* Whatever the answer, ask again a little later: by then a predecessor's
+     * take-over may have landed. A lost release is retried by the next
+     * mismatch. */
+    s_takeover_later(t);
+}
+
+static void s_on_takeover(void *arg, const uint8_t *body, size_t len)
+{
+    broker_takeover_t *t = arg;
+    broker_t *b = t->b;
     if (!body) {
-        rb_warn("ipalloc_timeout", "ipalloc did not answer a lease for %s", c->user);
-        s_logon_fail(c, RB__EDGEBROKER__LOGON_STATUS__LOGON_UNAVAILABLE,
-                     "the address allocator did not answer");
+        rb_warn("lease_takeover_timeout", "ipalloc did not answer the take-over of %s by %.8s",
+                t->ip, t->new_sid);
+        s_takeover_later(t);
         return;
     }
     Rb__Brokeripalloc__IpallocToBroker *m =
-        s_unpack_ipalloc(body, len, RB__BROKERIPALLOC__IPALLOC_TO_BROKER__BODY_LEASE);
+        broker_unpack_ipalloc(body, len, RB__BROKERIPALLOC__IPALLOC_TO_BROKER__BODY_LEASE);
     const Rb__Brokeripalloc__LeaseReply *lr = m ? m->lease : NULL;
-    if (!lr) {
-        s_logon_fail(c, RB__EDGEBROKER__LOGON_STATUS__LOGON_UNAVAILABLE,
-                     "the address allocator answered nonsense");
-    } else if (lr->status == RB__BROKERIPALLOC__LEASE_STATUS__LEASE_POOL_EXHAUSTED) {
-        c->leasing = false;
-        s_logon_fail(c, RB__EDGEBROKER__LOGON_STATUS__LOGON_POOL_EXHAUSTED,
-                     "no intranet address is free: the address pool is exhausted");
-    } else if (lr->status != RB__BROKERIPALLOC__LEASE_STATUS__LEASE_OK || !lr->ip ||
-               rb_ip_parse(lr->ip, &addr) != 0) {
-        rb_warn("lease_failed", "ipalloc: status %d: %s", (int)lr->status,
-                lr->message ? lr->message : "");
-        s_logon_fail(c, RB__EDGEBROKER__LOGON_STATUS__LOGON_UNAVAILABLE,
-                     "the address allocator is unavailable");
+    bool ok = lr && lr->status == RB__BROKERIPALLOC__LEASE_STATUS__LEASE_OK && lr->ip;
+    if (ok && strcmp(lr->ip, t->ip) == 0) {
+        rb_debug("lease_takeover", "%s moved from %.8s to %.8s", t->ip, t->old_sid, t->new_sid);
+        if (broker_store_lease_wanted(b->store, t->new_sid, t->user, t->ip, s_on_wanted, t) != 0)
+            s_takeover_free(t);
+    } else if (ok && strlen(lr->ip) < sizeof(t->wrong_ip)) {
+        /* Another address for the new session: give it back. */
+        snprintf(t->wrong_ip, sizeof(t->wrong_ip), "%s", lr->ip);
+        rb_warn("lease_takeover_mismatch", "ipalloc leased %s instead of %s to session %.8s; "
+                "giving it back", t->wrong_ip, t->ip, t->new_sid);
+        if (!t->plain && ++t->mismatches >= BROKER_TAKEOVER_MISMATCHES) {
+            /* An ipalloc that does not know take_over_session: free the old
+             * lease, then the new session gets the address as its sticky
+             * one. The address is free for a moment in between. */
+            t->plain = true;
+            rb_warn("lease_takeover_unsupported", "moving %s by release and lease", t->ip);
+            broker_send_release(b, t->ip, t->old_sid, NULL, NULL);
+        }
+        if (broker_send_release(b, t->wrong_ip, t->new_sid, s_on_wrong_released, t) != 0)
+            s_takeover_later(t);
     } else {
-        snprintf(c->ip, sizeof(c->ip), "%s", lr->ip);
-        if (s_random_hex(c->token, BROKER_TOKEN_BYTES) != 0 ||
-            s_sha256_hex(c->token, token_sha) != 0 ||
-            broker_store_commit(b->store, c->session_id, c->ip, c->fqdn, token_sha, s_on_commit,
-                                c) != 0)
-            s_logon_fail(c, RB__EDGEBROKER__LOGON_STATUS__LOGON_UNAVAILABLE,
-                         "the session could not be stored");
+        rb_warn("lease_takeover_refused", "ipalloc: status %d: %s", lr ? (int)lr->status : -1,
+                lr && lr->message ? lr->message : "");
+        s_takeover_later(t);
     }
     if (m) protobuf_c_message_free_unpacked(&m->base, NULL);
 }
 
-static void s_on_begin(void *arg, broker_begin_result_t res, const char *session_id,
-                       const char *label, uint64_t since_ms)
+static void s_takeover_send(broker_takeover_t *t)
 {
-    logon_t *c = arg;
-    broker_t *b = c->b;
-    if (res == BROKER_BEGIN_EXISTS) {
-        s_logon_fail(c, RB__EDGEBROKER__LOGON_STATUS__LOGON_SESSION_EXISTS,
-                     "the user already has a session");
-        return;
-    }
-    if (res != BROKER_BEGIN_CLAIMED) {
-        s_logon_fail(c, RB__EDGEBROKER__LOGON_STATUS__LOGON_UNAVAILABLE,
-                     "the session store is unavailable");
-        return;
-    }
-    c->claimed = true;
-    c->since_ms = since_ms;
-    snprintf(c->session_id, sizeof(c->session_id), "%s", session_id);
-    snprintf(c->label, sizeof(c->label), "%s", label);
-    snprintf(c->fqdn, sizeof(c->fqdn), "%s.%s", c->label, b->cfg->dns_suffix);
-
-    Rb__Brokeripalloc__BrokerToIpalloc env = RB__BROKERIPALLOC__BROKER_TO_IPALLOC__INIT;
-    Rb__Brokeripalloc__LeaseRequest lr = RB__BROKERIPALLOC__LEASE_REQUEST__INIT;
-    lr.user = c->user;
-    lr.session_id = c->session_id;
-    env.version = RB_PROTO_VERSION;
-    env.body_case = RB__BROKERIPALLOC__BROKER_TO_IPALLOC__BODY_LEASE;
-    env.lease = &lr;
-    if (rb_rpc_call(b->ipalloc, &env.base, BROKER_LEASE_TIMEOUT_MS, BROKER_LEASE_RETRIES,
-                    s_on_lease, c) != 0) {
-        s_logon_fail(c, RB__EDGEBROKER__LOGON_STATUS__LOGON_UNAVAILABLE,
-                     "the address allocator is unreachable");
-        return;
-    }
-    c->leasing = true;
+    if (broker_send_lease(t->b, t->user, t->new_sid, t->groups, t->ngroups,
+                          t->plain ? NULL : t->old_sid, 0, s_on_takeover, t) != 0)
+        s_takeover_later(t);
 }
 
-static void s_handle_logon(broker_t *b, rb_rpc_req_t *req, const Rb__Edgebroker__EdgeToBroker *env)
+void broker_takeover_start(broker_t *b, const char *user, const char *new_sid,
+                           const char *old_sid, const char *ip, char *const *groups,
+                           size_t ngroups)
 {
-    const Rb__Edgebroker__LogonRequest *lr = env->logon;
-    char alt[RB_LABEL_MAX + 1];
-    logon_t *c = s_ctx_new(b, req);
-    if (!c) {
-        rb_rpc_req_free(req);
+    broker_takeover_t *t = calloc(1, sizeof(*t));
+    if (!t) {
+        rb_error("lease_takeover_failed", "out of memory: %s stays with session %.8s", ip,
+                 old_sid);
         return;
     }
-    if (!lr || !s_copy_field(c->user, sizeof(c->user), lr->user, true) ||
-        !s_copy_field(c->device, sizeof(c->device), lr->device, false) ||
-        !s_copy_field(c->edge_id, sizeof(c->edge_id), lr->edge_id, false) ||
-        !s_copy_field(c->source, sizeof(c->source), lr->source, false) ||
-        rb_label_from_user(c->user, c->label) != 0 ||
-        rb_label_disambiguate(c->label, c->user, alt) != 0) {
-        rb_warn("bad_request", "edge %s: logon without a valid user", rb_rpc_req_peer(req));
-        s_logon_fail(c, RB__EDGEBROKER__LOGON_STATUS__LOGON_BAD_REQUEST,
-                     "a logon needs a user name of 1 to 256 bytes");
-        return;
-    }
-    if (broker_store_begin(b->store, c->user, c->label, alt, c->device, c->edge_id, c->source,
-                           s_on_begin, c) != 0)
-        s_logon_fail(c, RB__EDGEBROKER__LOGON_STATUS__LOGON_UNAVAILABLE,
-                     "the session store is unavailable");
+    t->b = b;
+    snprintf(t->user, sizeof(t->user), "%s", user);
+    snprintf(t->new_sid, sizeof(t->new_sid), "%s", new_sid);
+    snprintf(t->old_sid, sizeof(t->old_sid), "%s", old_sid);
+    snprintf(t->ip, sizeof(t->ip), "%s", ip);
+    for (size_t i = 0; i < ngroups && i < BROKER_MAX_GROUPS; i++)
+        if ((t->groups[t->ngroups] = strdup(groups[i]))) t->ngroups++;
+    t->next = b->takeovers;
+    if (b->takeovers) b->takeovers->prev = t;
+    b->takeovers = t;
+    s_takeover_send(t);
 }
 
-/* ---- logoff ---- */
-
-static void s_reply_logoff(logon_t *c, bool found)
-{
-    Rb__Edgebroker__BrokerToEdge env = RB__EDGEBROKER__BROKER_TO_EDGE__INIT;
-    Rb__Edgebroker__LogoffReply lr = RB__EDGEBROKER__LOGOFF_REPLY__INIT;
-    lr.found = found;
-    env.body_case = RB__EDGEBROKER__BROKER_TO_EDGE__BODY_LOGOFF;
-    env.logoff = &lr;
-    s_reply(c->req, &env);
-    c->req = NULL;
-    s_ctx_free(c);
-}
-
-static void s_on_logoff_release(void *arg, const uint8_t *body, size_t len)
-{
-    logon_t *c = arg;
-    if (!body)
-        rb_warn("release_timeout", "ipalloc did not answer the release of %s (session %.8s)", c->ip,
-                c->session_id);
-    /* The session has ended either way; the edge needs no more. */
-    s_reply_logoff(c, true);
-}
-
-static void s_on_end(void *arg, int found, uint64_t seq, const broker_session_t *s)
-{
-    logon_t *c = arg;
-    broker_t *b = c->b;
-    if (found < 0) {
-        /* No honest answer: the edge's call times out and it may ask again. */
-        s_ctx_free(c);
-        return;
-    }
-    if (found == 0) {
-        /* Perhaps a first attempt ended it and its answer was lost before
-         * the release: releasing by session id is harmless when there is
-         * nothing to release, and otherwise frees a lease nobody holds. */
-        s_send_release(b, "", c->session_id, s_on_release_logged, b);
-        s_reply_logoff(c, false);
-        return;
-    }
-    rb_metric_inc(b->m_logoffs);
-    broker_events_publish(b->events, seq, false, s, c->reason);
-    if (seq > b->seq) b->seq = seq;
-    rb_info("logoff", "user %s: session %.8s ended (%s), %s released (seq %llu)", s->user,
-            s->session_id, c->reason, s->ip, (unsigned long long)seq);
-    snprintf(c->ip, sizeof(c->ip), "%s", s->ip);
-    if (!s->ip[0] || s_send_release(b, s->ip, c->session_id, s_on_logoff_release, c) != 0)
-        s_reply_logoff(c, true);
-}
-
-static void s_handle_logoff(broker_t *b, rb_rpc_req_t *req, const Rb__Edgebroker__EdgeToBroker *env)
-{
-    const Rb__Edgebroker__LogoffRequest *lr = env->logoff;
-    logon_t *c = s_ctx_new(b, req);
-    if (!c) {
-        rb_rpc_req_free(req);
-        return;
-    }
-    if (!lr || !s_copy_field(c->session_id, sizeof(c->session_id), lr->session_id, true) ||
-        !s_copy_field(c->reason, sizeof(c->reason), lr->reason, false)) {
-        rb_warn("bad_request", "edge %s: logoff without a valid session id", rb_rpc_req_peer(req));
-        s_ctx_free(c); /* dropped: LogoffReply cannot say "bad request" */
-        return;
-    }
-    if (!c->reason[0]) snprintf(c->reason, sizeof(c->reason), "logoff");
-    if (broker_store_end(b->store, c->session_id, c->reason, s_on_end, c) != 0) s_ctx_free(c);
-}
-
-/* ---- ping ---- */
-
-static bool s_ipalloc_ok(const broker_t *b)
-{
-    return b->ipalloc_ok_ms && rb_now_ms() - b->ipalloc_ok_ms <= BROKER_IPALLOC_FRESH_MS;
-}
-
-static void s_handle_ping(broker_t *b, rb_rpc_req_t *req, const Rb__Edgebroker__EdgeToBroker *env)
-{
-    Rb__Edgebroker__BrokerToEdge out = RB__EDGEBROKER__BROKER_TO_EDGE__INIT;
-    Rb__Edgebroker__PingReply pr = RB__EDGEBROKER__PING_REPLY__INIT;
-    pr.broker_id = b->cfg->broker_id;
-    pr.redis_ok = rb_redis_ok(b->redis);
-    pr.ipalloc_ok = s_ipalloc_ok(b);
-    out.body_case = RB__EDGEBROKER__BROKER_TO_EDGE__BODY_PING;
-    out.ping = &pr;
-    s_reply(req, &out);
-}
-
-/* ---- dispatch ---- */
-
-typedef void(s_handler_fn)(broker_t *b, rb_rpc_req_t *req, const Rb__Edgebroker__EdgeToBroker *env);
-
-static const struct {
-    Rb__Edgebroker__EdgeToBroker__BodyCase body;
-    const char *name;
-    s_handler_fn *fn;
-} s_dispatch[] = {
-    {RB__EDGEBROKER__EDGE_TO_BROKER__BODY_LOGON, "logon", s_handle_logon},
-    {RB__EDGEBROKER__EDGE_TO_BROKER__BODY_LOGOFF, "logoff", s_handle_logoff},
-    {RB__EDGEBROKER__EDGE_TO_BROKER__BODY_PING, "ping", s_handle_ping},
-};
-
-static void s_on_edge_request(void *arg, rb_rpc_req_t *req, const uint8_t *body, size_t len)
-{
-    broker_t *b = arg;
-    Rb__Edgebroker__EdgeToBroker *env = (Rb__Edgebroker__EdgeToBroker *)rb_pb_unpack(
-        &rb__edgebroker__edge_to_broker__descriptor, body, len, BROKER_MAX_REQUEST,
-        rb_rpc_req_peer(req));
-    if (!env) {
-        rb_rpc_req_free(req); /* logged by rb_pb_unpack */
-        return;
-    }
-    if (env->version != RB_PROTO_VERSION) {
-        rb_warn("bad_version", "edge %s speaks protocol version %u, we speak %u",
-                rb_rpc_req_peer(req), env->version, RB_PROTO_VERSION);
-        if (env->body_case == RB__EDGEBROKER__EDGE_TO_BROKER__BODY_LOGON)
-            s_reply_logon(req, RB__EDGEBROKER__LOGON_STATUS__LOGON_BAD_REQUEST,
-                          "protocol version mismatch", NULL);
-        else
-            rb_rpc_req_free(req);
-        goto out;
-    }
-    for (size_t i = 0; i < sizeof(s_dispatch) / sizeof(s_dispatch[0]); i++) {
-        if (s_dispatch[i].body == env->body_case) {
-            rb_debug("request", "%s from edge %s", s_dispatch[i].name, rb_rpc_req_peer(req));
-            s_dispatch[i].fn(b, req, env);
-            goto out;
-        }
-    }
-    rb_warn("unknown_request", "edge %s sent a request of unknown type %d; dropped",
-            rb_rpc_req_peer(req), (int)env->body_case);
-    rb_rpc_req_free(req);
-out:
-    protobuf_c_message_free_unpacked(&env->base, NULL);
-}
-
-/* ---- the 1 s tick: stats, heartbeat, ipalloc ping ---- */
+/* ---- the 1 s tick: stats, heartbeat, ipalloc ping, expiry ---- */
 
 static void s_on_stats(void *arg, int rc, uint64_t seq, uint64_t sessions)
 {
@@ -578,7 +410,7 @@ static void s_on_ipalloc_ping(void *arg, const uint8_t *body, size_t len)
     b->ping_pending = false;
     if (!body) return;
     Rb__Brokeripalloc__IpallocToBroker *m =
-        s_unpack_ipalloc(body, len, RB__BROKERIPALLOC__IPALLOC_TO_BROKER__BODY_PING);
+        broker_unpack_ipalloc(body, len, RB__BROKERIPALLOC__IPALLOC_TO_BROKER__BODY_PING);
     if (m && m->ping && m->ping->redis_ok) b->ipalloc_ok_ms = rb_now_ms();
     if (m) protobuf_c_message_free_unpacked(&m->base, NULL);
 }
@@ -594,15 +426,73 @@ static void s_ping_ipalloc(broker_t *b)
         b->ping_pending = true;
 }
 
+static void s_sweep(broker_t *b);
+
+/* Every broker sweeps; the script ends each session once, whoever runs it. */
+static void s_on_sweep(void *arg, int rc, const uint64_t *seqs, const broker_session_t *ended,
+                       size_t n)
+{
+    broker_t *b = arg;
+    b->sweep_pending = false;
+    if (rc != 0) return;
+    for (size_t i = 0; i < n; i++) {
+        rb_metric_inc(b->m_expired);
+        broker_session_ended(b, seqs[i], &ended[i], "expired");
+    }
+    if (n == BROKER_SWEEP_LIMIT) s_sweep(b); /* more are due: go on, in bounded steps */
+}
+
+static void s_sweep(broker_t *b)
+{
+    if (b->sweep_pending) return;
+    if (broker_store_sweep(b->store, (uint64_t)b->cfg->session_timeout * 1000,
+                           (uint64_t)b->cfg->session_max_lifetime * 1000, BROKER_SWEEP_LIMIT,
+                           s_on_sweep, b) == 0)
+        b->sweep_pending = true;
+}
+
 static void s_on_tick(rb_loop_t *loop, void *arg)
 {
     broker_t *b = arg;
     if (!b->stats_pending && broker_store_stats(b->store, s_on_stats, b) == 0)
         b->stats_pending = true;
     if (!b->ping_pending) s_ping_ipalloc(b);
+    s_sweep(b);
 }
 
 /* ---- object ---- */
+
+static bool s_ipalloc_ok(const broker_t *b)
+{
+    return b->ipalloc_ok_ms && rb_now_ms() - b->ipalloc_ok_ms <= BROKER_IPALLOC_FRESH_MS;
+}
+
+static void s_metrics(broker_t *b)
+{
+    const char *h = "logon requests by result";
+    b->m_sessions = rb_gauge("reachback_sessions", NULL, "live sessions in the cluster");
+    b->m_ok = rb_counter("reachback_logons_total", "result=\"ok\"", h);
+    b->m_exists = rb_counter("reachback_logons_total", "result=\"exists\"", h);
+    b->m_offer = rb_counter("reachback_logons_total", "result=\"offer\"", h);
+    b->m_exhausted = rb_counter("reachback_logons_total", "result=\"exhausted\"", h);
+    b->m_unavailable = rb_counter("reachback_logons_total", "result=\"unavailable\"", h);
+    b->m_bad = rb_counter("reachback_logons_total", "result=\"bad_request\"", h);
+    b->m_logoffs = rb_counter("reachback_logoffs_total", NULL, "sessions ended by a logoff");
+    b->m_duration =
+        rb_histogram("reachback_logon_duration_seconds", NULL, "time from logon request to answer");
+    h = "accepted transfer offers by result";
+    b->m_xfer_ok = rb_counter("reachback_transfers_total", "result=\"ok\"", h);
+    b->m_xfer_expired = rb_counter("reachback_transfers_total", "result=\"expired\"", h);
+    b->m_xfer_failed = rb_counter("reachback_transfers_total", "result=\"failed\"", h);
+    h = "resume requests by result";
+    b->m_resume_ok = rb_counter("reachback_resumes_total", "result=\"ok\"", h);
+    b->m_resume_refused = rb_counter("reachback_resumes_total", "result=\"refused\"", h);
+    b->m_expired = rb_counter("reachback_sessions_expired_total", NULL,
+                              "sessions ended by the idle or absolute timeout");
+    b->m_kicked = rb_counter("reachback_kicks_total", NULL, "sessions ended by an administrator");
+    b->m_takeover_failed = rb_counter("reachback_lease_takeover_failures_total", NULL,
+                                      "transfers whose lease ipalloc did not move");
+}
 
 broker_t *broker_new(rb_loop_t *loop, const broker_config_t *cfg)
 {
@@ -639,28 +529,21 @@ broker_t *broker_new(rb_loop_t *loop, const broker_config_t *cfg)
     }
     void *router = rb_zsock_bind(ZMQ_ROUTER, cfg->listen_edge, &b->curve);
     if (!router) goto fail;
-    b->edge = rb_rpc_server_new(loop, router, s_on_edge_request, b);
+    b->edge = rb_rpc_server_new(loop, router, broker_edge_request, b);
     if (!b->edge) {
         rb_zsock_close(&router);
         goto fail;
     }
     b->tick = rb_loop_add_timer(loop, BROKER_TICK_MS, true, s_on_tick, b);
     if (!b->tick) goto fail;
-
-    const char *h = "logon requests by result";
-    b->m_sessions = rb_gauge("reachback_sessions", NULL, "live sessions in the cluster");
-    b->m_ok = rb_counter("reachback_logons_total", "result=\"ok\"", h);
-    b->m_exists = rb_counter("reachback_logons_total", "result=\"exists\"", h);
-    b->m_exhausted = rb_counter("reachback_logons_total", "result=\"exhausted\"", h);
-    b->m_unavailable = rb_counter("reachback_logons_total", "result=\"unavailable\"", h);
-    b->m_bad = rb_counter("reachback_logons_total", "result=\"bad_request\"", h);
-    b->m_logoffs = rb_counter("reachback_logoffs_total", NULL, "sessions ended by a logoff");
-    b->m_duration =
-        rb_histogram("reachback_logon_duration_seconds", NULL, "time from logon request to answer");
+    s_metrics(b);
     s_ping_ipalloc(b);
-    rb_info("broker_started", "%s: edges on %s, events on %s, snapshots on %s, ipalloc at %s",
+    rb_info("broker_started",
+            "%s: edges on %s, events on %s, snapshots on %s, ipalloc at %s; offers %lds, "
+            "idle timeout %lds, lifetime %lds",
             cfg->broker_id, cfg->listen_edge, cfg->listen_events, cfg->listen_snapshot,
-            cfg->ipalloc_endpoint);
+            cfg->ipalloc_endpoint, cfg->transfer_offer_ttl, cfg->session_timeout,
+            cfg->session_max_lifetime);
     return b;
 fail:
     broker_destroy(&b);
@@ -673,15 +556,18 @@ void broker_destroy(broker_t **bp)
     broker_t *b = *bp;
     *bp = NULL;
     rb_loop_cancel_timer(b->loop, b->tick);
-    /* Order: whatever may call back into a logon context goes first (the
-     * edge server, ipalloc calls, store calls), then the contexts. */
+    /* Order: whatever may call back into a context goes first (the edge
+     * server, ipalloc calls, store calls), then the contexts. */
     rb_rpc_server_destroy(&b->edge);
+    while (b->takeovers)
+        s_takeover_free(b->takeovers);
     rb_rpc_client_destroy(&b->ipalloc);
     broker_events_destroy(&b->events); /* needs the store */
     broker_store_destroy(&b->store);
     rb_redis_destroy(&b->redis);
+    broker_admin_destroy(&b->admin);
     while (b->ctxs)
-        s_ctx_free(b->ctxs);
+        broker_ctx_free(b->ctxs);
     explicit_bzero(b->curve.secret_key, sizeof(b->curve.secret_key));
     free(b);
 }
@@ -700,6 +586,11 @@ bool broker_ready(void *arg, rb_buf_t *why)
         ok = false;
     }
     return ok;
+}
+
+bool broker_ipalloc_ok(const broker_t *b)
+{
+    return s_ipalloc_ok(b);
 }
 
 void broker_status_info(void *arg, rb_buf_t *json)

@@ -42,6 +42,7 @@ int main(int argc, char **argv)
         rb_status_set_ready(st, broker_ready, b);
         rb_status_set_info(st, broker_status_info, b);
         if (cfg.admin_token[0]) rb_status_set_admin_token(st, cfg.admin_token);
+        if (broker_admin_attach(b, st) != 0) rb_fatal("startup_failed", "cannot add admin routes");
         rc = rb_loop_run(loop) == 0 ? 0 : 1;
     } else {
         rb_error("startup_failed", "could not start; see the messages above");

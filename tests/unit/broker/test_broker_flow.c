@@ -173,6 +173,9 @@ static int setup(void **state)
     c->curve_secret_key = "";
     c->curve_allowed_keys = "";
     c->admin_token = "";
+    c->transfer_offer_ttl = 120;
+    c->session_timeout = 60;
+    c->session_max_lifetime = 86400;
     f->b = broker_new(f->loop, c);
     if (!f->b) return -1;
     rb_curve_t none = {0};
@@ -326,9 +329,17 @@ static void test_logon_logoff(void **state)
     assert_int_equal(strtoull(seq->str, NULL, 10), up->seq);
     freeReplyObject(seq);
 
-    /* One session per user. */
+    /* One session per user: a second logon gets a transfer offer. */
     r = s_logon(f, "alice");
-    assert_int_equal(r->logon->status, RB__EDGEBROKER__LOGON_STATUS__LOGON_SESSION_EXISTS);
+    assert_int_equal(r->logon->status, RB__EDGEBROKER__LOGON_STATUS__LOGON_TRANSFER_OFFER);
+    assert_non_null(r->logon->offer);
+    assert_int_equal(strlen(r->logon->offer->offer_id), 32);
+    assert_string_equal(r->logon->offer->device, "test-device");
+    assert_string_equal(r->logon->offer->edge_id, "edge-test");
+    assert_string_equal(r->logon->offer->source, "127.0.0.1:40000");
+    assert_int_equal(r->logon->offer->expires_in_s, 120);
+    assert_true(r->logon->offer->session_since_ms > 1700000000000ull);
+    assert_true(rbt_cmd_int(&f->rs, "TTL rb:offer:%s", r->logon->offer->offer_id) > 100);
     s_free(r);
 
     assert_int_equal(rbt_cmd_int(&f->rs, "SISMEMBER rb:ip:free %s", ip), 0);

@@ -29,6 +29,10 @@ typedef struct {
     char user[64];
     size_t n;
     char sids[8][64];
+    char offer[64];
+    char device[64];
+    char edge[64];
+    char source[64];
 } res_t;
 
 static bool s_done(void *arg)
@@ -42,7 +46,7 @@ static bool s_ok(void *arg)
 }
 
 static void s_on_begin(void *arg, broker_begin_result_t res, const char *sid, const char *label,
-                       uint64_t since_ms)
+                       uint64_t since_ms, const broker_offer_t *offer)
 {
     res_t *r = arg;
     r->done = true;
@@ -50,6 +54,14 @@ static void s_on_begin(void *arg, broker_begin_result_t res, const char *sid, co
     r->seq = since_ms; /* reused: begin has no seq */
     snprintf(r->sid, sizeof(r->sid), "%s", sid ? sid : "");
     snprintf(r->label, sizeof(r->label), "%s", label ? label : "");
+    assert_true((res == BROKER_BEGIN_OFFER) == (offer != NULL));
+    if (offer) {
+        snprintf(r->offer, sizeof(r->offer), "%s", offer->offer_id);
+        snprintf(r->device, sizeof(r->device), "%s", offer->device);
+        snprintf(r->edge, sizeof(r->edge), "%s", offer->edge_id);
+        snprintf(r->source, sizeof(r->source), "%s", offer->source);
+        r->seq = offer->since_ms;
+    }
 }
 
 static void s_on_seq(void *arg, int rc, uint64_t seq)
@@ -122,7 +134,7 @@ static res_t s_begin(fx_t *f, const char *user, const char *label, const char *a
 {
     res_t r = {0};
     assert_int_equal(broker_store_begin(f->s, user, label, alt, "laptop", "edge-1",
-                                        "127.0.0.1:5000", s_on_begin, &r),
+                                        "127.0.0.1:5000", 120, s_on_begin, &r),
                      0);
     assert_true(rbt_wait(f->loop, s_done, &r, 3000));
     return r;
@@ -202,9 +214,20 @@ static void test_second_begin_exists(void **state)
     assert_int_equal(b.res, BROKER_BEGIN_EXISTS);
     assert_string_equal(b.sid, a.sid); /* even while the first is pending */
     s_commit(f, a.sid, "10.0.0.5");
+    /* Live: an offer for it, stored with its TTL. */
     res_t c = s_begin(f, "alice", "alice", "alice-1");
-    assert_int_equal(c.res, BROKER_BEGIN_EXISTS);
+    assert_int_equal(c.res, BROKER_BEGIN_OFFER);
     assert_string_equal(c.sid, a.sid);
+    assert_int_equal(strlen(c.offer), BROKER_OFFER_ID_LEN);
+    assert_string_equal(c.device, "laptop");
+    assert_string_equal(c.edge, "edge-1");
+    assert_string_equal(c.source, "127.0.0.1:5000");
+    assert_int_equal(c.seq, a.seq); /* offer's since = the session's */
+    long long ttl = rbt_cmd_int(&f->rs, "TTL rb:offer:%s", c.offer);
+    assert_true(ttl > 100 && ttl <= 120);
+    redisReply *rep = rbt_cmd(&f->rs, "HGET rb:offer:%s user", c.offer);
+    assert_string_equal(rep->str, "alice");
+    freeReplyObject(rep);
     /* Abort of a live session does nothing; of a pending one frees the user. */
     res_t ab = {0};
     assert_int_equal(broker_store_abort(f->s, a.sid, s_on_found, &ab), 0);
@@ -303,7 +326,7 @@ static void test_end_unknown_and_stats(void **state)
     assert_int_equal(st.n, 1);
     /* Bad input never reaches Redis. */
     res_t r = {0};
-    assert_int_equal(broker_store_begin(f->s, "", "x", "y", "", "", "", s_on_begin, &r), -1);
+    assert_int_equal(broker_store_begin(f->s, "", "x", "y", "", "", "", 120, s_on_begin, &r), -1);
     assert_int_equal(broker_store_end(f->s, "", "x", s_on_end, &r), -1);
 }
 
