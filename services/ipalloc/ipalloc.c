@@ -188,8 +188,9 @@ static void s_on_lease(void *arg, const ipalloc_lease_t *l)
         rb_metric_inc(ia->m_ok);
         if (strcmp(l->how, "moved") == 0) {
             rb_metric_inc(ia->m_moved);
-            rb_info("lease_moved", "%s moved from session %s to %s for %s", l->ip, c->old,
-                    c->session, c->user);
+            rb_info("lease_moved", "%s moved from session %s to %s for %s%s", l->ip, c->old,
+                    c->session, c->user,
+                    l->own_released ? "; the address the new session held went back" : "");
         }
         s_reply_lease(req, RB__BROKERIPALLOC__LEASE_STATUS__LEASE_OK, l->ip,
                       k >= 0 ? ipalloc_pools_name(ia->plan, (size_t)k) : "", "");

@@ -78,10 +78,16 @@ static const char LUA_REBUILD[] =
     "return out\n";
 
 /* KEYS: the pool's free set, leased, the reserved address's pool's free set.
- * ARGV: user, session, now_ms, take_over session or "", reserved ip or "".
- * Returns {1, ip, how, notes} or {0, "", "", notes} when the pool is
- * exhausted; notes is a space-separated list of "takeover_missed",
- * "reserved_busy". */
+ * ARGV: user, session, now_ms, take_over session or "", reserved ip or "",
+ * then every pool's prefix. Returns {1, ip, how, notes} or {0, "", "", notes}
+ * when the pool is exhausted; notes is a space-separated list of
+ * "takeover_missed", "reserved_busy", "own_released".
+ *
+ * A take-over comes before "the session holds one already": a broker that
+ * lost a race may have leased a stand-in address for the new session and
+ * then asks again for the old session's; the stand-in goes back (it is the
+ * same session's, so nobody else is affected). A retry after a move finds
+ * the old session empty and the address held: idempotent. */
 static const char LUA_LEASE[] =
     "local user, sid, now, old, resv = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]\n"
     "local skey = 'rb:ip:session:' .. sid\n"
@@ -94,25 +100,38 @@ static const char LUA_LEASE[] =
     "  return {1, ip, how, notes}\n"
     "end\n"
     "local cur = redis.call('GET', skey)\n"
-    "if cur then\n"
-    "  if redis.call('HGET', 'rb:ip:lease:' .. cur, 'session') == sid then\n"
-    "    return {1, cur, 'held', notes}\n"
-    "  end\n"
+    "if cur and redis.call('HGET', 'rb:ip:lease:' .. cur, 'session') ~= sid then\n"
     "  redis.call('DEL', skey)\n"
+    "  cur = false\n"
     "end\n"
     /* The lease changes hands in this one step: never free in between. */
     "if old ~= '' then\n"
     "  local okey = 'rb:ip:session:' .. old\n"
     "  local oip = redis.call('GET', okey)\n"
-    "  if oip then\n"
+    "  if oip and oip ~= cur then\n"
     "    local l = redis.call('HMGET', 'rb:ip:lease:' .. oip, 'session', 'user')\n"
     "    if l[1] == old and l[2] == user then\n"
     "      redis.call('DEL', okey)\n"
+    "      if cur then\n"
+    "        redis.call('DEL', 'rb:ip:lease:' .. cur)\n"
+    "        redis.call('SREM', KEYS[2], cur)\n"
+    "        for i = 6, #ARGV do\n"
+    "          local p = ARGV[i]\n"
+    "          if redis.call('SISMEMBER', p .. 'pool', cur) == 1 then\n"
+    "            if redis.call('HEXISTS', p .. 'reserved', cur) == 0 then\n"
+    "              redis.call('SADD', p .. 'free', cur)\n"
+    "            end\n"
+    "            break\n"
+    "          end\n"
+    "        end\n"
+    "        notes = 'own_released'\n"
+    "      end\n"
     "      return grant(oip, 'moved')\n"
     "    end\n"
     "  end\n"
-    "  notes = 'takeover_missed'\n"
     "end\n"
+    "if cur then return {1, cur, 'held', notes} end\n"
+    "if old ~= '' then notes = 'takeover_missed' end\n"
     "if resv ~= '' then\n"
     "  if redis.call('EXISTS', 'rb:ip:lease:' .. resv) == 0 then\n"
     "    redis.call('SREM', KEYS[3], resv)\n"
@@ -472,6 +491,7 @@ static void s_on_lease(void *arg, const redisReply *rep)
         l.how = rep->element[2]->str;
         l.takeover_missed = strstr(rep->element[3]->str, "takeover_missed") != NULL;
         l.reserved_busy = strstr(rep->element[3]->str, "reserved_busy") != NULL;
+        l.own_released = strstr(rep->element[3]->str, "own_released") != NULL;
     } else {
         rb_warn("lease_failed", "Redis: %s",
                 rep ? (rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply")
@@ -503,12 +523,19 @@ int ipalloc_store_lease(ipalloc_store_t *s, const ipalloc_lease_req_t *req, ipal
     ipalloc_op_t *op = s_op_new(s, OP_LEASE, arg);
     if (!op) return -1;
     op->fn.lease = fn;
-    const char *av[] = {kfree, K_LEASED, krfree, req->user, req->session, now, old, resv};
-    if (rb_redis_eval(s->redis, s->lease, 3, 8, av, NULL, s_on_lease, op) != 0) {
+    const char **av = calloc(8 + s->npools, sizeof(*av));
+    if (!av) {
         s_op_free(op);
         return -1;
     }
-    return 0;
+    const char *fixed[] = {kfree, K_LEASED, krfree, req->user, req->session, now, old, resv};
+    memcpy(av, fixed, sizeof(fixed));
+    for (size_t i = 0; i < s->npools; i++)
+        av[8 + i] = s->pools[i].prefix;
+    int rc = rb_redis_eval(s->redis, s->lease, 3, 8 + (int)s->npools, av, NULL, s_on_lease, op);
+    free(av);
+    if (rc != 0) s_op_free(op);
+    return rc;
 }
 
 static void s_on_release(void *arg, const redisReply *rep)

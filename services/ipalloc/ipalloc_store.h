@@ -44,6 +44,7 @@ typedef struct {
                              "reserved", "sticky" (the user's last one), "any" */
     bool takeover_missed; /* take_over held no address of this user */
     bool reserved_busy;   /* the user's reserved address is leased to another session */
+    bool own_released;    /* moved: the address session held before went back */
 } ipalloc_lease_t;
 
 typedef struct {
@@ -87,11 +88,13 @@ int ipalloc_store_pool_digest(const rb_pool_t *pool, const ipalloc_reservation_t
 int ipalloc_store_init_pool(ipalloc_store_t *s, const char *name, const rb_pool_t *pool,
                             const ipalloc_reservation_t *res, size_t nres, ipalloc_init_fn *fn,
                             void *arg);
-/* Leases an address to req->session, in this order: the one it holds
- * already; the one req->take_over holds (moved in the same step, so it is
- * never free in between; only a lease of the same user moves); the user's
- * reserved address unless another session holds it; the user's last address
- * when it is free in req->pool; any free address of req->pool. */
+/* Leases an address to req->session, in this order: the one req->take_over
+ * holds (moved in the same step, so it is never free in between; only a
+ * lease of the same user moves; an address session held before goes back to
+ * its pool); the one it holds already; the user's reserved address unless
+ * another session holds it; the user's last address when it is free in
+ * req->pool; any free address of req->pool. Repeating a request changes
+ * nothing. */
 int ipalloc_store_lease(ipalloc_store_t *s, const ipalloc_lease_req_t *req, ipalloc_lease_fn *fn,
                         void *arg);
 /* Releases ip if session holds it. ip may be "" (the session's address).

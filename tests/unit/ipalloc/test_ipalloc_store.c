@@ -29,7 +29,7 @@ typedef struct {
     ipalloc_lease_result_t res;
     char ip[16];
     char how[16];
-    bool takeover_missed, reserved_busy;
+    bool takeover_missed, reserved_busy, own_released;
 } res_t;
 
 static bool s_done(void *arg)
@@ -59,6 +59,7 @@ static void s_on_lease(void *arg, const ipalloc_lease_t *l)
     snprintf(r->how, sizeof(r->how), "%s", l->how ? l->how : "");
     r->takeover_missed = l->takeover_missed;
     r->reserved_busy = l->reserved_busy;
+    r->own_released = l->own_released;
 }
 
 static void s_on_release(void *arg, int found)
@@ -398,6 +399,32 @@ static void test_takeover_falls_back(void **state)
     assert_string_equal(y.ip, a.ip);
 }
 
+/* Out of order: the newest session asked first, found nothing to take and
+ * got a stand-in address; asked again once the address is where it said,
+ * it gets it, and the stand-in goes back. */
+static void test_takeover_replaces_stand_in(void **state)
+{
+    fx_t *f = *state;
+    s_init(f, "10.0.0.0/29", "");
+    res_t a = s_lease(f, f->s1, "alice", "s0");
+    res_t y = s_take_over(f, f->s1, "alice", "s2", "s1"); /* s1 holds nothing yet */
+    assert_true(y.takeover_missed);
+    assert_string_not_equal(y.ip, a.ip);
+    res_t m = s_take_over(f, f->s1, "alice", "s2", "s0");
+    assert_string_equal(m.ip, a.ip);
+    assert_string_equal(m.how, "moved");
+    assert_true(m.own_released);
+    assert_int_equal(rbt_cmd_int(&f->rs, "SISMEMBER rb:ip:free %s", y.ip), 1);
+    assert_int_equal(rbt_cmd_int(&f->rs, "EXISTS rb:ip:lease:%s", y.ip), 0);
+    assert_int_equal(rbt_cmd_int(&f->rs, "SCARD rb:ip:leased"), 1);
+    assert_int_equal(rbt_cmd_int(&f->rs, "SCARD rb:ip:free"), 5);
+    /* Again: nothing left to move, she holds it. */
+    res_t again = s_take_over(f, f->s2, "alice", "s2", "s0");
+    assert_string_equal(again.ip, a.ip);
+    assert_string_equal(again.how, "held");
+    assert_false(again.takeover_missed);
+}
+
 /* The invariants every script keeps, checked from Redis: every lease hash
  * is in the leased set and its session points back at it, free and leased
  * never share an address, and the pool is exactly free + leased (no
@@ -699,6 +726,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_destroy_drops_callbacks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_takeover_moves_lease, setup, teardown),
         cmocka_unit_test_setup_teardown(test_takeover_falls_back, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_takeover_replaces_stand_in, setup, teardown),
         cmocka_unit_test_setup_teardown(test_takeover_race, setup, teardown),
         cmocka_unit_test_setup_teardown(test_static_reservation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reservation_added_under_a_live_lease, setup, teardown),
