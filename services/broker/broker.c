@@ -29,9 +29,6 @@
 /* Take-over attempts (1 s apart) before giving up; a predecessor's own
  * take-over may still be on its way (see broker_takeover_start). */
 #define BROKER_TAKEOVER_TRIES 30
-/* Answers naming another address before we conclude that ipalloc does not
- * know take_over_session and move the lease by release + lease. */
-#define BROKER_TAKEOVER_MISMATCHES 3
 
 const rb_option_t broker_options[] = {
     RB_OPT_COMMON(broker_config_t),
@@ -237,8 +234,9 @@ void broker_session_ended(broker_t *b, uint64_t seq, const broker_session_t *s,
  *   per new session);
  * - accepts in quick succession (A: s0 -> s1, B: s1 -> s2, perhaps on two
  *   brokers) whose take-overs reach ipalloc out of order: s2's finds s1
- *   holding nothing and ipalloc may lease s2 another address. That address
- *   is given back at once and s2 asks again until s1's take-over has landed;
+ *   holding nothing and ipalloc leases s2 another address (its fallback).
+ *   That address is given back at once and s2 asks again until s1's
+ *   take-over has landed;
  * - the new session ends (logoff, kick, expiry, or another transfer) before
  *   its take-over landed: its release found nothing, so once the take-over
  *   is done we ask Redis whether the address is still wanted (by the session
@@ -249,8 +247,7 @@ struct broker_takeover {
     broker_takeover_t *prev, *next;
     broker_t *b;
     rb_timer_t *timer;
-    unsigned tries, mismatches;
-    bool plain; /* ipalloc ignores take_over_session: release + lease */
+    unsigned tries;
     char user[BROKER_FIELD_MAX + 1];
     char new_sid[BROKER_SESSION_ID_LEN + 1];
     char old_sid[BROKER_SESSION_ID_LEN + 1];
@@ -343,14 +340,6 @@ static void s_on_takeover(void *arg, const uint8_t *body, size_t len)
         snprintf(t->wrong_ip, sizeof(t->wrong_ip), "%s", lr->ip);
         rb_warn("lease_takeover_mismatch", "ipalloc leased %s instead of %s to session %.8s; "
                 "giving it back", t->wrong_ip, t->ip, t->new_sid);
-        if (!t->plain && ++t->mismatches >= BROKER_TAKEOVER_MISMATCHES) {
-            /* An ipalloc that does not know take_over_session: free the old
-             * lease, then the new session gets the address as its sticky
-             * one. The address is free for a moment in between. */
-            t->plain = true;
-            rb_warn("lease_takeover_unsupported", "moving %s by release and lease", t->ip);
-            broker_send_release(b, t->ip, t->old_sid, NULL, NULL);
-        }
         if (broker_send_release(b, t->wrong_ip, t->new_sid, s_on_wrong_released, t) != 0)
             s_takeover_later(t);
     } else {
@@ -364,7 +353,7 @@ static void s_on_takeover(void *arg, const uint8_t *body, size_t len)
 static void s_takeover_send(broker_takeover_t *t)
 {
     if (broker_send_lease(t->b, t->user, t->new_sid, t->groups, t->ngroups,
-                          t->plain ? NULL : t->old_sid, 0, s_on_takeover, t) != 0)
+                          t->old_sid, 0, s_on_takeover, t) != 0)
         s_takeover_later(t);
 }
 

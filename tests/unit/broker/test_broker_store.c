@@ -1,6 +1,8 @@
 /* Tests of broker_store against a real redis-server: the logon steps
  * (begin/commit/abort/end), one session per user, label ownership, the event
- * sequence, snapshots, and unknown sessions. */
+ * sequence, snapshots, unknown sessions; transfer offers and accepts (expiry,
+ * the last accept wins, racing logoffs and logons), resume, refresh, the
+ * expiry sweep, kicks and the admin lists. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -330,6 +332,483 @@ static void test_end_unknown_and_stats(void **state)
     assert_int_equal(broker_store_end(f->s, "", "x", s_on_end, &r), -1);
 }
 
+/* ---- issue 3: transfer, resume, refresh, sweep, kick, lists ---- */
+
+typedef struct {
+    bool done;
+    broker_transfer_t t;
+    char old_sid[64], new_sid[64], reason[32], ip[16], label[64], fqdn[64], old_edge[64];
+    bool via;
+} xfer_t;
+
+static void s_on_xfer(void *arg, const broker_transfer_t *t)
+{
+    xfer_t *x = arg;
+    x->done = true;
+    x->t = *t;
+    if (t->res == BROKER_XFER_OK) {
+        snprintf(x->old_sid, sizeof(x->old_sid), "%s", t->old.session_id);
+        snprintf(x->new_sid, sizeof(x->new_sid), "%s", t->cur.session_id);
+        snprintf(x->reason, sizeof(x->reason), "%s", t->reason);
+        snprintf(x->ip, sizeof(x->ip), "%s", t->cur.ip);
+        snprintf(x->label, sizeof(x->label), "%s", t->cur.label);
+        snprintf(x->fqdn, sizeof(x->fqdn), "%s", t->cur.fqdn);
+        snprintf(x->old_edge, sizeof(x->old_edge), "%s", t->old.edge_id);
+        x->via = t->cur.via_transfer;
+        assert_string_equal(t->old.ip, t->cur.ip);
+        assert_string_equal(t->old.fqdn, t->cur.fqdn);
+    }
+}
+
+static bool s_xdone(void *arg)
+{
+    return ((xfer_t *)arg)->done;
+}
+
+static xfer_t s_transfer(fx_t *f, const char *offer, const char *user, const char *edge)
+{
+    xfer_t x = {0};
+    assert_int_equal(broker_store_transfer(f->s, offer, user, "phone", edge, "127.0.0.2:6000",
+                                           "cd34", s_on_xfer, &x),
+                     0);
+    assert_true(rbt_wait(f->loop, s_xdone, &x, 3000));
+    return x;
+}
+
+static res_t s_begin_ttl(fx_t *f, const char *user, unsigned ttl)
+{
+    res_t r = {0};
+    assert_int_equal(broker_store_begin(f->s, user, user, "alt", "laptop", "edge-1",
+                                        "127.0.0.1:5000", ttl, s_on_begin, &r),
+                     0);
+    assert_true(rbt_wait(f->loop, s_done, &r, 3000));
+    return r;
+}
+
+static long long s_seq(fx_t *f)
+{
+    redisReply *rep = rbt_cmd(&f->rs, "GET rb:events:seq");
+    long long v = rep && rep->str ? atoll(rep->str) : 0;
+    freeReplyObject(rep);
+    return v;
+}
+
+/* A ZSET score as an integer (ms), or -1 when the member is absent. */
+static long long s_zscore(fx_t *f, const char *key, const char *member)
+{
+    redisReply *rep = rbt_cmd(&f->rs, "ZSCORE %s %s", key, member);
+    long long v = rep && rep->type == REDIS_REPLY_STRING ? atoll(rep->str) : -1;
+    freeReplyObject(rep);
+    return v;
+}
+
+static void s_assert_hget(fx_t *f, const char *key, const char *field, const char *want)
+{
+    redisReply *rep = rbt_cmd(&f->rs, "HGET %s %s", key, field);
+    assert_non_null(rep);
+    assert_int_equal(rep->type, REDIS_REPLY_STRING);
+    assert_string_equal(rep->str, want);
+    freeReplyObject(rep);
+}
+
+static void test_transfer(void **state)
+{
+    fx_t *f = *state;
+    res_t a = s_begin(f, "alice", "alice", "alt");
+    s_commit(f, a.sid, "10.0.0.5");
+    res_t o = s_begin(f, "alice", "alice", "alt");
+    assert_int_equal(o.res, BROKER_BEGIN_OFFER);
+    /* Someone else's offer is no offer. */
+    assert_int_equal(s_transfer(f, o.offer, "bob", "edge-2").t.res, BROKER_XFER_EXPIRED);
+    long long seq0 = s_seq(f);
+    xfer_t x = s_transfer(f, o.offer, "alice", "edge-2");
+    assert_int_equal(x.t.res, BROKER_XFER_OK);
+    assert_string_equal(x.old_sid, a.sid);
+    assert_string_not_equal(x.new_sid, a.sid);
+    assert_int_equal(strlen(x.new_sid), BROKER_SESSION_ID_LEN);
+    assert_string_equal(x.reason, "transferred");
+    assert_string_equal(x.ip, "10.0.0.5");
+    assert_string_equal(x.label, "alice");
+    assert_string_equal(x.old_edge, "edge-1");
+    assert_true(x.via);
+    assert_int_equal(x.t.down_seq, (uint64_t)seq0 + 1);
+    assert_int_equal(x.t.up_seq, (uint64_t)seq0 + 2);
+    /* Redis: one live session, the new one, with the address; old gone. */
+    assert_int_equal(rbt_cmd_int(&f->rs, "SCARD rb:sessions:live"), 1);
+    assert_int_equal(rbt_cmd_int(&f->rs, "SISMEMBER rb:sessions:live %s", x.new_sid), 1);
+    assert_int_equal(rbt_cmd_int(&f->rs, "EXISTS rb:session:%s", a.sid), 0);
+    redisReply *rep = rbt_cmd(&f->rs, "GET rb:user:alice");
+    assert_string_equal(rep->str, x.new_sid);
+    freeReplyObject(rep);
+    char key[80];
+    snprintf(key, sizeof(key), "rb:session:%s", x.new_sid);
+    s_assert_hget(f, key, "ip", "10.0.0.5");
+    s_assert_hget(f, key, "via_transfer", "1");
+    s_assert_hget(f, key, "token_sha256", "cd34");
+    s_assert_hget(f, key, "edge", "edge-2");
+    s_assert_hget(f, "rb:sessions:by_ip", "10.0.0.5", x.new_sid);
+    assert_int_equal(rbt_cmd_int(&f->rs, "ZCARD rb:sessions:seen"), 1);
+    assert_true(s_zscore(f, "rb:sessions:seen", x.new_sid) > 1700000000000ll);
+    assert_int_equal(rbt_cmd_int(&f->rs, "EXISTS rb:offer:%s", o.offer), 0);
+    /* One accept per offer. */
+    assert_int_equal(s_transfer(f, o.offer, "alice", "edge-3").t.res, BROKER_XFER_EXPIRED);
+    assert_int_equal(s_seq(f), seq0 + 2);
+}
+
+static void test_transfer_expired_changes_nothing(void **state)
+{
+    fx_t *f = *state;
+    res_t a = s_begin(f, "alice", "alice", "alt");
+    s_commit(f, a.sid, "10.0.0.5");
+    res_t o = s_begin_ttl(f, "alice", 1);
+    assert_int_equal(o.res, BROKER_BEGIN_OFFER);
+    rbt_sleep_ms(1100);
+    long long seq0 = s_seq(f);
+    assert_int_equal(s_transfer(f, o.offer, "alice", "edge-2").t.res, BROKER_XFER_EXPIRED);
+    assert_int_equal(s_seq(f), seq0);
+    redisReply *rep = rbt_cmd(&f->rs, "GET rb:user:alice");
+    assert_string_equal(rep->str, a.sid);
+    freeReplyObject(rep);
+    assert_int_equal(rbt_cmd_int(&f->rs, "SISMEMBER rb:sessions:live %s", a.sid), 1);
+    assert_int_equal(rbt_cmd_int(&f->rs, "SCARD rb:sessions:live"), 1);
+}
+
+static void test_three_accepts(void **state)
+{
+    fx_t *f = *state;
+    res_t a = s_begin(f, "alice", "alice", "alt");
+    s_commit(f, a.sid, "10.0.0.5");
+    /* Three devices get offers for the same session, then accept in turn:
+     * each accept ends whatever session is current; the last one wins. */
+    res_t o[3];
+    for (int i = 0; i < 3; i++) {
+        o[i] = s_begin(f, "alice", "alice", "alt");
+        assert_int_equal(o[i].res, BROKER_BEGIN_OFFER);
+        assert_string_equal(o[i].sid, a.sid);
+    }
+    const char *want[] = {"transferred", "replaced", "replaced"};
+    char prev[64];
+    snprintf(prev, sizeof(prev), "%s", a.sid);
+    xfer_t x;
+    for (int i = 0; i < 3; i++) {
+        char edge[16];
+        snprintf(edge, sizeof(edge), "edge-%d", i + 2);
+        x = s_transfer(f, o[i].offer, "alice", edge);
+        assert_int_equal(x.t.res, BROKER_XFER_OK);
+        assert_string_equal(x.reason, want[i]);
+        assert_string_equal(x.old_sid, prev); /* the current one, not the offered one */
+        assert_string_equal(x.ip, "10.0.0.5");
+        snprintf(prev, sizeof(prev), "%s", x.new_sid);
+        assert_int_equal(rbt_cmd_int(&f->rs, "SCARD rb:sessions:live"), 1);
+    }
+    assert_int_equal(rbt_cmd_int(&f->rs, "SISMEMBER rb:sessions:live %s", x.new_sid), 1);
+    s_assert_hget(f, "rb:sessions:by_ip", "10.0.0.5", x.new_sid);
+}
+
+static void test_transfer_gone_and_pending(void **state)
+{
+    fx_t *f = *state;
+    res_t a = s_begin(f, "alice", "alice", "alt");
+    s_commit(f, a.sid, "10.0.0.5");
+    res_t o1 = s_begin(f, "alice", "alice", "alt");
+    res_t o2 = s_begin(f, "alice", "alice", "alt");
+    s_end(f, a.sid); /* logoff races the accept, and wins */
+    assert_int_equal(s_transfer(f, o1.offer, "alice", "edge-2").t.res, BROKER_XFER_GONE);
+    assert_int_equal(rbt_cmd_int(&f->rs, "EXISTS rb:user:alice"), 0);
+    res_t p = s_begin(f, "alice", "alice", "alt"); /* a logon in flight */
+    assert_int_equal(p.res, BROKER_BEGIN_CLAIMED);
+    assert_int_equal(s_transfer(f, o2.offer, "alice", "edge-2").t.res, BROKER_XFER_PENDING);
+    redisReply *rep = rbt_cmd(&f->rs, "GET rb:user:alice");
+    assert_string_equal(rep->str, p.sid);
+    freeReplyObject(rep);
+    /* A pending claim gets no offer either. */
+    assert_int_equal(s_begin(f, "alice", "alice", "alt").res, BROKER_BEGIN_EXISTS);
+}
+
+typedef struct {
+    bool done;
+    int rc;
+    char why[32];
+    uint64_t seq;
+    char edge[32], device[32], ip[16];
+    uint64_t seen;
+} resume_t;
+
+static void s_on_resume(void *arg, int rc, const char *why, uint64_t seq, const broker_session_t *s)
+{
+    resume_t *r = arg;
+    r->done = true;
+    r->rc = rc;
+    r->seq = seq;
+    snprintf(r->why, sizeof(r->why), "%s", why);
+    if (s) {
+        snprintf(r->edge, sizeof(r->edge), "%s", s->edge_id);
+        snprintf(r->device, sizeof(r->device), "%s", s->device);
+        snprintf(r->ip, sizeof(r->ip), "%s", s->ip);
+        r->seen = s->last_seen_ms;
+    }
+}
+
+static bool s_rdone(void *arg)
+{
+    return ((resume_t *)arg)->done;
+}
+
+static resume_t s_resume(fx_t *f, const char *sid, const char *tok, const char *device)
+{
+    resume_t r = {0};
+    assert_int_equal(
+        broker_store_resume(f->s, sid, tok, device, "edge-9", "127.0.0.9:1", s_on_resume, &r), 0);
+    assert_true(rbt_wait(f->loop, s_rdone, &r, 3000));
+    return r;
+}
+
+static void test_resume(void **state)
+{
+    fx_t *f = *state;
+    res_t a = s_begin(f, "alice", "alice", "alt");
+    s_commit(f, a.sid, "10.0.0.5"); /* token sha "ab12" */
+    long long seq0 = s_seq(f);
+    resume_t r = s_resume(f, a.sid, "ab12", "");
+    assert_int_equal(r.rc, 1);
+    assert_int_equal(r.seq, (uint64_t)seq0 + 1);
+    assert_string_equal(r.edge, "edge-9");
+    assert_string_equal(r.device, "laptop"); /* kept: none given */
+    assert_string_equal(r.ip, "10.0.0.5");
+    assert_true(r.seen > 1700000000000ull);
+    char key[80];
+    snprintf(key, sizeof(key), "rb:session:%s", a.sid);
+    s_assert_hget(f, key, "edge", "edge-9");
+    s_assert_hget(f, key, "source", "127.0.0.9:1");
+    r = s_resume(f, a.sid, "ab12", "tablet");
+    assert_string_equal(r.device, "tablet");
+    r = s_resume(f, a.sid, "ab13", "");
+    assert_int_equal(r.rc, 0);
+    assert_string_equal(r.why, "wrong token");
+    r = s_resume(f, "0123456789abcdef0123456789abcdef", "ab12", "");
+    assert_int_equal(r.rc, 0);
+    assert_string_equal(r.why, "unknown session");
+    s_end(f, a.sid);
+    r = s_resume(f, a.sid, "ab12", "");
+    assert_int_equal(r.rc, 0);
+    assert_string_equal(r.why, "unknown session");
+    /* A refused resume changes nothing. */
+    assert_int_equal(s_seq(f), seq0 + 3);
+}
+
+typedef struct {
+    bool done;
+    int rc;
+    size_t n;
+    char gone[8][64];
+} refresh_t;
+
+static void s_on_refresh(void *arg, int rc, const char *const *gone, size_t n)
+{
+    refresh_t *r = arg;
+    r->done = true;
+    r->rc = rc;
+    r->n = n;
+    for (size_t i = 0; i < n && i < 8; i++)
+        snprintf(r->gone[i], sizeof(r->gone[i]), "%s", gone[i]);
+}
+
+static bool s_fdone(void *arg)
+{
+    return ((refresh_t *)arg)->done;
+}
+
+static void test_refresh(void **state)
+{
+    fx_t *f = *state;
+    char sids[3][64];
+    const char *users[] = {"u1", "u2", "u3"};
+    for (int i = 0; i < 3; i++) {
+        res_t b = s_begin(f, users[i], users[i], "alt");
+        s_commit(f, b.sid, "");
+        snprintf(sids[i], sizeof(sids[i]), "%s", b.sid);
+        assert_int_equal(rbt_cmd_int(&f->rs, "ZADD rb:sessions:seen 1000 %s", b.sid), 0);
+    }
+    s_end(f, sids[1]);
+    assert_int_equal(s_resume(f, sids[2], "ab12", "").rc, 1); /* now on edge-9 */
+    assert_int_equal(rbt_cmd_int(&f->rs, "ZADD rb:sessions:seen 1000 %s", sids[2]), 0);
+    const char *ids[] = {sids[0], sids[1], sids[2], "ffffffffffffffffffffffffffffffff"};
+    refresh_t r = {0};
+    assert_int_equal(broker_store_refresh(f->s, "edge-1", ids, 4, s_on_refresh, &r), 0);
+    assert_true(rbt_wait(f->loop, s_fdone, &r, 3000));
+    assert_int_equal(r.rc, 0);
+    assert_int_equal(r.n, 3);
+    assert_string_equal(r.gone[0], sids[1]);
+    assert_string_equal(r.gone[1], sids[2]); /* live, but on another edge */
+    assert_string_equal(r.gone[2], ids[3]);
+    assert_true(s_zscore(f, "rb:sessions:seen", sids[0]) > 1700000000000ll);
+    assert_int_equal(s_zscore(f, "rb:sessions:seen", sids[2]), 1000);
+    assert_int_equal(s_zscore(f, "rb:sessions:seen", sids[1]), -1);
+    /* Thousands of ids in one call. */
+    enum { MANY = 5000 };
+    static char many[MANY][40];
+    static const char *mp[MANY];
+    for (int i = 0; i < MANY; i++) {
+        snprintf(many[i], sizeof(many[i]), "%032x", i);
+        mp[i] = many[i];
+    }
+    mp[MANY - 1] = sids[0];
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(broker_store_refresh(f->s, "", mp, MANY, s_on_refresh, &r), 0);
+    assert_true(rbt_wait(f->loop, s_fdone, &r, 5000));
+    assert_int_equal(r.rc, 0);
+    assert_int_equal(r.n, MANY - 1);
+}
+
+typedef struct {
+    bool done;
+    int rc;
+    size_t n;
+    char sids[8][64];
+    uint64_t seqs[8];
+} sweep_t;
+
+static void s_on_sweep(void *arg, int rc, const uint64_t *seqs, const broker_session_t *s, size_t n)
+{
+    sweep_t *r = arg;
+    r->done = true;
+    r->rc = rc;
+    r->n = n;
+    for (size_t i = 0; i < n && i < 8; i++) {
+        snprintf(r->sids[i], sizeof(r->sids[i]), "%s", s[i].session_id);
+        r->seqs[i] = seqs[i];
+    }
+}
+
+static bool s_sdone(void *arg)
+{
+    return ((sweep_t *)arg)->done;
+}
+
+static sweep_t s_sweep(fx_t *f, uint64_t idle, uint64_t life, unsigned limit)
+{
+    sweep_t r = {0};
+    assert_int_equal(broker_store_sweep(f->s, idle, life, limit, s_on_sweep, &r), 0);
+    assert_true(rbt_wait(f->loop, s_sdone, &r, 3000));
+    assert_int_equal(r.rc, 0);
+    return r;
+}
+
+static void test_sweep(void **state)
+{
+    fx_t *f = *state;
+    char sids[5][64];
+    for (int i = 0; i < 5; i++) {
+        char user[8];
+        snprintf(user, sizeof(user), "u%d", i);
+        res_t b = s_begin(f, user, user, "alt");
+        s_commit(f, b.sid, "");
+        snprintf(sids[i], sizeof(sids[i]), "%s", b.sid);
+    }
+    assert_int_equal(s_sweep(f, 60000, 0, 500).n, 0); /* all fresh */
+    /* Three idle for long; one too old (lifetime). */
+    for (int i = 0; i < 3; i++)
+        rbt_cmd_int(&f->rs, "ZADD rb:sessions:seen 1000 %s", sids[i]);
+    rbt_cmd_int(&f->rs, "ZADD rb:sessions:since 1000 %s", sids[3]);
+    long long seq0 = s_seq(f);
+    sweep_t r = s_sweep(f, 60000, 0, 2); /* bounded: two per run */
+    assert_int_equal(r.n, 2);
+    assert_int_equal(r.seqs[0], (uint64_t)seq0 + 1);
+    assert_int_equal(r.seqs[1], (uint64_t)seq0 + 2);
+    r = s_sweep(f, 60000, 0, 2);
+    assert_int_equal(r.n, 1);
+    assert_int_equal(rbt_cmd_int(&f->rs, "SCARD rb:sessions:live"), 2);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(rbt_cmd_int(&f->rs, "EXISTS rb:session:%s", sids[i]), 0);
+    assert_int_equal(s_sweep(f, 60000, 0, 500).n, 0); /* no lifetime limit */
+    r = s_sweep(f, 60000, 86400000, 500);
+    assert_int_equal(r.n, 1);
+    assert_string_equal(r.sids[0], sids[3]);
+    assert_int_equal(rbt_cmd_int(&f->rs, "SCARD rb:sessions:live"), 1);
+    assert_int_equal(rbt_cmd_int(&f->rs, "ZCARD rb:sessions:seen"), 1);
+    assert_int_equal(rbt_cmd_int(&f->rs, "ZCARD rb:sessions:since"), 1);
+}
+
+typedef struct {
+    bool done;
+    int rc;
+    size_t n;
+    char user[8][32];
+    char ip[8][16];
+} list_t;
+
+static void s_on_list(void *arg, int rc, uint64_t seq, const broker_session_t *s, size_t n)
+{
+    list_t *r = arg;
+    r->done = true;
+    r->rc = rc;
+    r->n = n;
+    for (size_t i = 0; i < n && i < 8; i++) {
+        snprintf(r->user[i], sizeof(r->user[i]), "%s", s[i].user);
+        snprintf(r->ip[i], sizeof(r->ip[i]), "%s", s[i].ip);
+    }
+}
+
+static bool s_ldone(void *arg)
+{
+    return ((list_t *)arg)->done;
+}
+
+static list_t s_list(fx_t *f, broker_list_by_t by, const char *key)
+{
+    list_t r = {0};
+    assert_int_equal(broker_store_list(f->s, by, key, s_on_list, &r), 0);
+    assert_true(rbt_wait(f->loop, s_ldone, &r, 3000));
+    assert_int_equal(r.rc, 0);
+    return r;
+}
+
+static void test_kick_and_lists(void **state)
+{
+    fx_t *f = *state;
+    res_t a = s_begin(f, "alice", "alice", "alt");
+    s_commit(f, a.sid, "10.0.0.5");
+    res_t b = s_begin(f, "bob", "bob", "alt");
+    s_commit(f, b.sid, "10.0.0.6");
+    assert_int_equal(s_list(f, BROKER_LIST_ALL, NULL).n, 2);
+    list_t l = s_list(f, BROKER_LIST_USER, "bob");
+    assert_int_equal(l.n, 1);
+    assert_string_equal(l.ip[0], "10.0.0.6");
+    l = s_list(f, BROKER_LIST_IP, "10.0.0.5");
+    assert_int_equal(l.n, 1);
+    assert_string_equal(l.user[0], "alice");
+    assert_int_equal(s_list(f, BROKER_LIST_USER, "carol").n, 0);
+    assert_int_equal(s_list(f, BROKER_LIST_IP, "10.0.0.7").n, 0);
+
+    res_t k = {0};
+    assert_int_equal(broker_store_end_user(f->s, "alice", "kicked", s_on_end, &k), 0);
+    assert_true(rbt_wait(f->loop, s_done, &k, 3000));
+    assert_int_equal(k.rc, 1);
+    assert_string_equal(k.sid, a.sid);
+    assert_string_equal(k.ip, "10.0.0.5");
+    assert_int_equal(s_list(f, BROKER_LIST_IP, "10.0.0.5").n, 0);
+    assert_int_equal(rbt_cmd_int(&f->rs, "HEXISTS rb:sessions:by_ip 10.0.0.5"), 0);
+    memset(&k, 0, sizeof(k));
+    assert_int_equal(broker_store_end_user(f->s, "alice", "kicked", s_on_end, &k), 0);
+    assert_true(rbt_wait(f->loop, s_done, &k, 3000));
+    assert_int_equal(k.rc, 0);
+
+    /* lease_wanted: by the session, by the user's successor, or not. */
+    res_t w = {0};
+    assert_int_equal(broker_store_lease_wanted(f->s, b.sid, "bob", "10.0.0.6", s_on_found, &w), 0);
+    assert_true(rbt_wait(f->loop, s_done, &w, 3000));
+    assert_int_equal(w.rc, 1);
+    memset(&w, 0, sizeof(w));
+    assert_int_equal(broker_store_lease_wanted(f->s, a.sid, "bob", "10.0.0.6", s_on_found, &w), 0);
+    assert_true(rbt_wait(f->loop, s_done, &w, 3000));
+    assert_int_equal(w.rc, 1);
+    memset(&w, 0, sizeof(w));
+    assert_int_equal(broker_store_lease_wanted(f->s, a.sid, "alice", "10.0.0.5", s_on_found, &w),
+                     0);
+    assert_true(rbt_wait(f->loop, s_done, &w, 3000));
+    assert_int_equal(w.rc, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -338,6 +817,14 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_label_owned_by_other_user, setup, teardown),
         cmocka_unit_test_setup_teardown(test_seq_and_snapshot, setup, teardown),
         cmocka_unit_test_setup_teardown(test_end_unknown_and_stats, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_transfer, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_transfer_expired_changes_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_three_accepts, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_transfer_gone_and_pending, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resume, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_refresh, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sweep, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kick_and_lists, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
