@@ -1,9 +1,13 @@
 /* reachback-client: the device side. `connect` logs on through an edge and
- * stays connected until SIGINT/SIGTERM, then logs off. Human output goes to
- * stdout and stderr; the libraries' JSON log lines go to stderr, and only
- * errors unless --verbose. */
+ * stays connected until SIGINT/SIGTERM, then logs off; it answers a
+ * transfer offer (asking the person, or as --transfer says) and resumes
+ * the session through another edge when the connection drops. Human output
+ * goes to stdout and stderr; the libraries' JSON log lines go to stderr,
+ * and only errors unless --verbose. */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <time.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +23,7 @@
 #include "rb_tls.h"
 
 #define EXIT_USAGE 2
+#define DEFAULT_RESUME_TIMEOUT_S 60
 
 static const char s_usage[] =
     "usage: reachback-client COMMAND [OPTIONS]\n"
@@ -28,15 +33,24 @@ static const char s_usage[] =
     "             SIGINT or SIGTERM logs off and exits 0\n"
     "\n"
     "Options of connect:\n"
-    "  --server HOST:PORT     the edge's tunnel address (required)\n"
+    "  --server HOST:PORT     an edge's tunnel address (required); give every edge of the\n"
+    "                         cluster (repeat the option, or a comma list): the first is\n"
+    "                         tried first, and a dropped session resumes on the next\n"
     "  --ca FILE              CA certificate the edge's certificate must chain to (required)\n"
     "  --user NAME            user name (required)\n"
     "  --password-file FILE   file whose first line is the password (required)\n"
     "  --device NAME          a name for this device, shown to operators\n"
+    "  --transfer ask|yes|no  when the user has a session already (default ask): ask at\n"
+    "                         the terminal whether to take it over; yes: take it over;\n"
+    "                         no: leave it alone and exit 10. ask without a terminal\n"
+    "                         declines (exit 10)\n"
+    "  --resume-timeout SEC   after the connection drops, try to resume the session for\n"
+    "                         this long (default 60, the broker's session_timeout; 0: never)\n"
     "  --server-name NAME     name (or IP) the certificate must carry; default: HOST\n"
     "  --cert FILE --key FILE client certificate, when the edge asks for one\n"
     "  --status-file FILE     write {\"user\",\"ip\",\"fqdn\",\"session\"} as JSON while logged\n"
-    "                         on (replaced atomically; removed at exit)\n"
+    "                         on (replaced atomically, again after a resume; ip and fqdn\n"
+    "                         are \"\" without an intranet address; removed at exit)\n"
     "  --verbose, -v          log lines (JSON, on stderr); twice for debug\n"
     "\n"
     "Other options:\n"
@@ -51,13 +65,26 @@ static const char s_usage[] =
     "  4  logon failed: invalid user name or password\n"
     "  5  logon refused: too many failed attempts, wait and retry\n"
     "  6  server unavailable, or no intranet address free\n"
-    "  7  the user already has a session\n"
-    "  8  connection lost, or closed by the edge\n"
-    "  9  protocol error between client and edge\n";
+    "  7  the user already has a session (and no transfer could be offered)\n"
+    "  8  connection lost, and the session could not be resumed in --resume-timeout\n"
+    "  9  protocol error between client and edge\n"
+    "  10 transfer declined (answered no, --transfer no, or no terminal to ask)\n"
+    "  11 session transferred to another device\n"
+    "  12 replaced by a newer logon\n"
+    "  13 closed by administrator\n"
+    "  14 session expired\n"
+    "  15 transfer offer expired\n"
+    "  16 resume refused (the session ended, or the token was refused)\n";
 
 typedef struct {
-    const char *server, *ca, *user, *password_file, *device, *server_name;
+    const char *servers[CLIENT_MAX_SERVERS];
+    size_t n_servers;
+    char *server_lists[CLIENT_MAX_SERVERS];   /* strdup'ed --server values */
+    size_t n_lists;
+    const char *ca, *user, *password_file, *device, *server_name;
     const char *cert, *key, *status_file;
+    enum { TRANSFER_ASK, TRANSFER_YES, TRANSFER_NO } transfer;
+    unsigned resume_timeout_s;
     int verbose;
 } opts_t;
 
@@ -68,6 +95,12 @@ typedef struct {
     client_result_t result;
     bool logged_on;
     bool status_written;
+    /* --transfer ask: the terminal being asked, while it is */
+    int ask_fd;
+    bool ask_own_fd;          /* opened /dev/tty: close it */
+    FILE *ask_out;
+    char answer[64];
+    size_t answer_len;
 } app_t;
 
 static int s_usage_error(const char *fmt, const char *arg)
@@ -76,6 +109,24 @@ static int s_usage_error(const char *fmt, const char *arg)
     fprintf(stderr, fmt, arg);
     fprintf(stderr, "\nTry 'reachback-client --help'.\n");
     return EXIT_USAGE;
+}
+
+/* --server HOST:PORT[,HOST:PORT...], repeatable. 0 or an exit code. */
+static int s_add_servers(opts_t *o, const char *arg)
+{
+    if (o->n_lists == CLIENT_MAX_SERVERS) return s_usage_error("%s", "too many --server options");
+    char *list = strdup(arg);
+    if (!list) return 1;
+    o->server_lists[o->n_lists++] = list;
+    char *save = NULL;
+    for (char *sv = strtok_r(list, ", ", &save); sv; sv = strtok_r(NULL, ", ", &save)) {
+        if (o->n_servers == CLIENT_MAX_SERVERS)
+            return s_usage_error("more than %s servers", "16");
+        if (!strrchr(sv, ':')) return s_usage_error("--server '%s' is not HOST:PORT", sv);
+        o->servers[o->n_servers++] = sv;
+    }
+    if (o->n_servers == 0) return s_usage_error("%s", "--server needs HOST:PORT");
+    return 0;
 }
 
 /* The first line of path, without its line ending. 0 or -1. */
@@ -124,8 +175,13 @@ static void s_on_logon(void *arg, const client_logon_info_t *info)
 {
     app_t *app = arg;
     app->logged_on = true;
-    printf("logged on as %s: ip %s, name %s\n", app->o->user, info->ip ? info->ip : "",
-           info->fqdn ? info->fqdn : "");
+    if (info->resumed)
+        printf("resumed session on %s: ip %s, name %s\n", info->edge_id, info->ip, info->fqdn);
+    else if (info->no_address)
+        printf("logged on as %s without an intranet address (pool full; outbound traffic is "
+               "NATed)\n", app->o->user);
+    else
+        printf("logged on as %s: ip %s, name %s\n", app->o->user, info->ip, info->fqdn);
     fflush(stdout);
     if (app->o->status_file) {
         if (s_write_status(app->o->status_file, app->o->user, info) == 0)
@@ -136,10 +192,136 @@ static void s_on_logon(void *arg, const client_logon_info_t *info)
     }
 }
 
+/* ---- the transfer question ---- */
+
+static void s_ask_done(app_t *app)
+{
+    if (app->ask_fd < 0) return;
+    rb_loop_del_fd(app->loop, app->ask_fd);
+    if (app->ask_own_fd) {
+        fclose(app->ask_out);   /* closes ask_fd too */
+    }
+    app->ask_fd = -1;
+    app->ask_out = NULL;
+    app->ask_own_fd = false;
+}
+
+/* y or yes (any case) accepts; anything else, or end of input, declines. */
+static bool s_yes(const char *line)
+{
+    while (*line == ' ' || *line == '\t') line++;
+    size_t n = strcspn(line, " \t\r\n");
+    return (n == 1 && (line[0] == 'y' || line[0] == 'Y')) ||
+           (n == 3 && strncasecmp(line, "yes", 3) == 0);
+}
+
+static void s_on_answer_input(rb_loop_t *loop, int fd, unsigned events, void *arg)
+{
+    app_t *app = arg;
+    char buf[64];
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    bool eof = n <= 0;
+    for (ssize_t i = 0; i < n; i++) {
+        if (buf[i] == '\n') {
+            eof = true;   /* the line is complete */
+            break;
+        }
+        if (app->answer_len < sizeof app->answer - 1) app->answer[app->answer_len++] = buf[i];
+    }
+    if (!eof) return;
+    app->answer[app->answer_len] = '\0';
+    bool yes = n > 0 && s_yes(app->answer);
+    if (n <= 0 && app->ask_out) fputs("\n", app->ask_out);
+    s_ask_done(app);
+    client_session_answer(app->s, yes);
+}
+
+static void s_describe_offer(char *out, size_t len, const char *user, const client_offer_t *o)
+{
+    char since[64] = "an unknown time";
+    time_t t = (time_t)(o->since_ms / 1000);
+    struct tm tm;
+    if (o->since_ms && gmtime_r(&t, &tm)) strftime(since, sizeof since, "%Y-%m-%d %H:%M:%S UTC", &tm);
+    snprintf(out, len, "%s already has a session since %s from device \"%s\" (edge %s, %s).",
+             user, since, o->device, *o->edge_id ? o->edge_id : "?",
+             *o->source ? o->source : "unknown address");
+}
+
+static void s_on_offer(void *arg, const client_offer_t *o)
+{
+    app_t *app = arg;
+    char what[512];
+    s_describe_offer(what, sizeof what, app->o->user, o);
+    if (app->o->transfer == TRANSFER_YES) {
+        printf("%s\nTransferring it to this device (--transfer yes).\n", what);
+        fflush(stdout);
+        client_session_answer(app->s, true);
+        return;
+    }
+    if (app->o->transfer == TRANSFER_NO) {
+        printf("%s\nLeaving it alone (--transfer no).\n", what);
+        fflush(stdout);
+        client_session_answer(app->s, false);
+        return;
+    }
+    /* ask: on stdin when it is a terminal, else on the controlling
+     * terminal if there is one and the person can see our output (a
+     * script with everything redirected is not asked). */
+    app->answer_len = 0;
+    if (isatty(STDIN_FILENO)) {
+        app->ask_fd = STDIN_FILENO;
+        app->ask_out = stdout;
+    } else {
+        int fd = isatty(fileno(stdout)) || isatty(STDERR_FILENO)
+                     ? open("/dev/tty", O_RDWR | O_NOCTTY | O_CLOEXEC)
+                     : -1;
+        FILE *f = fd >= 0 ? fdopen(fd, "r+") : NULL;
+        if (!f) {
+            if (fd >= 0) close(fd);
+            fprintf(stderr, "reachback-client: %s\nreachback-client: no terminal to ask whether "
+                    "to transfer it; declined (use --transfer yes to take it over)\n", what);
+            client_session_answer(app->s, false);
+            return;
+        }
+        app->ask_fd = fd;
+        app->ask_out = f;
+        app->ask_own_fd = true;
+    }
+    char expires[64];
+    if (o->expires_in_s >= 60 && o->expires_in_s % 60 == 0)
+        snprintf(expires, sizeof expires, "%u minute%s", o->expires_in_s / 60,
+                 o->expires_in_s == 60 ? "" : "s");
+    else
+        snprintf(expires, sizeof expires, "%u second%s", o->expires_in_s,
+                 o->expires_in_s == 1 ? "" : "s");
+    fprintf(app->ask_out, "%s\nTransfer it to this device? The offer expires in %s. [y/N] ",
+            what, expires);
+    fflush(app->ask_out);
+    if (rb_loop_add_fd(app->loop, app->ask_fd, RB_EV_READ, s_on_answer_input, app) < 0) {
+        fprintf(stderr, "reachback-client: cannot read the answer; declined\n");
+        s_ask_done(app);
+        client_session_answer(app->s, false);
+    }
+}
+
+static void s_on_resuming(void *arg, const char *why)
+{
+    app_t *app = arg;
+    fprintf(stderr, "reachback-client: connection lost (%s); resuming the session\n", why);
+    (void)app;
+}
+
 static void s_on_end(void *arg, client_result_t r, const char *msg)
 {
     app_t *app = arg;
     app->result = r;
+    if (app->ask_fd >= 0) {
+        /* The question is moot now (e.g. the offer ran out). */
+        fputs("\n", app->ask_out);
+        fflush(app->ask_out);
+        s_ask_done(app);
+    }
     switch (r) {
     case CLIENT_OK: break;
     case CLIENT_BAD_CREDENTIALS:
@@ -149,6 +331,18 @@ static void s_on_end(void *arg, client_result_t r, const char *msg)
     case CLIENT_UNAVAILABLE:
     case CLIENT_SESSION_EXISTS:
         fprintf(stderr, "reachback-client: logon failed: %s\n", msg);
+        break;
+    /* Fixed words, so that people and scripts can rely on them; the
+     * edge's own message may say more. */
+    case CLIENT_DECLINED:
+    case CLIENT_TRANSFERRED:
+    case CLIENT_REPLACED:
+    case CLIENT_KICKED:
+    case CLIENT_EXPIRED:
+    case CLIENT_OFFER_EXPIRED:
+    case CLIENT_RESUME_REFUSED:
+        printf("%s\n", client_result_str(r));
+        fflush(stdout);
         break;
     default: fprintf(stderr, "reachback-client: %s\n", msg);
     }
@@ -163,7 +357,7 @@ static void s_on_signal(rb_loop_t *loop, int signo, void *arg)
 
 static int s_connect(opts_t *o)
 {
-    if (!o->server || !o->ca || !o->user || !o->password_file)
+    if (!o->n_servers || !o->ca || !o->user || !o->password_file)
         return s_usage_error("%s", "connect needs --server, --ca, --user and --password-file");
     if ((o->cert == NULL) != (o->key == NULL))
         return s_usage_error("%s", "--cert and --key go together");
@@ -183,22 +377,24 @@ static int s_connect(opts_t *o)
     /* A write to a connection the edge just closed must not kill us. */
     signal(SIGPIPE, SIG_IGN);
     rb_loop_t *loop = rb_loop_new();
-    app_t app = {.loop = loop, .o = o, .result = CLIENT_CONNECT_FAILED};
+    app_t app = {.loop = loop, .o = o, .result = CLIENT_CONNECT_FAILED, .ask_fd = -1};
     if (!loop || rb_loop_add_signal(loop, SIGINT, s_on_signal, &app) < 0 ||
         rb_loop_add_signal(loop, SIGTERM, s_on_signal, &app) < 0) {
         fprintf(stderr, "reachback-client: cannot set up the event loop\n");
         OPENSSL_cleanse(password, sizeof password);
         return 1;
     }
-    client_session_config_t cfg = {o->server, o->server_name, o->user, password, o->device};
-    client_session_handlers_t h = {s_on_logon, s_on_end};
+    client_session_config_t cfg = {o->servers,    o->n_servers, o->server_name,      o->user,
+                                   password,      o->device,    o->resume_timeout_s};
+    client_session_handlers_t h = {s_on_logon, s_on_offer, s_on_resuming, s_on_end};
     app.s = client_session_new(loop, tls, &cfg, &h, &app);
     OPENSSL_cleanse(password, sizeof password);
     if (!app.s) {
-        fprintf(stderr, "reachback-client: cannot connect to %s\n", o->server);
+        fprintf(stderr, "reachback-client: cannot connect to %s\n", o->servers[0]);
     } else {
         rb_loop_run(loop);
     }
+    s_ask_done(&app);
     client_session_destroy(&app.s);
     if (app.status_written) unlink(o->status_file);
     rb_loop_destroy(&loop);
@@ -216,7 +412,7 @@ int main(int argc, char **argv)
         return 1;
     }
     enum { O_SERVER = 256, O_CA, O_USER, O_PWFILE, O_DEVICE, O_NAME, O_CERT, O_KEY, O_STATUS,
-           O_HELP, O_VERSION };
+           O_TRANSFER, O_RESUME_TIMEOUT, O_HELP, O_VERSION };
     static const struct option longopts[] = {
         {"server", required_argument, NULL, O_SERVER},
         {"ca", required_argument, NULL, O_CA},
@@ -227,16 +423,35 @@ int main(int argc, char **argv)
         {"cert", required_argument, NULL, O_CERT},
         {"key", required_argument, NULL, O_KEY},
         {"status-file", required_argument, NULL, O_STATUS},
+        {"transfer", required_argument, NULL, O_TRANSFER},
+        {"resume-timeout", required_argument, NULL, O_RESUME_TIMEOUT},
         {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, O_HELP},
         {"version", no_argument, NULL, O_VERSION},
         {NULL, 0, NULL, 0},
     };
-    opts_t o = {0};
-    int ch;
+    opts_t o = {.resume_timeout_s = DEFAULT_RESUME_TIMEOUT_S};
+    int ch, rc;
     while ((ch = getopt_long(argc, argv, "v", longopts, NULL)) != -1) {
         switch (ch) {
-        case O_SERVER: o.server = optarg; break;
+        case O_SERVER:
+            if ((rc = s_add_servers(&o, optarg)) != 0) return rc;
+            break;
+        case O_TRANSFER:
+            if (strcmp(optarg, "ask") == 0) o.transfer = TRANSFER_ASK;
+            else if (strcmp(optarg, "yes") == 0) o.transfer = TRANSFER_YES;
+            else if (strcmp(optarg, "no") == 0) o.transfer = TRANSFER_NO;
+            else return s_usage_error("--transfer wants ask, yes or no, not '%s'", optarg);
+            break;
+        case O_RESUME_TIMEOUT: {
+            char *end;
+            errno = 0;
+            long v = strtol(optarg, &end, 10);
+            if (errno || end == optarg || *end || v < 0 || v > 86400)
+                return s_usage_error("--resume-timeout wants 0..86400 seconds, not '%s'", optarg);
+            o.resume_timeout_s = (unsigned)v;
+            break;
+        }
         case O_CA: o.ca = optarg; break;
         case O_USER: o.user = optarg; break;
         case O_PWFILE: o.password_file = optarg; break;
@@ -255,6 +470,8 @@ int main(int argc, char **argv)
     if (optind >= argc) return s_usage_error("%s", "no command given");
     const char *cmd = argv[optind];
     if (optind + 1 < argc) return s_usage_error("unexpected argument '%s'", argv[optind + 1]);
-    if (strcmp(cmd, "connect") == 0) return s_connect(&o);
-    return s_usage_error("unknown command '%s'", cmd);
+    if (strcmp(cmd, "connect") == 0) rc = s_connect(&o);
+    else rc = s_usage_error("unknown command '%s'", cmd);
+    for (size_t i = 0; i < o.n_lists; i++) free(o.server_lists[i]);
+    return rc;
 }
