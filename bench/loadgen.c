@@ -10,7 +10,12 @@
  * too, one JSON object a line, so scripts take the line with "logons_per_s".
  *
  * --tls-only stops after the handshake and holds the bare TLS connections:
- * that is how the benchmarks load a peer TLS server (stunnel) the same way. */
+ * that is how the benchmarks load a peer TLS server (stunnel) the same way.
+ *
+ * --resume-server: a held session whose connection drops (its edge died)
+ * comes back through that edge with Resume{session_id, resume_token}, as a
+ * device would, --concurrency at a time; the summary then tells how many
+ * resumed, how fast, and how long from the first drop to the last resume. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
@@ -36,7 +41,7 @@
 #define DNS_RETRANSMIT_MS 200   /* no answer at all: ask again */
 #define DNS_MAX_MSG 512
 
-typedef enum { S_IDLE, S_TLS, S_HELLO, S_LOGON, S_DNS, S_UP, S_LOGOFF, S_DONE } sst_t;
+typedef enum { S_IDLE, S_TLS, S_HELLO, S_LOGON, S_DNS, S_UP, S_LOGOFF, S_DONE, S_RWAIT } sst_t;
 typedef enum { P_LOGON, P_HOLD, P_LOGOFF, P_END } phase_t;
 
 typedef struct lg lg_t;
@@ -55,6 +60,9 @@ typedef struct {
     int dns_id;             /* -1: none assigned */
     uint32_t keepalive_ms;
     uint64_t nonce;
+    char *sid, *token;      /* from LogonOk, for --resume-server */
+    bool resuming;          /* S_TLS..S_LOGON belong to a resume */
+    uint64_t t_drop_us;
 } sess_t;
 
 typedef struct {
@@ -65,6 +73,7 @@ typedef struct {
 struct lg {
     /* options */
     const char *server, *ca, *prefix, *verify_name, *ready_file, *sessions_file;
+    const char *resume_server, *resumed_file;
     char password[256];
     unsigned count, first, concurrency;
     unsigned timeout_ms, logoff_timeout_ms, dns_poll_ms;
@@ -93,12 +102,21 @@ struct lg {
     unsigned next_id;
     rb_timer_t *phase_timer;   /* end of hold, or end of the logoff grace */
     int signals;
+    /* --resume-server */
+    unsigned *rqueue, rq_head, rq_len;   /* dropped sessions waiting to resume */
+    unsigned r_in_flight, r_dropped, resumed, r_failed, r_wrote;
+    uint32_t *resume_us;                 /* drop -> LogonOk, per resume */
+    reason_t r_reasons[MAX_REASONS];
+    unsigned n_r_reasons;
+    uint64_t t_first_drop_us, t_last_resume_us;
 };
 
 static void s_start_more(lg_t *lg);
 static void s_arm_keepalive(sess_t *s);
 static void s_check_phase(lg_t *lg);
 static void s_logoff_phase(lg_t *lg, const char *why);
+static void s_start_resumes(lg_t *lg);
+static void s_resume_settled(lg_t *lg);
 
 static uint64_t s_now_us(void)
 {
@@ -150,6 +168,20 @@ static void s_abort(sess_t *s, const char *why)
 /* Ends a session that never completed its logon, and starts the next. */
 static void s_fail(sess_t *s, const char *why)
 {
+    if (s->resuming) {
+        lg_t *lg = s->lg;
+        s_count(lg->r_reasons, &lg->n_r_reasons, why);
+        s_cancel_timers(s);
+        rb_tconn_destroy(&s->c);
+        s->st = S_DONE;
+        s->resuming = false;
+        lg->r_in_flight--;
+        lg->r_failed++;
+        s_start_resumes(lg);
+        s_resume_settled(lg);
+        s_check_phase(lg);
+        return;
+    }
     s_abort(s, why);
     s->lg->in_flight--;
     s_start_more(s->lg);
@@ -379,6 +411,16 @@ static void s_on_logon_ok(sess_t *s, const Rb__Tunnel__LogonOk *ok)
     lg_t *lg = s->lg;
     s->t_logon_us = s_now_us();
     s->keepalive_ms = ok->keepalive_s ? ok->keepalive_s * 1000u : 30000u;
+    if (lg->resume_server) {
+        free(s->sid);
+        free(s->token);
+        s->sid = strdup(ok->session_id ? ok->session_id : "");
+        s->token = strdup(ok->resume_token ? ok->resume_token : "");
+        if (!s->sid || !s->token) {
+            s_fail(s, "out_of_memory");
+            return;
+        }
+    }
     if (inet_pton(AF_INET, ok->ip, &s->ip) != 1) {
         s_fail(s, "logon_ok_bad_ip");
         return;
@@ -416,6 +458,85 @@ static void s_on_logon_ok(sess_t *s, const Rb__Tunnel__LogonOk *ok)
     s_dns_send(s);
 }
 
+/* ---- resume (--resume-server) ------------------------------------------ */
+
+static void s_session_deadline(rb_loop_t *loop, void *arg);
+static const rb_tconn_handlers_t s_handlers;
+
+static void s_queue_resume(sess_t *s)
+{
+    lg_t *lg = s->lg;
+    s->st = S_RWAIT;
+    s->t_drop_us = s_now_us();
+    if (!lg->t_first_drop_us) lg->t_first_drop_us = s->t_drop_us;
+    lg->r_dropped++;
+    lg->rqueue[(lg->rq_head + lg->rq_len++) % lg->count] = s->idx;
+    s_start_resumes(lg);
+}
+
+static void s_start_resumes(lg_t *lg)
+{
+    while (lg->rq_len > 0 && lg->r_in_flight < lg->concurrency && lg->phase == P_HOLD) {
+        sess_t *s = &lg->s[lg->rqueue[lg->rq_head]];
+        lg->rq_head = (lg->rq_head + 1) % lg->count;
+        lg->rq_len--;
+        if (s->st != S_RWAIT) continue;
+        s->resuming = true;
+        s->st = S_TLS;
+        lg->r_in_flight++;
+        s->deadline = rb_loop_add_timer(lg->loop, lg->timeout_ms, false, s_session_deadline, s);
+        s->c = rb_tconn_dial(lg->loop, lg->ctx, lg->resume_server, lg->verify_name, &s_handlers, s);
+        if (!s->c) s_fail(s, "dial");
+    }
+}
+
+/* Once no session waits or resumes any more, --resumed-file says how it went. */
+static void s_resume_settled(lg_t *lg)
+{
+    if (lg->rq_len || lg->r_in_flight || !lg->r_dropped || lg->r_wrote == lg->r_dropped) return;
+    lg->r_wrote = lg->r_dropped;
+    double el = lg->t_last_resume_us > lg->t_first_drop_us
+                    ? (lg->t_last_resume_us - lg->t_first_drop_us) / 1e6 : 0;
+    rb_info("resumed", "%u of %u dropped sessions resumed in %.3f s", lg->resumed, lg->r_dropped, el);
+    if (!lg->resumed_file) return;
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", lg->resumed_file);
+    FILE *f = fopen(tmp, "w");
+    if (!f) return;
+    fprintf(f, "{\"dropped\":%u,\"resumed\":%u,\"failed\":%u,\"elapsed_s\":%.3f}\n", lg->r_dropped,
+            lg->resumed, lg->r_failed, el);
+    fclose(f);
+    if (rename(tmp, lg->resumed_file) < 0) rb_warn("resumed_file", "%s: %s", lg->resumed_file, strerror(errno));
+}
+
+static void s_on_resumed(sess_t *s, const Rb__Tunnel__LogonOk *ok)
+{
+    lg_t *lg = s->lg;
+    struct in_addr ip;
+    if (!ok->ip || inet_pton(AF_INET, ok->ip, &ip) != 1 || ip.s_addr != s->ip.s_addr) {
+        s_fail(s, "resume_other_address");
+        return;
+    }
+    if (ok->resume_token && *ok->resume_token) {
+        char *t = strdup(ok->resume_token);
+        if (t) {
+            free(s->token);
+            s->token = t;
+        }
+    }
+    uint64_t now = s_now_us();
+    lg->resume_us[lg->resumed++] = (uint32_t)(now - s->t_drop_us);
+    lg->t_last_resume_us = now;
+    s_cancel_timers(s);
+    s->resuming = false;
+    s->st = S_UP;
+    lg->r_in_flight--;
+    lg->up++;
+    s_arm_keepalive(s);
+    s_start_resumes(lg);
+    s_resume_settled(lg);
+}
+
 static void s_on_frame(rb_tconn_t *c, const rb_frame_t *f, void *arg)
 {
     sess_t *s = arg;
@@ -429,7 +550,19 @@ static void s_on_frame(rb_tconn_t *c, const rb_frame_t *f, void *arg)
     }
     switch (m->msg_case) {
     case RB__TUNNEL__TUNNEL_CONTROL__MSG_HELLO_ACK:
-        if (s->st == S_HELLO) {
+        if (s->st == S_HELLO && s->resuming) {
+            Rb__Tunnel__Resume rs = RB__TUNNEL__RESUME__INIT;
+            rs.session_id = s->sid;
+            rs.resume_token = s->token;
+            rs.device = "loadgen";
+            Rb__Tunnel__TunnelControl r = RB__TUNNEL__TUNNEL_CONTROL__INIT;
+            r.msg_case = RB__TUNNEL__TUNNEL_CONTROL__MSG_RESUME;
+            r.resume = &rs;
+            if (s_send(s, &r) < 0)
+                s_fail(s, "send_resume");
+            else
+                s->st = S_LOGON;
+        } else if (s->st == S_HELLO) {
             char user[64];
             snprintf(user, sizeof user, "%s%u", lg->prefix, lg->first + s->idx);
             Rb__Tunnel__Logon logon = RB__TUNNEL__LOGON__INIT;
@@ -446,14 +579,18 @@ static void s_on_frame(rb_tconn_t *c, const rb_frame_t *f, void *arg)
         }
         break;
     case RB__TUNNEL__TUNNEL_CONTROL__MSG_LOGON_OK:
-        if (s->st == S_LOGON) s_on_logon_ok(s, m->logon_ok);
+        if (s->st == S_LOGON && s->resuming)
+            s_on_resumed(s, m->logon_ok);
+        else if (s->st == S_LOGON)
+            s_on_logon_ok(s, m->logon_ok);
         break;
     case RB__TUNNEL__TUNNEL_CONTROL__MSG_LOGON_FAILED:
         if (s->st == S_LOGON) {
             const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(
                 &rb__tunnel__fail_reason__descriptor, (int)m->logon_failed->reason);
             char why[64];
-            s_lower(why, sizeof why, "logon_", v ? v->name : "fail_unknown");
+            s_lower(why, sizeof why, s->resuming ? "resume_" : "logon_",
+                    v ? v->name : "fail_unknown");
             s_fail(s, why);
         }
         break;
@@ -513,6 +650,13 @@ static void s_on_close(rb_tconn_t *c, rb_tconn_end_t end, const char *reason, vo
         s_fail(s, rb_tconn_end_str(end));
         return;
     case S_UP:
+        if (lg->resume_server && lg->phase == P_HOLD) {
+            s_cancel_timers(s);
+            rb_tconn_destroy(&s->c);
+            lg->up--;
+            s_queue_resume(s);
+            return;
+        }
         rb_warn("session_dropped", "%s%u: %s", lg->prefix, lg->first + s->idx, reason);
         s_count(lg->off_reasons, &lg->n_off_reasons, "dropped_while_up");
         lg->dropped++;
@@ -679,8 +823,20 @@ static void s_logoff_phase(lg_t *lg, const char *why)
     rb_info("logoff_phase", "%s: logging off %u sessions", why, lg->up);
     if (!lg->t_end_us) lg->t_end_us = s_now_us();
     /* Logons still in flight will not finish now. */
-    for (unsigned i = 0; i < lg->count; i++)
-        if (lg->s[i].st >= S_TLS && lg->s[i].st <= S_DNS) s_abort(&lg->s[i], "run_ended");
+    for (unsigned i = 0; i < lg->count; i++) {
+        sess_t *s = &lg->s[i];
+        if (s->resuming || s->st == S_RWAIT) {
+            s_count(lg->r_reasons, &lg->n_r_reasons, "run_ended");
+            s_cancel_timers(s);
+            rb_tconn_destroy(&s->c);
+            s->st = S_DONE;
+            s->resuming = false;
+        } else if (s->st >= S_TLS && s->st <= S_DNS) {
+            s_abort(s, "run_ended");
+        }
+    }
+    lg->rq_len = 0;
+    lg->r_in_flight = 0;
     lg->phase = P_LOGOFF;
     lg->next = 0;
     lg->in_flight = 0;
@@ -703,7 +859,7 @@ static void s_check_phase(lg_t *lg)
         } else {
             s_logoff_phase(lg, "logons done");
         }
-    } else if (lg->phase == P_HOLD && lg->up == 0) {
+    } else if (lg->phase == P_HOLD && lg->up == 0 && lg->rq_len == 0 && lg->r_in_flight == 0) {
         s_logoff_phase(lg, "every session dropped");
     } else if (lg->phase == P_LOGOFF && lg->next == lg->count && lg->in_flight == 0) {
         s_finish(lg);
@@ -777,6 +933,18 @@ static void s_summary(lg_t *lg)
            s_pct_ms(lg->logon_us, n, 99), s_pct_ms(lg->dns_us, n, 50),
            s_pct_ms(lg->dns_us, n, 99), lg->dropped, lg->logged_off);
     s_reasons_json(lg->off_reasons, lg->n_off_reasons);
+    if (lg->resume_server) {
+        unsigned r = lg->resumed;
+        qsort(lg->resume_us, r, sizeof *lg->resume_us, s_cmp_u32);
+        double rel = lg->t_last_resume_us > lg->t_first_drop_us
+                         ? (lg->t_last_resume_us - lg->t_first_drop_us) / 1e6 : 0;
+        printf(",\"resume_dropped\":%u,\"resumed\":%u,\"resume_failed_by\":", lg->r_dropped, r);
+        s_reasons_json(lg->r_reasons, lg->n_r_reasons);
+        printf(",\"resume_elapsed_s\":%.3f,\"resumes_per_s\":%.1f,\"resume_p50_ms\":%.2f,"
+               "\"resume_p99_ms\":%.2f,\"resume_max_ms\":%.2f",
+               rel, rel > 0 ? r / rel : 0.0, s_pct_ms(lg->resume_us, r, 50),
+               s_pct_ms(lg->resume_us, r, 99), s_pct_ms(lg->resume_us, r, 100));
+    }
     printf(",\"loadgen_cpu_s\":%.2f,\"loadgen_maxrss_kib\":%ld}\n",
            ru.ru_utime.tv_sec + ru.ru_stime.tv_sec +
                (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6,
@@ -795,6 +963,7 @@ static void s_usage(FILE *f)
             "         [--duration SECONDS] [--timeout MS] [--logoff-timeout MS]\n"
             "         [--dns-poll-ms MS] [--verify-name NAME] [--ready-file F]\n"
             "         [--sessions-file F] [--tls-only] [--log-level L]\n"
+            "         [--resume-server HOST:PORT [--resumed-file F]]\n"
             "Opens N sessions (users <P><I>..<P><I+N-1>, all with the password in F),\n"
             "C at a time; with --dns each counts once its name answers with its IP.\n"
             "--hold keeps them open and idle that long (--ready-file is written when\n"
@@ -802,7 +971,9 @@ static void s_usage(FILE *f)
             "then every session logs off. --duration (default 300)\n"
             "ends the logon and hold phases; the logoff phase then takes at most\n"
             "--logoff-timeout (default 10000 ms). SIGINT/SIGTERM log off early.\n"
-            "--tls-only: TLS handshakes only (for peer TLS servers). Prints one JSON line.\n");
+            "--tls-only: TLS handshakes only (for peer TLS servers). Prints one JSON line.\n"
+            "--resume-server: held sessions whose connection drops resume there\n"
+            "(C at a time); --resumed-file is written when none is left to resume.\n");
 }
 
 static int s_parse_hostport(const char *hp, struct sockaddr_in *out)
@@ -846,7 +1017,7 @@ static void s_options(lg_t *lg, int argc, char **argv)
 {
     enum { O_SERVER = 256, O_CA, O_PREFIX, O_FIRST, O_COUNT, O_CONC, O_PWFILE, O_DNS, O_SUFFIX,
            O_HOLD, O_DURATION, O_TIMEOUT, O_LOGOFF_TIMEOUT, O_POLL, O_VERIFY, O_READY, O_TLS,
-           O_LOG, O_SESSIONS, O_HELP };
+           O_LOG, O_SESSIONS, O_RESUME, O_RESUMED, O_HELP };
     static const struct option opts[] = {
         {"server", 1, 0, O_SERVER}, {"ca", 1, 0, O_CA}, {"users-prefix", 1, 0, O_PREFIX},
         {"first", 1, 0, O_FIRST}, {"count", 1, 0, O_COUNT}, {"concurrency", 1, 0, O_CONC},
@@ -854,7 +1025,8 @@ static void s_options(lg_t *lg, int argc, char **argv)
         {"hold", 1, 0, O_HOLD}, {"duration", 1, 0, O_DURATION}, {"timeout", 1, 0, O_TIMEOUT},
         {"logoff-timeout", 1, 0, O_LOGOFF_TIMEOUT}, {"dns-poll-ms", 1, 0, O_POLL},
         {"verify-name", 1, 0, O_VERIFY}, {"ready-file", 1, 0, O_READY},
-        {"sessions-file", 1, 0, O_SESSIONS},
+        {"sessions-file", 1, 0, O_SESSIONS}, {"resume-server", 1, 0, O_RESUME},
+        {"resumed-file", 1, 0, O_RESUMED},
         {"tls-only", 0, 0, O_TLS}, {"log-level", 1, 0, O_LOG}, {"help", 0, 0, O_HELP},
         {0, 0, 0, 0}};
     const char *pwfile = NULL;
@@ -890,6 +1062,8 @@ static void s_options(lg_t *lg, int argc, char **argv)
         case O_VERIFY: lg->verify_name = optarg; break;
         case O_READY: lg->ready_file = optarg; break;
         case O_SESSIONS: lg->sessions_file = optarg; break;
+        case O_RESUME: lg->resume_server = optarg; break;
+        case O_RESUMED: lg->resumed_file = optarg; break;
         case O_TLS: lg->tls_only = true; break;
         case O_LOG: {
             rb_log_level_t l;
@@ -950,7 +1124,10 @@ int main(int argc, char **argv)
     lg->lat_us = calloc(lg->count, sizeof *lg->lat_us);
     lg->logon_us = calloc(lg->count, sizeof *lg->logon_us);
     lg->dns_us = calloc(lg->count, sizeof *lg->dns_us);
-    if (!lg->loop || !lg->s || !lg->lat_us || !lg->logon_us || !lg->dns_us)
+    lg->rqueue = calloc(lg->count, sizeof *lg->rqueue);
+    lg->resume_us = calloc(lg->count, sizeof *lg->resume_us);
+    if (!lg->loop || !lg->s || !lg->lat_us || !lg->logon_us || !lg->dns_us || !lg->rqueue ||
+        !lg->resume_us)
         rb_fatal("oom", "cannot allocate %u sessions", lg->count);
     for (unsigned i = 0; i < lg->count; i++) {
         lg->s[i].lg = lg;
@@ -979,6 +1156,9 @@ int main(int argc, char **argv)
     for (unsigned i = 0; i < lg->count; i++) {
         rb_tconn_destroy(&lg->s[i].c);
         free(lg->s[i].fqdn);
+        free(lg->s[i].sid);
+        if (lg->s[i].token) OPENSSL_cleanse(lg->s[i].token, strlen(lg->s[i].token));
+        free(lg->s[i].token);
     }
     int rc = lg->ok == lg->count ? 0 : 1;
     if (lg->dns_fd >= 0) close(lg->dns_fd);
@@ -988,6 +1168,8 @@ int main(int argc, char **argv)
     free(lg->lat_us);
     free(lg->logon_us);
     free(lg->dns_us);
+    free(lg->rqueue);
+    free(lg->resume_us);
     OPENSSL_cleanse(lg->password, sizeof lg->password);
     free(lg);
     return rc;

@@ -66,7 +66,7 @@ driver() {
         fi
         sleep "0.$(( 15 + RANDOM % 25 ))"
     done
-    wait
+    # Devices still connected keep running; the end phase logs them off.
 }
 
 # ---- chaos: services die and come back ---------------------------------
