@@ -177,7 +177,15 @@ touch "$W/stop"
 wait "$CHAOS" || true
 wait "$DRIVER" || true
 # Every service is back (the chaos loop revives what it killed).
-"$ROOT/scripts/lab" status --dir "$LAB" >"$W/status.out" || fail "a service is not back: $(cat "$W/status.out")"
+if ! "$ROOT/scripts/lab" status --dir "$LAB" >"$W/status.out"; then
+    echo "a service is not back after the chaos: $(awk '$3 == "no" { print $1 }' "$W/status.out" | paste -sd, -)" >>"$W/violations"
+    # Crashed ones (no pid) are started again so that the end can be checked.
+    for s in $(awk 'NR > 1 && $2 == "-" { print $1 }' "$W/status.out"); do
+        grep -h -m1 -E "double free|corruption|Sanitizer|fatal" "$LAB/logs/$s.log" 2>/dev/null \
+            | sed "s/^/$s crashed: /" >>"$W/violations" || true
+        "$ROOT/scripts/lab" revive --dir "$LAB" "$s" >>"$W/chaos.log" 2>&1 || true
+    done
+fi
 
 # Everyone still connected logs off.
 while read -r name user pid t; do

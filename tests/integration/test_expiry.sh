@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Issue 3, point 6: a session whose edge stops refreshing it (the edge is
-# SIGKILLed) expires after broker.session_timeout (3 s here): its DNS A and
+# SIGKILLed) expires after broker.session_timeout (3 s here; edges refresh
+# every second): its DNS A and
 # PTR records go NXDOMAIN, its lease is free again, and the broker's
 # reachback_sessions_expired_total counts it. A session on a live edge does
 # not expire.
 . "$(dirname "$0")/lib.sh"
-lab_start --edges 2 --set broker.session_timeout=3
+lab_start --edges 2 --set broker.session_timeout=3 --set edge.refresh_s=1
 E1=$(edge_addr 1); E2=$(edge_addr 2)
 
 client_start_at a1 alice "$E1"     # knows only edge1: it cannot resume
