@@ -225,7 +225,7 @@ for name in "${!user_of[@]}"; do
     if ! grep -q "logged on" "$W/$name.out"; then
         failed_logons=$((failed_logons + 1))
         case $rc in
-            0|3|5|6|11|12|137) ;;   # refused or unreachable during a fault, or killed early
+            0|3|5|6|8|11|12|137) ;;   # refused, unreachable or cut off during a fault, or killed early
             *) echo "$name (${user_of[$name]}) never logged on and ended with $rc: $(tail -n 1 "$W/$name.out")" >>"$W/violations" ;;
         esac
         continue
