@@ -284,8 +284,8 @@ static void s_send_logon(client_session_t *s)
     m.msg_case = RB__TUNNEL__TUNNEL_CONTROL__MSG_LOGON;
     m.logon = &l;
     if (s_send(s, &m) == 0) s->st = ST_LOGON;
-    /* The password is in the output queue now; our copy is done with. */
-    s_wipe(&s->password);
+    /* Kept until LogonOk: a connection lost before it logs on again
+     * through the next server. */
 }
 
 static void s_send_resume(client_session_t *s)
@@ -325,6 +325,7 @@ static void s_on_logon_ok(client_session_t *s, const Rb__Tunnel__LogonOk *ok)
     s->st = ST_ACTIVE;
     s->resuming = false;
     s->had_session = true;
+    s_wipe(&s->password);
     s->attempt = 0;
     s_start_pings(s, ok->keepalive_s);
     client_logon_info_t info = {ok->session_id,
@@ -367,6 +368,12 @@ static void s_on_session_closed(client_session_t *s, const Rb__Tunnel__SessionCl
         if (r == CLIENT_OK) msg = "logged off";
         s_end(s, (client_result_t)r, msg);
         return;
+    }
+    /* An edge stopping mid-logon: log on through the next one. */
+    if (!s->had_session && s->password && ++s->tried < s->n_servers) {
+        rb_tconn_destroy(&s->t);
+        s->cur = (s->cur + 1) % s->n_servers;
+        if (s_dial(s) == 0) return;
     }
     /* The edge stopped or lost patience: the session lives on at the
      * broker; come back through another edge. */
@@ -515,17 +522,21 @@ static void s_on_close(rb_tconn_t *t, rb_tconn_end_t end, const char *reason, vo
         s_lost(s, msg);
         return;
     }
-    if (end == RB_TCONN_CONNECT_FAILED || end == RB_TCONN_TLS_FAILED) {
-        /* First logon: the next server, once each. */
+    bool no_connect = end == RB_TCONN_CONNECT_FAILED || end == RB_TCONN_TLS_FAILED;
+    if (no_connect || s->password) {
+        /* First logon: the next server, once each (an edge that dies
+         * mid-logon is like one that refuses the connection). */
         if (++s->tried < s->n_servers) {
             rb_info("client_next_server", "%s: %s; trying the next server", s->servers[s->cur],
                     reason);
             s->cur = (s->cur + 1) % s->n_servers;
             if (s_dial(s) == 0) return;
         }
-        snprintf(msg, sizeof msg, "cannot connect: %s", reason);
-        s_end(s, CLIENT_CONNECT_FAILED, msg);
-        return;
+        if (no_connect) {
+            snprintf(msg, sizeof msg, "cannot connect: %s", reason);
+            s_end(s, CLIENT_CONNECT_FAILED, msg);
+            return;
+        }
     }
     snprintf(msg, sizeof msg, "connection lost: %s", reason);
     s_end(s, CLIENT_CONNECTION_LOST, msg);

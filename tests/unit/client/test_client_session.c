@@ -64,7 +64,7 @@ static int s_teardown(void **state)
 
 /* ---- a stand-in edge ---- */
 
-typedef enum { LOGON_OK, LOGON_OFFER, LOGON_OFFER_LAPSES } logon_mode_t;
+typedef enum { LOGON_OK, LOGON_OFFER, LOGON_OFFER_LAPSES, LOGON_DROP, LOGON_SHUTDOWN } logon_mode_t;
 
 typedef struct {
     rb_loop_t *loop;
@@ -137,7 +137,11 @@ static void s_edge_frame(rb_tconn_t *c, const rb_frame_t *f, void *arg)
     }
     case RB__TUNNEL__TUNNEL_CONTROL__MSG_LOGON:
         e->logons++;
-        if (e->logon_mode == LOGON_OK) {
+        if (e->logon_mode == LOGON_DROP) {
+            rb_tconn_destroy(&e->c);   /* the edge dies mid-logon */
+        } else if (e->logon_mode == LOGON_SHUTDOWN) {
+            s_closed(e, RB__TUNNEL__CLOSE_REASON__CLOSE_SHUTDOWN);
+        } else if (e->logon_mode == LOGON_OK) {
             s_logon_ok(e, "s-1", "tok-1");
         } else {
             Rb__Tunnel__TransferOffer o = RB__TUNNEL__TRANSFER_OFFER__INIT;
@@ -432,6 +436,26 @@ static void test_resume_gives_up(void **state)
     assert_true(s_wait(loop, s_logged_on, &d, 1, 5000));
     assert_string_equal(d.edge_id, "edge-b");
     client_session_destroy(&d.s);
+
+    /* An edge that dies, or stops, mid-logon: the Logon goes to the next
+     * one; with none left the result is 8. */
+    for (int mode = LOGON_DROP; mode <= LOGON_SHUTDOWN; mode++) {
+        s_edge_start(&a, loop, "edge-a");
+        a.logon_mode = (logon_mode_t)mode;
+        const char *ab[] = {a.addr, b.addr};
+        s_dev_start(&d, loop, ab, 2, 1, 60);
+        assert_true(s_wait(loop, s_logged_on, &d, 1, 5000));
+        assert_string_equal(d.edge_id, "edge-b");
+        assert_int_equal(a.logons, 1);
+        assert_false(d.resumed);
+        client_session_destroy(&d.s);
+        const char *only[] = {a.addr};
+        s_dev_start(&d, loop, only, 1, 1, 60);
+        assert_true(s_wait(loop, s_ended, &d, 0, 5000));
+        assert_int_equal(d.result, CLIENT_CONNECTION_LOST);
+        client_session_destroy(&d.s);
+        s_edge_stop(&a);
+    }
     s_edge_stop(&b);
     rb_loop_destroy(&loop);
 }
