@@ -26,11 +26,10 @@
 #include "rb_rpc.h"
 #include "rb_zmq.h"
 
-/* A BrokerToIpalloc is a few short strings; refuse anything bigger. */
-#define IPALLOC_MAX_REQUEST 4096
+/* A BrokerToIpalloc is a few short strings and a user's groups; refuse
+ * anything bigger. The cap also bounds the group lookups of one lease. */
+#define IPALLOC_MAX_REQUEST 16384
 #define IPALLOC_STATS_MS 1000
-/* A user in more groups than this is not a user the users file describes. */
-#define IPALLOC_MAX_GROUPS 64
 
 const rb_option_t ipalloc_options[] = {
     RB_OPT_COMMON(ipalloc_config_t),
@@ -231,16 +230,13 @@ static void s_handle_lease(ipalloc_t *ia, rb_rpc_req_t *req,
                            const Rb__Brokeripalloc__BrokerToIpalloc *env)
 {
     const Rb__Brokeripalloc__LeaseRequest *lr = env->lease;
-    bool groups_ok = lr && lr->n_groups <= IPALLOC_MAX_GROUPS;
-    for (size_t i = 0; groups_ok && i < lr->n_groups; i++)
-        groups_ok = s_field_ok(lr->groups[i], 256);
-    if (!lr || !s_field_ok(lr->user, 256) || !s_field_ok(lr->session_id, 128) || !groups_ok ||
+    /* Groups are only compared with the configured names: one that matches
+     * none (empty, too long) is simply not a group with a pool. */
+    if (!lr || !s_field_ok(lr->user, 256) || !s_field_ok(lr->session_id, 128) ||
         (lr->take_over_session && *lr->take_over_session &&
          (!s_field_ok(lr->take_over_session, 128) ||
           strcmp(lr->take_over_session, lr->session_id) == 0))) {
-        rb_warn("bad_request",
-                "%s: lease without a valid user, session id, take-over session "
-                "and groups",
+        rb_warn("bad_request", "%s: lease without a valid user, session id and take-over session",
                 rb_rpc_req_peer(req));
         s_reply_lease(req, RB__BROKERIPALLOC__LEASE_STATUS__LEASE_BAD_REQUEST, NULL, NULL,
                       "user and session_id are required; take_over_session must differ from "
