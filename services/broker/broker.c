@@ -265,9 +265,10 @@ static void s_takeover_free(broker_takeover_t *t)
     else
         b->takeovers = t->next;
     if (t->next) t->next->prev = t->prev;
+    /* At most one thing is outstanding: the timer, or the call whose
+     * callback frees t (cancelling that from inside its callback would
+     * free it twice). broker_destroy drops calls before freeing these. */
     rb_loop_cancel_timer(b->loop, t->timer);
-    rb_rpc_cancel(b->ipalloc, t);
-    broker_store_cancel(b->store, t);
     for (size_t i = 0; i < t->ngroups; i++)
         free(t->groups[i]);
     free(t);
@@ -548,12 +549,12 @@ void broker_destroy(broker_t **bp)
     /* Order: whatever may call back into a context goes first (the edge
      * server, ipalloc calls, store calls), then the contexts. */
     rb_rpc_server_destroy(&b->edge);
-    while (b->takeovers)
-        s_takeover_free(b->takeovers);
     rb_rpc_client_destroy(&b->ipalloc);
     broker_events_destroy(&b->events); /* needs the store */
     broker_store_destroy(&b->store);
     rb_redis_destroy(&b->redis);
+    while (b->takeovers)
+        s_takeover_free(b->takeovers);
     broker_admin_destroy(&b->admin);
     while (b->ctxs)
         broker_ctx_free(b->ctxs);

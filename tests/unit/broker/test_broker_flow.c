@@ -12,7 +12,10 @@
 #include <fcntl.h>
 #include <hiredis/hiredis.h>
 #include <limits.h>
+#include <netinet/in.h>
 #include <openssl/evp.h>
+#include <pthread.h>
+#include <sys/socket.h>
 #include <zmq.h>
 #include "../redis_fixture.h"
 #include "broker.h"
@@ -20,7 +23,9 @@
 #include "edge_broker.pb-c.h"
 #include "rb_log.h"
 #include "rb_pb.h"
+#include "rb_metrics.h"
 #include "rb_rpc.h"
+#include "rb_status.h"
 #include "rb_zmq.h"
 #include "session_events.pb-c.h"
 
@@ -33,6 +38,10 @@ typedef struct {
     char ip[16];
     char fqdn[128];
     char reason[32];
+    char user[32];
+    char edge[32];
+    char source[32];
+    bool via;
 } ev_t;
 
 typedef struct {
@@ -77,6 +86,10 @@ static void s_on_sub(rb_loop_t *loop, void *sock, void *arg)
                 snprintf(e->sid, sizeof(e->sid), "%s", m->event->session->session_id);
                 snprintf(e->ip, sizeof(e->ip), "%s", m->event->session->ip);
                 snprintf(e->fqdn, sizeof(e->fqdn), "%s", m->event->session->fqdn);
+                snprintf(e->user, sizeof(e->user), "%s", m->event->session->user);
+                snprintf(e->edge, sizeof(e->edge), "%s", m->event->session->edge_id);
+                snprintf(e->source, sizeof(e->source), "%s", m->event->session->source);
+                e->via = m->event->session->via_transfer;
             }
         }
         protobuf_c_message_free_unpacked(&m->base, NULL);
@@ -479,6 +492,459 @@ static void test_ipalloc_down_unwinds(void **state)
     rb_buf_free(&why);
 }
 
+/* ---- issue 3 ---- */
+
+static void s_transfer_env(Rb__Edgebroker__EdgeToBroker *env, Rb__Edgebroker__TransferRequest *tr,
+                           const char *offer, const char *user, const char *edge)
+{
+    rb__edgebroker__edge_to_broker__init(env);
+    rb__edgebroker__transfer_request__init(tr);
+    tr->offer_id = (char *)offer;
+    tr->user = (char *)user;
+    tr->device = "device-2";
+    tr->edge_id = (char *)edge;
+    tr->source = "127.0.0.2:40000";
+    env->body_case = RB__EDGEBROKER__EDGE_TO_BROKER__BODY_TRANSFER;
+    env->transfer = tr;
+    env->version = RB_PROTO_VERSION;
+}
+
+/* The index of the first event at or after from for sid with kind; waits. */
+static const ev_t *s_find_event(fx_t *f, size_t from, const char *sid, int kind)
+{
+    for (size_t i = from;; i++) {
+        g_want_events = i + 1;
+        if (f->nevents <= i && !rbt_wait(f->loop, s_have_events, f, 4000)) return NULL;
+        if (strcmp(f->events[i].sid, sid) == 0 && f->events[i].kind == kind) return &f->events[i];
+    }
+}
+
+typedef struct {
+    fx_t *f;
+    const char *ip;
+    const char *sid;
+} lease_q_t;
+
+static bool s_leased_to(void *arg)
+{
+    lease_q_t *q = arg;
+    redisReply *rep = rbt_cmd(&q->f->rs, "HGET rb:ip:lease:%s session", q->ip);
+    bool yes = rep && rep->type == REDIS_REPLY_STRING && strcmp(rep->str, q->sid) == 0;
+    freeReplyObject(rep);
+    return yes;
+}
+
+static void s_logoff_all(fx_t *f, const char *user)
+{
+    redisReply *rep = rbt_cmd(&f->rs, "GET rb:user:%s", user);
+    if (rep && rep->type == REDIS_REPLY_STRING) s_free(s_logoff(f, rep->str));
+    freeReplyObject(rep);
+}
+
+static void test_expiry(void **state)
+{
+    fx_t *f = *state;
+    if (!f) skip();
+    /* Every session so far (the pool is full) stops being refreshed. */
+    long long live = rbt_cmd_int(&f->rs, "SCARD rb:sessions:live");
+    assert_true(live >= 6);
+    Rb__Edgebroker__BrokerToEdge *r = s_logon(f, "late");
+    assert_int_equal(r->logon->status, RB__EDGEBROKER__LOGON_STATUS__LOGON_POOL_EXHAUSTED);
+    s_free(r);
+    rb_metric_t *m = rb_counter("reachback_sessions_expired_total", NULL, "");
+    double before = rb_metric_value(m);
+    size_t base = f->nevents;
+    f->cfg.session_timeout = 2; /* the broker reads its config on every sweep */
+    g_want_events = base + (size_t)live;
+    uint64_t t0 = rb_now_ms();
+    assert_true(rbt_wait(f->loop, s_have_events, f, 6000));
+    uint64_t took = rb_now_ms() - t0;
+    f->cfg.session_timeout = 60;
+    assert_true(took < 4500);
+    for (size_t i = base; i < f->nevents; i++) {
+        assert_int_equal(f->events[i].kind, RB__EVENTS__EVENT_KIND__SESSION_DOWN);
+        assert_string_equal(f->events[i].reason, "expired");
+    }
+    assert_int_equal(rbt_cmd_int(&f->rs, "SCARD rb:sessions:live"), 0);
+    assert_int_equal(rb_metric_value(m) - before, (double)live);
+    /* The releases went to ipalloc: the whole pool is free again. */
+    rbt_wait(f->loop, s_never, NULL, 300);
+    assert_int_equal(rbt_cmd_int(&f->rs, "SCARD rb:ip:leased"), 0);
+    r = s_logon(f, "late");
+    assert_int_equal(r->logon->status, RB__EDGEBROKER__LOGON_STATUS__LOGON_OK);
+    s_free(r);
+    s_logoff_all(f, "late");
+}
+
+static void test_transfer_flow(void **state)
+{
+    fx_t *f = *state;
+    if (!f) skip();
+    Rb__Edgebroker__BrokerToEdge *r = s_logon(f, "carol");
+    assert_int_equal(r->logon->status, RB__EDGEBROKER__LOGON_STATUS__LOGON_OK);
+    char sid0[64], ip[16], tok0[80];
+    snprintf(sid0, sizeof(sid0), "%s", r->logon->session_id);
+    snprintf(ip, sizeof(ip), "%s", r->logon->ip);
+    snprintf(tok0, sizeof(tok0), "%s", r->logon->resume_token);
+    s_free(r);
+
+    /* An offer that expires (1 s) changes nothing when accepted late. */
+    f->cfg.transfer_offer_ttl = 1;
+    r = s_logon(f, "carol");
+    f->cfg.transfer_offer_ttl = 120;
+    assert_int_equal(r->logon->status, RB__EDGEBROKER__LOGON_STATUS__LOGON_TRANSFER_OFFER);
+    assert_int_equal(r->logon->offer->expires_in_s, 1);
+    char offer[64];
+    snprintf(offer, sizeof(offer), "%s", r->logon->offer->offer_id);
+    s_free(r);
+    rbt_wait(f->loop, s_never, NULL, 1100);
+    size_t base = f->nevents;
+    Rb__Edgebroker__EdgeToBroker env;
+    Rb__Edgebroker__TransferRequest tr;
+    s_transfer_env(&env, &tr, offer, "carol", "edge-2");
+    r = s_call(f, &env);
+    assert_int_equal(r->logon->status, RB__EDGEBROKER__LOGON_STATUS__LOGON_OFFER_EXPIRED);
+    assert_non_null(strstr(r->logon->message, "expired"));
+    s_free(r);
+    redisReply *rep = rbt_cmd(&f->rs, "GET rb:user:carol");
+    assert_string_equal(rep->str, sid0);
+    freeReplyObject(rep);
+    rbt_wait(f->loop, s_never, NULL, 100);
+    assert_int_equal(f->nevents, base); /* nothing published */
+
+    /* A fresh offer, accepted: same address and name, a new session. */
+    r = s_logon(f, "carol");
+    snprintf(offer, sizeof(offer), "%s", r->logon->offer->offer_id);
+    s_free(r);
+    s_transfer_env(&env, &tr, offer, "carol", "edge-2");
+    r = s_call(f, &env);
+    assert_int_equal(r->logon->status, RB__EDGEBROKER__LOGON_STATUS__LOGON_OK);
+    assert_string_equal(r->logon->ip, ip);
+    assert_string_equal(r->logon->fqdn, "carol.vpn.test");
+    assert_string_not_equal(r->logon->session_id, sid0);
+    assert_int_equal(strlen(r->logon->resume_token), 64);
+    assert_string_not_equal(r->logon->resume_token, tok0);
+    assert_false(r->logon->no_address);
+    char sid1[64];
+    snprintf(sid1, sizeof(sid1), "%s", r->logon->session_id);
+    s_free(r);
+    const ev_t *down = s_find_event(f, base, sid0, RB__EVENTS__EVENT_KIND__SESSION_DOWN);
+    assert_non_null(down);
+    assert_string_equal(down->reason, "transferred");
+    const ev_t *up = s_find_event(f, base, sid1, RB__EVENTS__EVENT_KIND__SESSION_UP);
+    assert_non_null(up);
+    assert_int_equal(up->seq, down->seq + 1);
+    assert_string_equal(up->ip, ip);
+    assert_string_equal(up->edge, "edge-2");
+    assert_string_equal(up->source, "127.0.0.2:40000");
+    assert_true(up->via);
+    /* The lease follows the session, never free in between. */
+    lease_q_t q = {f, ip, sid1};
+    assert_true(rbt_wait(f->loop, s_leased_to, &q, 3000));
+    assert_int_equal(rbt_cmd_int(&f->rs, "SISMEMBER rb:ip:free %s", ip), 0);
+    /* The old device's token is dead with its session. */
+    Rb__Edgebroker__EdgeToBroker renv = RB__EDGEBROKER__EDGE_TO_BROKER__INIT;
+    Rb__Edgebroker__ResumeRequest rr = RB__EDGEBROKER__RESUME_REQUEST__INIT;
+    rr.session_id = sid0;
+    rr.resume_token = tok0;
+    rr.edge_id = "edge-1";
+    renv.body_case = RB__EDGEBROKER__EDGE_TO_BROKER__BODY_RESUME;
+    renv.resume = &rr;
+    r = s_call(f, &renv);
+    assert_int_equal(r->logon->status, RB__EDGEBROKER__LOGON_STATUS__LOGON_RESUME_REFUSED);
+    s_free(r);
+    s_logoff_all(f, "carol");
+    assert_int_equal(rbt_cmd_int(&f->rs, "SISMEMBER rb:ip:free %s", ip), 1);
+}
+
+/* Three accepts of three offers at once, through two brokers sharing Redis
+ * and ipalloc: one live session at the end, the last, and the address
+ * leased to it alone. */
+static void test_concurrent_accepts(void **state)
+{
+    fx_t *f = *state;
+    if (!f) skip();
+    broker_config_t c2 = f->cfg;
+    char ep[3][160];
+    const char *names[] = {"edge2", "events2", "snap2"};
+    for (int i = 0; i < 3; i++)
+        snprintf(ep[i], sizeof(ep[i]), "ipc://%s/%s.sock", f->rs.dir, names[i]);
+    c2.broker_id = "broker-test-2";
+    c2.listen_edge = ep[0];
+    c2.listen_events = ep[1];
+    c2.listen_snapshot = ep[2];
+    broker_t *b2 = broker_new(f->loop, &c2);
+    assert_non_null(b2);
+    rb_curve_t none = {0};
+    rb_rpc_client_t *e2 =
+        rb_rpc_client_new(f->loop, rb_zsock_connect(ZMQ_DEALER, ep[0], &none, NULL), "broker2");
+    assert_non_null(e2);
+
+    Rb__Edgebroker__BrokerToEdge *r = s_logon(f, "dan");
+    char sid0[64], ip[16];
+    snprintf(sid0, sizeof(sid0), "%s", r->logon->session_id);
+    snprintf(ip, sizeof(ip), "%s", r->logon->ip);
+    s_free(r);
+    char offers[3][64];
+    for (int i = 0; i < 3; i++) {
+        r = s_logon(f, "dan");
+        assert_int_equal(r->logon->status, RB__EDGEBROKER__LOGON_STATUS__LOGON_TRANSFER_OFFER);
+        snprintf(offers[i], sizeof(offers[i]), "%s", r->logon->offer->offer_id);
+        s_free(r);
+    }
+    size_t base = f->nevents;
+    call_t calls[3] = {{0}};
+    for (int i = 0; i < 3; i++) {
+        Rb__Edgebroker__EdgeToBroker env;
+        Rb__Edgebroker__TransferRequest tr;
+        char edge[16];
+        snprintf(edge, sizeof(edge), "edge-%d", i + 2);
+        s_transfer_env(&env, &tr, offers[i], "dan", edge);
+        assert_int_equal(rb_rpc_call(i == 1 ? e2 : f->edge, &env.base, 5000, 0, s_on_reply,
+                                     &calls[i]),
+                         0);
+    }
+    for (int i = 0; i < 3; i++) {
+        assert_true(rbt_wait(f->loop, s_call_done, &calls[i], 6000));
+        assert_non_null(calls[i].reply);
+        assert_int_equal(calls[i].reply->logon->status, RB__EDGEBROKER__LOGON_STATUS__LOGON_OK);
+        assert_string_equal(calls[i].reply->logon->ip, ip);
+    }
+    /* Three DOWNs (events of b2 are not on our SUB: read Redis for them)
+     * and one live session, the one whose UP came last. */
+    assert_int_equal(rbt_cmd_int(&f->rs, "SCARD rb:sessions:live"), 1);
+    redisReply *rep = rbt_cmd(&f->rs, "GET rb:user:dan");
+    char last[64];
+    snprintf(last, sizeof(last), "%s", rep->str);
+    freeReplyObject(rep);
+    int winners = 0;
+    for (int i = 0; i < 3; i++)
+        winners += strcmp(calls[i].reply->logon->session_id, last) == 0;
+    assert_int_equal(winners, 1);
+    /* On our SUB: the DOWNs of the two transfers broker 1 did; the first
+     * DOWN (of dan's original session) says transferred, later ones
+     * replaced. */
+    rbt_wait(f->loop, s_never, NULL, 200);
+    int downs = 0;
+    for (size_t i = base; i < f->nevents; i++) {
+        if (f->events[i].kind != RB__EVENTS__EVENT_KIND__SESSION_DOWN) continue;
+        downs++;
+        assert_string_equal(f->events[i].reason,
+                            strcmp(f->events[i].sid, sid0) == 0 ? "transferred" : "replaced");
+    }
+    assert_true(downs >= 1);
+    lease_q_t q = {f, ip, last};
+    assert_true(rbt_wait(f->loop, s_leased_to, &q, 5000));
+    assert_int_equal(rbt_cmd_int(&f->rs, "SCARD rb:ip:leased"), 1);
+    for (int i = 0; i < 3; i++)
+        s_free(calls[i].reply);
+    s_logoff_all(f, "dan");
+    assert_int_equal(rbt_cmd_int(&f->rs, "SCARD rb:ip:leased"), 0);
+    rb_rpc_client_destroy(&e2);
+    broker_destroy(&b2);
+}
+
+static void test_resume_refresh(void **state)
+{
+    fx_t *f = *state;
+    if (!f) skip();
+    Rb__Edgebroker__BrokerToEdge *r = s_logon(f, "erin");
+    char sid[64], ip[16], tok[80];
+    snprintf(sid, sizeof(sid), "%s", r->logon->session_id);
+    snprintf(ip, sizeof(ip), "%s", r->logon->ip);
+    snprintf(tok, sizeof(tok), "%s", r->logon->resume_token);
+    s_free(r);
+    size_t base = f->nevents;
+    Rb__Edgebroker__EdgeToBroker env = RB__EDGEBROKER__EDGE_TO_BROKER__INIT;
+    Rb__Edgebroker__ResumeRequest rr = RB__EDGEBROKER__RESUME_REQUEST__INIT;
+    rr.session_id = sid;
+    rr.resume_token = tok;
+    rr.edge_id = "edge-7";
+    rr.source = "127.0.0.7:1234";
+    env.body_case = RB__EDGEBROKER__EDGE_TO_BROKER__BODY_RESUME;
+    env.resume = &rr;
+    r = s_call(f, &env);
+    assert_int_equal(r->logon->status, RB__EDGEBROKER__LOGON_STATUS__LOGON_OK);
+    assert_string_equal(r->logon->session_id, sid);
+    assert_string_equal(r->logon->ip, ip);
+    assert_string_equal(r->logon->fqdn, "erin.vpn.test");
+    assert_string_equal(r->logon->resume_token, tok);
+    s_free(r);
+    const ev_t *up = s_find_event(f, base, sid, RB__EVENTS__EVENT_KIND__SESSION_UP);
+    assert_non_null(up);
+    assert_string_equal(up->edge, "edge-7");
+    assert_string_equal(up->source, "127.0.0.7:1234");
+    /* A wrong token, and a token of the wrong size. */
+    char bad[80];
+    snprintf(bad, sizeof(bad), "%s", tok);
+    bad[0] = bad[0] == 'a' ? 'b' : 'a';
+    rr.resume_token = bad;
+    r = s_call(f, &env);
+    assert_int_equal(r->logon->status, RB__EDGEBROKER__LOGON_STATUS__LOGON_RESUME_REFUSED);
+    s_free(r);
+    static char huge[200];
+    memset(huge, 'a', sizeof(huge) - 1);
+    rr.resume_token = huge;
+    r = s_call(f, &env);
+    assert_int_equal(r->logon->status, RB__EDGEBROKER__LOGON_STATUS__LOGON_RESUME_REFUSED);
+    s_free(r);
+
+    /* Refresh: edge-7 carries erin; the rest are gone. */
+    Rb__Edgebroker__RefreshRequest fr = RB__EDGEBROKER__REFRESH_REQUEST__INIT;
+    char *ids[] = {sid, "ffffffffffffffffffffffffffffffff"};
+    fr.edge_id = "edge-7";
+    fr.session_ids = ids;
+    fr.n_session_ids = 2;
+    Rb__Edgebroker__EdgeToBroker fenv = RB__EDGEBROKER__EDGE_TO_BROKER__INIT;
+    fenv.body_case = RB__EDGEBROKER__EDGE_TO_BROKER__BODY_REFRESH;
+    fenv.refresh = &fr;
+    r = s_call(f, &fenv);
+    assert_int_equal(r->body_case, RB__EDGEBROKER__BROKER_TO_EDGE__BODY_REFRESH);
+    assert_int_equal(r->refresh->n_gone, 1);
+    assert_string_equal(r->refresh->gone[0], ids[1]);
+    s_free(r);
+    fr.edge_id = "edge-1"; /* not the edge that has it now */
+    r = s_call(f, &fenv);
+    assert_int_equal(r->refresh->n_gone, 2);
+    s_free(r);
+    s_logoff_all(f, "erin");
+    rr.resume_token = tok;
+    r = s_call(f, &env);
+    assert_int_equal(r->logon->status, RB__EDGEBROKER__LOGON_STATUS__LOGON_RESUME_REFUSED);
+    s_free(r);
+}
+
+/* ---- the admin API over real HTTP, from a client thread ---- */
+
+typedef struct {
+    int port;
+    const char *method, *path, *token;
+    int code;
+    char body[8192];
+    bool done;
+} http_t;
+
+static void *s_http_thread(void *arg)
+{
+    http_t *h = arg;
+    char req[512], buf[9000];
+    size_t got = 0;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)h->port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+        int n = snprintf(req, sizeof(req),
+                         "%s %s HTTP/1.0\r\nHost: localhost\r\n%s%s%sContent-Length: 0\r\n\r\n",
+                         h->method, h->path, h->token ? "Authorization: Bearer " : "",
+                         h->token ? h->token : "", h->token ? "\r\n" : "");
+        if (write(fd, req, (size_t)n) == n) {
+            ssize_t k;
+            while (got < sizeof(buf) - 1 && (k = read(fd, buf + got, sizeof(buf) - 1 - got)) > 0)
+                got += (size_t)k;
+        }
+    }
+    buf[got] = '\0';
+    if (fd >= 0) close(fd);
+    sscanf(buf, "HTTP/1.%*d %d", &h->code);
+    const char *b = strstr(buf, "\r\n\r\n");
+    snprintf(h->body, sizeof(h->body), "%s", b ? b + 4 : "");
+    __atomic_store_n(&h->done, true, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+static bool s_http_done(void *arg)
+{
+    return __atomic_load_n(&((http_t *)arg)->done, __ATOMIC_ACQUIRE);
+}
+
+static http_t *s_http(fx_t *f, int port, const char *method, const char *path, const char *token)
+{
+    static http_t h;
+    pthread_t t;
+    memset(&h, 0, sizeof(h));
+    h.port = port;
+    h.method = method;
+    h.path = path;
+    h.token = token;
+    assert_int_equal(pthread_create(&t, NULL, s_http_thread, &h), 0);
+    assert_true(rbt_wait(f->loop, s_http_done, &h, 5000));
+    pthread_join(t, NULL);
+    return &h;
+}
+
+static void test_admin_http(void **state)
+{
+    fx_t *f = *state;
+    if (!f) skip();
+    rb_status_t *st = rb_status_new(f->loop, "127.0.0.1:0", "broker");
+    assert_non_null(st);
+    rb_status_set_admin_token(st, "s3cret");
+    assert_int_equal(broker_admin_attach(f->b, st), 0);
+    int port = rb_status_port(st);
+    Rb__Edgebroker__BrokerToEdge *r = s_logon(f, "frank");
+    char sid[64], ip[16], path[128];
+    snprintf(sid, sizeof(sid), "%s", r->logon->session_id);
+    snprintf(ip, sizeof(ip), "%s", r->logon->ip);
+    s_free(r);
+
+    http_t *h = s_http(f, port, "GET", "/admin/sessions", NULL);
+    assert_int_equal(h->code, 401);
+    h = s_http(f, port, "GET", "/admin/sessions", "wrong");
+    assert_int_equal(h->code, 401);
+    h = s_http(f, port, "GET", "/admin/sessions", "s3cret");
+    assert_int_equal(h->code, 200);
+    assert_int_equal(h->body[0], '[');
+    assert_non_null(strstr(h->body, "\"user\":\"frank\""));
+    assert_non_null(strstr(h->body, sid));
+    assert_non_null(strstr(h->body, "\"fqdn\":\"frank.vpn.test\""));
+    assert_non_null(strstr(h->body, "\"last_seen_ms\":1"));
+    h = s_http(f, port, "GET", "/admin/sessions/frank", "s3cret");
+    assert_int_equal(h->code, 200);
+    assert_int_equal(h->body[0], '{');
+    assert_non_null(strstr(h->body, "\"device\":\"test-device\""));
+    assert_non_null(strstr(h->body, "\"edge\":\"edge-test\""));
+    assert_non_null(strstr(h->body, "\"source\":\"127.0.0.1:40000\""));
+    assert_non_null(strstr(h->body, "\"since_ms\":1"));
+    h = s_http(f, port, "GET", "/admin/sessions/nobody", "s3cret");
+    assert_int_equal(h->code, 404);
+    assert_non_null(strstr(h->body, "\"error\""));
+    snprintf(path, sizeof(path), "/admin/whois/%s", ip);
+    h = s_http(f, port, "GET", path, "s3cret");
+    assert_int_equal(h->code, 200);
+    assert_non_null(strstr(h->body, "\"user\":\"frank\""));
+    h = s_http(f, port, "GET", "/admin/whois/10.255.255.1", "s3cret");
+    assert_int_equal(h->code, 404);
+    h = s_http(f, port, "GET", "/admin/whois/not-an-ip", "s3cret");
+    assert_int_equal(h->code, 400);
+    h = s_http(f, port, "GET", "/admin/nothing", "s3cret");
+    assert_int_equal(h->code, 404);
+    h = s_http(f, port, "GET", "/admin/kick/frank", "s3cret");
+    assert_int_equal(h->code, 405);
+    h = s_http(f, port, "POST", "/admin/kick/frank", NULL);
+    assert_int_equal(h->code, 401);
+    h = s_http(f, port, "GET", "/admin/pools", "s3cret");
+    assert_int_equal(h->code, 200);
+    assert_non_null(strstr(h->body, "\"used\":1"));
+    assert_non_null(strstr(h->body, "10.77.0.0/29"));
+
+    size_t base = f->nevents;
+    rb_metric_t *m = rb_counter("reachback_kicks_total", NULL, "");
+    double before = rb_metric_value(m);
+    h = s_http(f, port, "POST", "/admin/kick/frank", "s3cret");
+    assert_int_equal(h->code, 200);
+    assert_non_null(strstr(h->body, "\"kicked\":true"));
+    assert_non_null(strstr(h->body, sid));
+    const ev_t *down = s_find_event(f, base, sid, RB__EVENTS__EVENT_KIND__SESSION_DOWN);
+    assert_non_null(down);
+    assert_string_equal(down->reason, "kicked");
+    assert_int_equal(rb_metric_value(m) - before, 1);
+    rbt_wait(f->loop, s_never, NULL, 200);
+    assert_int_equal(rbt_cmd_int(&f->rs, "SISMEMBER rb:ip:free %s", ip), 1);
+    h = s_http(f, port, "POST", "/admin/kick/frank", "s3cret");
+    assert_int_equal(h->code, 404);
+    rb_status_destroy(&st);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -486,6 +952,11 @@ int main(void)
         cmocka_unit_test(test_garbage_then_logon),
         cmocka_unit_test(test_ping),
         cmocka_unit_test(test_exhaustion_and_snapshot),
+        cmocka_unit_test(test_expiry), /* right after: expires the full pool */
+        cmocka_unit_test(test_transfer_flow),
+        cmocka_unit_test(test_concurrent_accepts),
+        cmocka_unit_test(test_resume_refresh),
+        cmocka_unit_test(test_admin_http),
         cmocka_unit_test(test_ipalloc_down_unwinds), /* last: stops ipalloc */
     };
     return cmocka_run_group_tests(tests, setup, teardown);
