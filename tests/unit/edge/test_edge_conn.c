@@ -505,6 +505,8 @@ typedef struct {
     edge_config_t cfg;
     edge_t *edge;
     char server[32];
+    device_t *devs[16];   /* dialled, closed at s_stop */
+    int ndevs;
 } fix_t;
 
 /* extra: more config lines; with_events: a stand-in event stream. */
@@ -547,6 +549,7 @@ static void s_start(fix_t *f, const char *keepalive) { s_start_with(f, keepalive
 
 static void s_stop(fix_t *f)
 {
+    for (int i = 0; i < f->ndevs; i++) rb_tconn_destroy(&f->devs[i]->c);
     edge_destroy(&f->edge);
     s_ev_stop(&f->events);
     rb_rpc_server_destroy(&f->rpc);
@@ -559,6 +562,8 @@ static void s_dial(fix_t *f, device_t *d)
     memset(d, 0, sizeof *d);
     d->c = rb_tconn_dial(f->loop, s_cctx, f->server, NULL, &s_dev_handlers, d);
     assert_non_null(d->c);
+    assert_true(f->ndevs < 16);
+    f->devs[f->ndevs++] = d;
     assert_true(s_wait(f->loop, s_open, d, 0, 3000));
 }
 
@@ -939,6 +944,7 @@ static void test_event_closes(void **state)
         assert_true(d.closed_at - sent < 1000);
         assert_int_equal(d.cases[d.n - 1], RB__TUNNEL__TUNNEL_CONTROL__MSG_SESSION_CLOSED);
         assert_int_equal(d.reasons[d.n - 1], cases[i].close);
+        f.ndevs--;   /* d goes out of scope */
     }
     assert_int_equal(f.broker.logoffs, 0);
     assert_true(s_metric("reachback_edge_kicks_total{reason=\"transferred\"} ") == 1);
