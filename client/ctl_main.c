@@ -425,7 +425,7 @@ static void s_print_fields(const ctl_json_t *j, int obj)
         const char *k = ctl_json_key(j, v);
         ctl_json_type_t ty = ctl_json_type(j, v);
         if (ty == CTL_JSON_OBJECT || ty == CTL_JSON_ARRAY) continue;
-        char key[128];
+        char key[260];   /* s_clean gives at most 255 bytes */
         snprintf(key, sizeof key, "%s:", s_clean(k));
         printf("%-*s  ", (int)w + 1, key);
         printf("%s", s_clean(ctl_json_str(j, v)));
