@@ -335,28 +335,10 @@ static void s_ev_down(void *arg, const Rb__Events__Session *s, const char *reaso
     edge_t *e = arg;
     if (!s->session_id) return;
     edge_conn_t *c = edge_smap_get(e->ctx.by_session, s->session_id);
-    if (!c) return;
-    static const struct {
-        const char *reason;
-        Rb__Tunnel__CloseReason close;
-        const char *msg;
-    } map[] = {
-        {"transferred", RB__TUNNEL__CLOSE_REASON__CLOSE_TRANSFERRED,
-         "session transferred to another device"},
-        {"replaced", RB__TUNNEL__CLOSE_REASON__CLOSE_REPLACED, "replaced by a newer logon"},
-        {"kicked", RB__TUNNEL__CLOSE_REASON__CLOSE_KICKED, "closed by administrator"},
-        {"expired", RB__TUNNEL__CLOSE_REASON__CLOSE_EXPIRED, "session expired"},
-        {"logoff", RB__TUNNEL__CLOSE_REASON__CLOSE_LOGOFF, "logged off"},
-    };
-    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++) {
-        if (strcmp(reason, map[i].reason) == 0) {
-            edge_conn_kick(c, map[i].close, map[i].msg);
-            return;
-        }
-    }
-    char msg[160];
-    snprintf(msg, sizeof msg, "session ended (%.100s)", reason);
-    edge_conn_kick(c, RB__TUNNEL__CLOSE_REASON__CLOSE_UNSPECIFIED, msg);
+    if (c)
+        edge_conn_end(c, reason);
+    else
+        edge_ended_note(e->ctx.ended, s->session_id, reason);
 }
 
 static const rb_events_handlers_t s_ev_handlers = {s_ev_reset, s_ev_up, s_ev_down};
@@ -427,7 +409,10 @@ edge_t *edge_new(rb_loop_t *loop, const edge_config_t *cfg)
     }
     ctx->users = e->users;
     ctx->by_session = edge_smap_new();
-    if (!ctx->by_session) goto fail;
+    /* Every end seen in the last 10 s, up to 4096: far more than the
+     * transfers and resumes that can be in flight at once. */
+    ctx->ended = edge_ended_new(4096, 10000);
+    if (!ctx->by_session || !ctx->ended) goto fail;
     ctx->tls = rb_tls_server_ctx(cfg->tls_cert, cfg->tls_key,
                                  *cfg->tls_client_ca ? cfg->tls_client_ca : NULL, 0, err,
                                  sizeof err);
@@ -517,6 +502,7 @@ void edge_destroy(edge_t **ep)
     edge_broker_destroy(&e->ctx.broker);
     edge_rl_destroy(&e->ctx.rl);
     edge_smap_destroy(&e->ctx.by_session);
+    edge_ended_destroy(&e->ctx.ended);
     if (e->ctx.tls) SSL_CTX_free(e->ctx.tls);
     edge_users_destroy(&e->users);
     free(e);

@@ -257,6 +257,10 @@ static void s_attach(edge_conn_t *c, const Rb__Edgebroker__LogonReply *r)
     m.msg_case = RB__TUNNEL__TUNNEL_CONTROL__MSG_LOGON_OK;
     m.logon_ok = &ok;
     s_send(c, &m);
+    /* Its end may have overtaken this answer on the event stream. */
+    char why[32];
+    if (c->ctx->ended && edge_ended_take(c->ctx->ended, c->session_id, why) == 0)
+        edge_conn_end(c, why);
 }
 
 static void s_on_offer_deadline(rb_loop_t *loop, void *arg)
@@ -773,6 +777,31 @@ void edge_conn_kick(edge_conn_t *c, Rb__Tunnel__CloseReason reason, const char *
             s_user(c), c->peer, msg);
     s_close(c, reason, msg);
     s_detach(c);
+}
+
+void edge_conn_end(edge_conn_t *c, const char *event_reason)
+{
+    static const struct {
+        const char *reason;
+        Rb__Tunnel__CloseReason close;
+        const char *msg;
+    } map[] = {
+        {"transferred", RB__TUNNEL__CLOSE_REASON__CLOSE_TRANSFERRED,
+         "session transferred to another device"},
+        {"replaced", RB__TUNNEL__CLOSE_REASON__CLOSE_REPLACED, "replaced by a newer logon"},
+        {"kicked", RB__TUNNEL__CLOSE_REASON__CLOSE_KICKED, "closed by administrator"},
+        {"expired", RB__TUNNEL__CLOSE_REASON__CLOSE_EXPIRED, "session expired"},
+        {"logoff", RB__TUNNEL__CLOSE_REASON__CLOSE_LOGOFF, "logged off"},
+    };
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++) {
+        if (strcmp(event_reason, map[i].reason) == 0) {
+            edge_conn_kick(c, map[i].close, map[i].msg);
+            return;
+        }
+    }
+    char msg[160];
+    snprintf(msg, sizeof msg, "session ended (%.100s)", event_reason);
+    edge_conn_kick(c, RB__TUNNEL__CLOSE_REASON__CLOSE_UNSPECIFIED, msg);
 }
 
 const char *edge_conn_session_id(const edge_conn_t *c)

@@ -20,6 +20,7 @@
 #include "edge_auth.h"
 #include "edge_broker.h"
 #include "edge_ratelimit.h"
+#include "edge_ended.h"
 #include "edge_smap.h"
 #include "edge_users.h"
 #include "rb_buf.h"
@@ -69,6 +70,7 @@ typedef struct {
     edge_broker_t *broker;
     const edge_users_t *users;   /* for the groups of a logon */
     edge_smap_t *by_session;     /* session id -> ACTIVE connection */
+    edge_ended_t *ended;         /* sessions that ended before they attached here */
     rb_metric_t *m_connections, *m_sessions, *m_protocol_errors, *m_logon_duration;
     rb_metric_t *m_logons[EDGE_LOGON_NRESULTS];
     rb_metric_t *m_resumes[EDGE_RESUME_NRESULTS];
@@ -93,6 +95,10 @@ void edge_conn_shutdown(edge_conn_t *c);
  * device why, close after flush; no LogoffRequest. Counted in
  * reachback_edge_kicks_total. */
 void edge_conn_kick(edge_conn_t *c, Rb__Tunnel__CloseReason reason, const char *msg);
+/* edge_conn_kick with the close reason and words that match a SESSION_DOWN
+ * event's reason ("transferred", "replaced", "kicked", "expired",
+ * "logoff"; anything else closes as UNSPECIFIED). */
+void edge_conn_end(edge_conn_t *c, const char *event_reason);
 /* The session id of an ACTIVE connection, else NULL. */
 const char *edge_conn_session_id(const edge_conn_t *c);
 /* The next connection in ctx's table, for walking it. */
