@@ -307,6 +307,10 @@ ctl_json_t *ctl_json_parse(const char *text, size_t len, char *err, size_t errle
         errlen = sizeof dummy;
     }
     err[0] = '\0';
+    if (!text) {   /* no body at all: parse as the empty document (an error) */
+        text = "";
+        len = 0;
+    }
     if (len > CTL_JSON_MAX_INPUT) {
         snprintf(err, errlen, "document larger than %u bytes", CTL_JSON_MAX_INPUT);
         return NULL;
