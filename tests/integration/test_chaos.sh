@@ -9,9 +9,11 @@
 # script: live sessions, leases, user keys), every edge's /status and DNS
 # every ~100 ms and fails on:
 #   - two live sessions for one user, or one address in two live sessions;
-#   - a live session whose address is leased to another session, edges
-#     carrying more sessions than Redis holds, or a DNS answer (A or PTR)
-#     disagreeing with Redis, any of them for more than 1 s;
+#   - a live session whose address is leased to nobody or to another user,
+#     edges carrying more sessions than Redis holds, or a DNS answer (A or
+#     PTR) disagreeing with Redis, any of them for more than 1 s; a lease
+#     still held by the ended predecessor (same user) of a transferred
+#     session for more than 20 s (the reconcile's bound);
 #   - a session lost without a reason (a device that logged on and ended
 #     with anything but logoff, transfer, replacement, or a refused resume
 #     after a newer logon of its user);
@@ -99,12 +101,13 @@ for _, sid in ipairs(redis.call('SMEMBERS', 'rb:sessions:live')) do
 end
 for _, ip in ipairs(redis.call('SMEMBERS', 'rb:ip:leased')) do
   out[#out + 1] = 'L ' .. ip .. ' ' .. (redis.call('HGET', 'rb:ip:lease:' .. ip, 'session') or '-')
+    .. ' ' .. (redis.call('HGET', 'rb:ip:lease:' .. ip, 'user') or '-')
 end
 return out"
 
 sampler() {
     declare -A first=()
-    local samples=0 skipped=0 state dns edges now key
+    local samples=0 skipped=0 state dns edges now key limit
     local status_urls=()
     for i in $(seq ${#EDGES[@]}); do v="EDGE${i}_STATUS_URL"; status_urls+=("${!v}/status"); done
     while [[ ! -e $W/stop_sampler ]]; do
@@ -123,11 +126,21 @@ sampler() {
         local out
         out=$(awk -v dnsout="$dns" -v edges="${edges:-0}" -v suffix="$DNS_SUFFIX" -v users="${USERS[*]}" '
             $1 == "S" { n++; user[$2] = $3; ip[$2] = $4; byuser[$3]++; if ($4 != "-") { byip[$4]++; ipsid[$4] = $2; uip[$3] = $4 } }
-            $1 == "L" { lease[$2] = $3 }
+            $1 == "L" { lease[$2] = $3; leaseuser[$2] = $4 }
             END {
                 for (u in byuser) if (byuser[u] > 1) print "NOW two live sessions for " u
                 for (a in byip) if (byip[a] > 1) print "NOW address " a " in " byip[a] " live sessions"
-                for (s in ip) if (ip[s] != "-" && lease[ip[s]] != s) print "KEY lease:" s " session " s " (" user[s] ") has " ip[s] " but its lease is held by " (lease[ip[s]] == "" ? "nobody" : lease[ip[s]])
+                for (s in ip) {
+                    if (ip[s] == "-" || lease[ip[s]] == s) continue
+                    # Held by an ended session of the same user: a transfer whose
+                    # lease take-over is still on its way (or, after a broker or
+                    # ipalloc died, waits for the reconcile): the address is
+                    # still leased once, to the right user. Anything else is wrong.
+                    if (leaseuser[ip[s]] == user[s])
+                        print "KEY leaselag:" s " session " s " (" user[s] ") has " ip[s] " but its lease is still held by its predecessor " lease[ip[s]]
+                    else
+                        print "KEY lease:" s " session " s " (" user[s] ") has " ip[s] " but its lease is held by " (lease[ip[s]] == "" ? "nobody" : lease[ip[s]] " of " leaseuser[ip[s]])
+                }
                 if (edges + 0 > n) print "KEY edges edges carry " edges " sessions, Redis holds " n
                 if (dnsout ~ /timed out|no servers|connection refused|communications error/) exit
                 split(dnsout, lines, "\n")
@@ -155,7 +168,12 @@ sampler() {
                 key=${line#KEY }; key=${key%% *}
                 seen+="$key "
                 [[ -n ${first[$key]:-} ]] || first[$key]=$now
-                if [[ ${first[$key]} != done* ]] && (( now - first[$key] > 1000 )); then
+                # A lagging take-over is repaired by the brokers' reconcile
+                # (every 5 s, for leases unchanged for 10 s); every other
+                # disagreement may last 1 s.
+                limit=1000
+                [[ $key == leaselag:* ]] && limit=20000
+                if [[ ${first[$key]} != done* ]] && (( now - first[$key] > limit )); then
                     echo "$(date +%T.%3N) for $(( now - first[$key] )) ms: ${line#KEY * }" >>"$W/violations"
                     first[$key]="done$now"
                 fi
@@ -197,7 +215,8 @@ while (( $(wc -l <"$W/exits") < $(wc -l <"$W/started") )); do
     sleep 0.2
 done
 # Dropped devices' sessions expire; then nothing may be left.
-deadline=$(( $(now_ms) + (TIMEOUT_S + 10) * 1000 ))
+# (plus the reconcile's period and grace for leases whose release was lost)
+deadline=$(( $(now_ms) + (TIMEOUT_S + 25) * 1000 ))
 until [[ $(rcli SCARD rb:sessions:live) == 0 && $(rcli SCARD rb:ip:leased) == 0 ]]; do
     if (( $(now_ms) > deadline )); then
         echo "left after everyone logged off: $(rcli SCARD rb:sessions:live) live sessions, leases: $(rcli SMEMBERS rb:ip:leased | tr '\n' ' ')" >>"$W/violations"
