@@ -32,7 +32,8 @@ mkdir -p "$W"
 : >"$W/started"; : >"$W/exits"; : >"$W/ops"; : >"$W/kills"; : >"$W/violations"; : >"$W/samples"
 
 is_client() {   # is_client PID NAME: PID is still that reachback-client
-    proc_running "$1" && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q -- "--device $2 "
+    # (no pipe into grep -q: with pipefail, tr's SIGPIPE would read as "no")
+    proc_running "$1" && [[ $(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null) == *"--device $2 "* ]]
 }
 
 # ---- driver: devices come, go, drop -------------------------------------
@@ -255,8 +256,10 @@ for name in "${!user_of[@]}"; do
         *:16)
             # Refused resume: fine when a newer device of the user logged on.
             t_me=$(grep "^$name " "$W/started" | awk '{ print $4 }')
-            newer=$(awk -v u="${user_of[$name]}" -v t="$t_me" '$2 == u && $4 > t { print $1 }' "$W/started" \
-                | while read -r o; do grep -q "logged on" "$W/$o.out" && echo "$o"; done | head -n 1)
+            newer=
+            for o in $(awk -v u="${user_of[$name]}" -v t="$t_me" '$2 == u && $4 > t { print $1 }' "$W/started"); do
+                grep -q "logged on" "$W/$o.out" && { newer=$o; break; }
+            done
             [[ -n $newer ]] || echo "$name (${user_of[$name]}) lost its session: resume refused with no newer logon" >>"$W/violations" ;;
         *) echo "$name (${user_of[$name]}) lost its session: exit $rc after ${signalled[$name]:-no signal}: $(grep -v '^{' "$W/$name.out" | tail -n 1)" >>"$W/violations" ;;
     esac
@@ -278,7 +281,7 @@ done
 echo "  resumes counted by the edges (since their last restart): $resumes"
 (( samples >= SECONDS_TOTAL * 3 )) || echo "too few samples: $samples" >>"$W/violations"
 if [[ -s $W/violations ]]; then
-    echo "violations:"; sed 's/^/  /' "$W/violations" | head -n 40
+    echo "violations:"; head -n 40 "$W/violations" | sed "s/^/  /"
     fail "$(wc -l <"$W/violations") invariant violations"
 fi
 ok "no invariant violated"
