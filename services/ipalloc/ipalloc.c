@@ -29,6 +29,12 @@
 /* A BrokerToIpalloc is a few short strings and a user's groups; refuse
  * anything bigger. The cap also bounds the group lookups of one lease. */
 #define IPALLOC_MAX_REQUEST 16384
+/* A ReconcileRequest lists every live session with an address (~80 bytes
+ * each): only it may be bigger, up to the protocol's limit. */
+#define IPALLOC_MAX_RECONCILE RB_PB_MAX_MESSAGE
+/* Below this a broker's reconcile could release the lease of a logon it has
+ * not committed yet: refused. */
+#define IPALLOC_RECONCILE_MIN_GRACE_MS 1000
 #define IPALLOC_STATS_MS 1000
 
 const rb_option_t ipalloc_options[] = {
@@ -102,6 +108,7 @@ struct ipalloc {
 
     rb_metric_t *m_ok, *m_exhausted, *m_no_address, *m_error;
     rb_metric_t *m_moved;
+    rb_metric_t *m_rec_moved, *m_rec_released;
     rb_metric_t *m_duration;
 };
 
@@ -382,6 +389,68 @@ static void s_handle_pools(ipalloc_t *ia, rb_rpc_req_t *req,
     if (ipalloc_store_stats(ia->store, s_on_pools, c) != 0) s_ctx_free(c);
 }
 
+static void s_on_reconcile(void *arg, int rc, uint64_t moved, uint64_t released)
+{
+    ipalloc_ctx_t *c = arg;
+    ipalloc_t *ia = c->ia;
+    if (rc == 0) {
+        Rb__Brokeripalloc__IpallocToBroker env = RB__BROKERIPALLOC__IPALLOC_TO_BROKER__INIT;
+        Rb__Brokeripalloc__ReconcileReply rr = RB__BROKERIPALLOC__RECONCILE_REPLY__INIT;
+        rb_metric_add(ia->m_rec_moved, (double)moved);
+        rb_metric_add(ia->m_rec_released, (double)released);
+        rr.moved = moved > UINT32_MAX ? UINT32_MAX : (uint32_t)moved;
+        rr.released = released > UINT32_MAX ? UINT32_MAX : (uint32_t)released;
+        env.body_case = RB__BROKERIPALLOC__IPALLOC_TO_BROKER__BODY_RECONCILE;
+        env.reconcile = &rr;
+        s_reply(c->req, &env);
+        c->req = NULL;
+    }
+    /* On a Redis failure the broker's call times out; the next period
+     * tries again. */
+    s_ctx_free(c);
+}
+
+static void s_handle_reconcile(ipalloc_t *ia, rb_rpc_req_t *req,
+                               const Rb__Brokeripalloc__BrokerToIpalloc *env)
+{
+    const Rb__Brokeripalloc__ReconcileRequest *rr = env->reconcile;
+    ipalloc_live_t *live = NULL;
+    ipalloc_ctx_t *c = NULL;
+    if (!rr || rr->grace_ms < IPALLOC_RECONCILE_MIN_GRACE_MS ||
+        rr->n_live > IPALLOC_RECONCILE_MAX) {
+        rb_warn("bad_request", "%s: reconcile with a grace period under %d ms or too many sessions",
+                rb_rpc_req_peer(req), IPALLOC_RECONCILE_MIN_GRACE_MS);
+        goto drop;
+    }
+    /* Pool prefixes the store does not know yet would keep released
+     * addresses out of their free sets: wait until every pool is ready. */
+    if (!s_all_ready(ia)) goto drop;
+    live = calloc(rr->n_live ? rr->n_live : 1, sizeof(*live));
+    if (!live) goto drop;
+    for (size_t i = 0; i < rr->n_live; i++) {
+        const Rb__Brokeripalloc__LiveLease *l = rr->live[i];
+        uint32_t addr;
+        /* One bad entry spoils the list: a live session left out of it
+         * would lose its address. */
+        if (!l || !s_field_ok(l->session_id, 128) || !s_field_ok(l->user, 256) || !l->ip ||
+            rb_ip_parse(l->ip, &addr) != 0) {
+            rb_warn("bad_request", "%s: reconcile with an invalid live session (#%zu)",
+                    rb_rpc_req_peer(req), i);
+            goto drop;
+        }
+        live[i] = (ipalloc_live_t){.session = l->session_id, .ip = l->ip, .user = l->user};
+    }
+    if (!(c = s_ctx_new(ia, req))) goto drop;
+    if (ipalloc_store_reconcile(ia->store, live, rr->n_live, rr->grace_ms, rb_wall_ms(),
+                                s_on_reconcile, c) != 0)
+        s_ctx_free(c);
+    free(live);
+    return;
+drop:
+    free(live);
+    rb_rpc_req_free(req);
+}
+
 typedef void(s_handler_fn)(ipalloc_t *ia, rb_rpc_req_t *req,
                            const Rb__Brokeripalloc__BrokerToIpalloc *env);
 
@@ -394,18 +463,26 @@ static const struct {
     {RB__BROKERIPALLOC__BROKER_TO_IPALLOC__BODY_RELEASE, "release", s_handle_release},
     {RB__BROKERIPALLOC__BROKER_TO_IPALLOC__BODY_PING, "ping", s_handle_ping},
     {RB__BROKERIPALLOC__BROKER_TO_IPALLOC__BODY_POOLS, "pools", s_handle_pools},
+    {RB__BROKERIPALLOC__BROKER_TO_IPALLOC__BODY_RECONCILE, "reconcile", s_handle_reconcile},
 };
 
 static void s_on_request(void *arg, rb_rpc_req_t *req, const uint8_t *body, size_t len)
 {
     ipalloc_t *ia = arg;
     Rb__Brokeripalloc__BrokerToIpalloc *env = (Rb__Brokeripalloc__BrokerToIpalloc *)rb_pb_unpack(
-        &rb__brokeripalloc__broker_to_ipalloc__descriptor, body, len, IPALLOC_MAX_REQUEST,
+        &rb__brokeripalloc__broker_to_ipalloc__descriptor, body, len, IPALLOC_MAX_RECONCILE,
         rb_rpc_req_peer(req));
     if (!env) {
         /* Logged by rb_pb_unpack; nothing to answer a message we cannot read. */
         rb_rpc_req_free(req);
         return;
+    }
+    if (len > IPALLOC_MAX_REQUEST &&
+        env->body_case != RB__BROKERIPALLOC__BROKER_TO_IPALLOC__BODY_RECONCILE) {
+        rb_warn("oversized_request", "%s sent a %zu-byte request; only a reconcile may exceed %d",
+                rb_rpc_req_peer(req), len, IPALLOC_MAX_REQUEST);
+        rb_rpc_req_free(req);
+        goto out;
     }
     if (env->version != RB_PROTO_VERSION) {
         rb_warn("bad_version", "%s speaks protocol version %u, we speak %u", rb_rpc_req_peer(req),
@@ -587,6 +664,12 @@ ipalloc_t *ipalloc_new(rb_loop_t *loop, const ipalloc_config_t *cfg)
         rb_counter("reachback_leases_total", "result=\"error\"", "lease requests by result");
     ia->m_moved = rb_counter("reachback_lease_takeovers_total", NULL,
                              "leases moved to a new session by a transfer");
+    ia->m_rec_moved =
+        rb_counter("reachback_lease_reconciled_total", "action=\"moved\"",
+                   "leases the periodic reconcile moved to a live session or released");
+    ia->m_rec_released =
+        rb_counter("reachback_lease_reconciled_total", "action=\"released\"",
+                   "leases the periodic reconcile moved to a live session or released");
     ia->m_duration =
         rb_histogram("reachback_lease_duration_seconds", NULL, "time from lease request to answer");
     rb_info("ipalloc_started", "%s listening on %s, %zu pools, default pool %s (%llu addresses)",

@@ -62,6 +62,16 @@ typedef struct {
     const ipalloc_pool_stats_t *pools;
 } ipalloc_stats_t;
 
+/* A live session with an address, as the broker sees it. Borrowed. */
+typedef struct {
+    const char *session;
+    const char *ip; /* dotted quad */
+    const char *user;
+} ipalloc_live_t;
+
+/* Live sessions one reconcile takes: ARGV stays below ~100 MiB. */
+#define IPALLOC_RECONCILE_MAX 1000000
+
 /* rc is 0 or -1; rebuilt says whether the free set was rebuilt. */
 typedef void(ipalloc_init_fn)(void *arg, int rc, bool rebuilt);
 typedef void(ipalloc_lease_fn)(void *arg, const ipalloc_lease_t *lease);
@@ -69,6 +79,9 @@ typedef void(ipalloc_lease_fn)(void *arg, const ipalloc_lease_t *lease);
 typedef void(ipalloc_release_fn)(void *arg, int found);
 /* st is NULL on error; valid only during the call. */
 typedef void(ipalloc_stats_fn)(void *arg, const ipalloc_stats_t *st);
+
+/* rc is 0 or -1; moved and released count leases (0 on error). */
+typedef void(ipalloc_reconcile_fn)(void *arg, int rc, uint64_t moved, uint64_t released);
 
 /* Borrows redis, which must outlive the store. NULL on error. */
 ipalloc_store_t *ipalloc_store_new(rb_redis_t *redis);
@@ -103,5 +116,14 @@ int ipalloc_store_release(ipalloc_store_t *s, const char *ip, const char *sessio
                           ipalloc_release_fn *fn, void *arg);
 /* Usage of every pool initialised so far, in one script. */
 int ipalloc_store_stats(ipalloc_store_t *s, ipalloc_stats_fn *fn, void *arg);
+/* The safety net under release and take-over, in one script: every lease
+ * whose `since` is at least grace_ms before now_ms and whose session is not
+ * in live with that address moves to the live session of the same user
+ * with that address (as a take-over would) or else is released (as a
+ * release would). Logs each move and release. -1 at once for an invalid
+ * entry (nothing is done then: a live session left out would lose its
+ * address). */
+int ipalloc_store_reconcile(ipalloc_store_t *s, const ipalloc_live_t *live, size_t n,
+                            uint64_t grace_ms, uint64_t now_ms, ipalloc_reconcile_fn *fn, void *arg);
 
 #endif

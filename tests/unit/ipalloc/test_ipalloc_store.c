@@ -3,7 +3,8 @@
  * session, exclusions, pool changes under live leases, two stores on two
  * connections racing for the same pool; take-overs (moved, idempotent,
  * fallback, racing with leases), static reservations, group pools and their
- * stats. */
+ * stats; the reconcile (leases of ended sessions released, moved to the live
+ * successor of the same user only, young leases and reservations kept). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -169,6 +170,189 @@ static int s_release(fx_t *f, const char *ip, const char *sid)
     assert_int_equal(ipalloc_store_release(f->s1, ip, sid, s_on_release, &r), 0);
     assert_true(rbt_wait(f->loop, s_done, &r, 3000));
     return r.rc;
+}
+
+typedef struct {
+    bool done;
+    int rc;
+    uint64_t moved, released;
+} rec_t;
+
+static void s_on_reconcile(void *arg, int rc, uint64_t moved, uint64_t released)
+{
+    rec_t *r = arg;
+    r->done = true;
+    r->rc = rc;
+    r->moved = moved;
+    r->released = released;
+}
+
+static bool s_rec_done(void *arg)
+{
+    return ((rec_t *)arg)->done;
+}
+
+#define GRACE_MS 10000
+
+/* A reconcile run as if at now + ahead_ms (so leases look that old). */
+static rec_t s_reconcile(fx_t *f, const ipalloc_live_t *live, size_t n, uint64_t ahead_ms)
+{
+    rec_t r = {0};
+    assert_int_equal(
+        ipalloc_store_reconcile(f->s1, live, n, GRACE_MS, rb_wall_ms() + ahead_ms, s_on_reconcile, &r),
+        0);
+    assert_true(rbt_wait(f->loop, s_rec_done, &r, 3000));
+    assert_int_equal(r.rc, 0);
+    return r;
+}
+
+static void test_reconcile_releases_and_moves(void **state)
+{
+    fx_t *f = *state;
+    char v[64];
+    s_init(f, "10.0.0.0/29", "");
+    /* gone: ended, its release lost. old: ended predecessor of alice's live
+     * "new" (take-over lost). bob: live and fine. */
+    res_t gone = s_lease(f, f->s1, "carol", "gone");
+    res_t old = s_lease(f, f->s1, "alice", "old");
+    res_t bob = s_lease(f, f->s1, "bob", "bobs");
+    assert_int_equal(rbt_cmd_int(&f->rs, "SCARD rb:ip:free"), 3);
+    const ipalloc_live_t live[] = {{"new", old.ip, "alice"}, {"bobs", bob.ip, "bob"}};
+    /* Young leases are left alone: a logon or take-over may be under way. */
+    rec_t r = s_reconcile(f, live, 2, 0);
+    assert_int_equal(r.moved, 0);
+    assert_int_equal(r.released, 0);
+    r = s_reconcile(f, live, 2, GRACE_MS + 1);
+    assert_int_equal(r.moved, 1);
+    assert_int_equal(r.released, 1);
+    /* gone's address is back in the free set, its keys gone. */
+    char k[64];
+    snprintf(k, sizeof(k), "rb:ip:lease:%s", gone.ip);
+    assert_int_equal(rbt_cmd_int(&f->rs, "EXISTS %s", k), 0);
+    assert_int_equal(rbt_cmd_int(&f->rs, "SISMEMBER rb:ip:free %s", gone.ip), 1);
+    assert_int_equal(rbt_cmd_int(&f->rs, "SISMEMBER rb:ip:leased %s", gone.ip), 0);
+    assert_int_equal(rbt_cmd_int(&f->rs, "EXISTS rb:ip:session:gone"), 0);
+    /* old's address now new's, as a take-over would have left it. */
+    snprintf(k, sizeof(k), "rb:ip:lease:%s", old.ip);
+    s_hget(f, k, "session", v);
+    assert_string_equal(v, "new");
+    s_hget(f, k, "user", v);
+    assert_string_equal(v, "alice");
+    s_get(f, "rb:ip:session:new", v);
+    assert_string_equal(v, old.ip);
+    s_get(f, "rb:ip:user:alice", v);
+    assert_string_equal(v, old.ip);
+    assert_int_equal(rbt_cmd_int(&f->rs, "EXISTS rb:ip:session:old"), 0);
+    assert_int_equal(rbt_cmd_int(&f->rs, "SISMEMBER rb:ip:free %s", old.ip), 0);
+    /* The move counts as a change: the grace period starts again. */
+    s_hget(f, k, "since", v);
+    assert_true(strtoull(v, NULL, 10) > rb_wall_ms() + GRACE_MS / 2);
+    /* bob untouched. */
+    snprintf(k, sizeof(k), "rb:ip:lease:%s", bob.ip);
+    s_hget(f, k, "session", v);
+    assert_string_equal(v, "bobs");
+    /* A take-over arriving late finds the work done. */
+    res_t t = s_take_over(f, f->s1, "alice", "new", "old");
+    assert_string_equal(t.ip, old.ip);
+    /* Idempotent: a second run (another broker's) changes nothing. */
+    r = s_reconcile(f, live, 2, 3 * GRACE_MS);
+    assert_int_equal(r.moved, 0);
+    assert_int_equal(r.released, 0);
+    assert_int_equal(rbt_cmd_int(&f->rs, "SCARD rb:ip:leased"), 2);
+    assert_int_equal(rbt_cmd_int(&f->rs, "SCARD rb:ip:free"), 4);
+    /* Nobody live: everything goes back. */
+    r = s_reconcile(f, NULL, 0, 3 * GRACE_MS);
+    assert_int_equal(r.released, 2);
+    assert_int_equal(rbt_cmd_int(&f->rs, "SCARD rb:ip:leased"), 0);
+    assert_int_equal(rbt_cmd_int(&f->rs, "SCARD rb:ip:free"), 6);
+}
+
+static void test_reconcile_never_moves_across_users(void **state)
+{
+    fx_t *f = *state;
+    char v[64], k[64];
+    s_init(f, "10.0.0.0/29", "");
+    res_t a = s_lease(f, f->s1, "alice", "sa");
+    /* A live session of bob claims alice's address (a broker gone wrong):
+     * it is not bob's to take. Alice's session ended: released. */
+    const ipalloc_live_t live[] = {{"sb", a.ip, "bob"}};
+    rec_t r = s_reconcile(f, live, 1, GRACE_MS + 1);
+    assert_int_equal(r.moved, 0);
+    assert_int_equal(r.released, 1);
+    snprintf(k, sizeof(k), "rb:ip:lease:%s", a.ip);
+    assert_int_equal(rbt_cmd_int(&f->rs, "EXISTS %s", k), 0);
+    assert_int_equal(rbt_cmd_int(&f->rs, "EXISTS rb:ip:session:sb"), 0);
+    /* Alice live again with it: never moved to bob, kept for her. */
+    a = s_lease(f, f->s1, "alice", "sa2");
+    const ipalloc_live_t live2[] = {{"sa2", a.ip, "alice"}, {"sb", a.ip, "bob"}};
+    r = s_reconcile(f, live2, 2, GRACE_MS + 1);
+    assert_int_equal(r.moved + r.released, 0);
+    snprintf(k, sizeof(k), "rb:ip:lease:%s", a.ip);
+    s_hget(f, k, "session", v);
+    assert_string_equal(v, "sa2");
+}
+
+static void test_reconcile_keeps_reservations(void **state)
+{
+    fx_t *f = *state;
+    const ipalloc_reservation_t res[] = {{"alice", 0x0a000005}}; /* 10.0.0.5 */
+    s_init_pool(f, f->s1, IPALLOC_DEFAULT_POOL, "10.0.0.0/29", "", res, 1);
+    ipalloc_lease_req_t q = {.user = "alice",
+                             .session = "sa",
+                             .pool = IPALLOC_DEFAULT_POOL,
+                             .reserved_ip = 0x0a000005,
+                             .reserved_pool = IPALLOC_DEFAULT_POOL};
+    assert_string_equal(s_lease_req(f, f->s1, &q).ip, "10.0.0.5");
+    res_t other = s_lease(f, f->s1, "bob", "sb");
+    rec_t r = s_reconcile(f, NULL, 0, GRACE_MS + 1);
+    assert_int_equal(r.released, 2);
+    /* The reserved address waits for alice; bob's is free for anyone. */
+    assert_int_equal(rbt_cmd_int(&f->rs, "SISMEMBER rb:ip:free 10.0.0.5"), 0);
+    assert_int_equal(rbt_cmd_int(&f->rs, "SISMEMBER rb:ip:leased 10.0.0.5"), 0);
+    assert_int_equal(rbt_cmd_int(&f->rs, "SISMEMBER rb:ip:free %s", other.ip), 1);
+    q.session = "sa2";
+    assert_string_equal(s_lease_req(f, f->s1, &q).ip, "10.0.0.5");
+}
+
+/* The live successor holds a stand-in (a take-over that fell back): the
+ * stand-in goes back and the successor gets its address, as a take-over
+ * would. */
+static void test_reconcile_replaces_stand_in(void **state)
+{
+    fx_t *f = *state;
+    char v[64];
+    s_init(f, "10.0.0.0/29", "");
+    res_t old = s_lease(f, f->s1, "alice", "old");
+    res_t stand = s_lease(f, f->s1, "alice", "new");
+    assert_string_not_equal(old.ip, stand.ip);
+    const ipalloc_live_t live[] = {{"new", old.ip, "alice"}};
+    rec_t r = s_reconcile(f, live, 1, GRACE_MS + 1);
+    assert_int_equal(r.moved, 1);
+    assert_int_equal(r.released, 1);
+    s_get(f, "rb:ip:session:new", v);
+    assert_string_equal(v, old.ip);
+    assert_int_equal(rbt_cmd_int(&f->rs, "SISMEMBER rb:ip:free %s", stand.ip), 1);
+    assert_int_equal(rbt_cmd_int(&f->rs, "SCARD rb:ip:leased"), 1);
+    assert_int_equal(rbt_cmd_int(&f->rs, "SCARD rb:ip:free"), 5);
+}
+
+static void test_reconcile_refuses_bad_entries(void **state)
+{
+    fx_t *f = *state;
+    s_init(f, "10.0.0.0/29", "");
+    res_t a = s_lease(f, f->s1, "alice", "sa");
+    rec_t r = {0};
+    const ipalloc_live_t bad[] = {{"sa", a.ip, "alice"}, {"sb", "10.0.0.300", "bob"}};
+    assert_int_equal(ipalloc_store_reconcile(f->s1, bad, 2, GRACE_MS, rb_wall_ms() + 2 * GRACE_MS,
+                                             s_on_reconcile, &r),
+                     -1);
+    const ipalloc_live_t bad2[] = {{"", a.ip, "alice"}};
+    assert_int_equal(ipalloc_store_reconcile(f->s1, bad2, 1, GRACE_MS, rb_wall_ms() + 2 * GRACE_MS,
+                                             s_on_reconcile, &r),
+                     -1);
+    rbt_wait(f->loop, s_rec_done, &r, 100);
+    assert_false(r.done);
+    assert_int_equal(rbt_cmd_int(&f->rs, "SCARD rb:ip:leased"), 1);
 }
 
 static void test_exhaust_without_duplicates(void **state)
@@ -731,6 +915,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_static_reservation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reservation_added_under_a_live_lease, setup, teardown),
         cmocka_unit_test_setup_teardown(test_group_pools_and_stats, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reconcile_releases_and_moves, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reconcile_never_moves_across_users, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reconcile_keeps_reservations, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reconcile_replaces_stand_in, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reconcile_refuses_bad_entries, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
