@@ -313,6 +313,60 @@ static void test_takeover(void **state)
     rb_buf_free(&m);
 }
 
+/* ReconcileRequest over the wire: the answer counts, the metric, and a
+ * request that could do harm (a grace period under 1 s, an invalid live
+ * session) gets no answer and changes nothing. */
+static Rb__Brokeripalloc__IpallocToBroker *s_reconcile(fx_t *f, Rb__Brokeripalloc__LiveLease **live,
+                                                       size_t n, uint64_t grace_ms)
+{
+    Rb__Brokeripalloc__BrokerToIpalloc env = RB__BROKERIPALLOC__BROKER_TO_IPALLOC__INIT;
+    Rb__Brokeripalloc__ReconcileRequest rr = RB__BROKERIPALLOC__RECONCILE_REQUEST__INIT;
+    rr.live = live;
+    rr.n_live = n;
+    rr.grace_ms = grace_ms;
+    env.version = RB_PROTO_VERSION;
+    env.body_case = RB__BROKERIPALLOC__BROKER_TO_IPALLOC__BODY_RECONCILE;
+    env.reconcile = &rr;
+    return s_call(f, &env, 1000);
+}
+
+static void test_reconcile(void **state)
+{
+    fx_t *f = *state;
+    char ipa[16], ipb[16], pool[16];
+    s_lease_ip(s_lease(f, "alice", "sa"), ipa, pool);
+    s_lease_ip(s_lease(f, "bob", "sb"), ipb, pool);
+    /* Both leases look a minute old; alice's session moved on to sa2
+     * without its take-over, bob's ended without its release. */
+    freeReplyObject(rbt_cmd(&f->rs, "HSET rb:ip:lease:%s since 1", ipa));
+    freeReplyObject(rbt_cmd(&f->rs, "HSET rb:ip:lease:%s since 1", ipb));
+    Rb__Brokeripalloc__LiveLease l = RB__BROKERIPALLOC__LIVE_LEASE__INIT, *lv[] = {&l};
+    l.session_id = "sa2";
+    l.ip = ipa;
+    l.user = "alice";
+    /* Refused: a grace period that would cut logons in progress. */
+    assert_null(s_reconcile(f, lv, 1, 10));
+    l.ip = "10.9.9.300";
+    assert_null(s_reconcile(f, lv, 1, 10000));
+    assert_int_equal(rbt_cmd_int(&f->rs, "SCARD rb:ip:leased"), 2);
+    l.ip = ipa;
+    Rb__Brokeripalloc__IpallocToBroker *r = s_reconcile(f, lv, 1, 10000);
+    assert_non_null(r);
+    assert_int_equal(r->body_case, RB__BROKERIPALLOC__IPALLOC_TO_BROKER__BODY_RECONCILE);
+    assert_int_equal(r->reconcile->moved, 1);
+    assert_int_equal(r->reconcile->released, 1);
+    s_free(r);
+    redisReply *rep = rbt_cmd(&f->rs, "HGET rb:ip:lease:%s session", ipa);
+    assert_string_equal(rep->str, "sa2");
+    freeReplyObject(rep);
+    assert_int_equal(rbt_cmd_int(&f->rs, "SISMEMBER rb:ip:free %s", ipb), 1);
+    rb_buf_t m = RB_BUF_INIT;
+    rb_metrics_render(&m);
+    assert_non_null(strstr(m.data, "reachback_lease_reconciled_total{action=\"moved\"} 1"));
+    assert_non_null(strstr(m.data, "reachback_lease_reconciled_total{action=\"released\"} 1"));
+    rb_buf_free(&m);
+}
+
 static Rb__Brokeripalloc__PoolsReply *s_pools(fx_t *f, Rb__Brokeripalloc__IpallocToBroker **r)
 {
     Rb__Brokeripalloc__BrokerToIpalloc env = RB__BROKERIPALLOC__BROKER_TO_IPALLOC__INIT;
@@ -464,6 +518,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_requests, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pool_rebuilt_after_redis_loses_it, setup, teardown),
         cmocka_unit_test_setup_teardown(test_takeover, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reconcile, setup, teardown),
         cmocka_unit_test_setup_teardown(test_plan, setup_groups, teardown),
         cmocka_unit_test_setup_teardown(test_spillover, setup_spillover, teardown),
         cmocka_unit_test(test_config_validation),
