@@ -2,8 +2,8 @@
  *
  * This file holds the object, its options, the 1 s tick (stats, heartbeat,
  * ipalloc ping, expiry sweep) and the conversation with ipalloc that outlives
- * an edge request: releases of ended sessions and lease take-overs after a
- * transfer. The edge's requests are in broker_edge.c, the admin API in
+ * an edge request: releases of ended sessions, lease take-overs after a
+ * transfer, and the periodic lease reconcile that catches what those lost. The edge's requests are in broker_edge.c, the admin API in
  * broker_admin.c. Nothing blocks the loop. */
 #include "broker.h"
 #include <openssl/evp.h>
@@ -29,6 +29,10 @@
 /* Take-over attempts (1 s apart) before giving up; a predecessor's own
  * take-over may still be on its way (see broker_takeover_start). */
 #define BROKER_TAKEOVER_TRIES 30
+/* Leases changed more recently than this are left alone by a reconcile (see
+ * s_reconcile). Well above the few seconds between a logon's lease and its
+ * commit, and a take-over's first tries. */
+#define BROKER_RECONCILE_GRACE_MS 10000
 
 const rb_option_t broker_options[] = {
     RB_OPT_COMMON(broker_config_t),
@@ -66,6 +70,9 @@ const rb_option_t broker_options[] = {
      "seconds a session lives without a refresh from its edge (idle timeout)"},
     {"session_max_lifetime", RB_OPT_INT, "86400", offsetof(broker_config_t, session_max_lifetime),
      0, 31536000, "seconds a session may last at most (absolute timeout); 0: no limit"},
+    {"reconcile_s", RB_OPT_INT, "5", offsetof(broker_config_t, reconcile_s), 1, 3600,
+     "seconds between lease reconciles: ipalloc frees or moves leases whose session ended "
+     "without a release or was transferred without a take-over"},
     RB_OPT_END,
 };
 
@@ -381,6 +388,100 @@ void broker_takeover_start(broker_t *b, const char *user, const char *new_sid,
     s_takeover_send(t);
 }
 
+static bool s_ipalloc_ok(const broker_t *b);
+
+/* ---- the lease reconcile ----
+ *
+ * Releases and take-overs live in one broker's memory and retry for a while
+ * only: a broker killed at the wrong moment, or ipalloc down for longer than
+ * the retries, leaves a lease with an ended session for ever, or with the
+ * predecessor of a transferred one. Every reconcile_s this broker lists the
+ * live sessions with an address (one script) and sends them to ipalloc,
+ * whose one script moves each lease not changed within the grace period and
+ * held by a session not in the list to the listed session of the same user
+ * with that address, or else releases it.
+ *
+ * Every broker does this; that is harmless: the script is idempotent and a
+ * second run right after the first finds nothing to do. No retry: the next
+ * period is the retry.
+ *
+ * Races between our list and ipalloc's script:
+ * - a session that starts, or is transferred, after the list: its lease was
+ *   made or moved less than the grace period ago (a logon's lease exists
+ *   before the broker commits the session; a take-over may be on its way),
+ *   so ipalloc leaves it alone; the next period sees the session;
+ * - a transfer before the list whose take-over has not landed: the lease
+ *   moves to the listed successor, which is what the take-over does (it
+ *   then finds its work done);
+ * - a session that ends after the list: ipalloc sees it live and keeps its
+ *   lease; the normal release frees it, or else the next reconcile. */
+
+static void s_on_reconcile(void *arg, const uint8_t *body, size_t len)
+{
+    broker_t *b = arg;
+    b->reconcile_pending = false;
+    if (!body) {
+        rb_warn("reconcile_timeout", "ipalloc did not answer a lease reconcile; next period "
+                                     "tries again");
+        return;
+    }
+    Rb__Brokeripalloc__IpallocToBroker *m =
+        broker_unpack_ipalloc(body, len, RB__BROKERIPALLOC__IPALLOC_TO_BROKER__BODY_RECONCILE);
+    if (m && m->reconcile && (m->reconcile->moved || m->reconcile->released))
+        rb_info("leases_reconciled",
+                "ipalloc moved %u leases to live sessions and released %u of ended ones",
+                m->reconcile->moved, m->reconcile->released);
+    if (m) protobuf_c_message_free_unpacked(&m->base, NULL);
+}
+
+static void s_on_live(void *arg, int rc, uint64_t seq, const broker_session_t *s, size_t n)
+{
+    broker_t *b = arg;
+    Rb__Brokeripalloc__LiveLease *lv = NULL, **lp = NULL;
+    size_t k = 0;
+    (void)seq;
+    if (rc != 0) goto fail; /* logged by the store */
+    lv = calloc(n ? n : 1, sizeof(*lv));
+    lp = calloc(n ? n : 1, sizeof(*lp));
+    if (!lv || !lp) goto fail;
+    for (size_t i = 0; i < n; i++) {
+        if (!s[i].ip[0]) continue; /* no address, nothing to keep */
+        rb__brokeripalloc__live_lease__init(&lv[k]);
+        lv[k].session_id = (char *)s[i].session_id;
+        lv[k].ip = (char *)s[i].ip;
+        lv[k].user = (char *)s[i].user;
+        lp[k] = &lv[k];
+        k++;
+    }
+    Rb__Brokeripalloc__BrokerToIpalloc env = RB__BROKERIPALLOC__BROKER_TO_IPALLOC__INIT;
+    Rb__Brokeripalloc__ReconcileRequest rr = RB__BROKERIPALLOC__RECONCILE_REQUEST__INIT;
+    rr.live = lp;
+    rr.n_live = k;
+    rr.grace_ms = BROKER_RECONCILE_GRACE_MS;
+    env.version = RB_PROTO_VERSION;
+    env.body_case = RB__BROKERIPALLOC__BROKER_TO_IPALLOC__BODY_RECONCILE;
+    env.reconcile = &rr;
+    if (rb_rpc_call(b->ipalloc, &env.base, BROKER_IPALLOC_TIMEOUT_MS, 0, s_on_reconcile, b) != 0)
+        goto fail;
+    free(lv);
+    free(lp);
+    return;
+fail:
+    b->reconcile_pending = false;
+    free(lv);
+    free(lp);
+}
+
+static void s_reconcile(rb_loop_t *loop, void *arg)
+{
+    broker_t *b = arg;
+    (void)loop;
+    /* Without ipalloc the request would only time out. */
+    if (b->reconcile_pending || !s_ipalloc_ok(b)) return;
+    if (broker_store_list(b->store, BROKER_LIST_ALL, NULL, s_on_live, b) == 0)
+        b->reconcile_pending = true;
+}
+
 /* ---- the 1 s tick: stats, heartbeat, ipalloc ping, expiry ---- */
 
 static void s_on_stats(void *arg, int rc, uint64_t seq, uint64_t sessions)
@@ -432,9 +533,21 @@ static void s_on_sweep(void *arg, int rc, const uint64_t *seqs, const broker_ses
     if (n == BROKER_SWEEP_LIMIT) s_sweep(b); /* more are due: go on, in bounded steps */
 }
 
+static void s_on_redis_up(void *arg)
+{
+    broker_t *b = arg;
+    b->redis_up_ms = rb_now_ms();
+}
+
 static void s_sweep(broker_t *b)
 {
     if (b->sweep_pending) return;
+    /* Idle time only counts while refreshes can land: while Redis was away
+     * (or before this broker started) edges refreshed into the void, so a
+     * broker waits one session_timeout after Redis comes back before it
+     * expires anyone. Otherwise a Redis restart would end live sessions. */
+    if (!b->redis_up_ms || rb_now_ms() - b->redis_up_ms < (uint64_t)b->cfg->session_timeout * 1000)
+        return;
     if (broker_store_sweep(b->store, (uint64_t)b->cfg->session_timeout * 1000,
                            (uint64_t)b->cfg->session_max_lifetime * 1000, BROKER_SWEEP_LIMIT,
                            s_on_sweep, b) == 0)
@@ -507,6 +620,7 @@ broker_t *broker_new(rb_loop_t *loop, const broker_config_t *cfg)
                             .password = cfg->redis_password};
     b->redis = rb_redis_new(loop, &rc);
     if (!b->redis || !(b->store = broker_store_new(b->redis))) goto fail;
+    rb_redis_on_up(b->redis, s_on_redis_up, b);
     b->events = broker_events_new(loop, cfg->listen_events, cfg->listen_snapshot, &b->curve,
                                   b->store, cfg->broker_id);
     if (!b->events) goto fail;
@@ -526,14 +640,19 @@ broker_t *broker_new(rb_loop_t *loop, const broker_config_t *cfg)
     }
     b->tick = rb_loop_add_timer(loop, BROKER_TICK_MS, true, s_on_tick, b);
     if (!b->tick) goto fail;
+    /* The option table keeps reconcile_s in 1..3600; a config built by hand
+     * without it reconciles every second. */
+    b->reconcile_timer = rb_loop_add_timer(
+        loop, (uint64_t)(cfg->reconcile_s > 0 ? cfg->reconcile_s : 1) * 1000, true, s_reconcile, b);
+    if (!b->reconcile_timer) goto fail;
     s_metrics(b);
     s_ping_ipalloc(b);
     rb_info("broker_started",
             "%s: edges on %s, events on %s, snapshots on %s, ipalloc at %s; offers %lds, "
-            "idle timeout %lds, lifetime %lds",
+            "idle timeout %lds, lifetime %lds, lease reconcile every %lds",
             cfg->broker_id, cfg->listen_edge, cfg->listen_events, cfg->listen_snapshot,
             cfg->ipalloc_endpoint, cfg->transfer_offer_ttl, cfg->session_timeout,
-            cfg->session_max_lifetime);
+            cfg->session_max_lifetime, cfg->reconcile_s);
     return b;
 fail:
     broker_destroy(&b);
@@ -546,6 +665,7 @@ void broker_destroy(broker_t **bp)
     broker_t *b = *bp;
     *bp = NULL;
     rb_loop_cancel_timer(b->loop, b->tick);
+    rb_loop_cancel_timer(b->loop, b->reconcile_timer);
     /* Order: whatever may call back into a context goes first (the edge
      * server, ipalloc calls, store calls), then the contexts. */
     rb_rpc_server_destroy(&b->edge);

@@ -33,6 +33,7 @@ typedef struct {
     long transfer_offer_ttl;   /* s */
     long session_timeout;      /* s without a refresh */
     long session_max_lifetime; /* s; 0: no limit */
+    long reconcile_s;          /* period of the lease reconcile with ipalloc */
 } broker_config_t;
 
 /* The option table of reachback-broker (rb_config). */

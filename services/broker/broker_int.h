@@ -58,6 +58,7 @@ struct broker {
     rb_rpc_server_t *edge;
     rb_rpc_client_t *ipalloc;
     rb_timer_t *tick;
+    rb_timer_t *reconcile_timer;
     broker_ctx_t *ctxs;
     broker_takeover_t *takeovers;
     broker_admin_t *admin;
@@ -65,6 +66,8 @@ struct broker {
     bool stats_pending;
     bool ping_pending;
     bool sweep_pending;
+    uint64_t redis_up_ms;   /* when the Redis connection last came up; 0: never */
+    bool reconcile_pending;
     uint64_t ipalloc_ok_ms; /* last good ping answer; 0: never */
     uint64_t seq;
     uint64_t sessions;

@@ -4,7 +4,8 @@
  * CURVE. A test DEALER speaks edge_broker.proto and a SUB listens to the
  * event stream: logon, SESSION_UP, second logon, logoff, SESSION_DOWN, the
  * lease back in the free set, garbage on the ROUTER, pool exhaustion and
- * a snapshot. */
+ * a snapshot; the lease reconcile catching a lost take-over and a lost
+ * release. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -189,6 +190,7 @@ static int setup(void **state)
     c->transfer_offer_ttl = 120;
     c->session_timeout = 60;
     c->session_max_lifetime = 86400;
+    c->reconcile_s = 1;
     f->b = broker_new(f->loop, c);
     if (!f->b) return -1;
     rb_curve_t none = {0};
@@ -945,6 +947,117 @@ static void test_admin_http(void **state)
     rb_status_destroy(&st);
 }
 
+/* ---- the lease reconcile ---- */
+
+static void s_stop_ipalloc(fx_t *f)
+{
+    kill(f->ipalloc_pid, SIGTERM);
+    waitpid(f->ipalloc_pid, NULL, 0);
+    f->ipalloc_pid = 0;
+}
+
+static void s_start_ipalloc(fx_t *f)
+{
+    assert_int_equal(s_spawn_ipalloc(f, "10.77.0.0/29"), 0);
+    assert_true(rbt_wait(f->loop, s_ready, f->b, 8000));
+}
+
+/* The reconcile leaves leases changed within its 10 s grace period alone;
+ * rather than wait, the test makes the lease look a minute older. */
+static void s_age_lease(fx_t *f, const char *ip)
+{
+    freeReplyObject(rbt_cmd(&f->rs, "HSET rb:ip:lease:%s since %llu", ip,
+                            (unsigned long long)(rb_wall_ms() - 60000)));
+}
+
+static bool s_ip_free(void *arg)
+{
+    lease_q_t *q = arg;
+    return rbt_cmd_int(&q->f->rs, "SISMEMBER rb:ip:free %s", q->ip) == 1 &&
+           rbt_cmd_int(&q->f->rs, "SISMEMBER rb:ip:leased %s", q->ip) == 0;
+}
+
+/* A transfer while ipalloc is down, then the broker dies (as SIGKILL would:
+ * its take-over retries die with it): ipalloc still leases the address to
+ * the replaced session. The next broker's reconcile moves it to the live
+ * successor within reconcile_s (1 s here). */
+static void test_reconcile_lost_takeover(void **state)
+{
+    fx_t *f = *state;
+    if (!f) skip();
+    Rb__Edgebroker__BrokerToEdge *r = s_logon(f, "gina");
+    assert_int_equal(r->logon->status, RB__EDGEBROKER__LOGON_STATUS__LOGON_OK);
+    char sid0[64], sid1[64], ip[16], offer[64];
+    snprintf(sid0, sizeof(sid0), "%s", r->logon->session_id);
+    snprintf(ip, sizeof(ip), "%s", r->logon->ip);
+    s_free(r);
+    r = s_logon(f, "gina");
+    assert_int_equal(r->logon->status, RB__EDGEBROKER__LOGON_STATUS__LOGON_TRANSFER_OFFER);
+    snprintf(offer, sizeof(offer), "%s", r->logon->offer->offer_id);
+    s_free(r);
+
+    s_stop_ipalloc(f);
+    Rb__Edgebroker__EdgeToBroker env;
+    Rb__Edgebroker__TransferRequest tr;
+    s_transfer_env(&env, &tr, offer, "gina", "edge-2");
+    r = s_call(f, &env);
+    assert_int_equal(r->logon->status, RB__EDGEBROKER__LOGON_STATUS__LOGON_OK);
+    assert_string_equal(r->logon->ip, ip);
+    snprintf(sid1, sizeof(sid1), "%s", r->logon->session_id);
+    s_free(r);
+    broker_destroy(&f->b);
+    f->b = broker_new(f->loop, &f->cfg);
+    assert_non_null(f->b);
+    s_start_ipalloc(f);
+
+    /* Nothing moved it: the take-over is gone, and the lease is young. */
+    lease_q_t q0 = {f, ip, sid0}, q1 = {f, ip, sid1};
+    rbt_wait(f->loop, s_never, NULL, 1500);
+    assert_true(s_leased_to(&q0));
+    s_age_lease(f, ip);
+    uint64_t t0 = rb_now_ms();
+    assert_true(rbt_wait(f->loop, s_leased_to, &q1, 3000));
+    assert_true(rb_now_ms() - t0 <= 2500);
+    char want[64];
+    redisReply *rep = rbt_cmd(&f->rs, "GET rb:ip:session:%s", sid1);
+    snprintf(want, sizeof(want), "%s", rep && rep->type == REDIS_REPLY_STRING ? rep->str : "");
+    freeReplyObject(rep);
+    assert_string_equal(want, ip);
+    assert_int_equal(rbt_cmd_int(&f->rs, "EXISTS rb:ip:session:%s", sid0), 0);
+    /* The successor's logoff releases it the normal way. */
+    s_free(s_logoff(f, sid1));
+    assert_true(s_ip_free(&q1));
+}
+
+/* A logoff while ipalloc is down: its release times out and is dropped.
+ * Back up, ipalloc still leases the address to the ended session until the
+ * reconcile releases it. */
+static void test_reconcile_lost_release(void **state)
+{
+    fx_t *f = *state;
+    if (!f) skip();
+    Rb__Edgebroker__BrokerToEdge *r = s_logon(f, "hank");
+    assert_int_equal(r->logon->status, RB__EDGEBROKER__LOGON_STATUS__LOGON_OK);
+    char sid[64], ip[16];
+    snprintf(sid, sizeof(sid), "%s", r->logon->session_id);
+    snprintf(ip, sizeof(ip), "%s", r->logon->ip);
+    s_free(r);
+    s_stop_ipalloc(f);
+    r = s_logoff(f, sid);
+    assert_true(r->logoff->found);
+    s_free(r);
+    s_start_ipalloc(f);
+    lease_q_t q = {f, ip, sid};
+    rbt_wait(f->loop, s_never, NULL, 1500);
+    assert_true(s_leased_to(&q));
+    s_age_lease(f, ip);
+    uint64_t t0 = rb_now_ms();
+    assert_true(rbt_wait(f->loop, s_ip_free, &q, 3000));
+    assert_true(rb_now_ms() - t0 <= 2500);
+    assert_int_equal(rbt_cmd_int(&f->rs, "EXISTS rb:ip:lease:%s", ip), 0);
+    assert_int_equal(rbt_cmd_int(&f->rs, "EXISTS rb:ip:session:%s", sid), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -957,6 +1070,8 @@ int main(void)
         cmocka_unit_test(test_concurrent_accepts),
         cmocka_unit_test(test_resume_refresh),
         cmocka_unit_test(test_admin_http),
+        cmocka_unit_test(test_reconcile_lost_takeover),
+        cmocka_unit_test(test_reconcile_lost_release),
         cmocka_unit_test(test_ipalloc_down_unwinds), /* last: stops ipalloc */
     };
     return cmocka_run_group_tests(tests, setup, teardown);
