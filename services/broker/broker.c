@@ -543,14 +543,15 @@ static void s_sweep(broker_t *b)
 {
     if (b->sweep_pending) return;
     /* Idle time only counts while refreshes can land: while Redis was away
-     * (or before this broker started) edges refreshed into the void, so a
-     * broker waits one session_timeout after Redis comes back before it
-     * expires anyone. Otherwise a Redis restart would end live sessions. */
-    if (!b->redis_up_ms || rb_now_ms() - b->redis_up_ms < (uint64_t)b->cfg->session_timeout * 1000)
-        return;
-    if (broker_store_sweep(b->store, (uint64_t)b->cfg->session_timeout * 1000,
-                           (uint64_t)b->cfg->session_max_lifetime * 1000, BROKER_SWEEP_LIMIT,
-                           s_on_sweep, b) == 0)
+     * (or before this broker started) edges refreshed into the void, so for
+     * one session_timeout after Redis comes back a broker expires sessions
+     * by their absolute lifetime only. Otherwise a Redis restart would end
+     * live sessions whose edges had no chance to refresh them. */
+    uint64_t idle_ms = (uint64_t)b->cfg->session_timeout * 1000;
+    if (!b->redis_up_ms || rb_now_ms() - b->redis_up_ms < idle_ms)
+        idle_ms = UINT64_C(1) << 52;   /* longer than any session can have lived */
+    if (broker_store_sweep(b->store, idle_ms, (uint64_t)b->cfg->session_max_lifetime * 1000,
+                           BROKER_SWEEP_LIMIT, s_on_sweep, b) == 0)
         b->sweep_pending = true;
 }
 
