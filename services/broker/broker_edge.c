@@ -471,12 +471,15 @@ static void s_handle_logoff(broker_t *b, rb_rpc_req_t *req, const Rb__Edgebroker
 
 /* ---- refresh ---- */
 
-static void s_reply_refresh(broker_ctx_t *c, const char *const *gone, size_t n)
+static void s_reply_refresh(broker_ctx_t *c, const char *const *gone, const char *const *reasons,
+                            size_t n)
 {
     Rb__Edgebroker__BrokerToEdge env = RB__EDGEBROKER__BROKER_TO_EDGE__INIT;
     Rb__Edgebroker__RefreshReply rr = RB__EDGEBROKER__REFRESH_REPLY__INIT;
     rr.gone = (char **)gone;
     rr.n_gone = n;
+    rr.reasons = (char **)reasons;
+    rr.n_reasons = reasons ? n : 0;
     env.body_case = RB__EDGEBROKER__BROKER_TO_EDGE__BODY_REFRESH;
     env.refresh = &rr;
     s_reply(c->req, &env);
@@ -484,7 +487,8 @@ static void s_reply_refresh(broker_ctx_t *c, const char *const *gone, size_t n)
     broker_ctx_free(c);
 }
 
-static void s_on_refresh(void *arg, int rc, const char *const *gone, size_t n)
+static void s_on_refresh(void *arg, int rc, const char *const *gone, const char *const *reasons,
+                         size_t n)
 {
     broker_ctx_t *c = arg;
     if (rc != 0) {
@@ -492,7 +496,7 @@ static void s_on_refresh(void *arg, int rc, const char *const *gone, size_t n)
         return;
     }
     if (n) rb_info("refresh_gone", "edge %s: %zu sessions are no longer live", c->edge_id, n);
-    s_reply_refresh(c, gone, n);
+    s_reply_refresh(c, gone, reasons, n);
 }
 
 static void s_handle_refresh(broker_t *b, rb_rpc_req_t *req,
@@ -521,7 +525,7 @@ static void s_handle_refresh(broker_t *b, rb_rpc_req_t *req,
         }
     }
     if (rr->n_session_ids == 0) {
-        s_reply_refresh(c, NULL, 0);
+        s_reply_refresh(c, NULL, NULL, 0);
         return;
     }
     if (broker_store_refresh(b->store, c->edge_id, (const char *const *)rr->session_ids,

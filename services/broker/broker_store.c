@@ -60,9 +60,10 @@
     "  redis.call('ZADD', K_SINCE, since, sid)\n"                                                \
     "  if ip ~= '' then redis.call('HSET', K_BYIP, ip, sid) end\n"                               \
     "end\n"                                                                                      \
-    "local function sess_drop(s)\n"                                                              \
+    "local function sess_drop(s, reason)\n"                                                      \
     "  local sid = s[1]\n"                                                                       \
     "  redis.call('DEL', 'rb:session:' .. sid)\n"                                                \
+    "  redis.call('SET', 'rb:ended:' .. sid, reason, 'EX', 600)\n"                              \
     "  local ukey = 'rb:user:' .. s[2]\n"                                                        \
     "  if redis.call('GET', ukey) == sid then redis.call('DEL', ukey) end\n"                     \
     "  redis.call('SREM', K_LIVE, sid)\n"                                                        \
@@ -153,9 +154,9 @@ static const char LUA_TRANSFER[] =
     "if not cur then return {2} end\n"
     "local s = sess_get(cur)\n"
     "if not s then return {3} end\n"
-    "local down = sess_drop(s)\n"
     "local reason = 'transferred'\n"
     "if s[10] == '1' then reason = 'replaced' end\n"
+    "local down = sess_drop(s, reason)\n"
     "redis.call('HSET', 'rb:session:' .. sid, 'user', user, 'label', s[3], 'fqdn', s[4],\n"
     "           'ip', s[5], 'device', ARGV[4], 'edge', ARGV[5], 'source', ARGV[6],\n"
     "           'since', now, 'token_sha256', ARGV[8], 'state', 'live', 'via_transfer', '1')\n"
@@ -183,7 +184,10 @@ static const char LUA_RESUME[] =
     "append(out, s)\n"
     "return out\n";
 
-/* ARGV: now, edge, sid... Returns the ids that are not live on that edge. */
+/* ARGV: now, edge, sid... Returns {id, reason, id, reason...} for the ids
+ * that are not live on that edge: the reason the session ended with (kept
+ * 10 minutes in rb:ended:<sid>), "moved" when it is live on another edge,
+ * or "" when nobody knows. */
 static const char LUA_REFRESH[] =
     LUA_PRELUDE
     "local now, edge = ARGV[1], ARGV[2]\n"
@@ -193,7 +197,11 @@ static const char LUA_REFRESH[] =
     "  if f[1] == 'live' and (edge == '' or f[2] == edge) then\n"
     "    redis.call('ZADD', K_SEEN, now, ARGV[i])\n"
     "  else\n"
+    "    local why = ''\n"
+    "    if f[1] == 'live' then why = 'moved'\n"
+    "    else why = redis.call('GET', 'rb:ended:' .. ARGV[i]) or '' end\n"
     "    gone[#gone + 1] = ARGV[i]\n"
+    "    gone[#gone + 1] = why\n"
     "  end\n"
     "end\n"
     "return gone\n";
@@ -209,7 +217,7 @@ static const char LUA_SWEEP[] =
     "  for _, sid in ipairs(ids) do\n"
     "    local s = sess_get(sid)\n"
     "    if s then\n"
-    "      out[#out + 1] = sess_drop(s)\n"
+    "      out[#out + 1] = sess_drop(s, 'expired')\n"
     "      append(out, s)\n"
     "    else\n"
     "      redis.call('ZREM', K_SEEN, sid)\n"
@@ -224,8 +232,8 @@ static const char LUA_SWEEP[] =
     "end\n"
     "return out\n";
 
-/* ARGV: sid, user (sid empty: the user's session). Returns {seq, session...}
- * or {0}. */
+/* ARGV: sid, user (sid empty: the user's session), reason. Returns {seq,
+ * session...} or {0}. */
 static const char LUA_END[] =
     LUA_PRELUDE
     "local sid = ARGV[1]\n"
@@ -235,7 +243,7 @@ static const char LUA_END[] =
     "end\n"
     "local s = sess_get(sid)\n"
     "if not s then return {0} end\n"
-    "local out = {sess_drop(s)}\n"
+    "local out = {sess_drop(s, ARGV[3])}\n"
     "append(out, s)\n"
     "return out\n";
 
@@ -677,19 +685,25 @@ int broker_store_resume(broker_store_t *s, const char *session_id, const char *t
 static void s_on_refresh(void *arg, const redisReply *rep)
 {
     broker_op_t *op = arg;
-    const char **gone = NULL;
+    const char **gone = NULL, **why = NULL;
     size_t n = 0;
     int rc = -1;
     if (rep && rep->type == REDIS_REPLY_ARRAY) {
-        gone = calloc(rep->elements ? rep->elements : 1, sizeof(*gone));
-        rc = gone ? 0 : -1;
-        for (size_t i = 0; gone && i < rep->elements; i++)
-            if (s_is_str(rep->element[i])) gone[n++] = rep->element[i]->str;
+        size_t cap = rep->elements / 2 + 1;
+        gone = calloc(cap, sizeof(*gone));
+        why = calloc(cap, sizeof(*why));
+        rc = gone && why ? 0 : -1;
+        for (size_t i = 0; rc == 0 && i + 1 < rep->elements; i += 2) {
+            if (!s_is_str(rep->element[i]) || !s_is_str(rep->element[i + 1])) continue;
+            gone[n] = rep->element[i]->str;
+            why[n++] = rep->element[i + 1]->str;
+        }
     } else {
         rb_warn("session_refresh_failed", "Redis: %s", s_reply_error(rep));
     }
-    if (op->fn.refresh) op->fn.refresh(op->arg, rc, gone, n);
+    if (op->fn.refresh) op->fn.refresh(op->arg, rc, gone, why, n);
     free(gone);
+    free(why);
     s_op_free(op);
 }
 
@@ -793,9 +807,9 @@ static int s_end(broker_store_t *s, const char *session_id, const char *user, co
     broker_op_t *op = s_op_new(s, arg);
     if (!op) return -1;
     op->fn.end = fn;
-    const char *av[] = {session_id, user};
+    const char *av[] = {session_id, user, reason ? reason : ""};
     rb_debug("session_end", "ending %s%s: %s", session_id, user, reason ? reason : "");
-    return s_eval(op, s->end, 2, av, s_on_end);
+    return s_eval(op, s->end, 3, av, s_on_end);
 }
 
 int broker_store_end(broker_store_t *s, const char *session_id, const char *reason,

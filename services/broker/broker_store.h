@@ -93,7 +93,10 @@ typedef void(broker_resume_fn)(void *arg, int rc, const char *why, uint64_t seq,
                                const broker_session_t *s);
 /* rc 0 or -1; gone[0..n) are the ids of the request that are not live (or
  * live on another edge). */
-typedef void(broker_refresh_fn)(void *arg, int rc, const char *const *gone, size_t n);
+/* gone[i] is not live on the refreshing edge; reasons[i] says why (see
+ * RefreshReply.reasons in proto/edge_broker.proto). */
+typedef void(broker_refresh_fn)(void *arg, int rc, const char *const *gone,
+                                const char *const *reasons, size_t n);
 /* rc 0 or -1; ended[i] ended with event sequence seqs[i]. */
 typedef void(broker_sweep_fn)(void *arg, int rc, const uint64_t *seqs,
                               const broker_session_t *ended, size_t n);

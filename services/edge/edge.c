@@ -266,7 +266,16 @@ static void s_on_refresh_reply(void *arg, const Rb__Edgebroker__RefreshReply *r)
         edge_conn_t *c = edge_smap_get(e->ctx.by_session, r->gone[i]);
         if (!c) continue;
         e->refresh_gone++;
-        edge_conn_kick(c, RB__TUNNEL__CLOSE_REASON__CLOSE_EXPIRED, "session expired");
+        /* The event that ended it did not reach us (a broker restarted, a
+         * snapshot came instead): the broker still tells why. */
+        const char *why = i < r->n_reasons && r->reasons[i] ? r->reasons[i] : "";
+        if (strcmp(why, "moved") == 0)
+            edge_conn_kick(c, RB__TUNNEL__CLOSE_REASON__CLOSE_REPLACED,
+                           "the session resumed on another edge");
+        else if (*why)
+            edge_conn_end(c, why);
+        else
+            edge_conn_kick(c, RB__TUNNEL__CLOSE_REASON__CLOSE_EXPIRED, "session expired");
     }
 }
 

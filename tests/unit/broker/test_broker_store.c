@@ -601,16 +601,20 @@ typedef struct {
     int rc;
     size_t n;
     char gone[8][64];
+    char why[8][32];
 } refresh_t;
 
-static void s_on_refresh(void *arg, int rc, const char *const *gone, size_t n)
+static void s_on_refresh(void *arg, int rc, const char *const *gone, const char *const *reasons,
+                         size_t n)
 {
     refresh_t *r = arg;
     r->done = true;
     r->rc = rc;
     r->n = n;
-    for (size_t i = 0; i < n && i < 8; i++)
+    for (size_t i = 0; i < n && i < 8; i++) {
         snprintf(r->gone[i], sizeof(r->gone[i]), "%s", gone[i]);
+        snprintf(r->why[i], sizeof(r->why[i]), "%s", reasons[i]);
+    }
 }
 
 static bool s_fdone(void *arg)
@@ -639,8 +643,11 @@ static void test_refresh(void **state)
     assert_int_equal(r.rc, 0);
     assert_int_equal(r.n, 3);
     assert_string_equal(r.gone[0], sids[1]);
+    assert_string_equal(r.why[0], "logoff"); /* the reason it ended with */
     assert_string_equal(r.gone[1], sids[2]); /* live, but on another edge */
+    assert_string_equal(r.why[1], "moved");
     assert_string_equal(r.gone[2], ids[3]);
+    assert_string_equal(r.why[2], ""); /* never known */
     assert_true(s_zscore(f, "rb:sessions:seen", sids[0]) > 1700000000000ll);
     assert_int_equal(s_zscore(f, "rb:sessions:seen", sids[2]), 1000);
     assert_int_equal(s_zscore(f, "rb:sessions:seen", sids[1]), -1);
