@@ -49,7 +49,7 @@ cleanup() {
             tail -n 15 "$f" >&2
         done
     fi
-    rm -rf "$LAB"
+    if [[ -n ${RB_KEEP_LAB:-} ]]; then echo "$TEST_NAME: lab kept in $LAB" >&2; else rm -rf "$LAB"; fi
     (( rc == 0 )) && echo "$TEST_NAME: $CHECKS checks passed"
     exit $rc
 }
