@@ -282,8 +282,8 @@ for i in $(seq ${#EDGES[@]}); do
     resumes=$((resumes + ${r:-0}))
 done
 echo "  resumes counted by the edges (since their last restart): $resumes"
-# At least two samples a second, so a disagreement of more than 1 s cannot
-# slip between two of them (a sample takes ~100-300 ms, more under ASan).
+# At least two samples a second: the 1 s rule is then judged to within
+# about half a second (a sample takes ~100-300 ms, more under ASan).
 (( samples >= SECONDS_TOTAL * 2 )) || echo "too few samples: $samples" >>"$W/violations"
 if [[ -s $W/violations ]]; then
     echo "violations:"; head -n 40 "$W/violations" | sed "s/^/  /"
