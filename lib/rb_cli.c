@@ -1,11 +1,13 @@
 /* rb_cli: the command line all services share. */
 #include "rb_cli.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "rb_log.h"
+#include "rb_zmq.h"
 
 static void s_usage(const rb_cli_t *cli, FILE *out)
 {
@@ -77,4 +79,28 @@ int rb_cli_run(rb_cli_t *cli, int argc, char **argv)
     }
     rb_log_init(cli->service, level);
     return 0;
+}
+
+static void s_on_stop_signal(rb_loop_t *loop, int signo, void *arg)
+{
+    rb_info("shutdown", "signal %d: stopping", signo);
+    rb_loop_stop(loop);
+}
+
+rb_loop_t *rb_cli_loop(void)
+{
+    rb_loop_t *loop = rb_loop_new();
+    if (!loop) rb_fatal("startup_failed", "cannot create the event loop");
+    if (rb_loop_add_signal(loop, SIGINT, s_on_stop_signal, NULL) < 0 ||
+        rb_loop_add_signal(loop, SIGTERM, s_on_stop_signal, NULL) < 0)
+        rb_fatal("startup_failed", "cannot watch SIGINT and SIGTERM");
+    return loop;
+}
+
+void rb_cli_zap(rb_loop_t *loop, const char *curve_secret_key, const char *allowed_keys)
+{
+    char err[256];
+    if (curve_secret_key && *curve_secret_key &&
+        rb_zap_start(loop, allowed_keys, err, sizeof err) != 0)
+        rb_fatal("startup_failed", "CURVE allow list: %s", err);
 }

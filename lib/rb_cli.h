@@ -6,6 +6,7 @@
 #ifndef RB_CLI_H
 #define RB_CLI_H
 #include "rb_config.h"
+#include "rb_loop.h"
 
 typedef struct {
     const char *service;   /* "edge": names the binary reachback-edge */
@@ -20,5 +21,13 @@ typedef struct {
  * the service should run; exits itself for --help, --version,
  * --check-config and errors (status 2 for usage, 1 for bad config). */
 int rb_cli_run(rb_cli_t *cli, int argc, char **argv);
+
+/* The service's loop, with SIGINT and SIGTERM stopping it (logged as event
+ * "shutdown"). Exits through rb_fatal when it cannot be made. */
+rb_loop_t *rb_cli_loop(void);
+/* When curve_secret_key is set, starts the ZAP handler that admits the keys
+ * in allowed_keys; exits through rb_fatal on a bad allow list. Call before
+ * binding any CURVE socket: without a ZAP handler libzmq admits everyone. */
+void rb_cli_zap(rb_loop_t *loop, const char *curve_secret_key, const char *allowed_keys);
 
 #endif

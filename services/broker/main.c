@@ -1,5 +1,4 @@
 /* reachback-broker: the session broker (see broker.h). */
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include "broker.h"
@@ -9,12 +8,6 @@
 #include "rb_status.h"
 #include "rb_zmq.h"
 
-static void s_on_signal(rb_loop_t *loop, int signo, void *arg)
-{
-    rb_info("shutdown", "signal %d", signo);
-    rb_loop_stop(loop);
-}
-
 int main(int argc, char **argv)
 {
     broker_config_t cfg = {0};
@@ -23,18 +16,10 @@ int main(int argc, char **argv)
                     .opts = broker_options,
                     .cfg = &cfg,
                     .validate = broker_config_validate};
-    char err[256];
     int rc = 1;
     rb_cli_run(&cli, argc, argv);
-
-    rb_loop_t *loop = rb_loop_new();
-    if (!loop) rb_fatal("startup_failed", "cannot create the event loop");
-    rb_loop_add_signal(loop, SIGINT, s_on_signal, NULL);
-    rb_loop_add_signal(loop, SIGTERM, s_on_signal, NULL);
-    /* The ZAP handler must run before any CURVE socket is bound. */
-    if (cfg.curve_secret_key[0] &&
-        rb_zap_start(loop, cfg.curve_allowed_keys, err, sizeof(err)) != 0)
-        rb_fatal("startup_failed", "CURVE allow list: %s", err);
+    rb_loop_t *loop = rb_cli_loop();
+    rb_cli_zap(loop, cfg.curve_secret_key, cfg.curve_allowed_keys);
 
     broker_t *b = broker_new(loop, &cfg);
     rb_status_t *st = b ? rb_status_new(loop, cfg.status_listen, "broker") : NULL;

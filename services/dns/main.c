@@ -1,6 +1,5 @@
 /* reachback-dns: the authoritative DNS server for the users' names. Flags
  * and config, build the server, run the loop until SIGINT/SIGTERM. */
-#include <signal.h>
 #include <stddef.h>
 #include <stdlib.h>
 
@@ -38,23 +37,13 @@ static const rb_option_t s_options[] = {
     RB_OPT_END,
 };
 
-static void s_on_signal(rb_loop_t *loop, int signo, void *arg)
-{
-    rb_info("dns_stopping", "signal %d", signo);
-    rb_loop_stop(loop);
-}
-
 int main(int argc, char **argv)
 {
     dns_config_t cfg = {0};
     rb_cli_t cli = {"dns", "authoritative DNS for the names of logged-on users", s_options, &cfg,
                     dns_config_validate};
     rb_cli_run(&cli, argc, argv);
-    rb_loop_t *loop = rb_loop_new();
-    if (!loop) rb_fatal("dns_loop", "cannot create the event loop");
-    if (rb_loop_add_signal(loop, SIGINT, s_on_signal, NULL) < 0 ||
-        rb_loop_add_signal(loop, SIGTERM, s_on_signal, NULL) < 0)
-        rb_fatal("dns_signals", "cannot watch SIGINT/SIGTERM");
+    rb_loop_t *loop = rb_cli_loop();
     dns_server_t *srv = dns_server_new(loop, &cfg);
     if (!srv) rb_fatal("dns_start", "cannot start the DNS server");
     int rc = rb_loop_run(loop);
