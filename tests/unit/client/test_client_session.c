@@ -25,31 +25,17 @@
 #include "rb_loop.h"
 #include "rb_tconn.h"
 #include "rb_tls.h"
+#include "../tls_fixture.h"
 
-static char s_dir[64];
 static SSL_CTX *s_sctx, *s_cctx;
 
 static int s_setup(void **state)
 {
     signal(SIGPIPE, SIG_IGN);
-    snprintf(s_dir, sizeof s_dir, "/tmp/rb-client-XXXXXX");
-    if (!mkdtemp(s_dir)) return -1;
-    char cmd[1400];
-    const char *ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
-    snprintf(cmd, sizeof cmd,
-             "cd '%s' && (openssl req -x509 %s -keyout ca.key -out ca.crt -subj /CN=ca -days 2 && "
-             "printf 'subjectAltName=IP:127.0.0.1\\n' > srv.ext && "
-             "openssl req %s -keyout srv.key -out srv.csr -subj /CN=edge && "
-             "openssl x509 -req -in srv.csr -CA ca.crt -CAkey ca.key -CAcreateserial "
-             "-out srv.crt -days 2 -extfile srv.ext) >/dev/null 2>&1",
-             s_dir, ec, ec);
-    if (system(cmd) != 0) return -1;
-    char a[128], b[128], c[128], err[256];
-    snprintf(a, sizeof a, "%s/srv.crt", s_dir);
-    snprintf(b, sizeof b, "%s/srv.key", s_dir);
-    snprintf(c, sizeof c, "%s/ca.crt", s_dir);
-    s_sctx = rb_tls_server_ctx(a, b, NULL, 0, err, sizeof err);
-    s_cctx = rb_tls_client_ctx(c, NULL, NULL, err, sizeof err);
+    if (tlsfx_setup("client") != 0) return -1;
+    char err[256];
+    s_sctx = rb_tls_server_ctx(tlsfx_path("srv.crt"), tlsfx_path("srv.key"), NULL, 0, err, sizeof err);
+    s_cctx = rb_tls_client_ctx(tlsfx_path("ca.crt"), NULL, NULL, err, sizeof err);
     return s_sctx && s_cctx ? 0 : -1;
 }
 
@@ -57,9 +43,7 @@ static int s_teardown(void **state)
 {
     SSL_CTX_free(s_sctx);
     SSL_CTX_free(s_cctx);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", s_dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return tlsfx_teardown();
 }
 
 /* ---- a stand-in edge ---- */

@@ -34,58 +34,29 @@
 #include "rb_tconn.h"
 #include "rb_tls.h"
 #include "rb_zmq.h"
+#include "../tls_fixture.h"
 
-static char s_dir[64];
 static SSL_CTX *s_cctx;
-
-static const char *s_path(const char *name)
-{
-    static char bufs[8][128];
-    static int i;
-    char *b = bufs[i++ % 8];
-    snprintf(b, 128, "%s/%s", s_dir, name);
-    return b;
-}
-
-static int s_sh(const char *cmd)
-{
-    char full[2048];
-    snprintf(full, sizeof full, "cd '%s' && (%s) >/dev/null 2>&1", s_dir, cmd);
-    return system(full);
-}
 
 static int s_setup(void **state)
 {
     signal(SIGPIPE, SIG_IGN);
-    snprintf(s_dir, sizeof s_dir, "/tmp/rb-edge-conn-XXXXXX");
-    if (!mkdtemp(s_dir)) return -1;
-    const char *ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd,
-             "openssl req -x509 %s -keyout ca.key -out ca.crt -subj /CN=ca -days 2 && "
-             "printf 'subjectAltName=IP:127.0.0.1\\n' > srv.ext && "
-             "openssl req %s -keyout srv.key -out srv.csr -subj /CN=edge && "
-             "openssl x509 -req -in srv.csr -CA ca.crt -CAkey ca.key -CAcreateserial "
-             "-out srv.crt -days 2 -extfile srv.ext",
-             ec, ec);
-    if (s_sh(cmd) != 0) return -1;
+    if (tlsfx_setup("edge-conn") != 0) return -1;
     char h[RB_PASSWD_MAX];
     if (rb_passwd_hash("secret", 1, 8, 1, h) < 0) return -1;
-    FILE *f = fopen(s_path("users"), "w");
+    FILE *f = fopen(tlsfx_path("users"), "w");
     if (!f) return -1;
     fprintf(f, "alice:%s\nbob:%s\ncarol:%s:staff,ops\ndave:%s\n", h, h, h, h);
     fclose(f);
     char err[256];
-    s_cctx = rb_tls_client_ctx(s_path("ca.crt"), NULL, NULL, err, sizeof err);
+    s_cctx = rb_tls_client_ctx(tlsfx_path("ca.crt"), NULL, NULL, err, sizeof err);
     return s_cctx ? 0 : -1;
 }
 
 static int s_teardown(void **state)
 {
     SSL_CTX_free(s_cctx);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", s_dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return tlsfx_teardown();
 }
 
 /* ---- the stand-in broker ---- */
@@ -523,13 +494,13 @@ static void s_start_with(fix_t *f, const char *keepalive, const char *extra, boo
     f->rpc = rb_rpc_server_new(f->loop, router, s_broker_handle, &f->broker);
     assert_non_null(f->rpc);
     char conf[160];
-    snprintf(conf, sizeof conf, "%s", s_path("edge.conf"));
+    snprintf(conf, sizeof conf, "%s", tlsfx_path("edge.conf"));
     FILE *cf = fopen(conf, "w");
     assert_non_null(cf);
     fprintf(cf,
             "listen = 127.0.0.1:0\ntls_cert = %s\ntls_key = %s\nusers_file = %s\n"
             "broker_endpoint = %s\nkeepalive_s = %s\nedge_id = edge-t\n",
-            s_path("srv.crt"), s_path("srv.key"), s_path("users"), ep, keepalive);
+            tlsfx_path("srv.crt"), tlsfx_path("srv.key"), tlsfx_path("users"), ep, keepalive);
     if (extra) fputs(extra, cf);
     if (with_events)
         fprintf(cf, "events_endpoints = %s\nsnapshot_endpoints = %s\n", f->events.pub_ep,

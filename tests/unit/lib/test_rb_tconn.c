@@ -24,46 +24,17 @@
 #include "rb_loop.h"
 #include "rb_tconn.h"
 #include "rb_tls.h"
+#include "../tls_fixture.h"
 
-static char s_dir[64];
 static SSL_CTX *s_sctx, *s_cctx;
-
-static const char *s_path(const char *name)
-{
-    static char bufs[4][128];
-    static int i;
-    char *b = bufs[i++ % 4];
-    snprintf(b, 128, "%s/%s", s_dir, name);
-    return b;
-}
-
-static int s_sh(const char *cmd)
-{
-    char full[2048];
-    snprintf(full, sizeof full, "cd '%s' && (%s) >/dev/null 2>&1", s_dir, cmd);
-    return system(full);
-}
 
 static int s_setup(void **state)
 {
     signal(SIGPIPE, SIG_IGN);
-    snprintf(s_dir, sizeof s_dir, "/tmp/rb-tconn-test-XXXXXX");
-    if (!mkdtemp(s_dir)) return -1;
-    const char *ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd,
-             "openssl req -x509 %s -keyout ca.key -out ca.crt -subj /CN=rb-test-ca -days 2", ec);
-    if (s_sh(cmd) != 0) return -1;
-    if (s_sh("printf 'subjectAltName=DNS:edge.test,IP:127.0.0.1\\n' > srv.ext") != 0) return -1;
-    snprintf(cmd, sizeof cmd,
-             "openssl req %s -keyout srv.key -out srv.csr -subj /CN=edge.test && "
-             "openssl x509 -req -in srv.csr -CA ca.crt -CAkey ca.key -CAcreateserial "
-             "-out srv.crt -days 2 -extfile srv.ext",
-             ec);
-    if (s_sh(cmd) != 0) return -1;
+    if (tlsfx_setup("tconn-test") != 0) return -1;
     char err[512];
-    s_sctx = rb_tls_server_ctx(s_path("srv.crt"), s_path("srv.key"), NULL, 0, err, sizeof err);
-    s_cctx = rb_tls_client_ctx(s_path("ca.crt"), NULL, NULL, err, sizeof err);
+    s_sctx = rb_tls_server_ctx(tlsfx_path("srv.crt"), tlsfx_path("srv.key"), NULL, 0, err, sizeof err);
+    s_cctx = rb_tls_client_ctx(tlsfx_path("ca.crt"), NULL, NULL, err, sizeof err);
     return s_sctx && s_cctx ? 0 : -1;
 }
 
@@ -71,9 +42,7 @@ static int s_teardown(void **state)
 {
     SSL_CTX_free(s_sctx);
     SSL_CTX_free(s_cctx);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", s_dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return tlsfx_teardown();
 }
 
 /* One side of a connection as the tests see it. */

@@ -16,62 +16,30 @@
 #include <unistd.h>
 
 #include "rb_tls.h"
+#include "../tls_fixture.h"
 
-static char s_dir[64];
 
-static const char *s_path(const char *name)
-{
-    static char bufs[8][128];
-    static int i;
-    char *b = bufs[i++ % 8];
-    snprintf(b, 128, "%s/%s", s_dir, name);
-    return b;
-}
-
-static int s_sh(const char *cmd)
-{
-    char full[2048];
-    snprintf(full, sizeof full, "cd '%s' && (%s) >/dev/null 2>&1", s_dir, cmd);
-    return system(full);
-}
-
-/* A CA, a server certificate for edge.test and a client certificate signed
- * by it; a second, unrelated CA; a key that belongs to nothing. */
+/* The fixture's CA and server certificate (edge.test), plus a client
+ * certificate signed by the CA, a second, unrelated CA, and a key that
+ * belongs to nothing. */
 static int s_setup(void **state)
 {
     (void)state;
-    snprintf(s_dir, sizeof s_dir, "/tmp/rb-tls-test-XXXXXX");
-    if (!mkdtemp(s_dir)) return -1;
-    const char *ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "openssl req -x509 %s -keyout ca.key -out ca.crt -subj /CN=rb-test-ca -days 2", ec);
-    if (s_sh(cmd) != 0) return -1;
-    snprintf(cmd, sizeof cmd, "openssl req -x509 %s -keyout other.key -out other.crt -subj /CN=rb-other-ca -days 2", ec);
-    if (s_sh(cmd) != 0) return -1;
-    if (s_sh("printf 'subjectAltName=DNS:edge.test\\nextendedKeyUsage=serverAuth\\n' > srv.ext") != 0 ||
-        s_sh("printf 'extendedKeyUsage=clientAuth\\n' > cli.ext") != 0)
-        return -1;
-    snprintf(cmd, sizeof cmd,
-             "openssl req %s -keyout srv.key -out srv.csr -subj /CN=edge.test && "
-             "openssl x509 -req -in srv.csr -CA ca.crt -CAkey ca.key -CAcreateserial "
-             "-out srv.crt -days 2 -extfile srv.ext", ec);
-    if (s_sh(cmd) != 0) return -1;
-    snprintf(cmd, sizeof cmd,
-             "openssl req %s -keyout cli.key -out cli.csr -subj /CN=alice && "
-             "openssl x509 -req -in cli.csr -CA ca.crt -CAkey ca.key -CAcreateserial "
-             "-out cli.crt -days 2 -extfile cli.ext", ec);
-    if (s_sh(cmd) != 0) return -1;
-    if (s_sh("openssl genpkey -algorithm ec -pkeyopt ec_paramgen_curve:P-256 -out stray.key") != 0)
-        return -1;
-    return 0;
+    if (tlsfx_setup("tls-test") != 0) return -1;
+    return tlsfx_sh("openssl req -x509 " TLSFX_EC " -keyout other.key -out other.crt"
+                    " -subj /CN=rb-other-ca -days 2 && "
+                    "printf 'extendedKeyUsage=clientAuth\\n' > cli.ext && "
+                    "openssl req " TLSFX_EC " -keyout cli.key -out cli.csr -subj /CN=alice && "
+                    "openssl x509 -req -in cli.csr -CA ca.crt -CAkey ca.key -CAcreateserial"
+                    " -out cli.crt -days 2 -extfile cli.ext && "
+                    "openssl genpkey -algorithm ec -pkeyopt ec_paramgen_curve:P-256 -out stray.key")
+               == 0 ? 0 : -1;
 }
 
 static int s_teardown(void **state)
 {
     (void)state;
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", s_dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return tlsfx_teardown();
 }
 
 typedef struct {
@@ -139,7 +107,7 @@ static s_result_t s_handshake(SSL_CTX *sctx, SSL_CTX *cctx, const char *host)
 static SSL_CTX *s_server(const char *client_ca, int require)
 {
     char err[512] = "";
-    SSL_CTX *ctx = rb_tls_server_ctx(s_path("srv.crt"), s_path("srv.key"), client_ca, require, err,
+    SSL_CTX *ctx = rb_tls_server_ctx(tlsfx_path("srv.crt"), tlsfx_path("srv.key"), client_ca, require, err,
                                      sizeof err);
     if (!ctx) fail_msg("server ctx: %s", err);
     return ctx;
@@ -156,7 +124,7 @@ static SSL_CTX *s_client(const char *ca, const char *cert, const char *key)
 static void test_handshake_tls13(void **state)
 {
     (void)state;
-    SSL_CTX *sctx = s_server(NULL, 0), *cctx = s_client(s_path("ca.crt"), NULL, NULL);
+    SSL_CTX *sctx = s_server(NULL, 0), *cctx = s_client(tlsfx_path("ca.crt"), NULL, NULL);
     assert_true(SSL_CTX_get_mode(sctx) & SSL_MODE_RELEASE_BUFFERS);
     assert_true(SSL_CTX_get_mode(cctx) & SSL_MODE_RELEASE_BUFFERS);
     assert_true(SSL_CTX_get_options(sctx) & SSL_OP_NO_RENEGOTIATION);
@@ -175,7 +143,7 @@ static void test_handshake_tls13(void **state)
 static void test_other_ca_fails(void **state)
 {
     (void)state;
-    SSL_CTX *sctx = s_server(NULL, 0), *cctx = s_client(s_path("other.crt"), NULL, NULL);
+    SSL_CTX *sctx = s_server(NULL, 0), *cctx = s_client(tlsfx_path("other.crt"), NULL, NULL);
     s_result_t r = s_handshake(sctx, cctx, "edge.test");
     assert_false(r.client_ok);
     assert_int_not_equal(r.client_verify, X509_V_OK);
@@ -186,7 +154,7 @@ static void test_other_ca_fails(void **state)
 static void test_wrong_name_fails(void **state)
 {
     (void)state;
-    SSL_CTX *sctx = s_server(NULL, 0), *cctx = s_client(s_path("ca.crt"), NULL, NULL);
+    SSL_CTX *sctx = s_server(NULL, 0), *cctx = s_client(tlsfx_path("ca.crt"), NULL, NULL);
     s_result_t r = s_handshake(sctx, cctx, "other.test");
     assert_false(r.client_ok);
     assert_int_equal(r.client_verify, X509_V_ERR_HOSTNAME_MISMATCH);
@@ -212,20 +180,18 @@ static void test_tls12_client_refused(void **state)
 static void test_client_certificates(void **state)
 {
     (void)state;
-    /* s_path's buffers rotate: keep our own copy of a path used throughout. */
-    char ca[128];
-    snprintf(ca, sizeof ca, "%s", s_path("ca.crt"));
+    const char *ca = tlsfx_path("ca.crt");
     SSL_CTX *required = s_server(ca, 1), *optional = s_server(ca, 0);
     SSL_CTX *anon = s_client(ca, NULL, NULL);
-    SSL_CTX *with = s_client(ca, s_path("cli.crt"), s_path("cli.key"));
+    SSL_CTX *with = s_client(ca, tlsfx_path("cli.crt"), tlsfx_path("cli.key"));
     /* A certificate from an unrelated CA: the edge must refuse it even when
      * certificates are optional, since one was presented. */
     char cmd[256];
     snprintf(cmd, sizeof cmd,
              "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
              "-keyout rogue.key -out rogue.crt -subj /CN=mallory -days 2");
-    assert_int_equal(s_sh(cmd), 0);
-    SSL_CTX *rogue = s_client(ca, s_path("rogue.crt"), s_path("rogue.key"));
+    assert_int_equal(tlsfx_sh(cmd), 0);
+    SSL_CTX *rogue = s_client(ca, tlsfx_path("rogue.crt"), tlsfx_path("rogue.key"));
 
     assert_false(s_handshake(required, anon, "edge.test").server_ok);
     assert_true(s_handshake(required, with, "edge.test").server_ok);
@@ -247,28 +213,28 @@ static void test_bad_files(void **state)
     char err[512];
     err[0] = '\0';
     /* The key of another certificate. */
-    assert_null(rb_tls_server_ctx(s_path("srv.crt"), s_path("stray.key"), NULL, 0, err, sizeof err));
+    assert_null(rb_tls_server_ctx(tlsfx_path("srv.crt"), tlsfx_path("stray.key"), NULL, 0, err, sizeof err));
     /* OpenSSL already refuses the key when it is loaded. */
     assert_non_null(strstr(err, "stray.key"));
     assert_non_null(strstr(err, "mismatch"));
     err[0] = '\0';
-    assert_null(rb_tls_server_ctx(s_path("nope.crt"), s_path("srv.key"), NULL, 0, err, sizeof err));
+    assert_null(rb_tls_server_ctx(tlsfx_path("nope.crt"), tlsfx_path("srv.key"), NULL, 0, err, sizeof err));
     assert_non_null(strstr(err, "nope.crt"));
     err[0] = '\0';
-    assert_null(rb_tls_server_ctx(s_path("srv.crt"), s_path("srv.key"), s_path("nope.crt"), 0, err,
+    assert_null(rb_tls_server_ctx(tlsfx_path("srv.crt"), tlsfx_path("srv.key"), tlsfx_path("nope.crt"), 0, err,
                                   sizeof err));
     assert_non_null(strstr(err, "nope.crt"));
     err[0] = '\0';
-    assert_null(rb_tls_server_ctx(s_path("srv.crt"), s_path("srv.key"), NULL, 1, err, sizeof err));
+    assert_null(rb_tls_server_ctx(tlsfx_path("srv.crt"), tlsfx_path("srv.key"), NULL, 1, err, sizeof err));
     assert_true(err[0] != '\0');
     err[0] = '\0';
-    assert_null(rb_tls_client_ctx(s_path("nope.crt"), NULL, NULL, err, sizeof err));
+    assert_null(rb_tls_client_ctx(tlsfx_path("nope.crt"), NULL, NULL, err, sizeof err));
     assert_non_null(strstr(err, "nope.crt"));
     err[0] = '\0';
-    assert_null(rb_tls_client_ctx(s_path("ca.crt"), s_path("cli.crt"), NULL, err, sizeof err));
+    assert_null(rb_tls_client_ctx(tlsfx_path("ca.crt"), tlsfx_path("cli.crt"), NULL, err, sizeof err));
     assert_true(err[0] != '\0');
     err[0] = '\0';
-    assert_null(rb_tls_client_ctx(s_path("ca.crt"), s_path("cli.crt"), s_path("stray.key"), err,
+    assert_null(rb_tls_client_ctx(tlsfx_path("ca.crt"), tlsfx_path("cli.crt"), tlsfx_path("stray.key"), err,
                                   sizeof err));
     assert_true(err[0] != '\0');
     assert_null(rb_tls_client_ctx(NULL, NULL, NULL, NULL, 0));
@@ -281,7 +247,7 @@ static void test_error_text(void **state)
     ERR_clear_error();
     assert_string_equal(rb_tls_error(buf, sizeof buf), "no OpenSSL error recorded");
     SSL_CTX *ctx = SSL_CTX_new(TLS_method());
-    assert_int_equal(SSL_CTX_use_certificate_chain_file(ctx, s_path("nope.crt")), 0);
+    assert_int_equal(SSL_CTX_use_certificate_chain_file(ctx, tlsfx_path("nope.crt")), 0);
     const char *t = rb_tls_error(buf, sizeof buf);
     assert_ptr_equal(t, buf);
     assert_true(strlen(t) > 0);
@@ -289,7 +255,7 @@ static void test_error_text(void **state)
     /* The queue is drained. */
     assert_int_equal(ERR_peek_error(), 0);
     /* A tiny buffer is still terminated. */
-    assert_int_equal(SSL_CTX_use_certificate_chain_file(ctx, s_path("nope.crt")), 0);
+    assert_int_equal(SSL_CTX_use_certificate_chain_file(ctx, tlsfx_path("nope.crt")), 0);
     char small[8];
     rb_tls_error(small, sizeof small);
     assert_true(strlen(small) < sizeof small);
