@@ -6,20 +6,17 @@
 
 #include "rb_cursor.h"
 
-long rb_frame_parse(const uint8_t *buf, size_t len, rb_frame_t *out, const char **why)
+int rb_frame_parse_header(const uint8_t *hdr, rb_frame_t *out, const char **why)
 {
     static const char *unused;
     if (!why) why = &unused;
-
     rb_cursor_t c;
-    rb_cur_init(&c, buf, len);
-    if (rb_cur_left(&c) < RB_FRAME_HEADER) return 0;
+    rb_cur_init(&c, hdr, RB_FRAME_HEADER);
     uint8_t type = rb_cur_u8(&c);
     uint8_t flags = rb_cur_u8(&c);
     uint16_t reserved = rb_cur_u16(&c);
     uint32_t stream_id = rb_cur_u32(&c);
     uint32_t plen = rb_cur_u32(&c);
-    if (c.err) return 0;
 
     /* Reserved bits must be zero so that a later version can give them a
      * meaning without old peers silently misreading the frame. */
@@ -48,6 +45,7 @@ long rb_frame_parse(const uint8_t *buf, size_t len, rb_frame_t *out, const char 
         break;
     case RB_FRAME_DATA:
     case RB_FRAME_DATAGRAM:
+    case RB_FRAME_WINDOW:
         if (stream_id == 0) {
             *why = "data frame on stream 0";
             return -1;
@@ -56,12 +54,16 @@ long rb_frame_parse(const uint8_t *buf, size_t len, rb_frame_t *out, const char 
             *why = "unknown data flags";
             return -1;
         }
-        if (type == RB_FRAME_DATAGRAM && flags != 0) {
-            *why = "flags on a datagram frame";
+        if (type != RB_FRAME_DATA && flags != 0) {
+            *why = "flags on a datagram or window frame";
             return -1;
         }
         if (plen > RB_FRAME_MAX_DATA) {
             *why = "data frame too large";
+            return -1;
+        }
+        if (type == RB_FRAME_WINDOW && plen != 4) {
+            *why = "window frame not 4 bytes";
             return -1;
         }
         break;
@@ -69,15 +71,35 @@ long rb_frame_parse(const uint8_t *buf, size_t len, rb_frame_t *out, const char 
         *why = "unknown frame type";
         return -1;
     }
-
-    const uint8_t *payload = rb_cur_bytes(&c, plen);
-    if (!payload) return 0;
     out->type = type;
     out->flags = flags;
     out->stream_id = stream_id;
     out->len = plen;
-    out->payload = payload;
-    return (long)(RB_FRAME_HEADER + plen);
+    out->payload = NULL;
+    return 0;
+}
+
+long rb_frame_parse(const uint8_t *buf, size_t len, rb_frame_t *out, const char **why)
+{
+    if (len < RB_FRAME_HEADER) return 0;
+    rb_frame_t f;
+    if (rb_frame_parse_header(buf, &f, why) < 0) return -1;
+    if (len - RB_FRAME_HEADER < f.len) return 0;
+    if (f.type == RB_FRAME_WINDOW && rb_frame_window(&(rb_frame_t){.len = 4,
+                                                   .payload = buf + RB_FRAME_HEADER}) == 0) {
+        if (why) *why = "window increment of zero";
+        return -1;
+    }
+    f.payload = buf + RB_FRAME_HEADER;
+    *out = f;
+    return (long)(RB_FRAME_HEADER + f.len);
+}
+
+uint32_t rb_frame_window(const rb_frame_t *f)
+{
+    if (f->len != 4 || !f->payload) return 0;
+    const uint8_t *p = f->payload;
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
 void rb_frame_header(uint8_t *dst, uint8_t type, uint8_t flags, uint32_t stream_id, uint32_t len)

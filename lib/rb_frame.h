@@ -3,8 +3,10 @@
  *   u8 type | u8 flags | u16 reserved (0) | u32 stream id | u32 length
  * all big-endian. CONTROL frames carry one rb.tunnel.TunnelControl and have
  * stream id 0; DATA frames carry raw stream bytes; DATAGRAM frames carry one
- * UDP datagram of a flow. Anything else is malformed and closes the
- * connection. */
+ * UDP datagram of a flow; WINDOW frames grant a stream's sender more credit
+ * (a u32 increment, non-zero). Anything else is malformed and closes the
+ * connection. The same header frames the edge-forwarder data link
+ * (proto/edge_forwarder.proto). */
 #ifndef RB_FRAME_H
 #define RB_FRAME_H
 #include <stddef.h>
@@ -12,12 +14,16 @@
 #include "rb_buf.h"
 #include "tunnel.pb-c.h"
 
-#define RB_TUNNEL_VERSION 1
+#define RB_TUNNEL_VERSION 2
+#define RB_LINK_VERSION 1
 #define RB_FRAME_HEADER 12
 #define RB_FRAME_MAX_CONTROL (16u * 1024)
 #define RB_FRAME_MAX_DATA (64u * 1024)
 
-enum { RB_FRAME_CONTROL = 1, RB_FRAME_DATA = 2, RB_FRAME_DATAGRAM = 3 };
+enum { RB_FRAME_CONTROL = 1, RB_FRAME_DATA = 2, RB_FRAME_DATAGRAM = 3, RB_FRAME_WINDOW = 4 };
+/* Every stream starts with this much credit in each direction, on every hop:
+ * a sender may have this many bytes unacknowledged by WINDOW frames. */
+#define RB_STREAM_WINDOW (512u * 1024)
 /* DATA flags */
 #define RB_FRAME_FIN 0x01u
 #define RB_FRAME_RST 0x02u
@@ -35,6 +41,11 @@ typedef struct {
  * reason). Checks the header before the payload arrives, so an oversized
  * length is refused without buffering it. */
 long rb_frame_parse(const uint8_t *buf, size_t len, rb_frame_t *out, const char **why);
+/* Judges a header alone (the first RB_FRAME_HEADER bytes of hdr): 0 with
+ * *out filled (payload NULL), or -1 with *why set. */
+int rb_frame_parse_header(const uint8_t *hdr, rb_frame_t *out, const char **why);
+/* The increment of a WINDOW frame (checked by the parser: 4 bytes). */
+uint32_t rb_frame_window(const rb_frame_t *f);
 /* Writes a header into dst[RB_FRAME_HEADER]. */
 void rb_frame_header(uint8_t *dst, uint8_t type, uint8_t flags, uint32_t stream_id, uint32_t len);
 /* Appends a complete CONTROL frame holding msg. 0, or -1 when too large. */

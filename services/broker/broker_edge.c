@@ -60,6 +60,7 @@ static void s_answer(broker_ctx_t *c, status_t status, const char *message,
         lr.fqdn = c->ip[0] ? c->fqdn : "";
         lr.resume_token = c->token;
         lr.no_address = !c->ip[0];
+        lr.user = c->user;
     }
     lr.offer = (Rb__Edgebroker__TransferOfferInfo *)offer;
     env.body_case = RB__EDGEBROKER__BROKER_TO_EDGE__BODY_LOGON;
@@ -366,6 +367,7 @@ static void s_on_resume(void *arg, int rc, const char *why, uint64_t seq,
     if (seq > b->seq) b->seq = seq;
     snprintf(c->ip, sizeof(c->ip), "%s", s->ip);
     snprintf(c->fqdn, sizeof(c->fqdn), "%s", s->fqdn);
+    snprintf(c->user, sizeof(c->user), "%s", s->user);
     rb_info("resume_ok", "user %s: session %.8s now on %s from %s (seq %llu)", s->user,
             s->session_id, s->edge_id, s->source, (unsigned long long)seq);
     s_answer(c, ST(OK), "", NULL);
