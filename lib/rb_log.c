@@ -35,7 +35,8 @@ int rb_log_level_parse(const char *s, rb_log_level_t *out)
     return -1;
 }
 
-static void s_emit(rb_log_level_t level, const char *event, const char *fmt, va_list ap)
+static void s_emit(rb_log_level_t level, const char *event, const char *fields, const char *fmt,
+                   va_list ap)
 {
     char msg[1024];
     vsnprintf(msg, sizeof msg, fmt, ap);
@@ -55,7 +56,12 @@ static void s_emit(rb_log_level_t level, const char *event, const char *fmt, va_
     rb_buf_json_escape(&b, event);
     rb_buf_puts(&b, "\",\"msg\":\"");
     rb_buf_json_escape(&b, msg);
-    rb_buf_puts(&b, "\"}\n");
+    rb_buf_puts(&b, "\"");
+    if (fields && *fields) {
+        rb_buf_puts(&b, ",");
+        rb_buf_puts(&b, fields);
+    }
+    rb_buf_puts(&b, "}\n");
     if (b.data) {
         ssize_t off = 0;
         while ((size_t)off < b.len) {
@@ -72,7 +78,17 @@ void rb_log(rb_log_level_t level, const char *event, const char *fmt, ...)
     if (level < s_level) return;
     va_list ap;
     va_start(ap, fmt);
-    s_emit(level, event, fmt, ap);
+    s_emit(level, event, NULL, fmt, ap);
+    va_end(ap);
+}
+
+void rb_log_with(rb_log_level_t level, const char *event, const char *fields, const char *fmt,
+                 ...)
+{
+    if (level < s_level) return;
+    va_list ap;
+    va_start(ap, fmt);
+    s_emit(level, event, fields, fmt, ap);
     va_end(ap);
 }
 
@@ -80,7 +96,7 @@ void rb_fatal(const char *event, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    s_emit(RB_LOG_ERROR, event, fmt, ap);
+    s_emit(RB_LOG_ERROR, event, NULL, fmt, ap);
     va_end(ap);
     exit(1);
 }

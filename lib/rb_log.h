@@ -16,6 +16,10 @@ void rb_log_set_level(rb_log_level_t level);
 void rb_log(rb_log_level_t level, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* rb_log with machine-readable fields after "msg": fields is a JSON object's
+ * members without braces ("\"port\":22,\"user\":\"alice\""), already escaped. */
+void rb_log_with(rb_log_level_t level, const char *event, const char *fields, const char *fmt,
+                 ...) __attribute__((format(printf, 4, 5)));
 #define rb_debug(ev, ...) rb_log(RB_LOG_DEBUG, ev, __VA_ARGS__)
 #define rb_info(ev, ...) rb_log(RB_LOG_INFO, ev, __VA_ARGS__)
 #define rb_warn(ev, ...) rb_log(RB_LOG_WARN, ev, __VA_ARGS__)

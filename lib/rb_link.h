@@ -1,0 +1,42 @@
+/* rb_link: frames on the edge-forwarder data link (proto/edge_forwarder.proto).
+ * A ZeroMQ message is [routing id, on a ROUTER][12-byte header][payload];
+ * the header is the tunnel's (rb_frame.h) and is judged by the same rules,
+ * and the payload part must be exactly as long as the header says. The
+ * link's sockets have no high-water mark: the streams' credit windows bound
+ * what can be queued, and a ROUTER never drops (ZMQ_ROUTER_MANDATORY). */
+#ifndef RB_LINK_H
+#define RB_LINK_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <zmq.h>
+#include "edge_forwarder.pb-c.h"
+#include "rb_frame.h"
+
+/* Routing ids are edge ids; longer ones are refused. */
+#define RB_LINK_RID_MAX 64
+
+typedef struct {
+    zmq_msg_t part[3];
+    int nparts;
+    char rid[RB_LINK_RID_MAX + 1];   /* ROUTER: the sender, NUL-terminated */
+    size_t rid_len;
+} rb_link_msg_t;
+
+/* Sets the link's socket options (no HWM either way, no linger). */
+void rb_link_setup(void *sock);
+/* Sends one frame; rid is NULL on a DEALER. 0, or -1 with errno (a ROUTER
+ * says EHOSTUNREACH when no such peer is connected). */
+int rb_link_send(void *sock, const char *rid, uint8_t type, uint8_t flags, uint32_t id,
+                 const void *data, size_t len);
+int rb_link_send_control(void *sock, const char *rid, const Rb__Fwd__LinkControl *m);
+/* Receives one message without waiting. 1: *f describes it (payload valid
+ * until rb_link_msg_close); 0: nothing to read; -1: a malformed message was
+ * read and dropped (*why says why; rid is filled when known). Close m after
+ * 1 and -1. */
+int rb_link_recv(void *sock, bool router, rb_link_msg_t *m, rb_frame_t *f, const char **why);
+void rb_link_msg_close(rb_link_msg_t *m);
+/* Unpacks a CONTROL frame's LinkControl; NULL when malformed or empty. */
+Rb__Fwd__LinkControl *rb_link_control(const rb_frame_t *f);
+
+#endif
