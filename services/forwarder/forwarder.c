@@ -1,13 +1,18 @@
 /* forwarder: the service object (see forwarder.h). Sessions are kept in a
- * chained hash table keyed by session id; the event stream is the only
- * writer. */
+ * chained hash table keyed by session id, with indexes by address and by
+ * name for the data plane; the event stream is the only writer. */
 #include "forwarder.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
+#include "forwarder_plane.h"
+#include "rb_cidr.h"
 #include "rb_events.h"
+#include "rb_imap.h"
 #include "rb_log.h"
 #include "rb_metrics.h"
 #include "rb_status.h"
@@ -26,12 +31,26 @@ const rb_option_t forwarder_options[] = {
      0, "key file holding the brokers' CURVE public key (needed with curve_secret_key)"},
     {"curve_secret_key", RB_OPT_STRING, "", offsetof(forwarder_config_t, curve_secret_key), 0,
      0, "our CURVE secret key file; empty for links in the clear (ipc://)"},
+    {"data_endpoint", RB_OPT_STRING, "tcp://127.0.0.1:7450",
+     offsetof(forwarder_config_t, data_endpoint), 0, 0,
+     "the data link the edges connect to (tcp:// with CURVE, or ipc:// on one host)"},
+    {"serve_cidrs", RB_OPT_STRING, "", offsetof(forwarder_config_t, serve_cidrs), 0, 0,
+     "comma-separated blocks: serve only sessions whose address is in them (empty: all)"},
+    {"policy_file", RB_OPT_STRING, "", offsetof(forwarder_config_t, policy_file), 0, 0,
+     "who may reach which users' ports (docs/operations.md); empty denies all; SIGHUP reloads"},
+    {"connect_timeout_ms", RB_OPT_INT, "10000", offsetof(forwarder_config_t, connect_timeout_ms),
+     100, 120000, "outbound connects for devices give up after this long"},
+    {"udp_idle_s", RB_OPT_INT, "60", offsetof(forwarder_config_t, udp_idle_s), 1, 3600,
+     "a UDP flow ends after this long without a datagram"},
+    {"max_streams", RB_OPT_INT, "1024", offsetof(forwarder_config_t, max_streams), 1, 1000000,
+     "streams and flows at most per session"},
     RB_OPT_END,
 };
 
 typedef struct fw_session {
     struct fw_session *next;
-    char *session_id, *user, *ip, *edge_id;
+    char *session_id, *user, *ip, *edge_id, *fqdn;
+    uint32_t ip_n;
 } fw_session_t;
 
 struct forwarder {
@@ -43,6 +62,10 @@ struct forwarder {
     rb_status_t *status;
     fw_session_t **buckets;
     size_t nbuckets, count;
+    rb_imap_t *by_ip;       /* address -> fw_session_t */
+    rb_imap_t *by_name;     /* hash of the name -> fw_session_t */
+    plane_t *plane;
+    plane_config_t pcfg;
     rb_metric_t *m_sessions;
 };
 
@@ -55,6 +78,10 @@ int forwarder_config_validate(void *vcfg, char *err, size_t errlen)
     }
     if (!cfg->snapshot_endpoints || !*cfg->snapshot_endpoints) {
         snprintf(err, errlen, "key 'snapshot_endpoints': at least one endpoint is needed");
+        return -1;
+    }
+    if (!cfg->data_endpoint || !*cfg->data_endpoint) {
+        snprintf(err, errlen, "key 'data_endpoint': the data link needs an endpoint");
         return -1;
     }
     if (cfg->curve_secret_key && *cfg->curve_secret_key &&
@@ -74,8 +101,58 @@ static size_t s_hash(const char *s, size_t n)
     return (size_t)h & (n - 1);
 }
 
+/* Names are compared without case (DNS); the hash folds it. */
+static uint64_t s_name_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c >= 'A' && c <= 'Z') c = (unsigned char)(c - 'A' + 'a');
+        h = (h ^ c) * 1099511628211ULL;
+    }
+    return h;
+}
+
+static void s_unindex(forwarder_t *fw, fw_session_t *s)
+{
+    if (s->ip_n && rb_imap_get(fw->by_ip, s->ip_n) == s) rb_imap_del(fw->by_ip, s->ip_n);
+    if (*s->fqdn && rb_imap_get(fw->by_name, s_name_hash(s->fqdn)) == s)
+        rb_imap_del(fw->by_name, s_name_hash(s->fqdn));
+}
+
+static void s_index(forwarder_t *fw, fw_session_t *s)
+{
+    if (s->ip_n) rb_imap_put(fw->by_ip, s->ip_n, s);
+    if (*s->fqdn) rb_imap_put(fw->by_name, s_name_hash(s->fqdn), s);
+}
+
+static const char *s_user_of_ip(void *arg, uint32_t ip)
+{
+    forwarder_t *fw = arg;
+    fw_session_t *s = rb_imap_get(fw->by_ip, ip);
+    return s ? s->user : NULL;
+}
+
+static int s_ip_of_name(void *arg, const char *name, uint32_t *ip)
+{
+    forwarder_t *fw = arg;
+    size_t n = strlen(name);
+    char buf[256];
+    /* A trailing dot is the same name. */
+    if (n && n < sizeof buf && name[n - 1] == '.') {
+        memcpy(buf, name, n - 1);
+        buf[n - 1] = '\0';
+        name = buf;
+    }
+    fw_session_t *s = rb_imap_get(fw->by_name, s_name_hash(name));
+    if (!s || strcasecmp(s->fqdn, name) != 0 || !s->ip_n) return -1;
+    *ip = s->ip_n;
+    return 0;
+}
+
 static void s_session_free(fw_session_t *s)
 {
+    free(s->fqdn);
     free(s->session_id);
     free(s->user);
     free(s->ip);
@@ -113,6 +190,7 @@ void forwarder_reset(forwarder_t *fw)
     for (size_t i = 0; i < fw->nbuckets; i++) {
         for (fw_session_t *s = fw->buckets[i], *next; s; s = next) {
             next = s->next;
+            s_unindex(fw, s);
             s_session_free(s);
         }
         fw->buckets[i] = NULL;
@@ -135,7 +213,9 @@ int forwarder_session_up(forwarder_t *fw, const Rb__Events__Session *in)
     s->user = strdup(in->user ? in->user : "");
     s->ip = strdup(in->ip ? in->ip : "");
     s->edge_id = strdup(in->edge_id ? in->edge_id : "");
-    if (!s->session_id || !s->user || !s->ip || !s->edge_id) {
+    s->fqdn = strdup(in->fqdn ? in->fqdn : "");
+    if (rb_ip_parse(s->ip ? s->ip : "", &s->ip_n) < 0) s->ip_n = 0;
+    if (!s->session_id || !s->user || !s->ip || !s->edge_id || !s->fqdn) {
         s_session_free(s);
         rb_error("session_up", "out of memory for session %s", id);
         return -1;
@@ -143,6 +223,7 @@ int forwarder_session_up(forwarder_t *fw, const Rb__Events__Session *in)
     fw_session_t **pp = s_find(fw, id);
     if (*pp) {   /* an update (moved edge, resumed): replace in place */
         s->next = (*pp)->next;
+        s_unindex(fw, *pp);
         s_session_free(*pp);
         *pp = s;
     } else {
@@ -154,6 +235,7 @@ int forwarder_session_up(forwarder_t *fw, const Rb__Events__Session *in)
         *pp = s;
         fw->count++;
     }
+    s_index(fw, s);
     rb_debug("session_up", "%s (%s) at %s via edge %s", s->user, s->session_id,
              *s->ip ? s->ip : "no address", s->edge_id);
     rb_metric_set(fw->m_sessions, (double)fw->count);
@@ -167,6 +249,8 @@ void forwarder_session_down(forwarder_t *fw, const Rb__Events__Session *in, cons
     fw_session_t *s = *pp;
     *pp = s->next;
     fw->count--;
+    s_unindex(fw, s);
+    if (fw->plane) plane_session_down(fw->plane, s->session_id, reason);
     rb_debug("session_down", "%s (%s): %s", s->user, s->session_id, reason);
     s_session_free(s);
     rb_metric_set(fw->m_sessions, (double)fw->count);
@@ -194,9 +278,16 @@ static void s_info(void *arg, rb_buf_t *json)
     forwarder_t *fw = arg;
     rb_buf_puts(json, "\"forwarder_id\":\"");
     rb_buf_json_escape(json, fw->cfg->forwarder_id ? fw->cfg->forwarder_id : "");
-    rb_buf_printf(json, "\",\"sessions\":%zu,\"events_seq\":%llu,\"snapshots\":%llu", fw->count,
+    rb_buf_printf(json, "\",\"sessions\":%zu,\"events_seq\":%llu,\"snapshots\":%llu,", fw->count,
                   (unsigned long long)rb_events_seq(fw->events),
                   (unsigned long long)rb_events_snapshots(fw->events));
+    plane_status_json(fw->plane, json);
+}
+
+static void s_on_hup(rb_loop_t *loop, int signo, void *arg)
+{
+    forwarder_t *fw = arg;
+    plane_reload_policy(fw->plane);
 }
 
 forwarder_t *forwarder_new(rb_loop_t *loop, const forwarder_config_t *cfg)
@@ -208,7 +299,9 @@ forwarder_t *forwarder_new(rb_loop_t *loop, const forwarder_config_t *cfg)
     fw->cfg = cfg;
     fw->nbuckets = 1024;
     fw->buckets = calloc(fw->nbuckets, sizeof *fw->buckets);
-    if (!fw->buckets) goto fail;
+    fw->by_ip = rb_imap_new();
+    fw->by_name = rb_imap_new();
+    if (!fw->buckets || !fw->by_ip || !fw->by_name) goto fail;
     fw->m_sessions = rb_gauge("reachback_forwarder_sessions", NULL,
                               "Live sessions known to this forwarder");
     if (rb_curve_load(&fw->curve, cfg->curve_secret_key, err, sizeof err) < 0) {
@@ -227,6 +320,22 @@ forwarder_t *forwarder_new(rb_loop_t *loop, const forwarder_config_t *cfg)
         .broker_public_key = fw->broker_public,
         .name = cfg->forwarder_id,
     };
+    fw->pcfg = (plane_config_t){
+        .endpoint = cfg->data_endpoint,
+        .curve = &fw->curve,
+        .forwarder_id = cfg->forwarder_id ? cfg->forwarder_id : "forwarder",
+        .serve_cidrs = cfg->serve_cidrs,
+        .policy_file = cfg->policy_file,
+        .connect_timeout_ms = (unsigned)cfg->connect_timeout_ms,
+        .udp_idle_s = (unsigned)cfg->udp_idle_s,
+        .max_streams = (unsigned)cfg->max_streams,
+        .user_of_ip = s_user_of_ip,
+        .ip_of_name = s_ip_of_name,
+        .lookup_arg = fw,
+    };
+    fw->plane = plane_new(loop, &fw->pcfg);
+    if (!fw->plane) goto fail;
+    if (rb_loop_add_signal(loop, SIGHUP, s_on_hup, fw) < 0) goto fail;
     fw->events = rb_events_new(loop, &ec, &s_handlers, fw);
     if (!fw->events) goto fail;
     if (cfg->status_listen && *cfg->status_listen) {
@@ -255,8 +364,11 @@ void forwarder_destroy(forwarder_t **pfw)
     *pfw = NULL;
     rb_status_destroy(&fw->status);
     rb_events_destroy(&fw->events);
-    if (fw->buckets) forwarder_reset(fw);
+    plane_destroy(&fw->plane);
+    if (fw->buckets && fw->by_ip && fw->by_name) forwarder_reset(fw);
     free(fw->buckets);
+    rb_imap_destroy(&fw->by_ip);
+    rb_imap_destroy(&fw->by_name);
     explicit_bzero(&fw->curve, sizeof fw->curve);
     free(fw);
 }
@@ -269,3 +381,5 @@ int forwarder_status_port(const forwarder_t *fw)
 {
     return fw && fw->status ? rb_status_port(fw->status) : -1;
 }
+
+int forwarder_link_port(const forwarder_t *fw) { return fw ? plane_link_port(fw->plane) : -1; }

@@ -1,8 +1,10 @@
-/* forwarder: the reachback-forwarder service object. For now it follows the
- * session event stream (rb_events) and keeps the table of live sessions
- * (user, intranet IP, edge) that its data plane will route by, and runs the
- * status HTTP server (/readyz = the event stream is current, /status,
- * /metrics). Everything runs on one rb_loop thread. */
+/* forwarder: the reachback-forwarder service object. It follows the session
+ * event stream (rb_events) for the cluster's table of live sessions (user,
+ * intranet IP, name, edge), runs the data plane (forwarder_plane: the link
+ * to the edges, listeners on the sessions' addresses, outbound connections,
+ * policy, audit) and the status HTTP server (/readyz = the event stream is
+ * current, /status, /metrics). SIGHUP reloads the policy file. Everything
+ * runs on one rb_loop thread. */
 #ifndef FORWARDER_H
 #define FORWARDER_H
 #include <stdbool.h>
@@ -21,6 +23,12 @@ typedef struct {
     char *snapshot_endpoints;   /* broker snapshot ROUTERs, comma-separated */
     char *broker_public_key;    /* key file of the brokers (CURVE) */
     char *curve_secret_key;     /* our secret key file; "" for no CURVE */
+    char *data_endpoint;        /* the data link the edges connect to */
+    char *serve_cidrs;          /* "" or the blocks whose sessions we serve */
+    char *policy_file;          /* who may reach which users' ports */
+    long connect_timeout_ms;
+    long udp_idle_s;
+    long max_streams;
 } forwarder_config_t;
 
 /* The option table main.c hands to rb_cli. */
@@ -42,6 +50,8 @@ bool forwarder_ready(const forwarder_t *fw);
 size_t forwarder_session_count(const forwarder_t *fw);
 /* The status HTTP port, or -1 without a status server. */
 int forwarder_status_port(const forwarder_t *fw);
+/* The data link's TCP port (tcp:// endpoints), else -1. */
+int forwarder_link_port(const forwarder_t *fw);
 
 /* The event handlers (the stream calls them; so may a test). */
 void forwarder_reset(forwarder_t *fw);

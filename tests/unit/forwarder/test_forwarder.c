@@ -113,7 +113,8 @@ static void test_starts_and_follows_snapshot(void **state)
     forwarder_config_t cfg = {.log_level = "warn", .status_listen = "127.0.0.1:0",
                               .forwarder_id = "fwd-test", .events_endpoints = pub_ep,
                               .snapshot_endpoints = snap_ep, .broker_public_key = "",
-                              .curve_secret_key = ""};
+                              .curve_secret_key = "", .data_endpoint = "tcp://127.0.0.1:*",
+                              .connect_timeout_ms = 1000, .udp_idle_s = 60, .max_streams = 64};
     char err[256];
     assert_int_equal(forwarder_config_validate(&cfg, err, sizeof err), 0);
     forwarder_t *fw = forwarder_new(l, &cfg);
@@ -146,7 +147,9 @@ static void test_session_table(void **state)
     forwarder_config_t cfg = {.status_listen = "", .forwarder_id = "t",
                               .events_endpoints = "tcp://127.0.0.1:1",
                               .snapshot_endpoints = "tcp://127.0.0.1:2",
-                              .broker_public_key = "", .curve_secret_key = ""};
+                              .broker_public_key = "", .curve_secret_key = "",
+                              .data_endpoint = "tcp://127.0.0.1:*", .connect_timeout_ms = 1000,
+                              .udp_idle_s = 60, .max_streams = 64};
     forwarder_t *fw = forwarder_new(l, &cfg);
     assert_non_null(fw);
     assert_int_equal(forwarder_status_port(fw), -1);
@@ -176,7 +179,9 @@ static void test_config_validate(void **state)
 {
     char err[256];
     forwarder_config_t cfg = {.events_endpoints = "", .snapshot_endpoints = "x",
-                              .broker_public_key = "", .curve_secret_key = ""};
+                              .broker_public_key = "", .curve_secret_key = "",
+                              .data_endpoint = "tcp://127.0.0.1:*", .connect_timeout_ms = 1000,
+                              .udp_idle_s = 60, .max_streams = 64};
     assert_int_equal(forwarder_config_validate(&cfg, err, sizeof err), -1);
     assert_non_null(strstr(err, "events_endpoints"));
     cfg.events_endpoints = "tcp://127.0.0.1:1";

@@ -1,0 +1,1255 @@
+/* forwarder_plane: see forwarder_plane.h.
+ *
+ * Objects and who owns them:
+ *   peer_t     an edge on the link (by routing id); owns nothing, indexes
+ *              the link streams it carries (link id -> stream_t)
+ *   attach_t   a session an edge attached: its listeners and its streams
+ *   listener_t one exposed port (TCP listening socket or UDP socket)
+ *   stream_t   a TCP stream (with its rb_pump) or a UDP flow
+ * A stream belongs to its attachment and is indexed by its peer; freeing it
+ * unlinks both. Attachments die with a Detach, a SESSION_DOWN event, a newer
+ * attachment of the same address, or their edge falling silent. */
+#include "forwarder_plane.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "forwarder_policy.h"
+#include "forwarder_resolve.h"
+#include "rb_cidr.h"
+#include "rb_imap.h"
+#include "rb_link.h"
+#include "rb_log.h"
+#include "rb_metrics.h"
+#include "rb_pump.h"
+
+/* An edge we have not heard from for this long is gone. */
+#define PEER_SILENCE_MS 5000
+#define MAX_PORTS 64
+#define MAX_GROUPS 64
+#define ID_MAX 128
+#define NAME_MAX_LEN 256
+#define UDP_BURST 64
+#define MAX_CIDRS 16
+
+typedef struct stream stream_t;
+typedef struct attach attach_t;
+
+typedef struct peer {
+    struct peer *next;
+    char rid[RB_LINK_RID_MAX + 1];
+    uint64_t heard_ms;
+    rb_imap_t *streams;   /* link id -> stream_t */
+    uint32_t next_id;     /* even ids for server-initiated streams */
+} peer_t;
+
+typedef struct listener {
+    struct listener *next;
+    plane_t *p;
+    attach_t *a;
+    int fd;
+    int proto;            /* POLICY_TCP or POLICY_UDP */
+    uint16_t port;
+    rb_imap_t *flows;     /* UDP: (source address << 16 | port) -> stream_t */
+} listener_t;
+
+struct attach {
+    char *session_id, *user;
+    char ip[16];          /* "" without an intranet address */
+    uint32_t ip_n;
+    char **groups;
+    size_t ngroups;
+    peer_t *peer;
+    listener_t *listeners;
+    stream_t *streams;
+    size_t nstreams;
+};
+
+typedef enum { K_INBOUND, K_OUTBOUND } kind_t;
+
+struct stream {
+    stream_t *prev, *next;   /* in a->streams */
+    plane_t *p;
+    attach_t *a;
+    peer_t *peer;
+    uint32_t id;
+    uint64_t serial;         /* for answers that may outlive the stream */
+    kind_t kind;
+    int proto;
+    rb_pump_t *pump;         /* TCP */
+    listener_t *l;           /* UDP flow: the socket it came in on */
+    struct sockaddr_in src;  /* UDP flow: the internal peer */
+    bool denied;             /* UDP: a denied flow, kept to count drops */
+    bool refused;            /* UDP: the device refused the flow */
+    bool open_ok;
+    rb_timer_t *connect_timer;
+    uint16_t target_port;
+    uint64_t start_ms, last_ms;
+    uint64_t to_device, from_device, dropped;
+    char peer_desc[64];      /* "ip:port" of the internal side */
+    char src_user[NAME_MAX_LEN + 1];
+    char target[NAME_MAX_LEN + 8];
+};
+
+struct plane {
+    rb_loop_t *loop;
+    const plane_config_t *cfg;
+    void *sock;
+    int port;
+    uint64_t instance;
+    char *policy_path;
+    policy_t *policy;
+    resolve_t *resolve;
+    peer_t *peers;
+    rb_imap_t *by_session;   /* hash of session id -> attach_t */
+    rb_imap_t *by_ip;        /* intranet address -> attach_t */
+    rb_imap_t *by_serial;    /* streams waiting for a name or a connect */
+    uint64_t next_serial;
+    rb_timer_t *tick;
+    rb_cidr_t cidrs[MAX_CIDRS];
+    char *cidr_text[MAX_CIDRS];
+    size_t ncidrs;
+    size_t nstreams, nflows;
+    rb_metric_t *m_attached, *m_streams, *m_flows, *m_to_device, *m_from_device;
+    rb_metric_t *m_inbound_allowed, *m_inbound_denied, *m_inbound_refused;
+    rb_metric_t *m_outbound_ok, *m_outbound_failed, *m_udp_dropped, *m_overruns, *m_bad_link;
+};
+
+/* ------------------------------------------------------------------ */
+/* Small helpers                                                       */
+
+static uint64_t s_hash_id(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++) h = (h ^ (uint8_t)*s) * 1099511628211ULL;
+    return h;
+}
+
+static bool s_printable(const char *s, size_t max)
+{
+    size_t n = 0;
+    for (; *s; s++, n++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f || n >= max) return false;
+    return true;
+}
+
+static void s_addr_str(const struct sockaddr_in *sa, char *out, size_t len)
+{
+    char ip[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &sa->sin_addr, ip, sizeof ip);
+    snprintf(out, len, "%s:%u", ip, ntohs(sa->sin_port));
+}
+
+static const char *s_proto_name(int proto) { return proto == POLICY_UDP ? "udp" : "tcp"; }
+
+/* ------------------------------------------------------------------ */
+/* Link output                                                         */
+
+static int s_send_control(plane_t *p, peer_t *peer, Rb__Fwd__LinkControl *m)
+{
+    if (rb_link_send_control(p->sock, peer->rid, m) == 0) return 0;
+    rb_debug("link_send", "edge %s: %s", peer->rid, zmq_strerror(errno));
+    return -1;
+}
+
+static int s_send_frame(plane_t *p, peer_t *peer, uint8_t type, uint8_t flags, uint32_t id,
+                        const void *data, size_t len)
+{
+    if (rb_link_send(p->sock, peer->rid, type, flags, id, data, len) == 0) return 0;
+    rb_debug("link_send", "edge %s: %s", peer->rid, zmq_strerror(errno));
+    return -1;
+}
+
+static void s_send_window(plane_t *p, peer_t *peer, uint32_t id, uint32_t inc)
+{
+    uint8_t b[4] = {(uint8_t)(inc >> 24), (uint8_t)(inc >> 16), (uint8_t)(inc >> 8),
+                    (uint8_t)inc};
+    s_send_frame(p, peer, RB_FRAME_WINDOW, 0, id, b, 4);
+}
+
+static void s_send_result(plane_t *p, peer_t *peer, uint32_t id, Rb__Tunnel__StreamError err,
+                          const char *msg, const char *bound, unsigned bound_port)
+{
+    Rb__Fwd__LinkControl m = RB__FWD__LINK_CONTROL__INIT;
+    Rb__Fwd__OpenResult r = RB__FWD__OPEN_RESULT__INIT;
+    r.link_id = id;
+    r.error = err;
+    r.message = (char *)(msg ? msg : "");
+    r.bound_addr = (char *)(bound ? bound : "");
+    r.bound_port = bound_port;
+    m.msg_case = RB__FWD__LINK_CONTROL__MSG_OPEN_RESULT;
+    m.open_result = &r;
+    s_send_control(p, peer, &m);
+}
+
+/* ------------------------------------------------------------------ */
+/* Audit                                                               */
+
+/* One line per connection or flow, when it ends (or is refused): who
+ * reached whom, what was decided, how much went each way, how long. */
+static void s_audit(stream_t *s, const char *verdict, const char *why)
+{
+    rb_buf_t f = RB_BUF_INIT;
+    uint64_t dur = rb_now_ms() - s->start_ms;
+    rb_buf_printf(&f, "\"kind\":\"%s\",\"proto\":\"%s\",\"src\":\"",
+                  s->kind == K_INBOUND ? (*s->src_user ? "device" : "inbound") : "outbound",
+                  s_proto_name(s->proto));
+    rb_buf_json_escape(&f, s->kind == K_INBOUND ? s->peer_desc : s->a->ip);
+    rb_buf_puts(&f, "\",\"src_user\":\"");
+    rb_buf_json_escape(&f, s->kind == K_INBOUND ? s->src_user : s->a->user);
+    rb_buf_puts(&f, "\",\"user\":\"");
+    rb_buf_json_escape(&f, s->kind == K_INBOUND ? s->a->user : "");
+    rb_buf_puts(&f, "\",\"dst\":\"");
+    rb_buf_json_escape(&f, s->kind == K_INBOUND ? s->a->ip : s->target);
+    rb_buf_printf(&f,
+                  "\",\"port\":%u,\"verdict\":\"%s\",\"bytes_to_device\":%llu,"
+                  "\"bytes_from_device\":%llu,\"dropped\":%llu,\"duration_ms\":%llu,\"reason\":\"",
+                  s->target_port, verdict, (unsigned long long)s->to_device,
+                  (unsigned long long)s->from_device, (unsigned long long)s->dropped,
+                  (unsigned long long)dur);
+    rb_buf_json_escape(&f, why ? why : "");
+    rb_buf_puts(&f, "\"");
+    rb_log_with(RB_LOG_INFO, "audit", f.data, "%s %s %s -> %s%s%s port %u: %s (%s)",
+                s->kind == K_INBOUND ? "inbound" : "outbound", s_proto_name(s->proto),
+                s->kind == K_INBOUND ? s->peer_desc : s->a->user,
+                s->kind == K_INBOUND ? s->a->user : s->target,
+                s->kind == K_INBOUND ? " at " : "", s->kind == K_INBOUND ? s->a->ip : "",
+                s->target_port, verdict, why ? why : "");
+    rb_buf_free(&f);
+}
+
+/* ------------------------------------------------------------------ */
+/* Streams                                                             */
+
+static stream_t *s_stream_new(plane_t *p, attach_t *a, peer_t *peer, uint32_t id, kind_t kind,
+                              int proto)
+{
+    stream_t *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    if (rb_imap_put(peer->streams, id, s) < 0) {
+        free(s);
+        return NULL;
+    }
+    s->p = p;
+    s->a = a;
+    s->peer = peer;
+    s->id = id;
+    s->kind = kind;
+    s->proto = proto;
+    s->serial = ++p->next_serial;
+    s->start_ms = s->last_ms = rb_now_ms();
+    s->next = a->streams;
+    if (a->streams) a->streams->prev = s;
+    a->streams = s;
+    a->nstreams++;
+    if (proto == POLICY_UDP) p->nflows++;
+    else p->nstreams++;
+    rb_metric_set(p->m_streams, (double)p->nstreams);
+    rb_metric_set(p->m_flows, (double)p->nflows);
+    return s;
+}
+
+/* Frees s and unlinks it everywhere; the audit line says how it ended.
+ * A pump still going resets its socket. */
+static void s_stream_free(stream_t *s, const char *verdict, const char *why)
+{
+    plane_t *p = s->p;
+    if (verdict) s_audit(s, verdict, why);
+    if (s->pump) {
+        s->to_device = rb_pump_bytes_read(s->pump);
+        s->from_device = rb_pump_bytes_written(s->pump);
+        rb_pump_destroy(&s->pump);
+    }
+    rb_loop_cancel_timer(p->loop, s->connect_timer);
+    rb_imap_del(p->by_serial, s->serial);
+    if (rb_imap_get(s->peer->streams, s->id) == s) rb_imap_del(s->peer->streams, s->id);
+    if (s->l && s->l->flows) {
+        uint64_t key = (uint64_t)ntohl(s->src.sin_addr.s_addr) << 16 | ntohs(s->src.sin_port);
+        if (rb_imap_get(s->l->flows, key) == s) rb_imap_del(s->l->flows, key);
+    }
+    if (s->prev) s->prev->next = s->next;
+    else s->a->streams = s->next;
+    if (s->next) s->next->prev = s->prev;
+    s->a->nstreams--;
+    if (s->proto == POLICY_UDP) p->nflows--;
+    else p->nstreams--;
+    rb_metric_set(p->m_streams, (double)p->nstreams);
+    rb_metric_set(p->m_flows, (double)p->nflows);
+    free(s);
+}
+
+/* Byte counts are read from the pump at the end; the metrics follow them. */
+static void s_count_bytes(stream_t *s)
+{
+    if (!s->pump) return;
+    rb_metric_add(s->p->m_to_device, (double)(rb_pump_bytes_read(s->pump) - s->to_device));
+    rb_metric_add(s->p->m_from_device, (double)(rb_pump_bytes_written(s->pump) - s->from_device));
+    s->to_device = rb_pump_bytes_read(s->pump);
+    s->from_device = rb_pump_bytes_written(s->pump);
+}
+
+static void s_stream_end(stream_t *s, const char *why, bool reset)
+{
+    s_count_bytes(s);
+    s_stream_free(s, s->open_ok ? "allowed" : "failed", reset ? why : "closed");
+}
+
+static int s_pump_data(void *arg, uint8_t flags, const uint8_t *buf, size_t len)
+{
+    stream_t *s = arg;
+    return s_send_frame(s->p, s->peer, RB_FRAME_DATA, flags, s->id, buf, len);
+}
+
+static int s_pump_window(void *arg, uint32_t inc)
+{
+    stream_t *s = arg;
+    s_send_window(s->p, s->peer, s->id, inc);
+    return 0;
+}
+
+static void s_pump_done(void *arg, bool reset, const char *why)
+{
+    stream_t *s = arg;
+    if (s->kind == K_OUTBOUND && !s->open_ok) return;   /* connected() answers */
+    s_stream_end(s, why, reset);
+}
+
+static Rb__Tunnel__StreamError s_errno_error(int err)
+{
+    switch (err) {
+    case ECONNREFUSED: return RB__TUNNEL__STREAM_ERROR__STREAM_REFUSED;
+    case ETIMEDOUT: return RB__TUNNEL__STREAM_ERROR__STREAM_TIMEOUT;
+    case ENETUNREACH:
+    case EHOSTUNREACH: return RB__TUNNEL__STREAM_ERROR__STREAM_UNREACHABLE;
+    default: return RB__TUNNEL__STREAM_ERROR__STREAM_FAILED;
+    }
+}
+
+static void s_outbound_fail(stream_t *s, Rb__Tunnel__StreamError err, const char *why)
+{
+    s_send_result(s->p, s->peer, s->id, err, why, NULL, 0);
+    rb_metric_inc(s->p->m_outbound_failed);
+    s_stream_free(s, "failed", why);
+}
+
+static void s_pump_connected(void *arg, int err)
+{
+    stream_t *s = arg;
+    rb_loop_cancel_timer(s->p->loop, s->connect_timer);
+    s->connect_timer = NULL;
+    rb_imap_del(s->p->by_serial, s->serial);
+    if (err) {
+        s_outbound_fail(s, s_errno_error(err), strerror(err));
+        return;
+    }
+    struct sockaddr_in me;
+    socklen_t len = sizeof me;
+    char ip[INET_ADDRSTRLEN] = "";
+    unsigned port = 0;
+    if (getsockname(rb_pump_fd(s->pump), (struct sockaddr *)&me, &len) == 0) {
+        inet_ntop(AF_INET, &me.sin_addr, ip, sizeof ip);
+        port = ntohs(me.sin_port);
+    }
+    s->open_ok = true;
+    rb_metric_inc(s->p->m_outbound_ok);
+    s_send_result(s->p, s->peer, s->id, RB__TUNNEL__STREAM_ERROR__STREAM_OK, "", ip, port);
+}
+
+static const rb_pump_handlers_t s_pump_handlers = {s_pump_data, s_pump_window, s_pump_connected,
+                                                   s_pump_done};
+
+static void s_connect_timeout(rb_loop_t *loop, void *arg)
+{
+    stream_t *s = arg;
+    s->connect_timer = NULL;
+    s_outbound_fail(s, RB__TUNNEL__STREAM_ERROR__STREAM_TIMEOUT, "connect timed out");
+}
+
+/* The device's outbound connection, from its intranet address (or ours,
+ * without one) to ip:port. */
+static void s_outbound_connect(stream_t *s, uint32_t ip)
+{
+    plane_t *p = s->p;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        s_outbound_fail(s, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, strerror(errno));
+        return;
+    }
+    if (s->a->ip[0]) {
+        /* FREEBIND: with an AnyIP route the address is local without being
+         * on an interface; it also lets a lab bind a loopback address. */
+        int one = 1;
+        setsockopt(fd, IPPROTO_IP, IP_FREEBIND, &one, sizeof one);
+        struct sockaddr_in me = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(s->a->ip_n)};
+        if (bind(fd, (struct sockaddr *)&me, sizeof me) < 0) {
+            int e = errno;
+            close(fd);
+            s_outbound_fail(s, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, strerror(e));
+            return;
+        }
+    }
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(ip),
+                             .sin_port = htons(s->target_port)};
+    char ipbuf[16];
+    snprintf(s->peer_desc, sizeof s->peer_desc, "%s:%u", rb_ip_format(ip, ipbuf), s->target_port);
+    if (connect(fd, (struct sockaddr *)&to, sizeof to) < 0 && errno != EINPROGRESS) {
+        int e = errno;
+        close(fd);
+        s_outbound_fail(s, s_errno_error(e), strerror(e));
+        return;
+    }
+    s->pump = rb_pump_new(p->loop, fd, true, &s_pump_handlers, s);
+    if (!s->pump) {
+        close(fd);
+        s_outbound_fail(s, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, "out of memory");
+        return;
+    }
+    s->connect_timer = rb_loop_add_timer(p->loop, p->cfg->connect_timeout_ms, false,
+                                         s_connect_timeout, s);
+    rb_imap_put(p->by_serial, s->serial, s);
+}
+
+static void s_resolved(void *arg, uint64_t token, int err, uint32_t ip)
+{
+    plane_t *p = arg;
+    stream_t *s = rb_imap_get(p->by_serial, token);
+    if (!s) return;   /* the stream ended while the name was looked up */
+    rb_imap_del(p->by_serial, token);
+    if (err) {
+        s_outbound_fail(s, RB__TUNNEL__STREAM_ERROR__STREAM_NO_NAME, gai_strerror(err));
+        return;
+    }
+    s_outbound_connect(s, ip);
+}
+
+/* ------------------------------------------------------------------ */
+/* Attachments and listeners                                           */
+
+static void s_listener_free(plane_t *p, listener_t *l)
+{
+    rb_loop_del_fd(p->loop, l->fd);
+    close(l->fd);
+    rb_imap_destroy(&l->flows);
+    free(l);
+}
+
+static void s_attach_free(plane_t *p, attach_t *a, const char *why)
+{
+    while (a->streams) {
+        stream_t *s = a->streams;
+        /* Tell the edge, in case it still carries the stream. */
+        if (s->peer) s_send_frame(p, s->peer, RB_FRAME_DATA, RB_FRAME_RST, s->id, NULL, 0);
+        s_count_bytes(s);
+        s_stream_free(s, s->denied ? "denied" : s->open_ok ? "allowed" : "failed", why);
+    }
+    while (a->listeners) {
+        listener_t *l = a->listeners;
+        a->listeners = l->next;
+        s_listener_free(p, l);
+    }
+    uint64_t h = s_hash_id(a->session_id);
+    if (rb_imap_get(p->by_session, h) == a) rb_imap_del(p->by_session, h);
+    if (a->ip[0] && rb_imap_get(p->by_ip, a->ip_n) == a) rb_imap_del(p->by_ip, a->ip_n);
+    rb_debug("detached", "session %s (user '%s', %s): %s", a->session_id, a->user,
+             a->ip[0] ? a->ip : "no address", why);
+    for (size_t i = 0; i < a->ngroups; i++) free(a->groups[i]);
+    free(a->groups);
+    free(a->session_id);
+    free(a->user);
+    free(a);
+    rb_metric_set(p->m_attached, (double)rb_imap_count(p->by_session));
+}
+
+static attach_t *s_attach_find(plane_t *p, const char *session_id)
+{
+    attach_t *a = rb_imap_get(p->by_session, s_hash_id(session_id));
+    return a && strcmp(a->session_id, session_id) == 0 ? a : NULL;
+}
+
+/* The query the policy judges for a connection from src to a's port. */
+static bool s_allowed(plane_t *p, attach_t *a, uint32_t src, uint16_t port, int proto,
+                      char *src_user, size_t src_user_len, unsigned *line)
+{
+    const char *su = p->cfg->user_of_ip ? p->cfg->user_of_ip(p->cfg->lookup_arg, src) : NULL;
+    snprintf(src_user, src_user_len, "%s", su ? su : "");
+    /* A device's groups are known when its session is attached here. */
+    attach_t *sa = su ? rb_imap_get(p->by_ip, src) : NULL;
+    policy_query_t q = {
+        .src_ip = src,
+        .src_user = su,
+        .src_groups = sa ? (const char *const *)sa->groups : NULL,
+        .n_src_groups = sa ? sa->ngroups : 0,
+        .dst_user = a->user,
+        .dst_groups = (const char *const *)a->groups,
+        .n_dst_groups = a->ngroups,
+        .port = port,
+        .proto = proto,
+    };
+    *line = 0;
+    return p->policy && policy_allows(p->policy, &q, line);
+}
+
+static void s_open_to_device(stream_t *s, uint16_t port, const char *peer_ip, unsigned peer_port)
+{
+    Rb__Fwd__LinkControl m = RB__FWD__LINK_CONTROL__INIT;
+    Rb__Fwd__Open o = RB__FWD__OPEN__INIT;
+    o.link_id = s->id;
+    o.session_id = s->a->session_id;
+    o.proto = s->proto == POLICY_UDP ? RB__TUNNEL__PROTO__PROTO_UDP : RB__TUNNEL__PROTO__PROTO_TCP;
+    o.port = port;
+    o.peer_addr = (char *)peer_ip;
+    o.peer_port = peer_port;
+    o.peer_user = s->src_user;
+    m.msg_case = RB__FWD__LINK_CONTROL__MSG_OPEN;
+    m.open = &o;
+    s_send_control(s->p, s->peer, &m);
+}
+
+static uint32_t s_next_id(peer_t *peer)
+{
+    do {
+        peer->next_id += 2;
+        if (peer->next_id == 0) peer->next_id = 2;
+    } while (rb_imap_get(peer->streams, peer->next_id));
+    return peer->next_id;
+}
+
+static void s_on_accept(rb_loop_t *loop, int lfd, unsigned events, void *arg)
+{
+    listener_t *l = arg;
+    attach_t *a = l->a;
+    plane_t *p = l->p;
+    struct sockaddr_in src;
+    socklen_t slen = sizeof src;
+    int fd = accept4(lfd, (struct sockaddr *)&src, &slen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) return;
+    char src_user[NAME_MAX_LEN + 1], desc[64];
+    unsigned line;
+    s_addr_str(&src, desc, sizeof desc);
+    uint32_t sip = ntohl(src.sin_addr.s_addr);
+    bool ok = s_allowed(p, a, sip, l->port, POLICY_TCP, src_user, sizeof src_user, &line);
+    stream_t tmp = {.p = p, .a = a, .kind = K_INBOUND, .proto = POLICY_TCP,
+                    .target_port = l->port, .start_ms = rb_now_ms()};
+    snprintf(tmp.peer_desc, sizeof tmp.peer_desc, "%s", desc);
+    snprintf(tmp.src_user, sizeof tmp.src_user, "%s", src_user);
+    const char *why = NULL;
+    if (!ok) why = line ? "denied by policy" : "no policy rule allows it";
+    else if (a->nstreams >= p->cfg->max_streams) why = "too many streams on the session";
+    else if (!a->peer) why = "the session's edge is gone";
+    if (why) {
+        struct linger lg = {1, 0};
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        close(fd);
+        rb_metric_inc(ok ? p->m_inbound_refused : p->m_inbound_denied);
+        char reason[96];
+        if (line) snprintf(reason, sizeof reason, "%s (rule at line %u)", why, line);
+        else snprintf(reason, sizeof reason, "%s", why);
+        s_audit(&tmp, ok ? "refused" : "denied", reason);
+        return;
+    }
+    stream_t *s = s_stream_new(p, a, a->peer, s_next_id(a->peer), K_INBOUND, POLICY_TCP);
+    if (!s) {
+        close(fd);
+        return;
+    }
+    s->target_port = l->port;
+    snprintf(s->peer_desc, sizeof s->peer_desc, "%s", desc);
+    snprintf(s->src_user, sizeof s->src_user, "%s", src_user);
+    s->pump = rb_pump_new(loop, fd, false, &s_pump_handlers, s);
+    if (!s->pump) {
+        close(fd);
+        s_stream_free(s, "failed", "out of memory");
+        return;
+    }
+    rb_metric_inc(p->m_inbound_allowed);
+    char ip[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &src.sin_addr, ip, sizeof ip);
+    s_open_to_device(s, l->port, ip, ntohs(src.sin_port));
+}
+
+/* ---- UDP: one flow per internal (address, port) per exposed port ---- */
+
+static uint64_t s_flow_key(const struct sockaddr_in *src)
+{
+    return (uint64_t)ntohl(src->sin_addr.s_addr) << 16 | ntohs(src->sin_port);
+}
+
+static void s_on_datagram(rb_loop_t *loop, int fd, unsigned events, void *arg)
+{
+    listener_t *l = arg;
+    plane_t *p = l->p;
+    attach_t *a = l->a;
+    static uint8_t buf[RB_FRAME_MAX_DATA];
+    for (int i = 0; i < UDP_BURST; i++) {
+        struct sockaddr_in src;
+        socklen_t slen = sizeof src;
+        ssize_t n = recvfrom(fd, buf, sizeof buf, MSG_DONTWAIT, (struct sockaddr *)&src, &slen);
+        if (n < 0) return;
+        uint64_t key = s_flow_key(&src);
+        stream_t *s = rb_imap_get(l->flows, key);
+        if (!s) {
+            char src_user[NAME_MAX_LEN + 1];
+            unsigned line;
+            bool ok = s_allowed(p, a, ntohl(src.sin_addr.s_addr), l->port, POLICY_UDP, src_user,
+                                sizeof src_user, &line);
+            if (!a->peer || a->nstreams >= p->cfg->max_streams) {
+                rb_metric_inc(p->m_udp_dropped);
+                continue;
+            }
+            s = s_stream_new(p, a, a->peer, s_next_id(a->peer), K_INBOUND, POLICY_UDP);
+            if (!s) continue;
+            if (rb_imap_put(l->flows, key, s) < 0) {
+                s_stream_free(s, NULL, NULL);
+                continue;
+            }
+            s->l = l;
+            s->src = src;
+            s->target_port = l->port;
+            s_addr_str(&src, s->peer_desc, sizeof s->peer_desc);
+            snprintf(s->src_user, sizeof s->src_user, "%s", src_user);
+            /* A denied flow is kept until it idles out: one audit line for
+             * the whole flow, however many datagrams it sends. */
+            s->denied = !ok;
+            if (ok) {
+                rb_metric_inc(p->m_inbound_allowed);
+                char ip[INET_ADDRSTRLEN];
+                inet_ntop(AF_INET, &src.sin_addr, ip, sizeof ip);
+                s_open_to_device(s, l->port, ip, ntohs(src.sin_port));
+            } else {
+                rb_metric_inc(p->m_inbound_denied);
+            }
+        }
+        s->last_ms = rb_now_ms();
+        if (s->denied || s->refused ||
+            s_send_frame(p, s->peer, RB_FRAME_DATAGRAM, 0, s->id, buf, (size_t)n) < 0) {
+            s->dropped++;
+            rb_metric_inc(p->m_udp_dropped);
+            continue;
+        }
+        s->to_device += (uint64_t)n;
+        rb_metric_add(p->m_to_device, (double)n);
+    }
+}
+
+static void s_flow_from_device(stream_t *s, const uint8_t *data, size_t len)
+{
+    s->last_ms = rb_now_ms();
+    if (sendto(s->l->fd, data, len, MSG_DONTWAIT, (struct sockaddr *)&s->src, sizeof s->src) < 0) {
+        s->dropped++;
+        rb_metric_inc(s->p->m_udp_dropped);
+        return;
+    }
+    s->from_device += len;
+    rb_metric_add(s->p->m_from_device, (double)len);
+}
+
+static listener_t *s_listen(plane_t *p, attach_t *a, int proto, uint16_t port)
+{
+    int fd = socket(AF_INET, (proto == POLICY_UDP ? SOCK_DGRAM : SOCK_STREAM) | SOCK_NONBLOCK |
+                                 SOCK_CLOEXEC, 0);
+    if (fd < 0) return NULL;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(fd, IPPROTO_IP, IP_FREEBIND, &one, sizeof one);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(a->ip_n),
+                             .sin_port = htons(port)};
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 ||
+        (proto == POLICY_TCP && listen(fd, 128) < 0)) {
+        rb_warn("listen_failed", "session %s (user '%s'): %s %s:%u: %s", a->session_id, a->user,
+                s_proto_name(proto), a->ip, port, strerror(errno));
+        close(fd);
+        return NULL;
+    }
+    listener_t *l = calloc(1, sizeof *l);
+    if (!l || (proto == POLICY_UDP && !(l->flows = rb_imap_new()))) {
+        free(l);
+        close(fd);
+        return NULL;
+    }
+    l->p = p;
+    l->a = a;
+    l->fd = fd;
+    l->proto = proto;
+    l->port = port;
+    if (rb_loop_add_fd(p->loop, fd, RB_EV_READ, proto == POLICY_UDP ? s_on_datagram : s_on_accept,
+                       l) < 0) {
+        close(fd);
+        rb_imap_destroy(&l->flows);
+        free(l);
+        return NULL;
+    }
+    return l;
+}
+
+/* Makes a's listeners the set the device exposes: closes the ports no
+ * longer exposed (with their flows), opens the new ones. */
+static void s_set_ports(plane_t *p, attach_t *a, Rb__Tunnel__ExposedPort **ports, size_t n)
+{
+    for (listener_t **pp = &a->listeners; *pp;) {
+        listener_t *l = *pp;
+        bool keep = false;
+        for (size_t i = 0; i < n && !keep; i++) {
+            int proto = ports[i]->proto == RB__TUNNEL__PROTO__PROTO_UDP ? POLICY_UDP : POLICY_TCP;
+            keep = proto == l->proto && ports[i]->port == l->port;
+        }
+        if (keep) {
+            pp = &l->next;
+            continue;
+        }
+        *pp = l->next;
+        for (stream_t *s = a->streams, *next; s; s = next) {
+            next = s->next;
+            if (s->l == l) s_stream_free(s, s->denied ? "denied" : "allowed", "port no longer exposed");
+        }
+        s_listener_free(p, l);
+    }
+    if (!a->ip[0]) return;   /* no address: nothing to listen on */
+    for (size_t i = 0; i < n; i++) {
+        int proto = ports[i]->proto == RB__TUNNEL__PROTO__PROTO_UDP ? POLICY_UDP : POLICY_TCP;
+        bool have = false;
+        for (listener_t *l = a->listeners; l && !have; l = l->next)
+            have = l->proto == proto && l->port == ports[i]->port;
+        if (have) continue;
+        listener_t *l = s_listen(p, a, proto, (uint16_t)ports[i]->port);
+        if (!l) continue;
+        l->next = a->listeners;
+        a->listeners = l;
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Messages from the edges                                             */
+
+static bool s_serves(const plane_t *p, uint32_t ip)
+{
+    if (p->ncidrs == 0) return true;
+    for (size_t i = 0; i < p->ncidrs; i++)
+        if (rb_cidr_contains(&p->cidrs[i], ip)) return true;
+    return false;
+}
+
+static void s_on_attach(plane_t *p, peer_t *peer, const Rb__Fwd__Attach *m)
+{
+    const char *sid = m->session_id ? m->session_id : "";
+    const char *user = m->user ? m->user : "";
+    const char *ipstr = m->ip ? m->ip : "";
+    uint32_t ip = 0;
+    const char *bad = NULL;
+    if (!*sid || !s_printable(sid, ID_MAX)) bad = "bad session id";
+    else if (!*user || !s_printable(user, NAME_MAX_LEN)) bad = "bad user name";
+    else if (*ipstr && rb_ip_parse(ipstr, &ip) < 0) bad = "bad address";
+    else if (m->n_groups > MAX_GROUPS) bad = "too many groups";
+    else if (m->n_ports > MAX_PORTS) bad = "too many ports";
+    for (size_t i = 0; !bad && i < m->n_groups; i++)
+        if (!m->groups[i] || !s_printable(m->groups[i], NAME_MAX_LEN)) bad = "bad group name";
+    for (size_t i = 0; !bad && i < m->n_ports; i++) {
+        if (m->ports[i]->port < 1 || m->ports[i]->port > 65535) bad = "bad port";
+        else if (m->ports[i]->proto != RB__TUNNEL__PROTO__PROTO_TCP &&
+                 m->ports[i]->proto != RB__TUNNEL__PROTO__PROTO_UDP)
+            bad = "bad protocol";
+    }
+    if (bad) {
+        rb_metric_inc(p->m_bad_link);
+        rb_warn("bad_attach", "edge %s: Attach refused: %s", peer->rid, bad);
+        return;
+    }
+    if (*ipstr && !s_serves(p, ip)) {
+        rb_debug("attach_elsewhere", "session %s at %s: not in serve_cidrs", sid, ipstr);
+        return;
+    }
+    attach_t *a = s_attach_find(p, sid);
+    /* The address changed hands (a transfer, or an ended session whose
+     * Detach is late): the newer attachment wins. */
+    attach_t *holder = *ipstr ? rb_imap_get(p->by_ip, ip) : NULL;
+    if (holder && holder != a) s_attach_free(p, holder, "its address was attached again");
+    if (!a) {
+        a = calloc(1, sizeof *a);
+        if (!a || !(a->session_id = strdup(sid)) || !(a->user = strdup(user)) ||
+            rb_imap_put(p->by_session, s_hash_id(sid), a) < 0) {
+            if (a) {
+                free(a->session_id);
+                free(a->user);
+                free(a);
+            }
+            rb_error("attach", "out of memory for session %s", sid);
+            return;
+        }
+        snprintf(a->ip, sizeof a->ip, "%s", ipstr);
+        a->ip_n = ip;
+        if (*ipstr && rb_imap_put(p->by_ip, ip, a) < 0) {
+            s_attach_free(p, a, "out of memory");
+            return;
+        }
+    }
+    /* A resume moves the session to another edge: its streams died with
+     * the old connection, so they go. */
+    if (a->peer && a->peer != peer) {
+        while (a->streams) s_stream_free(a->streams, "allowed", "the session moved to another edge");
+    }
+    a->peer = peer;
+    char **g = calloc(m->n_groups + 1, sizeof *g);
+    if (g) {
+        size_t n = 0;
+        for (size_t i = 0; i < m->n_groups; i++)
+            if ((g[n] = strdup(m->groups[i]))) n++;
+        for (size_t i = 0; i < a->ngroups; i++) free(a->groups[i]);
+        free(a->groups);
+        a->groups = g;
+        a->ngroups = n;
+    }
+    s_set_ports(p, a, m->ports, m->n_ports);
+    rb_metric_set(p->m_attached, (double)rb_imap_count(p->by_session));
+    rb_debug("attached", "session %s (user '%s', %s) via edge %s, %zu ports", sid, user,
+             *ipstr ? ipstr : "no address", peer->rid, m->n_ports);
+}
+
+static void s_on_detach(plane_t *p, peer_t *peer, const Rb__Fwd__Detach *m)
+{
+    attach_t *a = s_attach_find(p, m->session_id ? m->session_id : "");
+    /* Only the edge that carries the session may let it go: a Detach from
+     * the edge a device just left must not undo its resume elsewhere. */
+    if (!a || a->peer != peer) return;
+    s_attach_free(p, a, m->reason && *m->reason ? m->reason : "detached");
+}
+
+static void s_on_open(plane_t *p, peer_t *peer, const Rb__Fwd__Open *m)
+{
+    uint32_t id = m->link_id;
+    if (id == 0 || (id & 1) == 0 || rb_imap_get(peer->streams, id)) {
+        rb_metric_inc(p->m_bad_link);
+        rb_warn("bad_open", "edge %s: Open with link id %u refused (even, zero or in use)",
+                peer->rid, id);
+        if (id && !rb_imap_get(peer->streams, id))
+            s_send_result(p, peer, id, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, "bad link id",
+                          NULL, 0);
+        return;
+    }
+    attach_t *a = s_attach_find(p, m->session_id ? m->session_id : "");
+    const char *host = m->host ? m->host : "";
+    if (!a || a->peer != peer) {
+        s_send_result(p, peer, id, RB__TUNNEL__STREAM_ERROR__STREAM_UNREACHABLE,
+                      "the session is not attached to this forwarder", NULL, 0);
+        return;
+    }
+    if (m->proto != RB__TUNNEL__PROTO__PROTO_TCP) {
+        s_send_result(p, peer, id, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED,
+                      "only TCP streams can be opened from a device", NULL, 0);
+        return;
+    }
+    if (!*host || !s_printable(host, 255) || m->port < 1 || m->port > 65535) {
+        s_send_result(p, peer, id, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, "bad host or port",
+                      NULL, 0);
+        return;
+    }
+    if (a->nstreams >= p->cfg->max_streams) {
+        s_send_result(p, peer, id, RB__TUNNEL__STREAM_ERROR__STREAM_LIMIT,
+                      "too many streams on the session", NULL, 0);
+        return;
+    }
+    stream_t *s = s_stream_new(p, a, peer, id, K_OUTBOUND, POLICY_TCP);
+    if (!s) {
+        s_send_result(p, peer, id, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, "out of memory", NULL,
+                      0);
+        return;
+    }
+    s->target_port = (uint16_t)m->port;
+    snprintf(s->target, sizeof s->target, "%s", host);
+    uint32_t ip;
+    if (rb_ip_parse(host, &ip) == 0 ||
+        (p->cfg->ip_of_name && p->cfg->ip_of_name(p->cfg->lookup_arg, host, &ip) == 0)) {
+        s_outbound_connect(s, ip);
+        return;
+    }
+    if (rb_imap_put(p->by_serial, s->serial, s) < 0 ||
+        resolve_start(p->resolve, host, s->serial) < 0) {
+        s_outbound_fail(s, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, "too many name lookups");
+    }
+}
+
+static void s_on_open_result(plane_t *p, peer_t *peer, const Rb__Fwd__OpenResult *m)
+{
+    stream_t *s = rb_imap_get(peer->streams, m->link_id);
+    if (!s || s->kind != K_INBOUND) return;   /* ended meanwhile */
+    if (m->error == RB__TUNNEL__STREAM_ERROR__STREAM_OK) {
+        s->open_ok = true;
+        return;
+    }
+    rb_metric_inc(p->m_inbound_refused);
+    char why[160];
+    snprintf(why, sizeof why, "the device refused: %.120s", m->message ? m->message : "");
+    if (s->proto == POLICY_UDP) {
+        s->refused = true;   /* dropped until it idles out */
+        return;
+    }
+    s_count_bytes(s);
+    s_stream_free(s, "refused", why);
+}
+
+static void s_on_hello(plane_t *p, peer_t *peer, const Rb__Fwd__Hello *m)
+{
+    if (m->version != RB_LINK_VERSION) {
+        rb_warn("link_version", "edge %s speaks link version %u, we speak %u", peer->rid,
+                m->version, RB_LINK_VERSION);
+        return;
+    }
+    Rb__Fwd__LinkControl r = RB__FWD__LINK_CONTROL__INIT;
+    Rb__Fwd__HelloAck ack = RB__FWD__HELLO_ACK__INIT;
+    ack.version = RB_LINK_VERSION;
+    ack.forwarder_id = (char *)p->cfg->forwarder_id;
+    ack.instance = p->instance;
+    ack.n_cidrs = p->ncidrs;
+    ack.cidrs = p->cidr_text;
+    r.msg_case = RB__FWD__LINK_CONTROL__MSG_HELLO_ACK;
+    r.hello_ack = &ack;
+    s_send_control(p, peer, &r);
+}
+
+static void s_on_frame(plane_t *p, peer_t *peer, const rb_frame_t *f)
+{
+    stream_t *s = rb_imap_get(peer->streams, f->stream_id);
+    if (!s) return;   /* ended here already; the edge hears or heard why */
+    switch (f->type) {
+    case RB_FRAME_DATA:
+        if (!s->pump) {   /* a flow: only RST ends it */
+            if (f->flags & RB_FRAME_RST) s_stream_free(s, s->denied ? "denied" : "allowed",
+                                                      "closed by the device");
+            return;
+        }
+        switch (rb_pump_peer_data(s->pump, f->flags, f->payload, f->len)) {
+        case RB_PUMP_GOING: return;
+        case RB_PUMP_OVER:
+            s_stream_end(s, "reset by the device", (f->flags & RB_FRAME_RST) != 0);
+            return;
+        default:
+            rb_metric_inc(p->m_overruns);
+            rb_warn("window_overrun", "edge %s: stream %u sent more than its window; reset",
+                    peer->rid, f->stream_id);
+            s_send_frame(p, peer, RB_FRAME_DATA, RB_FRAME_RST, f->stream_id, NULL, 0);
+            s_stream_end(s, "window overrun", true);
+            return;
+        }
+    case RB_FRAME_WINDOW:
+        if (s->pump) rb_pump_peer_window(s->pump, rb_frame_window(f));
+        return;
+    case RB_FRAME_DATAGRAM:
+        if (s->l && !s->denied) s_flow_from_device(s, f->payload, f->len);
+        return;
+    }
+}
+
+static peer_t *s_peer(plane_t *p, const char *rid)
+{
+    for (peer_t *x = p->peers; x; x = x->next)
+        if (strcmp(x->rid, rid) == 0) return x;
+    peer_t *x = calloc(1, sizeof *x);
+    if (!x || !(x->streams = rb_imap_new())) {
+        free(x);
+        return NULL;
+    }
+    snprintf(x->rid, sizeof x->rid, "%s", rid);
+    x->next = p->peers;
+    p->peers = x;
+    rb_info("edge_linked", "edge %s is on the data link", rid);
+    return x;
+}
+
+typedef struct {
+    peer_t *peer;
+    attach_t **v;
+    size_t n, cap;
+} collect_t;
+
+static void s_collect(void *arg, uint64_t key, void *value)
+{
+    collect_t *c = arg;
+    attach_t *a = value;
+    if (a->peer != c->peer) return;
+    if (c->n == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 64;
+        attach_t **v = realloc(c->v, cap * sizeof *v);
+        if (!v) return;
+        c->v = v;
+        c->cap = cap;
+    }
+    c->v[c->n++] = a;
+}
+
+static void s_drop_stream(void *arg, uint64_t key, void *value)
+{
+    stream_t *s = value;
+    s_count_bytes(s);
+    s_stream_free(s, s->open_ok ? "allowed" : "failed", arg);
+}
+
+/* The edge fell silent (or the plane stops): its attachments and every
+ * stream it carried go with it. */
+static void s_peer_drop(plane_t *p, peer_t *peer, const char *why)
+{
+    collect_t c = {peer, NULL, 0, 0};
+    rb_imap_each(p->by_session, s_collect, &c);
+    for (size_t i = 0; i < c.n; i++) s_attach_free(p, c.v[i], why);
+    free(c.v);
+    rb_imap_each(peer->streams, s_drop_stream, (void *)why);
+    for (peer_t **pp = &p->peers; *pp; pp = &(*pp)->next) {
+        if (*pp == peer) {
+            *pp = peer->next;
+            break;
+        }
+    }
+    rb_imap_destroy(&peer->streams);
+    free(peer);
+}
+
+static void s_on_link(rb_loop_t *loop, void *sock, void *arg)
+{
+    plane_t *p = arg;
+    for (int i = 0; i < 256; i++) {
+        rb_link_msg_t m;
+        rb_frame_t f;
+        const char *why = NULL;
+        int rc = rb_link_recv(sock, true, &m, &f, &why);
+        if (rc == 0) return;
+        if (rc < 0) {
+            rb_metric_inc(p->m_bad_link);
+            rb_warn("bad_link_message", "edge %s: %s; dropped", m.rid_len ? m.rid : "?", why);
+            rb_link_msg_close(&m);
+            continue;
+        }
+        peer_t *peer = m.rid_len ? s_peer(p, m.rid) : NULL;
+        if (!peer) {
+            rb_link_msg_close(&m);
+            continue;
+        }
+        peer->heard_ms = rb_now_ms();
+        if (f.type != RB_FRAME_CONTROL) {
+            s_on_frame(p, peer, &f);
+            rb_link_msg_close(&m);
+            continue;
+        }
+        Rb__Fwd__LinkControl *c = rb_link_control(&f);
+        if (!c) {
+            rb_metric_inc(p->m_bad_link);
+            rb_warn("bad_link_message", "edge %s: undecodable control message; dropped", peer->rid);
+            rb_link_msg_close(&m);
+            continue;
+        }
+        switch (c->msg_case) {
+        case RB__FWD__LINK_CONTROL__MSG_HELLO: s_on_hello(p, peer, c->hello); break;
+        case RB__FWD__LINK_CONTROL__MSG_ATTACH: s_on_attach(p, peer, c->attach); break;
+        case RB__FWD__LINK_CONTROL__MSG_DETACH: s_on_detach(p, peer, c->detach); break;
+        case RB__FWD__LINK_CONTROL__MSG_OPEN: s_on_open(p, peer, c->open); break;
+        case RB__FWD__LINK_CONTROL__MSG_OPEN_RESULT: s_on_open_result(p, peer, c->open_result); break;
+        default:
+            rb_metric_inc(p->m_bad_link);
+            rb_warn("bad_link_message", "edge %s: message %d is not for a forwarder; dropped",
+                    peer->rid, (int)c->msg_case);
+        }
+        rb__fwd__link_control__free_unpacked(c, NULL);
+        rb_link_msg_close(&m);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Timers                                                              */
+
+typedef struct {
+    plane_t *p;
+    uint64_t now;
+    stream_t **v;
+    size_t n, cap;
+} idle_t;
+
+static void s_collect_idle(void *arg, uint64_t key, void *value)
+{
+    idle_t *c = arg;
+    attach_t *a = value;
+    for (stream_t *s = a->streams; s; s = s->next) {
+        if (s->proto != POLICY_UDP || c->now - s->last_ms < c->p->cfg->udp_idle_s * 1000ull)
+            continue;
+        if (c->n == c->cap) {
+            size_t cap = c->cap ? c->cap * 2 : 64;
+            stream_t **v = realloc(c->v, cap * sizeof *v);
+            if (!v) return;
+            c->v = v;
+            c->cap = cap;
+        }
+        c->v[c->n++] = s;
+    }
+}
+
+static void s_on_tick(rb_loop_t *loop, void *arg)
+{
+    plane_t *p = arg;
+    uint64_t now = rb_now_ms();
+    for (peer_t *x = p->peers, *next; x; x = next) {
+        next = x->next;
+        if (now - x->heard_ms > PEER_SILENCE_MS) {
+            rb_warn("edge_silent", "edge %s: nothing for %d s; its sessions are detached", x->rid,
+                    PEER_SILENCE_MS / 1000);
+            s_peer_drop(p, x, "the edge fell silent");
+        }
+    }
+    idle_t c = {p, now, NULL, 0, 0};
+    rb_imap_each(p->by_session, s_collect_idle, &c);
+    for (size_t i = 0; i < c.n; i++) {
+        stream_t *s = c.v[i];
+        if (!s->denied && !s->refused)
+            s_send_frame(p, s->peer, RB_FRAME_DATA, RB_FRAME_RST, s->id, NULL, 0);
+        s_stream_free(s, s->denied ? "denied" : s->refused ? "refused" : "allowed", "idle");
+    }
+    free(c.v);
+}
+
+/* ------------------------------------------------------------------ */
+/* The plane                                                           */
+
+static int s_load_policy(plane_t *p)
+{
+    if (!p->cfg->policy_file || !*p->cfg->policy_file) {
+        rb_warn("no_policy", "no policy_file: every server-initiated connection is denied");
+        return 0;
+    }
+    char err[512];
+    policy_t *np = policy_load(p->cfg->policy_file, err, sizeof err);
+    if (!np) {
+        rb_error("policy", "%s", err);
+        return -1;
+    }
+    policy_destroy(&p->policy);
+    p->policy = np;
+    rb_info("policy_loaded", "%s: %zu rules", p->cfg->policy_file, policy_rule_count(np));
+    return 0;
+}
+
+int plane_reload_policy(plane_t *p) { return s_load_policy(p); }
+
+static int s_parse_cidrs(plane_t *p, const char *list)
+{
+    if (!list || !*list) return 0;
+    char *copy = strdup(list), *save = NULL;
+    if (!copy) return -1;
+    int rc = 0;
+    for (char *t = strtok_r(copy, ", ", &save); t; t = strtok_r(NULL, ", ", &save)) {
+        if (p->ncidrs == MAX_CIDRS || rb_cidr_parse(t, &p->cidrs[p->ncidrs]) < 0 ||
+            !(p->cidr_text[p->ncidrs] = strdup(t))) {
+            rb_error("serve_cidrs", "bad block '%s' (or more than %d)", t, MAX_CIDRS);
+            rc = -1;
+            break;
+        }
+        p->ncidrs++;
+    }
+    free(copy);
+    return rc;
+}
+
+plane_t *plane_new(rb_loop_t *loop, const plane_config_t *cfg)
+{
+    plane_t *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->loop = loop;
+    p->cfg = cfg;
+    p->port = -1;
+    /* A restarted forwarder must look new to the edges, so they attach
+     * their sessions again. */
+    p->instance = rb_wall_ms() << 16 ^ (uint64_t)getpid();
+    p->by_session = rb_imap_new();
+    p->by_ip = rb_imap_new();
+    p->by_serial = rb_imap_new();
+    if (!p->by_session || !p->by_ip || !p->by_serial || s_parse_cidrs(p, cfg->serve_cidrs) < 0 ||
+        s_load_policy(p) < 0)
+        goto fail;
+    p->m_attached = rb_gauge("reachback_forwarder_attached_sessions", NULL,
+                             "Sessions attached by edges, with their listeners");
+    p->m_streams = rb_gauge("reachback_forwarder_streams", NULL, "TCP streams open");
+    p->m_flows = rb_gauge("reachback_forwarder_udp_flows", NULL, "UDP flows open");
+    p->m_to_device = rb_counter("reachback_forwarder_bytes_total", "direction=\"to_device\"",
+                                "Stream and datagram bytes carried");
+    p->m_from_device = rb_counter("reachback_forwarder_bytes_total", "direction=\"from_device\"",
+                                  "Stream and datagram bytes carried");
+    const char *h = "Server-initiated and device-to-device connections and flows by verdict";
+    p->m_inbound_allowed = rb_counter("reachback_forwarder_inbound_total", "verdict=\"allowed\"", h);
+    p->m_inbound_denied = rb_counter("reachback_forwarder_inbound_total", "verdict=\"denied\"", h);
+    p->m_inbound_refused = rb_counter("reachback_forwarder_inbound_total", "verdict=\"refused\"", h);
+    h = "Outbound connections made for devices";
+    p->m_outbound_ok = rb_counter("reachback_forwarder_outbound_total", "result=\"ok\"", h);
+    p->m_outbound_failed = rb_counter("reachback_forwarder_outbound_total", "result=\"failed\"", h);
+    p->m_udp_dropped = rb_counter("reachback_forwarder_udp_dropped_total", NULL,
+                                  "Datagrams dropped (denied, refused, no edge, full)");
+    p->m_overruns = rb_counter("reachback_forwarder_window_overruns_total", NULL,
+                               "Streams reset because an edge sent more than the window");
+    p->m_bad_link = rb_counter("reachback_forwarder_link_errors_total", NULL,
+                               "Malformed or out-of-place messages on the data link");
+    p->resolve = resolve_new(loop, s_resolved, p);
+    if (!p->resolve) goto fail;
+    p->sock = rb_zsock_bind(ZMQ_ROUTER, cfg->endpoint, cfg->curve);
+    if (!p->sock) goto fail;
+    rb_link_setup(p->sock);
+    /* An edge that restarts reconnects with the same routing id before the
+     * old connection is noticed dead: the new one must win. */
+    int one = 1;
+    zmq_setsockopt(p->sock, ZMQ_ROUTER_HANDOVER, &one, sizeof one);
+    char ep[256];
+    size_t eplen = sizeof ep;
+    if (zmq_getsockopt(p->sock, ZMQ_LAST_ENDPOINT, ep, &eplen) == 0) {
+        char *colon = strrchr(ep, ':');
+        if (strncmp(ep, "tcp://", 6) == 0 && colon) p->port = atoi(colon + 1);
+    }
+    if (rb_loop_add_zsock(loop, p->sock, s_on_link, p) < 0) goto fail;
+    p->tick = rb_loop_add_timer(loop, 1000, true, s_on_tick, p);
+    if (!p->tick) goto fail;
+    rb_info("data_link", "data link on %s (port %d)", cfg->endpoint, p->port);
+    return p;
+fail:
+    plane_destroy(&p);
+    return NULL;
+}
+
+void plane_destroy(plane_t **pp)
+{
+    if (!pp || !*pp) return;
+    plane_t *p = *pp;
+    *pp = NULL;
+    while (p->peers) s_peer_drop(p, p->peers, "the forwarder is stopping");
+    rb_loop_cancel_timer(p->loop, p->tick);
+    if (p->sock) {
+        rb_loop_del_zsock(p->loop, p->sock);
+        rb_zsock_close(&p->sock);
+    }
+    resolve_destroy(&p->resolve);
+    policy_destroy(&p->policy);
+    rb_imap_destroy(&p->by_session);
+    rb_imap_destroy(&p->by_ip);
+    rb_imap_destroy(&p->by_serial);
+    for (size_t i = 0; i < p->ncidrs; i++) free(p->cidr_text[i]);
+    free(p);
+}
+
+void plane_session_down(plane_t *p, const char *session_id, const char *reason)
+{
+    attach_t *a = s_attach_find(p, session_id ? session_id : "");
+    if (a) s_attach_free(p, a, reason && *reason ? reason : "session ended");
+}
+
+int plane_link_port(const plane_t *p) { return p ? p->port : -1; }
+
+size_t plane_attached(const plane_t *p) { return p ? rb_imap_count(p->by_session) : 0; }
+
+void plane_status_json(const plane_t *p, rb_buf_t *json)
+{
+    size_t edges = 0;
+    for (peer_t *x = p->peers; x; x = x->next) edges++;
+    rb_buf_printf(json,
+                  "\"data_link_port\":%d,\"edges_linked\":%zu,\"attached_sessions\":%zu,"
+                  "\"streams\":%zu,\"udp_flows\":%zu,\"policy_rules\":%zu",
+                  p->port, edges, rb_imap_count(p->by_session), p->nstreams, p->nflows,
+                  policy_rule_count(p->policy));
+}
