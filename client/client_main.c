@@ -17,6 +17,7 @@
 #include <openssl/crypto.h>
 
 #include "client_session.h"
+#include "client_streams.h"
 #include "rb_buf.h"
 #include "rb_log.h"
 #include "rb_loop.h"
@@ -48,9 +49,24 @@ static const char s_usage[] =
     "                         this long (default 60, the broker's session_timeout; 0: never)\n"
     "  --server-name NAME     name (or IP) the certificate must carry; default: HOST\n"
     "  --cert FILE --key FILE client certificate, when the edge asks for one\n"
-    "  --status-file FILE     write {\"user\",\"ip\",\"fqdn\",\"session\"} as JSON while logged\n"
-    "                         on (replaced atomically, again after a resume; ip and fqdn\n"
-    "                         are \"\" without an intranet address; removed at exit)\n"
+    "  --expose PROTO:PORT[=HOST:PORT]\n"
+    "                         let internal servers (and other devices, as policy allows)\n"
+    "                         reach this device's intranet address on PORT (tcp or udp);\n"
+    "                         their connections go to HOST:PORT here (default\n"
+    "                         127.0.0.1:PORT). Repeatable: --expose tcp:22\n"
+    "                         --expose tcp:5900=127.0.0.1:5901 --expose udp:5353=127.0.0.1:5454\n"
+    "  --forward [BIND:]LPORT:HOST:PORT\n"
+    "                         listen on BIND:LPORT (default 127.0.0.1) and carry each\n"
+    "                         connection to HOST:PORT in the intranet (a name is resolved\n"
+    "                         by the gateway); the server sees our intranet address.\n"
+    "                         Repeatable\n"
+    "  --socks [BIND:]PORT    a SOCKS5 proxy (CONNECT) into the intranet on BIND:PORT;\n"
+    "                         names are resolved by the gateway (curl --socks5-hostname)\n"
+    "  --status-file FILE     write {\"user\",\"ip\",\"fqdn\",\"session\",\"listen_ports\"} as JSON\n"
+    "                         while logged on (replaced atomically, again after a resume;\n"
+    "                         ip and fqdn are \"\" without an intranet address;\n"
+    "                         listen_ports: the --forward and --socks ports, in order;\n"
+    "                         removed at exit)\n"
     "  --verbose, -v          log lines (JSON, on stderr); twice for debug\n"
     "\n"
     "Other options:\n"
@@ -86,12 +102,15 @@ typedef struct {
     enum { TRANSFER_ASK, TRANSFER_YES, TRANSFER_NO } transfer;
     unsigned resume_timeout_s;
     int verbose;
+    const char *expose[64], *forward[32], *socks[32];
+    size_t n_expose, n_forward, n_socks;
 } opts_t;
 
 typedef struct {
     rb_loop_t *loop;
     const opts_t *o;
     client_session_t *s;
+    client_streams_t *streams;
     client_result_t result;
     bool logged_on;
     bool status_written;
@@ -143,7 +162,8 @@ static int s_read_password(const char *path, char *out, size_t len)
 
 /* Writes the status file next to its final name, then renames: readers
  * never see half a file. */
-static int s_write_status(const char *path, const char *user, const client_logon_info_t *i)
+static int s_write_status(const char *path, const char *user, const client_logon_info_t *i,
+                          const client_streams_t *cs)
 {
     rb_buf_t b = RB_BUF_INIT;
     rb_buf_puts(&b, "{\"user\":\"");
@@ -154,7 +174,10 @@ static int s_write_status(const char *path, const char *user, const client_logon
     rb_buf_json_escape(&b, i->fqdn ? i->fqdn : "");
     rb_buf_puts(&b, "\",\"session\":\"");
     rb_buf_json_escape(&b, i->session_id ? i->session_id : "");
-    rb_buf_puts(&b, "\"}\n");
+    rb_buf_puts(&b, "\",\"listen_ports\":[");
+    for (size_t k = 0; client_streams_listener_port(cs, k) >= 0; k++)
+        rb_buf_printf(&b, "%s%d", k ? "," : "", client_streams_listener_port(cs, k));
+    rb_buf_puts(&b, "]}\n");
     char tmp[4096];
     snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
     FILE *f = fopen(tmp, "w");
@@ -184,7 +207,7 @@ static void s_on_logon(void *arg, const client_logon_info_t *info)
         printf("logged on as %s: ip %s, name %s\n", app->o->user, info->ip, info->fqdn);
     fflush(stdout);
     if (app->o->status_file) {
-        if (s_write_status(app->o->status_file, app->o->user, info) == 0)
+        if (s_write_status(app->o->status_file, app->o->user, info, app->streams) == 0)
             app->status_written = true;
         else
             fprintf(stderr, "reachback-client: cannot write %s: %s\n", app->o->status_file,
@@ -349,6 +372,18 @@ static void s_on_end(void *arg, client_result_t r, const char *msg)
     rb_loop_stop(app->loop);
 }
 
+static void s_on_tunnel(void *arg, rb_tconn_t *t)
+{
+    app_t *app = arg;
+    client_streams_tunnel(app->streams, t);
+}
+
+static void s_on_stream(void *arg, const rb_frame_t *f, const Rb__Tunnel__TunnelControl *m)
+{
+    app_t *app = arg;
+    client_streams_input(app->streams, f, m);
+}
+
 static void s_on_signal(rb_loop_t *loop, int signo, void *arg)
 {
     app_t *app = arg;
@@ -386,7 +421,28 @@ static int s_connect(opts_t *o)
     }
     client_session_config_t cfg = {o->servers,    o->n_servers, o->server_name,      o->user,
                                    password,      o->device,    o->resume_timeout_s};
-    client_session_handlers_t h = {s_on_logon, s_on_offer, s_on_resuming, s_on_end};
+    app.streams = client_streams_new(loop);
+    if (!app.streams) {
+        OPENSSL_cleanse(password, sizeof password);
+        return 1;
+    }
+    int rc = 0;
+    for (size_t i = 0; i < o->n_expose && !rc; i++)
+        rc = client_streams_expose(app.streams, o->expose[i], err, sizeof err);
+    for (size_t i = 0; i < o->n_forward && !rc; i++)
+        rc = client_streams_forward(app.streams, o->forward[i], err, sizeof err);
+    for (size_t i = 0; i < o->n_socks && !rc; i++)
+        rc = client_streams_socks(app.streams, o->socks[i], err, sizeof err);
+    if (rc) {
+        OPENSSL_cleanse(password, sizeof password);
+        client_streams_destroy(&app.streams);
+        rb_loop_destroy(&loop);
+        SSL_CTX_free(tls);
+        fprintf(stderr, "reachback-client: %s\nTry 'reachback-client --help'.\n", err);
+        return EXIT_USAGE;
+    }
+    client_session_handlers_t h = {s_on_logon, s_on_offer, s_on_resuming,
+                                   s_on_end,   s_on_tunnel, s_on_stream};
     app.s = client_session_new(loop, tls, &cfg, &h, &app);
     OPENSSL_cleanse(password, sizeof password);
     if (!app.s) {
@@ -396,6 +452,7 @@ static int s_connect(opts_t *o)
     }
     s_ask_done(&app);
     client_session_destroy(&app.s);
+    client_streams_destroy(&app.streams);
     if (app.status_written) unlink(o->status_file);
     rb_loop_destroy(&loop);
     SSL_CTX_free(tls);
@@ -412,7 +469,7 @@ int main(int argc, char **argv)
         return 1;
     }
     enum { O_SERVER = 256, O_CA, O_USER, O_PWFILE, O_DEVICE, O_NAME, O_CERT, O_KEY, O_STATUS,
-           O_TRANSFER, O_RESUME_TIMEOUT, O_HELP, O_VERSION };
+           O_TRANSFER, O_RESUME_TIMEOUT, O_HELP, O_VERSION, O_EXPOSE, O_FORWARD, O_SOCKS };
     static const struct option longopts[] = {
         {"server", required_argument, NULL, O_SERVER},
         {"ca", required_argument, NULL, O_CA},
@@ -425,6 +482,9 @@ int main(int argc, char **argv)
         {"status-file", required_argument, NULL, O_STATUS},
         {"transfer", required_argument, NULL, O_TRANSFER},
         {"resume-timeout", required_argument, NULL, O_RESUME_TIMEOUT},
+        {"expose", required_argument, NULL, O_EXPOSE},
+        {"forward", required_argument, NULL, O_FORWARD},
+        {"socks", required_argument, NULL, O_SOCKS},
         {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, O_HELP},
         {"version", no_argument, NULL, O_VERSION},
@@ -452,6 +512,18 @@ int main(int argc, char **argv)
             o.resume_timeout_s = (unsigned)v;
             break;
         }
+        case O_EXPOSE:
+            if (o.n_expose == 64) return s_usage_error("%s", "at most 64 --expose");
+            o.expose[o.n_expose++] = optarg;
+            break;
+        case O_FORWARD:
+            if (o.n_forward == 32) return s_usage_error("%s", "at most 32 --forward");
+            o.forward[o.n_forward++] = optarg;
+            break;
+        case O_SOCKS:
+            if (o.n_socks == 32) return s_usage_error("%s", "at most 32 --socks");
+            o.socks[o.n_socks++] = optarg;
+            break;
         case O_CA: o.ca = optarg; break;
         case O_USER: o.user = optarg; break;
         case O_PWFILE: o.password_file = optarg; break;

@@ -67,6 +67,7 @@ struct client_session {
     rb_timer_t *ping_timer;
     rb_timer_t *deadline;       /* logoff/decline wait, or the deferred end */
     rb_timer_t *backoff;
+    bool tunnel_up;             /* on_tunnel(t) said, on_tunnel(NULL) not yet */
     client_result_t pending_result;
     char pending_msg[256];
 };
@@ -123,9 +124,17 @@ static void s_stop_timers(client_session_t *s)
 }
 
 /* The end: stop everything, then tell the caller (who may destroy us). */
+static void s_tunnel_gone(client_session_t *s)
+{
+    if (!s->tunnel_up) return;
+    s->tunnel_up = false;
+    if (s->h.on_tunnel) s->h.on_tunnel(s->arg, NULL);
+}
+
 static void s_end(client_session_t *s, client_result_t r, const char *msg)
 {
     if (s->st == ST_DONE) return;
+    s_tunnel_gone(s);
     s->st = ST_DONE;
     s_stop_timers(s);
     s_wipe(&s->password);
@@ -188,6 +197,7 @@ static void s_on_backoff(rb_loop_t *loop, void *arg)
  * short of a verdict): wait, then try the next server. */
 static void s_lost(client_session_t *s, const char *why)
 {
+    s_tunnel_gone(s);
     rb_loop_cancel_timer(s->loop, s->ping_timer);
     s->ping_timer = NULL;
     rb_tconn_destroy(&s->t);
@@ -338,6 +348,10 @@ static void s_on_logon_ok(client_session_t *s, const Rb__Tunnel__LogonOk *ok)
                                 ok->no_address,
                                 resumed};
     s->h.on_logon(s->arg, &info);
+    if (s->st == ST_ACTIVE && s->t && s->h.on_tunnel) {
+        s->tunnel_up = true;
+        s->h.on_tunnel(s->arg, s->t);
+    }
 }
 
 static void s_on_offer(client_session_t *s, const Rb__Tunnel__TransferOffer *o)
@@ -455,6 +469,11 @@ static void s_on_control(client_session_t *s, const Rb__Tunnel__TunnelControl *m
         return;
     }
     case RB__TUNNEL__TUNNEL_CONTROL__MSG_PONG: return;
+    case RB__TUNNEL__TUNNEL_CONTROL__MSG_STREAM_OPEN:
+    case RB__TUNNEL__TUNNEL_CONTROL__MSG_STREAM_RESULT:
+        if (!s->tunnel_up) break;
+        if (s->h.on_stream) s->h.on_stream(s->arg, NULL, m);
+        return;
     case RB__TUNNEL__TUNNEL_CONTROL__MSG_SESSION_CLOSED:
         s_on_session_closed(s, m->session_closed);
         return;
@@ -483,7 +502,13 @@ static void s_on_frame(rb_tconn_t *t, const rb_frame_t *f, void *arg)
     s->last_rx_ms = rb_now_ms();
     if (s->st == ST_DONE) return;
     if (f->type != RB_FRAME_CONTROL) {
-        s_end(s, CLIENT_PROTOCOL, "data frame before streams exist");
+        if (!s->tunnel_up) {
+            /* Frames in flight when we logged off or the session ended. */
+            if (s->st == ST_LOGOFF || s->had_session) return;
+            s_end(s, CLIENT_PROTOCOL, "stream frame before the session is active");
+            return;
+        }
+        if (s->h.on_stream) s->h.on_stream(s->arg, f, NULL);
         return;
     }
     Rb__Tunnel__TunnelControl *m = rb_frame_control(f);
@@ -500,6 +525,7 @@ static void s_on_frame(rb_tconn_t *t, const rb_frame_t *f, void *arg)
 static void s_on_close(rb_tconn_t *t, rb_tconn_end_t end, const char *reason, void *arg)
 {
     client_session_t *s = arg;
+    s_tunnel_gone(s);
     rb_tconn_destroy(&s->t);
     if (s->st == ST_DONE) return;
     char msg[256];
@@ -617,6 +643,7 @@ void client_session_logoff(client_session_t *s)
         s->st = ST_LOGOFF;
         return;
     }
+    s_tunnel_gone(s);
     Rb__Tunnel__TunnelControl m = RB__TUNNEL__TUNNEL_CONTROL__INIT;
     Rb__Tunnel__Logoff lo = RB__TUNNEL__LOGOFF__INIT;
     m.msg_case = RB__TUNNEL__TUNNEL_CONTROL__MSG_LOGOFF;

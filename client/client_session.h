@@ -8,7 +8,9 @@
 #include <openssl/ssl.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include "rb_frame.h"
 #include "rb_loop.h"
+#include "rb_tconn.h"
 
 typedef struct client_session client_session_t;
 
@@ -72,6 +74,14 @@ typedef struct {
     /* The end, once; message says why, for people. The session may be
      * destroyed from here. */
     void (*on_end)(void *arg, client_result_t result, const char *message);
+    /* The tunnel can carry streams (t, after every LogonOk) or no longer
+     * can (NULL: the connection dropped or the session is ending); streams
+     * on the old tunnel are gone. May be NULL. */
+    void (*on_tunnel)(void *arg, rb_tconn_t *t);
+    /* A stream frame (DATA, DATAGRAM, WINDOW: f set) or a stream control
+     * message (StreamOpen, StreamResult: m set) from the edge, while the
+     * tunnel is up. */
+    void (*on_stream)(void *arg, const rb_frame_t *f, const Rb__Tunnel__TunnelControl *m);
 } client_session_handlers_t;
 
 /* Starts connecting to the first server. tls is borrowed. NULL when no

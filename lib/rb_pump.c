@@ -24,6 +24,7 @@ struct rb_pump {
     bool fin_in;        /* the peer sent FIN */
     bool shut_out;      /* shutdown(SHUT_WR) done */
     bool over;
+    bool parked;        /* out of the loop: hung up, nothing to do now */
     unsigned watching;  /* RB_EV_* registered with the loop */
     uint32_t credit;    /* bytes we may still send the peer */
     uint32_t rx_left;   /* bytes the peer may still send us */
@@ -35,23 +36,32 @@ struct rb_pump {
 /* One DATA frame's worth, shared: the loop runs one handler at a time. */
 static uint8_t s_chunk[RB_FRAME_MAX_DATA];
 
+static void s_on_io(rb_loop_t *loop, int fd, unsigned events, void *arg);
+
 static void s_watch(rb_pump_t *p)
 {
     if (p->over) return;
     unsigned ev = 0;
     if (p->connecting || p->out.len) ev |= RB_EV_WRITE;
     if (!p->connecting && !p->eof_in && p->credit > 0) ev |= RB_EV_READ;
+    if (p->parked) {
+        if (!ev) return;
+        p->parked = false;
+        p->watching = ev;
+        rb_loop_add_fd(p->loop, p->fd, ev, s_on_io, p);
+        return;
+    }
     if (ev == p->watching) return;
     p->watching = ev;
     rb_loop_mod_fd(p->loop, p->fd, ev);
 }
 
-/* Ends the stream abortively: the socket's peer sees RST. */
+/* Ends the stream abortively: the socket's peer sees RST when the owner
+ * destroys the pump (a shutdown here would send a FIN first). */
 static void s_abort(rb_pump_t *p)
 {
     struct linger lg = {1, 0};
     setsockopt(p->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-    shutdown(p->fd, SHUT_RDWR);
     p->over = true;
     p->watching = 0;
     rb_loop_mod_fd(p->loop, p->fd, 0);
@@ -166,13 +176,20 @@ static void s_on_io(rb_loop_t *loop, int fd, unsigned events, void *arg)
     }
     if (!acted && (events & RB_EV_ERROR)) {
         /* Hang-up or error while we neither read nor write (no credit, or
-         * our side is done): epoll would report it forever. A hang-up
-         * without an error needs both directions shut, which only a reset
-         * does before we are over. */
+         * our side is done), which epoll reports whatever the mask. An
+         * error ends the stream. A hang-up is both directions shut: the
+         * peer closed after our FIN, and what it sent may still wait for
+         * credit. Leave the loop until there is something to do. */
         int err = 0;
         socklen_t len = sizeof err;
         getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
-        s_fail(p, err ? strerror(err) : "connection hung up");
+        if (err) {
+            s_fail(p, strerror(err));
+            return;
+        }
+        p->parked = true;
+        p->watching = 0;
+        rb_loop_del_fd(loop, fd);
         return;
     }
     if (p->eof_in && p->shut_out) {
@@ -217,7 +234,7 @@ void rb_pump_destroy(rb_pump_t **pp)
     rb_pump_t *p = *pp;
     *pp = NULL;
     if (!p->over) s_abort(p);
-    rb_loop_del_fd(p->loop, p->fd);
+    if (!p->parked) rb_loop_del_fd(p->loop, p->fd);
     close(p->fd);
     rb_buf_free(&p->out);
     free(p);
@@ -281,6 +298,14 @@ void rb_pump_peer_window(rb_pump_t *p, uint32_t inc)
      * the arithmetic cannot wrap. */
     uint64_t c = (uint64_t)p->credit + inc;
     p->credit = c > RB_STREAM_WINDOW ? RB_STREAM_WINDOW : (uint32_t)c;
+    s_watch(p);
+}
+
+void rb_pump_note_sent(rb_pump_t *p, size_t n, bool fin)
+{
+    p->credit = n >= p->credit ? 0 : p->credit - (uint32_t)n;
+    p->nread += n;
+    if (fin) p->eof_in = true;
     s_watch(p);
 }
 

@@ -53,6 +53,10 @@ enum { RB_PUMP_GOING = 0, RB_PUMP_OVER = 1, RB_PUMP_OVERRUN = -1 };
  * more than its credit (the socket is reset; the owner resets the peer).
  * Either way the owner destroys the pump. */
 int rb_pump_peer_data(rb_pump_t *p, uint8_t flags, const uint8_t *buf, size_t len);
+/* The owner sent n bytes of this stream itself (data read before the
+ * pump existed), and a FIN after them when fin: they count against the
+ * peer's credit, and the socket is not read again after a FIN. */
+void rb_pump_note_sent(rb_pump_t *p, size_t n, bool fin);
 /* The peer granted inc more bytes. */
 void rb_pump_peer_window(rb_pump_t *p, uint32_t inc);
 /* Bytes taken from the socket and bytes written to it. */

@@ -365,6 +365,12 @@ fail:
 void *rb_zsock_connect(int type, const char *endpoint, const rb_curve_t *curve,
                        const char *server_public)
 {
+    return rb_zsock_connect_as(type, endpoint, curve, server_public, NULL);
+}
+
+void *rb_zsock_connect_as(int type, const char *endpoint, const rb_curve_t *curve,
+                          const char *server_public, const char *routing_id)
+{
     if (!endpoint || !*endpoint) {
         rb_error("zmq_connect", "empty endpoint");
         return NULL;
@@ -384,6 +390,11 @@ void *rb_zsock_connect(int type, const char *endpoint, const rb_curve_t *curve,
      * they time out instead of going to a live peer. */
     if (type == ZMQ_DEALER && s_setint(s, ZMQ_IMMEDIATE, 1, "ZMQ_IMMEDIATE", endpoint) < 0)
         goto fail;
+    if (routing_id && zmq_setsockopt(s, ZMQ_ROUTING_ID, routing_id, strlen(routing_id)) < 0) {
+        rb_error("zmq_connect", "%s: routing id '%s': %s", endpoint, routing_id,
+                 zmq_strerror(errno));
+        goto fail;
+    }
     if (zmq_connect(s, endpoint) < 0) {
         rb_error("zmq_connect", "%s: %s", endpoint, zmq_strerror(errno));
         goto fail;

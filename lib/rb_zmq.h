@@ -43,6 +43,10 @@ void *rb_zsock_bind(int type, const char *endpoint, const rb_curve_t *curve);
  * (Z85) when curve->enabled. Returns NULL (logged) on error. */
 void *rb_zsock_connect(int type, const char *endpoint, const rb_curve_t *curve,
                        const char *server_public);
+/* rb_zsock_connect with a routing id (1..255 bytes) the peer's ROUTER sees,
+ * or NULL for a random one. */
+void *rb_zsock_connect_as(int type, const char *endpoint, const rb_curve_t *curve,
+                          const char *server_public, const char *routing_id);
 void rb_zsock_close(void **sock);
 
 /* Starts the ZAP handler on loop. allowed_files is a comma-separated list of

@@ -77,6 +77,13 @@ const rb_option_t edge_options[] = {
      "only through refresh"},
     {"snapshot_endpoints", RB_OPT_STRING, "", offsetof(edge_config_t, snapshot_endpoints), 0,
      0, "the brokers' snapshot ROUTER endpoints, comma-separated (with events_endpoints)"},
+    {"forwarder_endpoints", RB_OPT_STRING, "", offsetof(edge_config_t, forwarder_endpoints), 0,
+     0, "the forwarders' data links, comma-separated (tcp:// with CURVE, or ipc://); empty: "
+     "devices' streams are refused"},
+    {"forwarder_public_key", RB_OPT_STRING, "", offsetof(edge_config_t, forwarder_public_key), 0,
+     0, "key file holding the forwarders' CURVE public key (with curve_secret_key and tcp://)"},
+    {"max_streams", RB_OPT_INT, "1024", offsetof(edge_config_t, max_streams), 1, 1000000,
+     "streams and flows at most per tunnel"},
     RB_OPT_END,
 };
 
@@ -93,6 +100,11 @@ int edge_config_validate(void *cfgp, char *err, size_t errlen)
                  *cfg->events_endpoints ? "events_endpoints" : "snapshot_endpoints");
         return -1;
     }
+    if (*cfg->curve_secret_key && *cfg->forwarder_endpoints && !*cfg->forwarder_public_key) {
+        snprintf(err, errlen, "key 'forwarder_public_key': required with curve_secret_key "
+                              "and forwarder_endpoints");
+        return -1;
+    }
     if (!strchr(cfg->listen, ':')) {
         snprintf(err, errlen, "key 'listen': '%s' is not host:port", cfg->listen);
         return -1;
@@ -103,6 +115,8 @@ int edge_config_validate(void *cfgp, char *err, size_t errlen)
 struct edge {
     rb_loop_t *loop;
     const edge_config_t *cfg;
+    char forwarder_public[RB_Z85_KEY_LEN + 1];
+    edge_link_config_t link_cfg;   /* borrowed by ctx.link */
     char edge_id[256];
     edge_users_t *users;
     rb_curve_t curve;
@@ -390,6 +404,10 @@ void edge_status_json(void *arg, rb_buf_t *json)
                   (unsigned long long)(e->events ? rb_events_seq(e->events) : 0),
                   (unsigned long long)e->refresh_rounds, (unsigned long long)e->refresh_failures,
                   (unsigned long long)e->refresh_gone);
+    if (e->ctx.link) {
+        rb_buf_puts(json, ",");
+        edge_link_status_json(e->ctx.link, json);
+    }
 }
 
 edge_t *edge_new(rb_loop_t *loop, const edge_config_t *cfg)
@@ -450,6 +468,18 @@ edge_t *edge_new(rb_loop_t *loop, const edge_config_t *cfg)
     }
     ctx->broker = edge_broker_new(loop, cfg->broker_endpoint, &e->curve, broker_pub, e->edge_id);
     if (!ctx->broker) goto fail;
+    if (e->curve.enabled && *cfg->forwarder_public_key &&
+        rb_curve_read_public(cfg->forwarder_public_key, e->forwarder_public, err, sizeof err) < 0) {
+        rb_error("edge_curve", "forwarder_public_key: %s", err);
+        goto fail;
+    }
+    e->link_cfg = (edge_link_config_t){.endpoints = cfg->forwarder_endpoints,
+                                       .curve = &e->curve,
+                                       .forwarder_public = e->forwarder_public,
+                                       .edge_id = e->edge_id,
+                                       .max_streams = (unsigned)cfg->max_streams};
+    ctx->link = edge_link_new(loop, &e->link_cfg);
+    if (!ctx->link) goto fail;
     e->refresh_timer = rb_loop_add_timer(loop, (uint64_t)cfg->refresh_s * 1000, true,
                                          s_on_refresh, e);
     if (!e->refresh_timer) goto fail;
@@ -507,6 +537,7 @@ void edge_destroy(edge_t **ep)
         edge_conn_destroy(&c);
     }
     /* Threads first: nothing may finish a check into a freed table. */
+    edge_link_destroy(&e->ctx.link);
     edge_auth_destroy(&e->ctx.auth);
     edge_broker_destroy(&e->ctx.broker);
     edge_rl_destroy(&e->ctx.rl);

@@ -30,6 +30,9 @@ typedef struct {
     long refresh_s;
     char *events_endpoints;
     char *snapshot_endpoints;
+    char *forwarder_endpoints;
+    char *forwarder_public_key;
+    long max_streams;
 } edge_config_t;
 
 /* The option table (keys, defaults, help), ending with RB_OPT_END. */

@@ -62,6 +62,7 @@ struct edge_conn {
     char *user, *device;        /* from the Logon or Resume being handled */
     char *offer_id;             /* the last offer made on this connection */
     char *session_id;           /* ST_ACTIVE (and in by_session) */
+    edge_tunnel_t *tun;         /* ST_ACTIVE: the data plane's view */
     char peer[64];
     char addr[64];              /* peer without the port, for rate limits */
 };
@@ -83,6 +84,7 @@ static void s_send(edge_conn_t *c, Rb__Tunnel__TunnelControl *m)
  * broker). */
 static void s_detach(edge_conn_t *c)
 {
+    edge_link_detach(&c->tun, "the tunnel no longer carries the session");
     if (!c->session_id) return;
     edge_smap_del(c->ctx->by_session, c->session_id, c);
     free(c->session_id);
@@ -257,6 +259,13 @@ static void s_attach(edge_conn_t *c, const Rb__Edgebroker__LogonReply *r)
     m.msg_case = RB__TUNNEL__TUNNEL_CONTROL__MSG_LOGON_OK;
     m.logon_ok = &ok;
     s_send(c, &m);
+    if (c->ctx->link) {
+        const char *user = r->user && *r->user ? r->user : s_user(c);
+        c->tun = edge_link_attach(c->ctx->link, c->t, c->session_id, user, ip,
+                                  edge_users_groups(c->ctx->users, user));
+        if (!c->tun) rb_warn("link_attach", "session %s: no data plane (out of memory)",
+                             c->session_id);
+    }
     /* Its end may have overtaken this answer on the event stream. */
     char why[32];
     if (c->ctx->ended && edge_ended_take(c->ctx->ended, c->session_id, why) == 0)
@@ -567,6 +576,42 @@ static void s_on_ping(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m)
  * it already did. */
 static void s_on_pong(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m) {}
 
+/* Streams need the data plane; a session without one (out of memory at
+ * attach) refuses them like a session with no forwarder. */
+static void s_link_result(edge_conn_t *c, int rc, const char *why)
+{
+    if (rc < 0) s_protocol_error(c, why);
+}
+
+static void s_on_expose(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m)
+{
+    const char *why = "";
+    if (c->tun) s_link_result(c, edge_link_expose(c->tun, m->expose, &why), why);
+}
+
+static void s_on_stream_open(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m)
+{
+    const char *why = "";
+    if (c->tun) {
+        s_link_result(c, edge_link_stream_open(c->tun, m->stream_open, &why), why);
+        return;
+    }
+    Rb__Tunnel__TunnelControl r = RB__TUNNEL__TUNNEL_CONTROL__INIT;
+    Rb__Tunnel__StreamResult sr = RB__TUNNEL__STREAM_RESULT__INIT;
+    sr.stream_id = m->stream_open->stream_id;
+    sr.error = RB__TUNNEL__STREAM_ERROR__STREAM_UNREACHABLE;
+    sr.message = "no data plane on this edge";
+    r.msg_case = RB__TUNNEL__TUNNEL_CONTROL__MSG_STREAM_RESULT;
+    r.stream_result = &sr;
+    s_send(c, &r);
+}
+
+static void s_on_stream_result(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m)
+{
+    const char *why = "";
+    if (c->tun) s_link_result(c, edge_link_stream_result(c->tun, m->stream_result, &why), why);
+}
+
 #define AFTER_HELLO (ST(ST_LOGON) | ST(ST_AUTH) | ST(ST_BROKER) | ST(ST_OFFERED) | ST(ST_ACTIVE))
 
 static const struct {
@@ -587,6 +632,10 @@ static const struct {
      ST(ST_LOGON) | ST(ST_OFFERED) | ST(ST_ACTIVE)},
     {RB__TUNNEL__TUNNEL_CONTROL__MSG_PING, "Ping", s_on_ping, AFTER_HELLO},
     {RB__TUNNEL__TUNNEL_CONTROL__MSG_PONG, "Pong", s_on_pong, AFTER_HELLO},
+    {RB__TUNNEL__TUNNEL_CONTROL__MSG_EXPOSE, "Expose", s_on_expose, ST(ST_ACTIVE)},
+    {RB__TUNNEL__TUNNEL_CONTROL__MSG_STREAM_OPEN, "StreamOpen", s_on_stream_open, ST(ST_ACTIVE)},
+    {RB__TUNNEL__TUNNEL_CONTROL__MSG_STREAM_RESULT, "StreamResult", s_on_stream_result,
+     ST(ST_ACTIVE)},
 };
 
 static const char *s_msg_name(int msg)
@@ -595,7 +644,8 @@ static const char *s_msg_name(int msg)
                                   "Logon",         "LogonOk",       "LogonFailed",
                                   "Logoff",        "Ping",          "Pong",
                                   "SessionClosed", "Resume",        "TransferOffer",
-                                  "TransferAnswer"};
+                                  "TransferAnswer", "Expose",       "StreamOpen",
+                                  "StreamResult"};
     return msg >= 0 && (size_t)msg < sizeof names / sizeof names[0] ? names[msg] : "unknown";
 }
 
@@ -628,8 +678,12 @@ static void s_on_frame(rb_tconn_t *t, const rb_frame_t *f, void *arg)
     c->last_rx_ms = rb_now_ms();
     if (c->st == ST_CLOSING) return;
     if (f->type != RB_FRAME_CONTROL) {
-        /* Streams arrive with a later protocol issue. */
-        s_protocol_error(c, "data frames are not supported");
+        if (c->st != ST_ACTIVE) {
+            s_protocol_error(c, "stream frames before the session is active");
+            return;
+        }
+        const char *why = "";
+        if (c->tun && edge_link_frame(c->tun, f, &why) < 0) s_protocol_error(c, why);
         return;
     }
     Rb__Tunnel__TunnelControl *m = rb_frame_control(f);

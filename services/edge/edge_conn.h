@@ -6,6 +6,8 @@
  *   OFFERED --TransferAnswer{accept}--> BROKER (TransferRequest) --> ACTIVE
  *   OFFERED --TransferAnswer{decline}--> SessionClosed{DECLINED}
  *   LOGON  --Resume--> BROKER (ResumeRequest in flight) --> ACTIVE
+ * In ACTIVE the connection also carries streams and flows (Expose,
+ * StreamOpen, StreamResult, DATA, DATAGRAM, WINDOW), relayed by edge_link.
  * A refused logon, transfer or resume goes back to LOGON (a few tries per
  * connection). A message the current state does not allow closes with
  * CLOSE_PROTOCOL.
@@ -21,6 +23,7 @@
 #include "edge_broker.h"
 #include "edge_ratelimit.h"
 #include "edge_ended.h"
+#include "edge_link.h"
 #include "edge_smap.h"
 #include "edge_users.h"
 #include "rb_buf.h"
@@ -71,6 +74,7 @@ typedef struct {
     const edge_users_t *users;   /* for the groups of a logon */
     edge_smap_t *by_session;     /* session id -> ACTIVE connection */
     edge_ended_t *ended;         /* sessions that ended before they attached here */
+    edge_link_t *link;           /* the data plane: streams to the forwarders */
     rb_metric_t *m_connections, *m_sessions, *m_protocol_errors, *m_logon_duration;
     rb_metric_t *m_logons[EDGE_LOGON_NRESULTS];
     rb_metric_t *m_resumes[EDGE_RESUME_NRESULTS];

@@ -31,6 +31,8 @@ const rb_option_t forwarder_options[] = {
      0, "key file holding the brokers' CURVE public key (needed with curve_secret_key)"},
     {"curve_secret_key", RB_OPT_STRING, "", offsetof(forwarder_config_t, curve_secret_key), 0,
      0, "our CURVE secret key file; empty for links in the clear (ipc://)"},
+    {"curve_allowed_keys", RB_OPT_STRING, "", offsetof(forwarder_config_t, curve_allowed_keys),
+     0, 0, "comma-separated public key files of the edges allowed on the data link"},
     {"data_endpoint", RB_OPT_STRING, "tcp://127.0.0.1:7450",
      offsetof(forwarder_config_t, data_endpoint), 0, 0,
      "the data link the edges connect to (tcp:// with CURVE, or ipc:// on one host)"},

@@ -23,6 +23,7 @@ typedef struct {
     char *snapshot_endpoints;   /* broker snapshot ROUTERs, comma-separated */
     char *broker_public_key;    /* key file of the brokers (CURVE) */
     char *curve_secret_key;     /* our secret key file; "" for no CURVE */
+    char *curve_allowed_keys;   /* edges' public key files, for the data link */
     char *data_endpoint;        /* the data link the edges connect to */
     char *serve_cidrs;          /* "" or the blocks whose sessions we serve */
     char *policy_file;          /* who may reach which users' ports */

@@ -15,6 +15,7 @@ int main(int argc, char **argv)
                     forwarder_options, &cfg, forwarder_config_validate};
     rb_cli_run(&cli, argc, argv);
     rb_loop_t *loop = rb_cli_loop();
+    rb_cli_zap(loop, cfg.curve_secret_key, cfg.curve_allowed_keys);
     forwarder_t *fw = forwarder_new(loop, &cfg);
     if (!fw) rb_fatal("forwarder_start", "cannot start the forwarder; see the messages above");
     int rc = rb_loop_run(loop);

@@ -252,7 +252,7 @@ static void s_on_end(void *arg, client_result_t r, const char *msg)
 }
 
 static const client_session_handlers_t s_dev_handlers = {s_on_logon, s_on_offer, s_on_resuming,
-                                                          s_on_end};
+                                                          s_on_end, NULL, NULL};
 
 static void s_dev_start(device_t *d, rb_loop_t *loop, const char *const *servers, size_t n,
                         int answer, unsigned resume_timeout_s)
