@@ -82,7 +82,7 @@ const rb_option_t edge_options[] = {
      "devices' streams are refused"},
     {"forwarder_public_key", RB_OPT_STRING, "", offsetof(edge_config_t, forwarder_public_key), 0,
      0, "key file holding the forwarders' CURVE public key (with curve_secret_key and tcp://)"},
-    {"max_streams", RB_OPT_INT, "1024", offsetof(edge_config_t, max_streams), 1, 1000000,
+    {"max_streams", RB_OPT_INT, "256", offsetof(edge_config_t, max_streams), 1, 1000000,
      "streams and flows at most per tunnel"},
     RB_OPT_END,
 };

@@ -44,7 +44,7 @@ const rb_option_t forwarder_options[] = {
      100, 120000, "outbound connects for devices give up after this long"},
     {"udp_idle_s", RB_OPT_INT, "60", offsetof(forwarder_config_t, udp_idle_s), 1, 3600,
      "a UDP flow ends after this long without a datagram"},
-    {"max_streams", RB_OPT_INT, "1024", offsetof(forwarder_config_t, max_streams), 1, 1000000,
+    {"max_streams", RB_OPT_INT, "256", offsetof(forwarder_config_t, max_streams), 1, 1000000,
      "streams and flows at most per session"},
     RB_OPT_END,
 };

@@ -866,6 +866,21 @@ static void s_on_open(plane_t *p, peer_t *peer, const Rb__Fwd__Open *m)
     uint32_t ip;
     if (rb_ip_parse(host, &ip) == 0 ||
         (p->cfg->ip_of_name && p->cfg->ip_of_name(p->cfg->lookup_arg, host, &ip) == 0)) {
+        /* Another device served here: say no now rather than let the
+         * connect succeed and its listener reset it (the listener checks
+         * again, for devices reached through other forwarders). */
+        attach_t *to = rb_imap_get(p->by_ip, ip);
+        char su[NAME_MAX_LEN + 1];
+        unsigned line;
+        if (to && a->ip[0] &&
+            !s_allowed(p, to, a->ip_n, s->target_port, POLICY_TCP, su, sizeof su, &line)) {
+            char why[96];
+            snprintf(why, sizeof why, "denied by policy (to %s)", to->user);
+            s_send_result(p, peer, id, RB__TUNNEL__STREAM_ERROR__STREAM_NOT_ALLOWED, why, NULL, 0);
+            rb_metric_inc(p->m_outbound_failed);
+            s_stream_free(s, "denied", why);
+            return;
+        }
         s_outbound_connect(s, ip);
         return;
     }
@@ -919,9 +934,13 @@ static void s_on_frame(plane_t *p, peer_t *peer, const rb_frame_t *f)
     if (!s) return;   /* ended here already; the edge hears or heard why */
     switch (f->type) {
     case RB_FRAME_DATA:
-        if (!s->pump) {   /* a flow: only RST ends it */
-            if (f->flags & RB_FRAME_RST) s_stream_free(s, s->denied ? "denied" : "allowed",
-                                                      "closed by the device");
+        if (!s->pump) {
+            /* A flow, or a connect still waiting for its name: only RST
+             * means anything (the device sends no data before the open). */
+            if (f->flags & RB_FRAME_RST)
+                s_stream_free(s, s->proto == POLICY_UDP ? (s->denied ? "denied" : "allowed")
+                                                        : "failed",
+                              "closed by the device");
             return;
         }
         switch (rb_pump_peer_data(s->pump, f->flags, f->payload, f->len)) {
@@ -1190,7 +1209,10 @@ plane_t *plane_new(rb_loop_t *loop, const plane_config_t *cfg)
                                "Malformed or out-of-place messages on the data link");
     p->resolve = resolve_new(loop, s_resolved, p);
     if (!p->resolve) goto fail;
-    p->sock = rb_zsock_bind(ZMQ_ROUTER, cfg->endpoint, cfg->curve);
+    /* ipc:// lives in a directory only the service user can open: as strong
+     * a boundary as CURVE, without its cost on every byte (DESIGN §2). */
+    bool ipc = strncmp(cfg->endpoint, "ipc://", 6) == 0;
+    p->sock = rb_zsock_bind(ZMQ_ROUTER, cfg->endpoint, ipc ? NULL : cfg->curve);
     if (!p->sock) goto fail;
     rb_link_setup(p->sock);
     /* An edge that restarts reconnects with the same routing id before the

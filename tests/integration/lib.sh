@@ -166,3 +166,37 @@ http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@"; }
 metric() {   # metric URL NAME_WITH_LABELS: the value of one series
     curl -sf --max-time 2 "$1/metrics" | awk -v n="$2" '$1 == n { print $2 }'
 }
+
+# ---- data plane helpers ----
+PEER="$ROOT/tests/integration/tools/peer.py"
+
+# free_port: a TCP port nothing listens on now (the kernel's choice).
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# bg CMD...: runs CMD in the background, killed when the test ends; its pid
+# in BG_PID.
+bg() {
+    "$@" &
+    BG_PID=$!
+    CHILDREN+=("$BG_PID")
+}
+
+# listening PORT: something accepts TCP on 127.0.0.1:PORT.
+listening() { ncat -z 127.0.0.1 "$1"; }
+
+# echo_server PORT: a TCP echo on 127.0.0.1:PORT that answers after a
+# half-close (socat waits 30 s for the other direction).
+echo_server() {
+    bg socat -t 30 TCP-LISTEN:"$1",bind=127.0.0.1,reuseaddr,fork EXEC:/bin/cat
+    wait_until 5000 listening "$1" || fail "echo server on $1 did not start"
+}
+
+# udp_echo PORT: a UDP echo on 127.0.0.1:PORT.
+udp_echo() {
+    bg socat -T 5 UDP4-RECVFROM:"$1",bind=127.0.0.1,reuseaddr,fork EXEC:/bin/cat
+}
+
+# audit_lines: the forwarder's audit records so far.
+audit_lines() { grep '"event":"audit"' "$LAB/logs/forwarder.log" || true; }

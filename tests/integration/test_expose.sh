@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Issue 4, points 1 and 6: alice exposes ssh (a real sshd on her device),
+# a TCP service on another local port and a UDP service. From the internal
+# network, a real ssh to alice's name (resolved through reachback-dns), a
+# TCP client to port 5900 and UDP datagrams to port 5353 reach them and get
+# their answers; each connection writes an audit line and shows in
+# /metrics.
+. "$(dirname "$0")/lib.sh"
+lab_start
+
+# alice's local services: sshd, a TCP echo, a UDP echo.
+SSHD_PORT=$(free_port); TCP_PORT=$(free_port); UDP_PORT=$(free_port)
+mkdir -p "$LAB/ssh" && chmod 700 "$LAB/ssh"
+ssh-keygen -q -t ed25519 -N '' -f "$LAB/ssh/host_key"
+ssh-keygen -q -t ed25519 -N '' -f "$LAB/ssh/user_key"
+cp "$LAB/ssh/user_key.pub" "$LAB/ssh/authorized_keys"
+cat > "$LAB/ssh/sshd_config" <<CONF
+Port $SSHD_PORT
+ListenAddress 127.0.0.1
+HostKey $LAB/ssh/host_key
+AuthorizedKeysFile $LAB/ssh/authorized_keys
+PidFile $LAB/ssh/sshd.pid
+StrictModes no
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+CONF
+mkdir -p /run/sshd
+bg /usr/sbin/sshd -D -e -f "$LAB/ssh/sshd_config" 2>"$LAB/sshd.out"
+wait_until 5000 listening "$SSHD_PORT" || fail "sshd did not start: $(cat "$LAB/sshd.out")"
+echo_server "$TCP_PORT"
+udp_echo "$UDP_PORT"
+
+client_start alice alice --expose tcp:22=127.0.0.1:$SSHD_PORT \
+    --expose tcp:5900=127.0.0.1:$TCP_PORT --expose udp:5353=127.0.0.1:$UDP_PORT
+wait_until 10000 test -s "$LAB/alice.json" || fail "alice did not log on: $(cat "$LAB/alice.out")"
+ip=$(dig_short alice."$DNS_SUFFIX")
+[[ $ip == $(json_field "$LAB/alice.json" ip) ]] || fail "DNS says '$ip' for alice"
+wait_until 3000 bash -c "curl -sf $FORWARDER_STATUS_URL/status | grep -q '\"attached_sessions\":1'" \
+    || fail "alice's session is not attached at the forwarder: $(curl -s "$FORWARDER_STATUS_URL/status")"
+
+# 1. ssh to alice's name: a real ssh, a real sshd at the device.
+out=$(ssh -F /dev/null -p 22 -i "$LAB/ssh/user_key" -o BatchMode=yes -o ConnectTimeout=5 \
+    -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR \
+    "$(id -un)@$ip" 'echo "via sshd at $SSH_CONNECTION"') || fail "ssh to alice.$DNS_SUFFIX ($ip) failed"
+[[ $out == "via sshd at "* ]] || fail "ssh printed '$out'"
+ok "ssh alice.$DNS_SUFFIX -> $ip:22 reached the device's sshd ($out)"
+
+# 2. TCP 5900 -> 127.0.0.1:TCP_PORT on the device, 1 MB both ways intact.
+head -c 1000000 /dev/urandom > "$LAB/blob"
+want=$(md5sum < "$LAB/blob")
+got=$(timeout 10 ncat "$ip" 5900 < "$LAB/blob" | md5sum)
+[[ $got == "$want" ]] || fail "1 MB through port 5900 came back different"
+ok "1 MB echoed intact through $ip:5900 (device's 127.0.0.1:$TCP_PORT)"
+
+# 3. UDP 5353 -> 127.0.0.1:UDP_PORT on the device.
+got=$(echo "udp-ping" | timeout 5 socat -T 2 - UDP4:"$ip":5353) || true
+[[ $got == "udp-ping" ]] || fail "UDP echo through $ip:5353 answered '$got'"
+ok "UDP datagram to $ip:5353 answered by the device's 127.0.0.1:$UDP_PORT"
+
+# 6. Audit lines and metrics.
+wait_until 3000 bash -c "grep -q '\"verdict\":\"allowed\"' '$LAB/logs/forwarder.log' && grep -q '\"port\":5900' '$LAB/logs/forwarder.log'" \
+    || fail "no audit lines for the connections: $(audit_lines | tail -3)"
+line=$(audit_lines | grep '"port":5900' | head -1)
+for k in '"src":"127.0.0.1:' '"user":"alice"' "\"dst\":\"$ip\"" '"verdict":"allowed"' \
+         '"bytes_to_device":1000000' '"bytes_from_device":1000000' '"duration_ms":' '"ts":'; do
+    [[ $line == *"$k"* ]] || fail "audit line lacks $k: $line"
+done
+audit_lines | grep -q '"port":22,.*"verdict":"allowed"' || fail "no audit line for ssh"
+ok "audit: time, source, user, port, verdict, bytes each way, duration ($(audit_lines | wc -l) lines)"
+allowed=$(metric "$FORWARDER_STATUS_URL" 'reachback_forwarder_inbound_total{verdict="allowed"}')
+(( ${allowed%.*} >= 3 )) || fail "inbound_total{allowed} is '$allowed'"
+bytes=$(metric "$FORWARDER_STATUS_URL" 'reachback_forwarder_bytes_total{direction="to_device"}')
+(( ${bytes%.*} >= 1000000 )) || fail "bytes_total{to_device} is '$bytes'"
+ok "metrics: $allowed inbound connections allowed, $bytes bytes to devices"
