@@ -1,5 +1,7 @@
 /* reachback-forwarder: the ALG/NAT forwarder (see forwarder.h). Flags and
  * config, build the service, run the loop until SIGINT/SIGTERM. */
+#include <pthread.h>
+#include <signal.h>
 #include <stddef.h>
 
 #include "forwarder.h"
@@ -15,6 +17,13 @@ int main(int argc, char **argv)
                     forwarder_options, &cfg, forwarder_config_validate};
     rb_cli_run(&cli, argc, argv);
     rb_loop_t *loop = rb_cli_loop();
+    /* SIGHUP (reload the policy) reaches the loop through a signalfd; it
+     * must be blocked before any thread exists (ZeroMQ's, the resolver's),
+     * or one of them takes it and the default action ends the process. */
+    sigset_t hup;
+    sigemptyset(&hup);
+    sigaddset(&hup, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &hup, NULL);
     rb_cli_zap(loop, cfg.curve_secret_key, cfg.curve_allowed_keys);
     forwarder_t *fw = forwarder_new(loop, &cfg);
     if (!fw) rb_fatal("forwarder_start", "cannot start the forwarder; see the messages above");
