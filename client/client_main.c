@@ -65,7 +65,7 @@ static const char s_usage[] =
     "  --status-file FILE     write {\"user\",\"ip\",\"fqdn\",\"session\",\"listen_ports\"} as JSON\n"
     "                         while logged on (replaced atomically, again after a resume;\n"
     "                         ip and fqdn are \"\" without an intranet address;\n"
-    "                         listen_ports: the --forward and --socks ports, in order;\n"
+    "                         listen_ports: the --forward ports, then the --socks ports;\n"
     "                         removed at exit)\n"
     "  --verbose, -v          log lines (JSON, on stderr); twice for debug\n"
     "\n"
