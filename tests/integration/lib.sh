@@ -183,8 +183,9 @@ bg() {
     CHILDREN+=("$BG_PID")
 }
 
-# listening PORT: something accepts TCP on 127.0.0.1:PORT.
-listening() { ncat -z 127.0.0.1 "$1"; }
+# listening PORT: a TCP socket listens on PORT (asked of the kernel, so a
+# one-shot server does not spend its single accept on the check).
+listening() { ss -Hltn "sport = :$1" | grep -q .; }
 
 # echo_server PORT: a TCP echo on 127.0.0.1:PORT that answers after a
 # half-close (socat waits 30 s for the other direction).

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Issue 4, point 5: streams behave like TCP. A half-close on either side is
+# seen as EOF on the other while the reverse direction keeps flowing; a
+# reset on either side reaches the other; and every stream is torn down on
+# both sides when the session is logged off, kicked or transferred.
+. "$(dirname "$0")/lib.sh"
+lab_start
+HC_PORT=$(free_port); RST_PORT=$(free_port); ECHO_PORT=$(free_port); SINK_PORT=$(free_port)
+echo_server "$ECHO_PORT"
+client_start alice alice --expose tcp:7001=127.0.0.1:$HC_PORT --expose tcp:7002=127.0.0.1:$RST_PORT \
+    --expose tcp:7003=127.0.0.1:$ECHO_PORT --forward 127.0.0.1:0:127.0.0.1:$SINK_PORT
+wait_until 10000 test -s "$LAB/alice.json" || fail "alice did not log on: $(cat "$LAB/alice.out")"
+ip=$(json_field "$LAB/alice.json" ip)
+FWD=$(sed -n 's/.*"listen_ports":\[\([0-9]*\)\].*/\1/p' "$LAB/alice.json")
+
+# Device side half-closes first: the internal client reads the greeting and
+# EOF, then still sends, and the device's service reads it.
+bg python3 "$PEER" halfclose-server "$HC_PORT" "$LAB/hc.got"
+wait_until 5000 listening "$HC_PORT" || fail "half-close server did not start"
+out=$(timeout 10 python3 "$PEER" halfclose-client "$ip" 7001) || fail "half-close (device first): $out"
+wait_until 3000 grep -q after-eof "$LAB/hc.got" || fail "the device's service did not read after its half-close"
+ok "device half-closed first: internal side saw EOF and still sent ('after-eof' read at the device)"
+
+# Internal side half-closes first: its request is answered after its FIN.
+got=$(printf 'question' | timeout 10 ncat "$ip" 7003) || fail "half-close (internal first) failed"
+[[ $got == question ]] || fail "after the internal side's FIN the answer was '$got'"
+ok "internal side half-closed first: the device's answer still arrived"
+
+# Same through --forward, device -> internal: whoami-like half-close.
+bg python3 "$PEER" halfclose-server "$SINK_PORT" "$LAB/hc2.got"
+wait_until 5000 listening "$SINK_PORT" || fail "server did not start"
+out=$(timeout 10 python3 "$PEER" halfclose-client 127.0.0.1 "$FWD") || fail "half-close through --forward: $out"
+wait_until 3000 grep -q after-eof "$LAB/hc2.got" || fail "the internal server did not read after its half-close"
+ok "--forward: the internal server's half-close reached the device, the device's data still flowed"
+
+# Resets: the device's service resets -> the internal client sees a reset.
+bg python3 "$PEER" reset-server "$RST_PORT"
+wait_until 5000 listening "$RST_PORT" || fail "reset server did not start"
+out=$(timeout 10 python3 "$PEER" expect-reset "$ip" 7002) || fail "device reset not propagated: $out"
+ok "a reset by the device's service reached the internal client"
+# The internal client resets -> the device's service sees a reset.
+bg python3 "$PEER" reset-server "$SINK_PORT" 2>/dev/null || true
+python3 - "$ip" <<'PY' || fail "internal reset"
+import socket, struct, sys, time
+c = socket.create_connection((sys.argv[1], 7003), timeout=5)
+c.sendall(b"x"); c.recv(1)
+c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.close()
+PY
+wait_until 3000 bash -c "grep '\"event\":\"audit\"' '$LAB/logs/forwarder.log' | grep '\"port\":7003' | grep -q 'reset\|Connection reset'" \
+    || fail "the internal reset is not recorded: $(audit_lines | grep 7003 | tail -1)"
+ok "a reset by the internal client ended the stream (audit: $(audit_lines | grep '"port":7003' | tail -1 | sed 's/.*"reason":"\([^"]*\)".*/\1/'))"
+
+# Teardown: open streams die on both sides when the session ends.
+# stream_torn VERB: a long-lived stream through 7003 ends within 2 s of VERB.
+stream_torn() {
+    local what=$1; shift
+    python3 "$PEER" pinger "$ip" 7003 100 0.1 >"$LAB/ping.out" 2>&1 &
+    local pid=$!
+    sleep 0.5
+    "$@"
+    local t0; t0=$(now_ms)
+    wait_until 3000 bash -c "! kill -0 $pid 2>/dev/null" || fail "$what: the internal stream survived"
+    local rc=0; wait "$pid" || rc=$?
+    (( rc != 0 )) || fail "$what: the stream ended cleanly ($(cat "$LAB/ping.out"))"
+    grep -q "^closed after\|reset" "$LAB/ping.out" || fail "$what: the internal side said $(cat "$LAB/ping.out")"
+    ok "$what: the internal side's stream ended within $(( $(now_ms) - t0 )) ms ($(tail -1 "$LAB/ping.out"))"
+}
+stream_torn "kick" "$BIN/reachback-ctl" kick alice
+wait_exit alice 5000 || fail "alice still runs after the kick"
+client_start alice2 alice --expose tcp:7003=127.0.0.1:$ECHO_PORT
+wait_until 10000 test -s "$LAB/alice2.json" || fail "alice2 did not log on"
+ip=$(json_field "$LAB/alice2.json" ip)
+wait_until 3000 bash -c "echo t | timeout 2 ncat $ip 7003 | grep -q t" || fail "alice2's port not reachable"
+stream_torn "transfer" client_start alice3 alice --transfer yes --expose tcp:7003=127.0.0.1:$ECHO_PORT
+wait_until 10000 test -s "$LAB/alice3.json" || fail "alice3 did not take the session"
+wait_until 3000 bash -c "echo t | timeout 2 ncat $ip 7003 | grep -q t" || fail "alice3's port not reachable after the transfer"
+ok "after the transfer the same address reaches the new device"
+stream_torn "logoff" kill -INT "$CLIENT_PID_alice3"
+wait_until 3000 bash -c "curl -sf $FORWARDER_STATUS_URL/status | grep -q '\"streams\":0,'" \
+    || fail "streams left at the forwarder: $(curl -s "$FORWARDER_STATUS_URL/status")"
+wait_until 3000 bash -c "curl -sf $EDGE_STATUS_URL/status | grep -q '\"streams\":0'" \
+    || fail "streams left at the edge: $(curl -s "$EDGE_STATUS_URL/status")"
+ok "no stream left at the forwarder or the edge"
