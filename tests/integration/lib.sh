@@ -190,7 +190,7 @@ listening() { ss -Hltn "sport = :$1" | grep -q .; }
 # echo_server PORT: a TCP echo on 127.0.0.1:PORT that answers after a
 # half-close (socat waits 30 s for the other direction).
 echo_server() {
-    bg socat -t 30 TCP-LISTEN:"$1",bind=127.0.0.1,reuseaddr,fork EXEC:/bin/cat
+    bg socat -t 30 TCP-LISTEN:"$1",bind=127.0.0.1,reuseaddr,fork,nodelay PIPE
     wait_until 5000 listening "$1" || fail "echo server on $1 did not start"
 }
 

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Issue 4, flow control: a stream whose reader stops (the device's local
+# service never reads) holds at most its credit window at each hop: while an
+# internal server offers 100 MB, no process's memory grows beyond a few
+# windows, the sender is held back by TCP, and another stream of the same
+# session keeps its speed. A device that stops reading its tunnel entirely
+# (SIGSTOP) does not grow the edge or the forwarder either.
+. "$(dirname "$0")/lib.sh"
+lab_start
+SINK_PORT=$(free_port); ECHO_PORT=$(free_port)
+bg python3 "$PEER" sink "$SINK_PORT"
+wait_until 5000 listening "$SINK_PORT" || fail "sink did not start"
+echo_server "$ECHO_PORT"
+client_start alice alice --expose tcp:7100=127.0.0.1:$SINK_PORT --expose tcp:7101=127.0.0.1:$ECHO_PORT
+wait_until 10000 test -s "$LAB/alice.json" || fail "alice did not log on: $(cat "$LAB/alice.out")"
+ip=$(json_field "$LAB/alice.json" ip)
+wait_until 3000 bash -c "echo t | timeout 2 ncat $ip 7101 | grep -q t" || fail "echo port not reachable"
+
+rss_kb() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
+FWD_PID=$(cat "$LAB/run/forwarder.pid"); EDGE_PID=$(cat "$LAB/run/edge1.pid"); DEV_PID=$CLIENT_PID_alice
+# Windows are 1 MiB; allow a few per process plus allocator slack.
+LIMIT_KB=$((12 * 1024))
+
+base=$(python3 "$PEER" rate "$ip" 7101 2) || fail "rate before the stall"
+declare -A before
+for p in $FWD_PID $EDGE_PID $DEV_PID; do before[$p]=$(rss_kb "$p"); done
+
+python3 "$PEER" source "$ip" 7100 100000000 8 >"$LAB/source.out" &
+SRC=$!
+CHILDREN+=("$SRC")
+sleep 2
+during=$(python3 "$PEER" rate "$ip" 7101 3) || fail "rate during the stall"
+wait "$SRC" || fail "the source failed: $(cat "$LAB/source.out")"
+sent=$(cat "$LAB/source.out")
+for p in $FWD_PID $EDGE_PID $DEV_PID; do
+    grow=$(( $(rss_kb "$p") - ${before[$p]} ))
+    (( grow < LIMIT_KB )) || fail "pid $p ($(cat /proc/$p/comm)) grew by $grow KiB with one stalled stream"
+    echo "  $(cat /proc/$p/comm): RSS +$grow KiB"
+done
+(( sent < 40000000 )) || fail "the internal sender pushed $sent bytes into a stalled stream"
+ok "100 MB offered to a stalled stream: the sender got $sent bytes in (TCP held it back), no process grew by 12 MiB"
+# Loopback rates vary with the machine's load; half the unloaded rate
+# separates "keeps its speed" from "stalled behind the other stream".
+(( during * 2 > base )) || fail "the other stream slowed from $base to $during B/s"
+ok "the other stream of the session kept its speed: $during B/s during the stall vs $base B/s before"
+
+# The whole device stops reading its tunnel: edge and forwarder hold at most
+# a window per stream.
+for p in $FWD_PID $EDGE_PID; do before[$p]=$(rss_kb "$p"); done
+kill -STOP "$DEV_PID"
+python3 "$PEER" source "$ip" 7101 100000000 5 >"$LAB/source2.out" || true
+for p in $FWD_PID $EDGE_PID; do
+    grow=$(( $(rss_kb "$p") - ${before[$p]} ))
+    (( grow < LIMIT_KB )) || { kill -CONT "$DEV_PID"; fail "$(cat /proc/$p/comm) grew by $grow KiB while the device was stopped"; }
+    echo "  $(cat /proc/$p/comm): RSS +$grow KiB"
+done
+kill -CONT "$DEV_PID"
+ok "device stopped (SIGSTOP): the sender got $(cat "$LAB/source2.out") bytes in, edge and forwarder stayed within 12 MiB"
+wait_until 10000 bash -c "echo again | timeout 2 ncat $ip 7101 | grep -q again" || fail "the session did not recover after SIGCONT"
+ok "after SIGCONT the session carries new streams again"
