@@ -2,6 +2,7 @@
 #include "rb_link.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 void rb_link_setup(void *sock)
@@ -12,18 +13,19 @@ void rb_link_setup(void *sock)
     zmq_setsockopt(sock, ZMQ_LINGER, &zero, sizeof zero);
 }
 
-int rb_link_send(void *sock, const char *rid, uint8_t type, uint8_t flags, uint32_t id,
-                 const void *data, size_t len)
+int rb_link_send(void *sock, const void *rid, size_t rid_len, uint8_t type, uint8_t flags,
+                 uint32_t id, const void *data, size_t len)
 {
     uint8_t hdr[RB_FRAME_HEADER];
     rb_frame_header(hdr, type, flags, id, (uint32_t)len);
-    if (rid && zmq_send(sock, rid, strlen(rid), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) return -1;
+    if (rid && zmq_send(sock, rid, rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) return -1;
     if (zmq_send(sock, hdr, sizeof hdr, (len ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) < 0) return -1;
     if (len && zmq_send(sock, data, len, ZMQ_DONTWAIT) < 0) return -1;
     return 0;
 }
 
-int rb_link_send_control(void *sock, const char *rid, const Rb__Fwd__LinkControl *m)
+int rb_link_send_control(void *sock, const void *rid, size_t rid_len,
+                         const Rb__Fwd__LinkControl *m)
 {
     size_t n = rb__fwd__link_control__get_packed_size(m);
     if (n == 0 || n > RB_FRAME_MAX_CONTROL) {
@@ -32,7 +34,7 @@ int rb_link_send_control(void *sock, const char *rid, const Rb__Fwd__LinkControl
     }
     uint8_t buf[RB_FRAME_MAX_CONTROL];
     rb__fwd__link_control__pack(m, buf);
-    return rb_link_send(sock, rid, RB_FRAME_CONTROL, 0, 0, buf, n);
+    return rb_link_send(sock, rid, rid_len, RB_FRAME_CONTROL, 0, 0, buf, n);
 }
 
 void rb_link_msg_close(rb_link_msg_t *m)
@@ -58,8 +60,8 @@ static void s_drain(void *sock)
 int rb_link_recv(void *sock, bool router, rb_link_msg_t *m, rb_frame_t *f, const char **why)
 {
     m->nparts = 0;
-    m->rid[0] = '\0';
     m->rid_len = 0;
+    m->rid_text[0] = '\0';
     for (;;) {
         if (m->nparts == 3) {
             s_drain(sock);
@@ -81,8 +83,17 @@ int rb_link_recv(void *sock, bool router, rb_link_msg_t *m, rb_frame_t *f, const
         size_t n = zmq_msg_size(&m->part[0]);
         if (n > RB_LINK_RID_MAX) n = RB_LINK_RID_MAX;
         memcpy(m->rid, zmq_msg_data(&m->part[0]), n);
-        m->rid[n] = '\0';
         m->rid_len = n;
+        bool printable = n > 0;
+        for (size_t k = 0; k < n; k++)
+            if (m->rid[k] < 0x21 || m->rid[k] > 0x7e) printable = false;
+        if (printable) {
+            memcpy(m->rid_text, m->rid, n);
+            m->rid_text[n] = '\0';
+        } else {
+            for (size_t k = 0; k < n; k++) snprintf(m->rid_text + 2 * k, 3, "%02x", m->rid[k]);
+            m->rid_text[2 * n] = '\0';
+        }
         i = 1;
     }
     int left = m->nparts - i;

@@ -19,17 +19,20 @@
 typedef struct {
     zmq_msg_t part[3];
     int nparts;
-    char rid[RB_LINK_RID_MAX + 1];   /* ROUTER: the sender, NUL-terminated */
+    uint8_t rid[RB_LINK_RID_MAX];    /* ROUTER: the sender's routing id (bytes) */
     size_t rid_len;
+    char rid_text[2 * RB_LINK_RID_MAX + 1];   /* printable: as is, or hex */
 } rb_link_msg_t;
 
 /* Sets the link's socket options (no HWM either way, no linger). */
 void rb_link_setup(void *sock);
-/* Sends one frame; rid is NULL on a DEALER. 0, or -1 with errno (a ROUTER
- * says EHOSTUNREACH when no such peer is connected). */
-int rb_link_send(void *sock, const char *rid, uint8_t type, uint8_t flags, uint32_t id,
-                 const void *data, size_t len);
-int rb_link_send_control(void *sock, const char *rid, const Rb__Fwd__LinkControl *m);
+/* Sends one frame; rid is NULL (rid_len 0) on a DEALER. Routing ids are
+ * bytes (libzmq makes binary ones for peers that set none). 0, or -1 with
+ * errno (a ROUTER says EHOSTUNREACH when no such peer is connected). */
+int rb_link_send(void *sock, const void *rid, size_t rid_len, uint8_t type, uint8_t flags,
+                 uint32_t id, const void *data, size_t len);
+int rb_link_send_control(void *sock, const void *rid, size_t rid_len,
+                         const Rb__Fwd__LinkControl *m);
 /* Receives one message without waiting. 1: *f describes it (payload valid
  * until rb_link_msg_close); 0: nothing to read; -1: a malformed message was
  * read and dropped (*why says why; rid is filled when known). Close m after

@@ -577,7 +577,8 @@ static void s_on_ping(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m)
 static void s_on_pong(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m) {}
 
 /* Streams need the data plane; a session without one (out of memory at
- * attach) refuses them like a session with no forwarder. */
+ * attach) refuses the streams it opens. rc and why come from edge_link: a
+ * device that broke the stream rules is closed. */
 static void s_link_result(edge_conn_t *c, int rc, const char *why)
 {
     if (rc < 0) s_protocol_error(c, why);
@@ -586,14 +587,17 @@ static void s_link_result(edge_conn_t *c, int rc, const char *why)
 static void s_on_expose(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m)
 {
     const char *why = "";
-    if (c->tun) s_link_result(c, edge_link_expose(c->tun, m->expose, &why), why);
+    if (!c->tun) return;
+    int rc = edge_link_expose(c->tun, m->expose, &why);
+    s_link_result(c, rc, why);
 }
 
 static void s_on_stream_open(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m)
 {
     const char *why = "";
     if (c->tun) {
-        s_link_result(c, edge_link_stream_open(c->tun, m->stream_open, &why), why);
+        int rc = edge_link_stream_open(c->tun, m->stream_open, &why);
+        s_link_result(c, rc, why);
         return;
     }
     Rb__Tunnel__TunnelControl r = RB__TUNNEL__TUNNEL_CONTROL__INIT;
@@ -609,7 +613,9 @@ static void s_on_stream_open(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m)
 static void s_on_stream_result(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m)
 {
     const char *why = "";
-    if (c->tun) s_link_result(c, edge_link_stream_result(c->tun, m->stream_result, &why), why);
+    if (!c->tun) return;
+    int rc = edge_link_stream_result(c->tun, m->stream_result, &why);
+    s_link_result(c, rc, why);
 }
 
 #define AFTER_HELLO (ST(ST_LOGON) | ST(ST_AUTH) | ST(ST_BROKER) | ST(ST_OFFERED) | ST(ST_ACTIVE))

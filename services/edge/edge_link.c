@@ -105,7 +105,7 @@ static bool s_printable(const char *s, size_t max)
 
 static int s_fwd_control(fwd_t *f, Rb__Fwd__LinkControl *m)
 {
-    if (rb_link_send_control(f->sock, NULL, m) == 0) return 0;
+    if (rb_link_send_control(f->sock, NULL, 0, m) == 0) return 0;
     rb_debug("link_send", "forwarder %s: %s", f->endpoint, zmq_strerror(errno));
     return -1;
 }
@@ -113,7 +113,7 @@ static int s_fwd_control(fwd_t *f, Rb__Fwd__LinkControl *m)
 static int s_fwd_frame(fwd_t *f, uint8_t type, uint8_t flags, uint32_t id, const void *d,
                        size_t n)
 {
-    if (rb_link_send(f->sock, NULL, type, flags, id, d, n) == 0) return 0;
+    if (rb_link_send(f->sock, NULL, 0, type, flags, id, d, n) == 0) return 0;
     rb_debug("link_send", "forwarder %s: %s", f->endpoint, zmq_strerror(errno));
     return -1;
 }

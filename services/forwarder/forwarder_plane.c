@@ -46,7 +46,9 @@ typedef struct attach attach_t;
 
 typedef struct peer {
     struct peer *next;
-    char rid[RB_LINK_RID_MAX + 1];
+    uint8_t rid[RB_LINK_RID_MAX];     /* routing id, bytes */
+    size_t rid_len;
+    char name[2 * RB_LINK_RID_MAX + 1];   /* printable, for logs */
     uint64_t heard_ms;
     rb_imap_t *streams;   /* link id -> stream_t */
     uint32_t next_id;     /* even ids for server-initiated streams */
@@ -156,16 +158,16 @@ static const char *s_proto_name(int proto) { return proto == POLICY_UDP ? "udp" 
 
 static int s_send_control(plane_t *p, peer_t *peer, Rb__Fwd__LinkControl *m)
 {
-    if (rb_link_send_control(p->sock, peer->rid, m) == 0) return 0;
-    rb_debug("link_send", "edge %s: %s", peer->rid, zmq_strerror(errno));
+    if (rb_link_send_control(p->sock, peer->rid, peer->rid_len, m) == 0) return 0;
+    rb_debug("link_send", "edge %s: %s", peer->name, zmq_strerror(errno));
     return -1;
 }
 
 static int s_send_frame(plane_t *p, peer_t *peer, uint8_t type, uint8_t flags, uint32_t id,
                         const void *data, size_t len)
 {
-    if (rb_link_send(p->sock, peer->rid, type, flags, id, data, len) == 0) return 0;
-    rb_debug("link_send", "edge %s: %s", peer->rid, zmq_strerror(errno));
+    if (rb_link_send(p->sock, peer->rid, peer->rid_len, type, flags, id, data, len) == 0) return 0;
+    rb_debug("link_send", "edge %s: %s", peer->name, zmq_strerror(errno));
     return -1;
 }
 
@@ -759,7 +761,7 @@ static void s_on_attach(plane_t *p, peer_t *peer, const Rb__Fwd__Attach *m)
     }
     if (bad) {
         rb_metric_inc(p->m_bad_link);
-        rb_warn("bad_attach", "edge %s: Attach refused: %s", peer->rid, bad);
+        rb_warn("bad_attach", "edge %s: Attach refused: %s", peer->name, bad);
         return;
     }
     if (*ipstr && !s_serves(p, ip)) {
@@ -809,7 +811,7 @@ static void s_on_attach(plane_t *p, peer_t *peer, const Rb__Fwd__Attach *m)
     s_set_ports(p, a, m->ports, m->n_ports);
     rb_metric_set(p->m_attached, (double)rb_imap_count(p->by_session));
     rb_debug("attached", "session %s (user '%s', %s) via edge %s, %zu ports", sid, user,
-             *ipstr ? ipstr : "no address", peer->rid, m->n_ports);
+             *ipstr ? ipstr : "no address", peer->name, m->n_ports);
 }
 
 static void s_on_detach(plane_t *p, peer_t *peer, const Rb__Fwd__Detach *m)
@@ -827,7 +829,7 @@ static void s_on_open(plane_t *p, peer_t *peer, const Rb__Fwd__Open *m)
     if (id == 0 || (id & 1) == 0 || rb_imap_get(peer->streams, id)) {
         rb_metric_inc(p->m_bad_link);
         rb_warn("bad_open", "edge %s: Open with link id %u refused (even, zero or in use)",
-                peer->rid, id);
+                peer->name, id);
         if (id && !rb_imap_get(peer->streams, id))
             s_send_result(p, peer, id, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, "bad link id",
                           NULL, 0);
@@ -912,7 +914,7 @@ static void s_on_open_result(plane_t *p, peer_t *peer, const Rb__Fwd__OpenResult
 static void s_on_hello(plane_t *p, peer_t *peer, const Rb__Fwd__Hello *m)
 {
     if (m->version != RB_LINK_VERSION) {
-        rb_warn("link_version", "edge %s speaks link version %u, we speak %u", peer->rid,
+        rb_warn("link_version", "edge %s speaks link version %u, we speak %u", peer->name,
                 m->version, RB_LINK_VERSION);
         return;
     }
@@ -951,7 +953,7 @@ static void s_on_frame(plane_t *p, peer_t *peer, const rb_frame_t *f)
         default:
             rb_metric_inc(p->m_overruns);
             rb_warn("window_overrun", "edge %s: stream %u sent more than its window; reset",
-                    peer->rid, f->stream_id);
+                    peer->name, f->stream_id);
             s_send_frame(p, peer, RB_FRAME_DATA, RB_FRAME_RST, f->stream_id, NULL, 0);
             s_stream_end(s, "window overrun", true);
             return;
@@ -965,19 +967,21 @@ static void s_on_frame(plane_t *p, peer_t *peer, const rb_frame_t *f)
     }
 }
 
-static peer_t *s_peer(plane_t *p, const char *rid)
+static peer_t *s_peer(plane_t *p, const rb_link_msg_t *m)
 {
     for (peer_t *x = p->peers; x; x = x->next)
-        if (strcmp(x->rid, rid) == 0) return x;
+        if (x->rid_len == m->rid_len && memcmp(x->rid, m->rid, m->rid_len) == 0) return x;
     peer_t *x = calloc(1, sizeof *x);
     if (!x || !(x->streams = rb_imap_new())) {
         free(x);
         return NULL;
     }
-    snprintf(x->rid, sizeof x->rid, "%s", rid);
+    memcpy(x->rid, m->rid, m->rid_len);
+    x->rid_len = m->rid_len;
+    snprintf(x->name, sizeof x->name, "%s", m->rid_text);
     x->next = p->peers;
     p->peers = x;
-    rb_info("edge_linked", "edge %s is on the data link", rid);
+    rb_info("edge_linked", "edge %s is on the data link", x->name);
     return x;
 }
 
@@ -1039,11 +1043,11 @@ static void s_on_link(rb_loop_t *loop, void *sock, void *arg)
         if (rc == 0) return;
         if (rc < 0) {
             rb_metric_inc(p->m_bad_link);
-            rb_warn("bad_link_message", "edge %s: %s; dropped", m.rid_len ? m.rid : "?", why);
+            rb_warn("bad_link_message", "edge %s: %s; dropped", m.rid_len ? m.rid_text : "?", why);
             rb_link_msg_close(&m);
             continue;
         }
-        peer_t *peer = m.rid_len ? s_peer(p, m.rid) : NULL;
+        peer_t *peer = m.rid_len ? s_peer(p, &m) : NULL;
         if (!peer) {
             rb_link_msg_close(&m);
             continue;
@@ -1057,7 +1061,7 @@ static void s_on_link(rb_loop_t *loop, void *sock, void *arg)
         Rb__Fwd__LinkControl *c = rb_link_control(&f);
         if (!c) {
             rb_metric_inc(p->m_bad_link);
-            rb_warn("bad_link_message", "edge %s: undecodable control message; dropped", peer->rid);
+            rb_warn("bad_link_message", "edge %s: undecodable control message; dropped", peer->name);
             rb_link_msg_close(&m);
             continue;
         }
@@ -1070,7 +1074,7 @@ static void s_on_link(rb_loop_t *loop, void *sock, void *arg)
         default:
             rb_metric_inc(p->m_bad_link);
             rb_warn("bad_link_message", "edge %s: message %d is not for a forwarder; dropped",
-                    peer->rid, (int)c->msg_case);
+                    peer->name, (int)c->msg_case);
         }
         rb__fwd__link_control__free_unpacked(c, NULL);
         rb_link_msg_close(&m);
@@ -1112,7 +1116,7 @@ static void s_on_tick(rb_loop_t *loop, void *arg)
     for (peer_t *x = p->peers, *next; x; x = next) {
         next = x->next;
         if (now - x->heard_ms > PEER_SILENCE_MS) {
-            rb_warn("edge_silent", "edge %s: nothing for %d s; its sessions are detached", x->rid,
+            rb_warn("edge_silent", "edge %s: nothing for %d s; its sessions are detached", x->name,
                     PEER_SILENCE_MS / 1000);
             s_peer_drop(p, x, "the edge fell silent");
         }

@@ -91,7 +91,9 @@ static void test_malformed_headers(void **state)
     uint8_t h[RB_FRAME_HEADER];
     s_hdr(h, 0, 0, 0, 1, 1); /* unknown type */
     s_expect_bad(h, sizeof h);
-    s_hdr(h, 4, 0, 0, 1, 1);
+    s_hdr(h, 5, 0, 0, 1, 1); /* the first unassigned type */
+    s_expect_bad(h, sizeof h);
+    s_hdr(h, 0xff, 0, 0, 1, 1);
     s_expect_bad(h, sizeof h);
     s_hdr(h, RB_FRAME_DATA, 0, 0x0100, 1, 1); /* reserved */
     s_expect_bad(h, sizeof h);
@@ -232,6 +234,165 @@ static void test_control_malformed(void **state)
     assert_null(rb_frame_control(&f));
 }
 
+/* WINDOW frames: a u32 increment, non-zero, on a stream, no flags. */
+static void s_window(uint8_t *buf, uint8_t flags, uint32_t sid, uint32_t len, uint32_t inc)
+{
+    rb_frame_header(buf, RB_FRAME_WINDOW, flags, sid, len);
+    buf[RB_FRAME_HEADER] = (uint8_t)(inc >> 24);
+    buf[RB_FRAME_HEADER + 1] = (uint8_t)(inc >> 16);
+    buf[RB_FRAME_HEADER + 2] = (uint8_t)(inc >> 8);
+    buf[RB_FRAME_HEADER + 3] = (uint8_t)inc;
+}
+
+static void test_window_valid(void **state)
+{
+    (void)state;
+    uint8_t buf[RB_FRAME_HEADER + 4];
+    rb_frame_t f;
+    const char *why = NULL;
+    s_window(buf, 0, 5, 4, 0x00010203u);
+    assert_int_equal(rb_frame_parse(buf, sizeof buf, &f, &why), (long)sizeof buf);
+    assert_null(why);
+    assert_int_equal(f.type, RB_FRAME_WINDOW);
+    assert_int_equal(f.flags, 0);
+    assert_int_equal(f.stream_id, 5);
+    assert_int_equal(f.len, 4);
+    assert_int_equal(rb_frame_window(&f), 0x00010203u);
+    /* The extremes of the increment. */
+    s_window(buf, 0, UINT32_MAX, 4, UINT32_MAX);
+    assert_int_equal(rb_frame_parse(buf, sizeof buf, &f, &why), (long)sizeof buf);
+    assert_int_equal(rb_frame_window(&f), UINT32_MAX);
+    assert_int_equal(f.stream_id, UINT32_MAX);
+    s_window(buf, 0, 1, 4, 1);
+    assert_int_equal(rb_frame_parse(buf, sizeof buf, &f, &why), (long)sizeof buf);
+    assert_int_equal(rb_frame_window(&f), 1);
+    /* The header alone, or part of the increment: wait for the rest. */
+    for (size_t n = 0; n < sizeof buf; n++)
+        assert_int_equal(rb_frame_parse(buf, n, &f, &why), 0);
+    /* rb_frame_window is 0 for anything that is not a 4-byte payload. */
+    rb_frame_t g = {.type = RB_FRAME_WINDOW, .stream_id = 1, .len = 3, .payload = buf};
+    assert_int_equal(rb_frame_window(&g), 0);
+    g.len = 4;
+    g.payload = NULL;
+    assert_int_equal(rb_frame_window(&g), 0);
+}
+
+static void test_window_malformed(void **state)
+{
+    (void)state;
+    uint8_t buf[RB_FRAME_HEADER + 8];
+    rb_frame_t f;
+    const char *why;
+
+    /* A zero increment would grant nothing: malformed, not a no-op. */
+    s_window(buf, 0, 5, 4, 0);
+    why = NULL;
+    assert_int_equal(rb_frame_parse(buf, RB_FRAME_HEADER + 4, &f, &why), -1);
+    assert_non_null(why);
+    assert_non_null(strstr(why, "zero"));
+
+    /* Wrong lengths, judged from the header before the payload is there. */
+    const uint32_t lens[] = {0, 1, 3, 5, 8, RB_FRAME_MAX_DATA, UINT32_MAX};
+    for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
+        s_window(buf, 0, 5, lens[i], 1);
+        why = NULL;
+        assert_int_equal(rb_frame_parse(buf, RB_FRAME_HEADER, &f, &why), -1);
+        assert_non_null(why);
+        assert_int_equal(rb_frame_parse(buf, sizeof buf, &f, &why), -1);
+    }
+
+    /* Any flag, FIN and RST included. */
+    const uint8_t flags[] = {RB_FRAME_FIN, RB_FRAME_RST, 0x04, 0x80, 0xff};
+    for (size_t i = 0; i < sizeof flags; i++) {
+        s_window(buf, flags[i], 5, 4, 100);
+        why = NULL;
+        assert_int_equal(rb_frame_parse(buf, RB_FRAME_HEADER + 4, &f, &why), -1);
+        assert_non_null(why);
+    }
+
+    /* Stream 0 is the control channel: no window there. */
+    s_window(buf, 0, 0, 4, 100);
+    why = NULL;
+    assert_int_equal(rb_frame_parse(buf, RB_FRAME_HEADER + 4, &f, &why), -1);
+    assert_non_null(why);
+
+    /* Reserved bits. */
+    s_window(buf, 0, 5, 4, 100);
+    buf[3] = 1;
+    why = NULL;
+    assert_int_equal(rb_frame_parse(buf, RB_FRAME_HEADER + 4, &f, &why), -1);
+    assert_non_null(why);
+}
+
+/* rb_frame_parse_header judges 12 bytes alone, as the data link does with
+ * a header part whose payload travels in another message part. */
+static void test_parse_header(void **state)
+{
+    (void)state;
+    uint8_t h[RB_FRAME_HEADER];
+    rb_frame_t f;
+    const char *why = NULL;
+
+    rb_frame_header(h, RB_FRAME_DATA, RB_FRAME_FIN | RB_FRAME_RST, 0x01020304u, 1000);
+    memset(&f, 0xaa, sizeof f);
+    assert_int_equal(rb_frame_parse_header(h, &f, &why), 0);
+    assert_null(why);
+    assert_int_equal(f.type, RB_FRAME_DATA);
+    assert_int_equal(f.flags, RB_FRAME_FIN | RB_FRAME_RST);
+    assert_int_equal(f.stream_id, 0x01020304u);
+    assert_int_equal(f.len, 1000);
+    assert_null(f.payload);
+
+    rb_frame_header(h, RB_FRAME_CONTROL, 0, 0, RB_FRAME_MAX_CONTROL);
+    assert_int_equal(rb_frame_parse_header(h, &f, &why), 0);
+    assert_int_equal(f.type, RB_FRAME_CONTROL);
+    assert_int_equal(f.len, RB_FRAME_MAX_CONTROL);
+    rb_frame_header(h, RB_FRAME_DATAGRAM, 0, 9, 0);
+    assert_int_equal(rb_frame_parse_header(h, &f, &why), 0);
+    assert_int_equal(f.len, 0);
+    /* A WINDOW header is fine on its own: the increment is the caller's to
+     * check once it has the payload. */
+    rb_frame_header(h, RB_FRAME_WINDOW, 0, 3, 4);
+    assert_int_equal(rb_frame_parse_header(h, &f, &why), 0);
+    assert_int_equal(f.type, RB_FRAME_WINDOW);
+    assert_null(f.payload);
+    assert_int_equal(rb_frame_window(&f), 0);   /* no payload yet */
+
+    /* Refusals leave *out alone and say why; why may be NULL. */
+    struct {
+        uint8_t type, flags;
+        uint16_t reserved;
+        uint32_t sid, len;
+    } bad[] = {
+        {0, 0, 0, 1, 1},
+        {5, 0, 0, 1, 1},
+        {RB_FRAME_DATA, 0, 0x8000, 1, 1},
+        {RB_FRAME_DATA, 0, 0, 0, 1},
+        {RB_FRAME_DATA, 0x04, 0, 1, 1},
+        {RB_FRAME_DATA, 0, 0, 1, RB_FRAME_MAX_DATA + 1},
+        {RB_FRAME_DATAGRAM, RB_FRAME_FIN, 0, 1, 1},
+        {RB_FRAME_CONTROL, 0, 0, 1, 1},
+        {RB_FRAME_CONTROL, 0, 0, 0, 0},
+        {RB_FRAME_CONTROL, 0, 0, 0, RB_FRAME_MAX_CONTROL + 1},
+        {RB_FRAME_WINDOW, 0, 0, 1, 2},
+        {RB_FRAME_WINDOW, RB_FRAME_FIN, 0, 1, 4},
+        {RB_FRAME_WINDOW, 0, 0, 0, 4},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        s_hdr(h, bad[i].type, bad[i].flags, bad[i].reserved, bad[i].sid, bad[i].len);
+        memset(&f, 0x5a, sizeof f);
+        rb_frame_t before;
+        memcpy(&before, &f, sizeof f);
+        why = NULL;
+        if (rb_frame_parse_header(h, &f, &why) != -1) fail_msg("bad header %zu accepted", i);
+        assert_non_null(why);
+        assert_memory_equal(&f, &before, sizeof f);
+        assert_int_equal(rb_frame_parse_header(h, &f, NULL), -1);
+        /* The stream parser agrees. */
+        assert_int_equal(rb_frame_parse(h, sizeof h, &f, NULL), -1);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -245,6 +406,9 @@ int main(void)
         cmocka_unit_test(test_control_roundtrip),
         cmocka_unit_test(test_append_control_limits),
         cmocka_unit_test(test_control_malformed),
+        cmocka_unit_test(test_window_valid),
+        cmocka_unit_test(test_window_malformed),
+        cmocka_unit_test(test_parse_header),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

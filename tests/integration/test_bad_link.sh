@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Issue 4, bad input on the data plane: a device that breaks the stream
+# rules (overruns its window, uses the edge's stream ids, sends datagrams on
+# a TCP stream) is closed with SessionClosed{PROTOCOL}; frames for streams
+# that do not exist are dropped; garbage, malformed frames and opens for
+# closed sessions on the forwarder's data link are refused and logged. Every
+# service keeps serving everyone else.
+. "$(dirname "$0")/lib.sh"
+lab_start
+RAW="python3 $ROOT/tests/integration/tools/rawdevice.py"
+ECHO_PORT=$(free_port); SINK_PORT=$(free_port)
+echo_server "$ECHO_PORT"
+bg python3 "$PEER" sink "$SINK_PORT"
+wait_until 5000 listening "$SINK_PORT" || fail "sink did not start"
+client_start alice alice --expose tcp:7003=127.0.0.1:$ECHO_PORT
+wait_until 10000 test -s "$LAB/alice.json" || fail "alice did not log on: $(cat "$LAB/alice.out")"
+ip=$(json_field "$LAB/alice.json" ip)
+alice_ok() { [[ $(echo still-here | timeout 3 ncat "$ip" 7003) == still-here ]]; }
+wait_until 3000 alice_ok || fail "alice's port is not reachable"
+
+# --- devices breaking the stream rules ---
+out=$($RAW "$EDGE_ADDR" "$CA" bob "$USER_BOB_PASSWORD_FILE" overrun 127.0.0.1 "$SINK_PORT") || true
+[[ $out == "closed PROTOCOL: stream window overrun" ]] || fail "window overrun: $out"
+ok "a device sending past its window: $out"
+out=$($RAW "$EDGE_ADDR" "$CA" bob "$USER_BOB_PASSWORD_FILE" even-id) || true
+[[ $out == "closed PROTOCOL: a device's stream id must be odd" ]] || fail "even stream id: $out"
+ok "a device opening an edge-side stream id: $out"
+out=$($RAW "$EDGE_ADDR" "$CA" bob "$USER_BOB_PASSWORD_FILE" data-flow 127.0.0.1 "$ECHO_PORT") || true
+[[ $out == "closed PROTOCOL: DATAGRAM on a TCP stream" ]] || fail "datagram on TCP: $out"
+ok "a device sending a datagram on a TCP stream: $out"
+out=$($RAW "$EDGE_ADDR" "$CA" bob "$USER_BOB_PASSWORD_FILE" stray) || fail "stray frames: $out"
+ok "frames for streams that do not exist are dropped; the tunnel lives ($out)"
+alice_ok || fail "alice's streams broke after bob's misbehaviour"
+overruns=$(metric "$EDGE_STATUS_URL" reachback_edge_window_overruns_total)
+[[ ${overruns%.*} -ge 1 ]] || fail "window overrun not counted ($overruns)"
+ok "alice unaffected; the edge counted $overruns window overrun(s)"
+
+# --- garbage on the forwarder's data link ---
+link=$(awk '$1 == "data_endpoint" { print $3 }' "$LAB/conf/forwarder.conf")
+pub=-; key=new
+if [[ $link == tcp://* ]]; then pub=$LAB/keys/forwarder.pub; key=$LAB/keys/edge.key; fi
+hexframe() {   # hexframe TYPE FLAGS ID HEXPAYLOAD: header and payload frames
+    local n=$(( ${#4} / 2 ))
+    printf '%02x%02x0000%08x%08x' "$1" "$2" "$3" "$n"
+    [[ -n $4 ]] && printf ' %s' "$4"
+}
+ZPOKE=$BIN/rb-zpoke
+# An Open (LinkControl.open) for session "gone" to 127.0.0.1:1, link id 1:
+open_hex=$(python3 -c '
+def v(n):
+    o=b""
+    while True:
+        b=n&0x7f; n>>=7
+        if n: o+=bytes([b|0x80])
+        else: return o+bytes([b])
+def f(num,b): return v(num<<3|2)+v(len(b))+b
+def i(num,x): return v(num<<3)+v(x)
+o=i(1,1)+f(2,b"gone")+i(3,1)+f(4,b"127.0.0.1")+i(5,1)
+print(f(5,o).hex())')
+"$ZPOKE" "$link" "$pub" "$key" 3000 $(hexframe 1 0 0 "$open_hex") | grep -q "^reply" \
+    || fail "an Open for a closed session got no answer"
+ok "an Open for a session the forwarder does not have is answered (OpenResult), not dropped silently"
+"$ZPOKE" "$link" "$pub" "$key" 0 deadbeef >/dev/null || true                         # not a header
+"$ZPOKE" "$link" "$pub" "$key" 0 "$(printf '02000000000000050000000a')" 0011 >/dev/null || true   # length differs
+"$ZPOKE" "$link" "$pub" "$key" 0 "$(printf '0400000000000005%08x' 4)" 00000000 >/dev/null || true  # zero window
+"$ZPOKE" "$link" "$pub" "$key" 0 $(hexframe 1 0 0 ffffffff) >/dev/null || true       # bad protobuf
+"$ZPOKE" "$link" "$pub" "$key" 0 $(hexframe 9 0 1 00) >/dev/null || true             # unknown type
+"$ZPOKE" "$link" "$pub" "$key" 0 $(hexframe 2 0 12345 6869) >/dev/null || true       # DATA, no stream
+wait_until 3000 bash -c "(( \$(grep -c 'bad_link_message' '$LAB/logs/forwarder.log') >= 4 ))" \
+    || fail "the forwarder logged $(grep -c bad_link_message "$LAB/logs/forwarder.log") bad link messages"
+errs=$(metric "$FORWARDER_STATUS_URL" reachback_forwarder_link_errors_total)
+[[ ${errs%.*} -ge 4 ]] || fail "link errors counted: $errs"
+alice_ok || fail "alice's streams broke after garbage on the data link"
+ok "garbage on the data link: $errs errors logged and counted; alice's streams still work"
