@@ -27,6 +27,8 @@
 /* A forwarder that has not answered a Hello for this long is down. */
 #define FWD_SILENCE_MS 5000
 #define FWD_UP_MS 3000
+#define HELLO_TICK_MS 100
+#define HELLO_EVERY_TICKS 10
 /* Datagrams are dropped (UDP may lose them) rather than queued behind this
  * much TLS output. */
 #define DATAGRAM_BACKLOG (4u << 20)
@@ -80,6 +82,7 @@ struct edge_link {
     edge_tunnel_t *tunnels;
     rb_imap_t *by_session;   /* hash of session id -> edge_tunnel_t */
     rb_timer_t *hello;
+    uint64_t ticks;
     size_t nstreams;
     rb_metric_t *m_streams, *m_opened_device, *m_opened_server, *m_overruns, *m_dropped;
     rb_metric_t *m_link_errors;
@@ -297,7 +300,9 @@ static void s_on_hello_ack(fwd_t *f, const Rb__Fwd__HelloAck *m)
     }
     f->heard_ms = rb_now_ms();
     if (m->instance == f->instance) return;
-    bool restarted = f->instance != 0 || rb_imap_count(f->streams) > 0;
+    /* Streams opened before the first answer belong to this instance; a
+     * changed instance means the forwarder restarted and lost them. */
+    bool restarted = f->instance != 0;
     f->ncidrs = 0;
     for (size_t i = 0; i < m->n_cidrs && f->ncidrs < MAX_CIDRS; i++)
         if (m->cidrs[i] && rb_cidr_parse(m->cidrs[i], &f->cidrs[f->ncidrs]) == 0) f->ncidrs++;
@@ -460,8 +465,14 @@ static void s_on_hello_timer(rb_loop_t *loop, void *arg)
 {
     edge_link_t *l = arg;
     uint64_t now = rb_now_ms();
+    l->ticks++;
     for (size_t i = 0; i < l->nfwd; i++) {
         fwd_t *f = &l->fwd[i];
+        /* Every tick until a forwarder answers (a Hello sent before the
+         * link is up is dropped: ZMQ_IMMEDIATE), then once a second. */
+        if (f->instance && l->ticks % HELLO_EVERY_TICKS != 0 &&
+            now - f->heard_ms <= FWD_SILENCE_MS)
+            continue;
         if (f->instance && now - f->heard_ms > FWD_SILENCE_MS) {
             rb_warn("forwarder_silent", "forwarder %s: no answer for %d s; its streams are reset",
                     f->endpoint, FWD_SILENCE_MS / 1000);
@@ -758,7 +769,7 @@ edge_link_t *edge_link_new(rb_loop_t *loop, const edge_link_config_t *cfg)
         }
         free(copy);
     }
-    l->hello = rb_loop_add_timer(loop, 1000, true, s_on_hello_timer, l);
+    l->hello = rb_loop_add_timer(loop, HELLO_TICK_MS, true, s_on_hello_timer, l);
     if (!l->hello) goto fail;
     s_on_hello_timer(loop, l);
     return l;

@@ -6,6 +6,7 @@ export RB_BIN_DIR=${RB_BIN_DIR:-$ROOT/build/bin}
 BIN=$RB_BIN_DIR
 LAB=$(mktemp -d /tmp/rb-itest-XXXXXX)
 CHILDREN=()
+CLEANUP_HOOKS=()
 TEST_NAME=$(basename "$0" .sh)
 CHECKS=0
 
@@ -37,6 +38,8 @@ cleanup() {
     done
     # Stopping first lets LeakSanitizer speak at each service's exit.
     [[ -f "$LAB/lab.claims" ]] && "$ROOT/scripts/lab" stop --dir "$LAB" >/dev/null 2>&1
+    # What a test set up outside the lab (network namespaces, veths).
+    for f in "${CLEANUP_HOOKS[@]}"; do eval "$f" || true; done
     if grep -l -E "ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:" "$LAB"/logs/*.log "$LAB"/*.out 2>/dev/null; then
         echo "FAIL [$TEST_NAME]: sanitizer report in the files above" >&2
         rc=1

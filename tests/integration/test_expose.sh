@@ -41,7 +41,7 @@ wait_until 3000 bash -c "curl -sf $FORWARDER_STATUS_URL/status | grep -q '\"atta
     || fail "alice's session is not attached at the forwarder: $(curl -s "$FORWARDER_STATUS_URL/status")"
 
 # 1. ssh to alice's name: a real ssh, a real sshd at the device.
-out=$(ssh -F /dev/null -p 22 -i "$LAB/ssh/user_key" -o BatchMode=yes -o ConnectTimeout=5 \
+out=$(timeout 20 ssh -n -F /dev/null -p 22 -i "$LAB/ssh/user_key" -o BatchMode=yes -o ConnectTimeout=5 \
     -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR \
     "$(id -un)@$ip" 'echo "via sshd at $SSH_CONNECTION"') || fail "ssh to alice.$DNS_SUFFIX ($ip) failed"
 [[ $out == "via sshd at "* ]] || fail "ssh printed '$out'"

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Issue 4, topology: three network namespaces made by this test. "gw" runs
+# every service; "home" holds alice's device (with a real sshd on its own
+# loopback); "int" is the internal network, whose resolver is reachback-dns.
+# int and home cannot reach each other except through the gateway: plain
+# `ssh alice.vpn.lab` in int reaches the sshd in home, and alice's --forward
+# reaches a server in int, which sees alice's intranet address. The pool is
+# routed to the gateway and made local there with an AnyIP route
+# (docs/operations.md). Every namespace and veth is removed at the end.
+. "$(dirname "$0")/lib.sh"
+if (( EUID != 0 )) || ! ip netns add "rbp$$" 2>/dev/null; then
+    echo "SKIP: needs root and network namespaces"
+    exit 77
+fi
+ip netns del "rbp$$"
+
+NS=rb$$; GW=${NS}gw; INT=${NS}in; HOME_NS=${NS}hm
+A=$(( 100 + RANDOM % 150 ))
+CLEANUP_HOOKS+=("ip netns del $GW 2>/dev/null; ip netns del $INT 2>/dev/null; ip netns del $HOME_NS 2>/dev/null; rm -rf /etc/netns/$INT")
+for n in "$GW" "$INT" "$HOME_NS"; do ip netns add "$n"; ip -n "$n" link set lo up; done
+# gw <-> int (10.A.1.0/24) and gw <-> home (10.A.2.0/24): veth pairs made
+# in gw and moved, so the host's namespace never holds them.
+ip -n "$GW" link add "${NS}gi" type veth peer name "${NS}ig" netns "$INT"
+ip -n "$GW" link add "${NS}gh" type veth peer name "${NS}hg" netns "$HOME_NS"
+ip -n "$GW" addr add "10.$A.1.1/24" dev "${NS}gi"; ip -n "$GW" link set "${NS}gi" up
+ip -n "$GW" addr add "10.$A.2.1/24" dev "${NS}gh"; ip -n "$GW" link set "${NS}gh" up
+ip -n "$INT" addr add "10.$A.1.2/24" dev "${NS}ig"; ip -n "$INT" link set "${NS}ig" up
+ip -n "$HOME_NS" addr add "10.$A.2.2/24" dev "${NS}hg"; ip -n "$HOME_NS" link set "${NS}hg" up
+POOL="10.$A.100.0/24"
+ip -n "$GW" route add local "$POOL" dev lo          # AnyIP: the whole pool is local on gw
+ip -n "$INT" route add "$POOL" via "10.$A.1.1"     # the internal network routes the pool to gw
+mkdir -p "/etc/netns/$INT"
+printf 'nameserver 10.%s.1.1\noptions timeout:1 attempts:1\n' "$A" > "/etc/netns/$INT/resolv.conf"
+ok "namespaces gw, int, home; veths; pool $POOL AnyIP-local on gw and routed from int"
+
+# The home network and the internal one cannot see each other.
+! ip netns exec "$INT" ping -c1 -W1 "10.$A.2.2" >/dev/null 2>&1 || fail "int reaches home directly"
+! ip netns exec "$HOME_NS" ping -c1 -W1 "10.$A.1.2" >/dev/null 2>&1 || fail "home reaches int directly"
+ok "int and home cannot reach each other directly"
+
+cat > "$LAB.policy" <<POL
+allow 10.$A.1.0/24  *  *  any
+allow 127.0.0.0/8   *  *  any
+POL
+mkdir -p "$LAB"
+ip netns exec "$GW" "$ROOT/scripts/lab" start --dir "$LAB" \
+    --set "ipalloc.pool=$POOL" --set "ipalloc.exclude=10.$A.100.1" --set "dns.pool=$POOL" \
+    --set "dns.listen=10.$A.1.1:53" --set "dns.ns_address=10.$A.1.1" \
+    --set "edge.listen=10.$A.2.1:8443" --set "forwarder.policy_file=$LAB.policy"
+CLEANUP_HOOKS+=("rm -f $LAB.policy")
+set -a; . "$LAB/lab.env"; set +a
+ok "the lab runs in gw (edge on 10.$A.2.1:8443, DNS on 10.$A.1.1:53)"
+
+# alice's device in home: a real sshd on home's loopback, exposed as port 22.
+mkdir -p "$LAB/ssh" && chmod 700 "$LAB/ssh"
+ssh-keygen -q -t ed25519 -N '' -f "$LAB/ssh/host_key"
+ssh-keygen -q -t ed25519 -N '' -f "$LAB/ssh/user_key"
+cp "$LAB/ssh/user_key.pub" "$LAB/ssh/authorized_keys"
+cat > "$LAB/ssh/sshd_config" <<CONF
+Port 22
+ListenAddress 127.0.0.1
+HostKey $LAB/ssh/host_key
+AuthorizedKeysFile $LAB/ssh/authorized_keys
+PidFile $LAB/ssh/sshd.pid
+StrictModes no
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+CONF
+mkdir -p /run/sshd
+bg ip netns exec "$HOME_NS" /usr/sbin/sshd -D -e -f "$LAB/ssh/sshd_config" 2>"$LAB/sshd.out"
+wait_until 5000 bash -c "ip netns exec $HOME_NS ss -Hltn 'sport = :22' | grep -q ." \
+    || fail "sshd did not start in home: $(cat "$LAB/sshd.out")"
+
+# An internal server in int that says who connected.
+WHO=7777
+bg ip netns exec "$INT" python3 -c "
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('10.$A.1.2', $WHO)); s.listen(8)
+while True:
+    c, a = s.accept(); c.sendall((a[0] + '\n').encode()); c.close()"
+wait_until 5000 bash -c "ip netns exec $INT ss -Hltn 'sport = :$WHO' | grep -q ." || fail "whoami did not start"
+
+bg ip netns exec "$HOME_NS" "$BIN/reachback-client" connect --server "10.$A.2.1:8443" \
+    --server-name 127.0.0.1 --ca "$CA" --user alice --password-file "$USER_ALICE_PASSWORD_FILE" \
+    --status-file "$LAB/alice.json" --expose tcp:22 --forward "127.0.0.1:9000:10.$A.1.2:$WHO" \
+    </dev/null >"$LAB/alice.out" 2>&1
+wait_until 10000 test -s "$LAB/alice.json" || fail "alice did not log on from home: $(cat "$LAB/alice.out")"
+ip=$(json_field "$LAB/alice.json" ip)
+[[ $ip == 10.$A.100.* ]] || fail "alice got $ip, not an address of $POOL"
+ok "alice logged on from home through the edge: $ip"
+
+# Plain ssh by name in int: its resolver is reachback-dns.
+got=$(ip netns exec "$INT" getent hosts alice.vpn.lab | awk '{print $1}')
+[[ $got == "$ip" ]] || fail "int's resolver says '$got' for alice.vpn.lab"
+out=$(timeout 20 ip netns exec "$INT" ssh -n -F /dev/null -i "$LAB/ssh/user_key" -o BatchMode=yes \
+    -o ConnectTimeout=5 -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+    -o LogLevel=ERROR "$(id -un)@alice.vpn.lab" 'echo "$SSH_CONNECTION"') \
+    || fail "ssh alice.vpn.lab from int failed"
+read -r _ _ sshd_addr sshd_port <<<"$out"
+[[ $sshd_addr == 127.0.0.1 && $sshd_port == 22 ]] || fail "ssh reached '$out'"
+ok "in int, plain 'ssh alice.vpn.lab' reached the sshd on home's loopback ($out)"
+
+# alice's --forward reaches int's server, which sees her intranet address.
+got=$(ip netns exec "$HOME_NS" timeout 5 ncat 127.0.0.1 9000 </dev/null) || fail "--forward from home failed"
+[[ $got == "$ip" ]] || fail "the server in int saw '$got', want $ip"
+ok "alice's --forward from home reached 10.$A.1.2:$WHO in int, which saw $got"
+
+# A source the policy does not name is refused: int's 10.A.1.2 is allowed,
+# so try from gw's own 10.A.100.1 (not in the policy).
+rc=0; ip netns exec "$GW" timeout 3 ncat -s "10.$A.100.1" "$ip" 22 </dev/null >/dev/null 2>&1 || rc=$?
+(( rc != 0 )) || fail "a source outside the policy reached alice"
+ok "a source outside the policy is refused"
