@@ -34,6 +34,8 @@ printf 'nameserver 10.%s.1.1\noptions timeout:1 attempts:1\n' "$A" > "/etc/netns
 ok "namespaces gw, int, home; veths; pool $POOL AnyIP-local on gw and routed from int"
 
 # The home network and the internal one cannot see each other.
+command -v ping >/dev/null || fail "ping is missing (scripts/install-deps installs iputils-ping)"
+ip netns exec "$GW" ping -c1 -W1 "10.$A.1.2" >/dev/null || fail "gw cannot ping int (the check below would prove nothing)"
 ! ip netns exec "$INT" ping -c1 -W1 "10.$A.2.2" >/dev/null 2>&1 || fail "int reaches home directly"
 ! ip netns exec "$HOME_NS" ping -c1 -W1 "10.$A.1.2" >/dev/null 2>&1 || fail "home reaches int directly"
 ok "int and home cannot reach each other directly"
