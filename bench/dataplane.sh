@@ -325,7 +325,9 @@ fair() {   # fair IPERF_LINE: per-stream range and Jain's index
 # lat LABEL HOST PORT [N] [SECONDS]: LAT holds connlat.py's JSON.
 lat() {
     local label=$1 host=$2 port=$3 n=${4:-$NCONN} secs=${5:-30}
-    LAT=$(timeout -k 2 $(( secs + 20 )) python3 "$WORK/connlat.py" "$host" "$port" "$n" "$secs" 2>&1 | tail -n 1)
+    LAT=$(timeout -k 2 $(( secs + 20 )) python3 "$WORK/connlat.py" "$host" "$port" "$n" "$secs" \
+        2>>"$WORK/connlat.err" | tail -n 1 || true)
+    [[ -n $LAT ]] || LAT="connlat.py failed: $(tail -n 1 "$WORK/connlat.err")"
     say "$label: $LAT"
 }
 jf() { sed -n "s/.*\"$2\": \\([^,}]*\\).*/\\1/p" <<<"$1"; }   # jf JSON KEY
@@ -338,6 +340,32 @@ lat_cols() {   # the result and detail cells of a latency row
     [[ $(jf "$j" failed) == 0 ]] || extra+=", **$(jf "$j" failed) failed** $(sed -n 's/.*"errors": \({[^}]*}\).*/\1/p' <<<"$j")"
     [[ $(jf "$j" wrong) == 0 ]] || extra+=", **$(jf "$j" wrong) wrong echoes**"
     echo "p50 **$(jf "$j" first_p50) µs**, p99 **$(jf "$j" first_p99) µs** (max $(jf "$j" first_max)) | $(jf "$j" ok) connections$extra; then write-write-read: p50 $(jf "$j" exch_p50), p99 $(jf "$j" exch_p99), max $(jf "$j" exch_max) µs; waits ≥ 30 ms: $(jf "$j" stalls_30ms)"
+}
+
+# bulk HOST:PORT...: bulk.py with the sink on P_SINK; BULK holds its JSON.
+bulk() {
+    BULK=$(timeout -k 2 $(( T + 40 )) python3 "$WORK/bulk.py" "$P_SINK" "$T" "$@" \
+        2>>"$WORK/bulk.err" | tail -n 1 || true)
+    [[ -n $BULK ]] || BULK="bulk.py failed: $(tail -n 1 "$WORK/bulk.err")"
+}
+
+# port VAR: a port for a listener of ours, above the ephemeral range (where
+# neither outgoing connections nor scripts/lab, which stays below it, take
+# ports), used by no socket now and not handed out before in this run.
+EPH_HI=$(awk '{ print $2 }' /proc/sys/net/ipv4/ip_local_port_range)
+PORTS_GIVEN=" "
+port() {
+    local p lo=$(( EPH_HI + 1 ))
+    (( 65535 - lo >= 500 )) || lo=20000   # no room above: below the lab's blocks' top
+    for _ in $(seq 500); do
+        p=$(( lo + RANDOM % (65535 - lo) ))
+        [[ $PORTS_GIVEN == *" $p "* ]] && continue
+        ss -Htuan "sport = :$p" 2>/dev/null | grep -q . && continue
+        PORTS_GIVEN+="$p "
+        printf -v "$1" '%s' "$p"
+        return 0
+    done
+    die "no free port"
 }
 
 listening() { ss -Htln "sport = :$1" 2>/dev/null | grep -q .; }
@@ -353,8 +381,7 @@ descendants() {
 csv() { local IFS=,; echo "$*"; }
 
 # ---- peers' servers: iperf3 at the device and in the intranet, echo ---------
-P_DEV=$(free_port); P_INT=$(free_port); P_ECHO=$(free_port)
-while [[ $P_INT == "$P_DEV" ]]; do P_INT=$(free_port); done
+port P_DEV; port P_INT; port P_ECHO
 iperf3 -s -B 127.0.0.1 -p "$P_DEV" </dev/null >"$WORK/iperf-dev.log" 2>&1 &
 bench_track $!; wait_listen "$P_DEV" $! "iperf3 (device side)"
 iperf3 -s -B 127.0.0.1 -p "$P_INT" </dev/null >"$WORK/iperf-int.log" 2>&1 &
@@ -368,7 +395,7 @@ mkdir -p "$S" && chmod 700 "$S"
 ssh-keygen -q -t ed25519 -N '' -f "$S/host_key"
 ssh-keygen -q -t ed25519 -N '' -f "$S/user_key"
 cp "$S/user_key.pub" "$S/authorized_keys"
-SSH_PORT=$(free_port)
+port SSH_PORT
 cat >"$S/sshd_config" <<CONF
 ListenAddress 127.0.0.1
 Port $SSH_PORT
@@ -393,7 +420,7 @@ SSH_OPTS=(-F /dev/null -i "$S/user_key" -o IdentitiesOnly=yes -o BatchMode=yes
     -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR
     -o ControlMaster=no -o ExitOnForwardFailure=yes -o ServerAliveInterval=0
     -c aes128-gcm@openssh.com -p "$SSH_PORT")
-R_IPERF=$(free_port); R_ECHO=$(free_port); L_IPERF=$(free_port); L_ECHO=$(free_port); R_ECHO_TT=$(free_port)
+port R_IPERF; port R_ECHO; port L_IPERF; port L_ECHO; port R_ECHO_TT
 # ssh -N: -R = a server-initiated connection (sshd's side listens, the
 # device's ssh connects to its local service), -L = the device's forward.
 ssh -N "${SSH_OPTS[@]}" -R "127.0.0.1:$R_IPERF:127.0.0.1:$P_DEV" -R "127.0.0.1:$R_ECHO:127.0.0.1:$P_ECHO" \
@@ -418,7 +445,7 @@ ssh_cpu() {   # name=pids of the ssh client and its sshd session processes
 # ---- stunnel pair: client stunnel -> server stunnel -> intranet iperf3 ------
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj "/CN=localhost" \
     -keyout "$WORK/st.key" -out "$WORK/st.pem" 2>/dev/null
-ST_S=$(free_port); ST_C=$(free_port)
+port ST_S; port ST_C
 cat >"$WORK/stunnel-s.conf" <<CONF
 foreground = yes
 pid =
@@ -499,11 +526,11 @@ cpu_mark $(ssh_cpu "$SSH_N")
 iperf "ssh -R -P" 127.0.0.1 "$R_IPERF" -P "$NSTREAMS"
 SSHR_P=$IPERF
 row "$NSTREAMS streams (iperf3 -P)" "ssh -R (-N), one connection" "server → device" "$(gbps "$IPERF")" "$(fair "$IPERF")" "$(cpu_report)"
-P_SINK=$(free_port)
+port P_SINK
 say "peers: $NSESS streams from the Python source to the sink"
 targets=()
 for ((i = 0; i < NSESS; i++)); do targets+=("127.0.0.1:$P_SINK"); done
-BULK=$(timeout -k 2 $(( T + 40 )) python3 "$WORK/bulk.py" "$P_SINK" "$T" "${targets[@]}" 2>&1 | tail -n 1)
+bulk "${targets[@]}"
 say "direct bulk.py: $BULK"
 bulk_cols() {
     local j=$1
@@ -638,7 +665,7 @@ for mode in $MODES; do
         targets+=("$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ip"])' "$WORK/u$i.json"):5201")
     done
     cpu_mark "edge=$EDGE" "fwd=$FWD" "clients=$(csv "${DEVS[@]}")"
-    BULK=$(timeout -k 2 $(( T + 40 )) python3 "$WORK/bulk.py" "$P_SINK" "$T" "${targets[@]}" 2>&1 | tail -n 1)
+    bulk "${targets[@]}"
     c=$(cpu_report)
     leak_check
     say "$mode bulk.py over $up sessions: $BULK"
