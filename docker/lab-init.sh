@@ -66,6 +66,15 @@ events_endpoints = tcp://broker:7002
 snapshot_endpoints = tcp://broker:7003
 broker_public_key = $K/broker.pub
 curve_secret_key = $K/forwarder.key
+curve_allowed_keys = $K/edge.pub
+data_endpoint = tcp://0.0.0.0:7450
+policy_file = $L/conf/policy.conf
+C
+# The compose network's private ranges may reach every exposed port.
+cat > "$L/conf/policy.conf" <<C
+allow 10.0.0.0/8      * * any
+allow 172.16.0.0/12   * * any
+allow 192.168.0.0/16  * * any
 C
 cat > "$L/conf/edge.conf" <<C
 $COMMON
@@ -77,6 +86,8 @@ users_file = $L/users
 broker_endpoint = tcp://broker:7001
 broker_public_key = $K/broker.pub
 curve_secret_key = $K/edge.key
+forwarder_endpoints = tcp://forwarder:7450
+forwarder_public_key = $K/forwarder.pub
 C
 chmod -R go-rwx "$L/keys" "$L/secrets" "$L/tls"
 echo "lab-init: secrets and configs written to $L"
