@@ -26,6 +26,7 @@
 # The reachback rows run once per data link mode (--modes, default both):
 # ipc (the lab's default edge-forwarder link, a Unix socket, no CURVE) and
 # tcp (RB_LAB_DATA_LINK=tcp: loopback TCP with CURVE).
+# shellcheck disable=SC2153  # "port VAR" assigns VAR through printf -v
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 T=5
@@ -311,8 +312,8 @@ iperf() {
     IPERF=$(python3 "$WORK/iperf.py" "$f")
     say "$label: $IPERF"
 }
-gbps() { [[ $1 == error* ]] && echo "failed" || echo "**${1%% *} Gbit/s**"; }
-field() { [[ $1 == error* ]] && echo "-" || cut -d' ' -f"$2" <<<"$1"; }
+gbps() { if [[ $1 == error* ]]; then echo "failed"; else echo "**${1%% *} Gbit/s**"; fi; }
+field() { if [[ $1 == error* ]]; then echo "-"; else cut -d' ' -f"$2" <<<"$1"; fi; }
 ratio() {   # ratio IPERF_LINE PEER_LINE: "0.45×"
     [[ $1 == error* || $2 == error* || -z $2 ]] && { echo "-"; return; }
     awk -v a="${1%% *}" -v b="${2%% *}" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "-" }'
@@ -436,10 +437,8 @@ SSH_TT=$!
 bench_track "$SSH_TT"
 for p in "$R_IPERF" "$R_ECHO" "$L_IPERF" "$L_ECHO"; do wait_listen "$p" "$SSH_N" "ssh -N's forward"; done
 wait_listen "$R_ECHO_TT" "$SSH_TT" "ssh -tt's forward"
-ssh_cpu() {   # name=pids of the ssh client and its sshd session processes
-    local client=$1 kids
-    kids=$(descendants "$SSHD" | tr '\n' ' ')
-    echo "ssh=$client sshd=$(csv $kids)"
+ssh_cpu() {   # SSH_CPU: cpu_mark's arguments for an ssh client and sshd's sessions
+    SSH_CPU=("ssh=$1" "sshd=$(descendants "$SSHD" | paste -sd, -)")
 }
 
 # ---- stunnel pair: client stunnel -> server stunnel -> intranet iperf3 ------
@@ -479,19 +478,19 @@ say "peers: bulk TCP, ${T}s per run"
 iperf "direct" 127.0.0.1 "$P_DEV"
 DIRECT=$IPERF
 row "bulk, 1 stream" "raw loopback (ceiling)" "-" "$(gbps "$IPERF")" "retransmits $(field "$IPERF" 2)" "-"
-cpu_mark $(ssh_cpu "$SSH_N")
+ssh_cpu "$SSH_N"; cpu_mark "${SSH_CPU[@]}"
 iperf "ssh -R s->d" 127.0.0.1 "$R_IPERF"
 SSHR_SD=$IPERF
 row "bulk, 1 stream" "ssh -R (-N, aes128-gcm)" "server → device" "$(gbps "$IPERF")" "$(ratio "$IPERF" "$DIRECT") of loopback" "$(cpu_report)"
-cpu_mark $(ssh_cpu "$SSH_N")
+ssh_cpu "$SSH_N"; cpu_mark "${SSH_CPU[@]}"
 iperf "ssh -R d->s" 127.0.0.1 "$R_IPERF" -R
 SSHR_DS=$IPERF
 row "bulk, 1 stream" "ssh -R (-N, aes128-gcm)" "device → server" "$(gbps "$IPERF")" "$(ratio "$IPERF" "$DIRECT") of loopback" "$(cpu_report)"
-cpu_mark $(ssh_cpu "$SSH_N")
+ssh_cpu "$SSH_N"; cpu_mark "${SSH_CPU[@]}"
 iperf "ssh -L d->s" 127.0.0.1 "$L_IPERF"
 SSHL_DS=$IPERF
 row "bulk, 1 stream" "ssh -L (-N, aes128-gcm)" "device → server" "$(gbps "$IPERF")" "$(ratio "$IPERF" "$DIRECT") of loopback" "$(cpu_report)"
-cpu_mark $(ssh_cpu "$SSH_N")
+ssh_cpu "$SSH_N"; cpu_mark "${SSH_CPU[@]}"
 iperf "ssh -L s->d" 127.0.0.1 "$L_IPERF" -R
 SSHL_SD=$IPERF
 row "bulk, 1 stream" "ssh -L (-N, aes128-gcm)" "server → device" "$(gbps "$IPERF")" "$(ratio "$IPERF" "$DIRECT") of loopback" "$(cpu_report)"
@@ -508,7 +507,7 @@ row "bulk, 1 stream" "stunnel pair (TLS 1.3, AES-256-GCM)" "server → client" "
 say "peers: connect + first byte, $NCONN connections"
 lat "direct" 127.0.0.1 "$P_ECHO"
 row "connect + first byte" "direct to the echo server" "-" "$(lat_cols "$LAT")" "-"
-cpu_mark $(ssh_cpu "$SSH_TT")
+ssh_cpu "$SSH_TT"; cpu_mark "${SSH_CPU[@]}"
 lat "ssh -R -tt" 127.0.0.1 "$R_ECHO_TT"
 row "connect + first byte" "ssh -R with a pty session (-tt: TCP_NODELAY)" "server-initiated" "$(lat_cols "$LAT")" "$(cpu_report)"
 # Nagle stalls cost ~40 ms each: fewer connections, bounded in time.
@@ -520,9 +519,8 @@ row "connect + first byte" "ssh -L (-N: Nagle left on)" "device-initiated" "$(la
 # ---- peers: many streams ------------------------------------------------------------
 say "peers: $NSTREAMS streams"
 iperf "direct -P" 127.0.0.1 "$P_DEV" -P "$NSTREAMS"
-DIRECT_P=$IPERF
 row "$NSTREAMS streams (iperf3 -P)" "raw loopback" "-" "$(gbps "$IPERF")" "$(fair "$IPERF")" "-"
-cpu_mark $(ssh_cpu "$SSH_N")
+ssh_cpu "$SSH_N"; cpu_mark "${SSH_CPU[@]}"
 iperf "ssh -R -P" 127.0.0.1 "$R_IPERF" -P "$NSTREAMS"
 SSHR_P=$IPERF
 row "$NSTREAMS streams (iperf3 -P)" "ssh -R (-N), one connection" "server → device" "$(gbps "$IPERF")" "$(fair "$IPERF")" "$(cpu_report)"
@@ -595,42 +593,42 @@ for mode in $MODES; do
     done
     FWD_STREAMS=0 EDGE_STREAMS=0
     say "alice is $IP; forwards on $F_IPERF (iperf3) and $F_ECHO (echo)"
-    TUN="edge=$EDGE fwd=$FWD client=$ALICE"
+    TUN=("edge=$EDGE" "fwd=$FWD" "client=$ALICE")
     rb="reachback, $mlabel"
 
-    cpu_mark $TUN
+    cpu_mark "${TUN[@]}"
     iperf "$mode exposed s->d" "$IP" 5201
     r=$IPERF; c=$(cpu_report)
     leak_check
     row "bulk, 1 stream" "$rb: exposed port (server-initiated)" "server → device" "$(gbps "$r")" "$(ratio "$r" "$SSHR_SD") of ssh -R, $(ratio "$r" "$ST_CS") of stunnel$LEAK" "$c"
-    cpu_mark $TUN
+    cpu_mark "${TUN[@]}"
     iperf "$mode exposed d->s" "$IP" 5201 -R
     r=$IPERF; c=$(cpu_report)
     leak_check
     row "bulk, 1 stream" "$rb: exposed port (server-initiated)" "device → server" "$(gbps "$r")" "$(ratio "$r" "$SSHR_DS") of ssh -R, $(ratio "$r" "$ST_SC") of stunnel$LEAK" "$c"
-    cpu_mark $TUN
+    cpu_mark "${TUN[@]}"
     iperf "$mode forward d->s" 127.0.0.1 "$F_IPERF"
     r=$IPERF; c=$(cpu_report)
     leak_check
     row "bulk, 1 stream" "$rb: --forward (device-initiated)" "device → server" "$(gbps "$r")" "$(ratio "$r" "$SSHL_DS") of ssh -L, $(ratio "$r" "$ST_CS") of stunnel$LEAK" "$c"
-    cpu_mark $TUN
+    cpu_mark "${TUN[@]}"
     iperf "$mode forward s->d" 127.0.0.1 "$F_IPERF" -R
     r=$IPERF; c=$(cpu_report)
     leak_check
     row "bulk, 1 stream" "$rb: --forward (device-initiated)" "server → device" "$(gbps "$r")" "$(ratio "$r" "$SSHL_SD") of ssh -L, $(ratio "$r" "$ST_SC") of stunnel$LEAK" "$c"
 
-    cpu_mark $TUN
+    cpu_mark "${TUN[@]}"
     lat "$mode exposed echo" "$IP" 5202
     c=$(cpu_report)
     leak_check
     row "connect + first byte" "$rb: exposed port" "server-initiated" "$(lat_cols "$LAT")$LEAK" "$c"
-    cpu_mark $TUN
+    cpu_mark "${TUN[@]}"
     lat "$mode forward echo" 127.0.0.1 "$F_ECHO"
     c=$(cpu_report)
     leak_check
     row "connect + first byte" "$rb: --forward" "device-initiated" "$(lat_cols "$LAT")$LEAK" "$c"
 
-    cpu_mark $TUN
+    cpu_mark "${TUN[@]}"
     iperf "$mode exposed -P" "$IP" 5201 -P "$NSTREAMS"
     r=$IPERF; c=$(cpu_report)
     leak_check
@@ -692,7 +690,7 @@ echo "Bulk: iperf3 $(iperf3 --version | head -n 1 | cut -d' ' -f2), one TCP stre
 echo "is data from the intranet side to the device side (iperf3 -R reverses the sender, not the connection)."
 echo "Server-initiated = an internal client connects to alice's intranet address (exposed port),"
 echo "peer ssh -R; device-initiated = the device connects to its --forward port, peer ssh -L."
-echo "Latency: $NCONN sequential connections (fewer where the time bound of a row ran out), Python"
+echo "Latency: $NCONN sequential connections (100 in the ssh -N rows: each stall costs ~40 ms), Python"
 echo "client with TCP_NODELAY, a one-thread Python echo server (TCP_NODELAY); \"first\" is connect + 1 byte + its echo; then 3"
 echo "exchanges per connection of two 16-byte writes and one read, where a Nagle stall (~40 ms) shows."
 echo "Data link modes (edge-forwarder): $MODES_TEXT; edge TLS: ${EDGE_TLS:-?}. ssh: $(ssh -V 2>&1 | cut -d, -f1);"

@@ -149,8 +149,8 @@ static int s_pump_window(void *arg, uint32_t inc)
 {
     cstream_t *s = arg;
     if (!s->cs->t) return -1;
-    uint8_t b[4] = {(uint8_t)(inc >> 24), (uint8_t)(inc >> 16), (uint8_t)(inc >> 8),
-                    (uint8_t)inc};
+    uint8_t b[4];
+    rb_frame_window_payload(b, inc);
     return rb_tconn_send_frame(s->cs->t, RB_FRAME_WINDOW, 0, s->id, b, 4);
 }
 

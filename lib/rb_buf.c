@@ -97,3 +97,11 @@ void rb_buf_free(rb_buf_t *b)
     b->data = NULL;
     b->len = b->cap = 0;
 }
+
+bool rb_str_printable(const char *s, size_t max)
+{
+    size_t n = 0;
+    for (; *s; s++, n++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f || n >= max) return false;
+    return true;
+}

@@ -2,6 +2,7 @@
  * and messages of unknown length. */
 #ifndef RB_BUF_H
 #define RB_BUF_H
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -21,6 +22,9 @@ int rb_buf_printf(rb_buf_t *b, const char *fmt, ...)
 /* Appends s as the body of a JSON string (no surrounding quotes), escaping
  * quotes, backslashes and control bytes. */
 int rb_buf_json_escape(rb_buf_t *b, const char *s);
+/* True when s is at most max bytes and has no control bytes (names and
+ * ids from peers, before they reach logs and tables). */
+bool rb_str_printable(const char *s, size_t max);
 /* Drops the first n bytes. */
 void rb_buf_consume(rb_buf_t *b, size_t n);
 void rb_buf_reset(rb_buf_t *b);

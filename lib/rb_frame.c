@@ -95,6 +95,14 @@ long rb_frame_parse(const uint8_t *buf, size_t len, rb_frame_t *out, const char 
     return (long)(RB_FRAME_HEADER + f.len);
 }
 
+void rb_frame_window_payload(uint8_t out[4], uint32_t inc)
+{
+    out[0] = (uint8_t)(inc >> 24);
+    out[1] = (uint8_t)(inc >> 16);
+    out[2] = (uint8_t)(inc >> 8);
+    out[3] = (uint8_t)inc;
+}
+
 uint32_t rb_frame_window(const rb_frame_t *f)
 {
     if (f->len != 4 || !f->payload) return 0;

@@ -44,6 +44,8 @@ long rb_frame_parse(const uint8_t *buf, size_t len, rb_frame_t *out, const char 
 /* Judges a header alone (the first RB_FRAME_HEADER bytes of hdr): 0 with
  * *out filled (payload NULL), or -1 with *why set. */
 int rb_frame_parse_header(const uint8_t *hdr, rb_frame_t *out, const char **why);
+/* The payload of a WINDOW frame granting inc (non-zero). */
+void rb_frame_window_payload(uint8_t out[4], uint32_t inc);
 /* The increment of a WINDOW frame (checked by the parser: 4 bytes). */
 uint32_t rb_frame_window(const rb_frame_t *f);
 /* Writes a header into dst[RB_FRAME_HEADER]. */

@@ -57,6 +57,26 @@ static void s_drain(void *sock)
     }
 }
 
+/* The sender's routing id, kept as soon as its part arrives so that every
+ * later refusal can name it. Empty or over RB_LINK_RID_MAX: rid_len 0. */
+static void s_take_rid(rb_link_msg_t *m)
+{
+    size_t n = zmq_msg_size(&m->part[0]);
+    if (n == 0 || n > RB_LINK_RID_MAX) return;
+    memcpy(m->rid, zmq_msg_data(&m->part[0]), n);
+    m->rid_len = n;
+    bool printable = true;
+    for (size_t k = 0; k < n; k++)
+        if (m->rid[k] < 0x21 || m->rid[k] > 0x7e) printable = false;
+    if (printable) {
+        memcpy(m->rid_text, m->rid, n);
+        m->rid_text[n] = '\0';
+    } else {
+        for (size_t k = 0; k < n; k++) snprintf(m->rid_text + 2 * k, 3, "%02x", m->rid[k]);
+        m->rid_text[2 * n] = '\0';
+    }
+}
+
 int rb_link_recv(void *sock, bool router, rb_link_msg_t *m, rb_frame_t *f, const char **why)
 {
     m->nparts = 0;
@@ -76,23 +96,14 @@ int rb_link_recv(void *sock, bool router, rb_link_msg_t *m, rb_frame_t *f, const
             return -1;
         }
         m->nparts++;
+        if (router && m->nparts == 1) s_take_rid(m);
         if (!zmq_msg_more(&m->part[m->nparts - 1])) break;
     }
     int i = 0;
     if (router) {
-        size_t n = zmq_msg_size(&m->part[0]);
-        if (n > RB_LINK_RID_MAX) n = RB_LINK_RID_MAX;
-        memcpy(m->rid, zmq_msg_data(&m->part[0]), n);
-        m->rid_len = n;
-        bool printable = n > 0;
-        for (size_t k = 0; k < n; k++)
-            if (m->rid[k] < 0x21 || m->rid[k] > 0x7e) printable = false;
-        if (printable) {
-            memcpy(m->rid_text, m->rid, n);
-            m->rid_text[n] = '\0';
-        } else {
-            for (size_t k = 0; k < n; k++) snprintf(m->rid_text + 2 * k, 3, "%02x", m->rid[k]);
-            m->rid_text[2 * n] = '\0';
+        if (m->rid_len == 0) {
+            *why = "routing id empty or longer than RB_LINK_RID_MAX";
+            return -1;
         }
         i = 1;
     }

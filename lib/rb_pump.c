@@ -42,7 +42,7 @@ static void s_watch(rb_pump_t *p)
 {
     if (p->over) return;
     unsigned ev = 0;
-    if (p->connecting || p->out.len) ev |= RB_EV_WRITE;
+    if (p->connecting || p->out.len || p->unacked >= RB_STREAM_WINDOW / 4) ev |= RB_EV_WRITE;
     if (!p->connecting && !p->eof_in && p->credit > 0) ev |= RB_EV_READ;
     if (p->parked) {
         if (!ev) return;
@@ -56,31 +56,37 @@ static void s_watch(rb_pump_t *p)
     rb_loop_mod_fd(p->loop, p->fd, ev);
 }
 
+/* Out of the loop for good: a finished socket would report its hang-up to
+ * epoll forever, whatever the mask, until the owner destroys the pump. */
+static void s_leave(rb_pump_t *p)
+{
+    p->over = true;
+    p->watching = 0;
+    if (!p->parked) rb_loop_del_fd(p->loop, p->fd);
+    p->parked = true;
+}
+
 /* Ends the stream abortively: the socket's peer sees RST when the owner
  * destroys the pump (a shutdown here would send a FIN first). */
 static void s_abort(rb_pump_t *p)
 {
     struct linger lg = {1, 0};
     setsockopt(p->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-    p->over = true;
-    p->watching = 0;
-    rb_loop_mod_fd(p->loop, p->fd, 0);
+    s_leave(p);
 }
 
 static void s_finish(rb_pump_t *p, bool reset, const char *why)
 {
     if (reset) s_abort(p);
-    p->over = true;
-    p->watching = 0;
-    rb_loop_mod_fd(p->loop, p->fd, 0);
+    else s_leave(p);
     p->h->done(p->arg, reset, why);
 }
 
-/* After the socket took bytes: give the peer its credit back in batches of
- * a quarter window, so a fast stream costs one WINDOW per 128 KiB. */
-static int s_grant(rb_pump_t *p, size_t n)
+/* Gives the peer its credit back in batches of a quarter window, so a fast
+ * stream costs one WINDOW per 256 KiB. Only from the loop (calls into the
+ * pump never call back). */
+static int s_grant(rb_pump_t *p)
 {
-    p->unacked += (uint32_t)n;
     if (p->unacked < RB_STREAM_WINDOW / 4) return 0;
     uint32_t inc = p->unacked;
     p->unacked = 0;
@@ -100,10 +106,7 @@ static int s_flush(rb_pump_t *p)
         }
         rb_buf_consume(&p->out, (size_t)n);
         p->nwritten += (uint64_t)n;
-        if (s_grant(p, (size_t)n) < 0) {
-            errno = EPIPE;
-            return -1;
-        }
+        p->unacked += (uint32_t)n;
     }
     rb_buf_free(&p->out);
     if (p->fin_in && !p->shut_out) {
@@ -131,9 +134,7 @@ static void s_on_io(rb_loop_t *loop, int fd, unsigned events, void *arg)
         socklen_t len = sizeof err;
         if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
         if (err) {
-            p->over = true;
-            p->watching = 0;
-            rb_loop_mod_fd(loop, fd, 0);
+            s_leave(p);
             if (p->h->connected) p->h->connected(p->arg, err);
             return;
         }
@@ -148,6 +149,13 @@ static void s_on_io(rb_loop_t *loop, int fd, unsigned events, void *arg)
     } else if (p->out.len && (events & (RB_EV_WRITE | RB_EV_ERROR))) {
         if (s_flush(p) < 0) {
             s_fail(p, strerror(errno));
+            return;
+        }
+        acted = true;
+    }
+    if (p->unacked >= RB_STREAM_WINDOW / 4) {
+        if (s_grant(p) < 0) {
+            s_finish(p, true, "the peer cannot be reached");
             return;
         }
         acted = true;
@@ -234,7 +242,7 @@ void rb_pump_destroy(rb_pump_t **pp)
     rb_pump_t *p = *pp;
     *pp = NULL;
     if (!p->over) s_abort(p);
-    if (!p->parked) rb_loop_del_fd(p->loop, p->fd);
+    s_leave(p);
     close(p->fd);
     rb_buf_free(&p->out);
     free(p);
@@ -255,23 +263,18 @@ int rb_pump_peer_data(rb_pump_t *p, uint8_t flags, const uint8_t *buf, size_t le
     if (len) {
         size_t off = 0;
         if (!p->connecting && p->out.len == 0) {
+            /* A hard error is left for the loop: its flush meets it again
+             * and tells the peer (data(RST), done) as calls here cannot. */
             ssize_t n = send(p->fd, buf, len, MSG_NOSIGNAL);
-            if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-                s_abort(p);
-                return RB_PUMP_OVER;
-            }
             if (n > 0) {
                 off = (size_t)n;
                 p->nwritten += (uint64_t)n;
-                if (s_grant(p, off) < 0) {
-                    s_abort(p);
-                    return RB_PUMP_OVER;
-                }
+                p->unacked += (uint32_t)n;
             }
         }
         if (off < len && rb_buf_append(&p->out, buf + off, len - off) < 0) {
             s_abort(p);
-            return RB_PUMP_OVER;
+            return RB_PUMP_OVERRUN;
         }
     }
     if (flags & RB_FRAME_FIN) {
@@ -281,10 +284,8 @@ int rb_pump_peer_data(rb_pump_t *p, uint8_t flags, const uint8_t *buf, size_t le
             p->shut_out = true;
         }
     }
-    if (p->eof_in && p->shut_out) {
-        p->over = true;
-        p->watching = 0;
-        rb_loop_mod_fd(p->loop, p->fd, 0);
+    if (p->eof_in && p->shut_out) {   /* no credit is owed after both FINs */
+        s_leave(p);
         return RB_PUMP_OVER;
     }
     s_watch(p);

@@ -50,8 +50,9 @@ void rb_pump_destroy(rb_pump_t **p);
 enum { RB_PUMP_GOING = 0, RB_PUMP_OVER = 1, RB_PUMP_OVERRUN = -1 };
 /* Bytes from the peer (flags FIN/RST). RB_PUMP_OVER when the stream is now
  * over (an RST, or the last FIN flushed); RB_PUMP_OVERRUN when the peer sent
- * more than its credit (the socket is reset; the owner resets the peer).
- * Either way the owner destroys the pump. */
+ * more than its credit, or memory ran out (the socket is reset; the owner
+ * resets the peer). Either way the owner destroys the pump. A socket error
+ * met here is reported from the loop (data(RST), done). */
 int rb_pump_peer_data(rb_pump_t *p, uint8_t flags, const uint8_t *buf, size_t len);
 /* The owner sent n bytes of this stream itself (data read before the
  * pump existed), and a FIN after them when fin: they count against the

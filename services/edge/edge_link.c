@@ -88,21 +88,6 @@ struct edge_link {
     rb_metric_t *m_link_errors;
 };
 
-static uint64_t s_hash(const char *s)
-{
-    uint64_t h = 1469598103934665603ULL;
-    for (; *s; s++) h = (h ^ (uint8_t)*s) * 1099511628211ULL;
-    return h;
-}
-
-static bool s_printable(const char *s, size_t max)
-{
-    size_t n = 0;
-    for (; *s; s++, n++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7f || n >= max) return false;
-    return true;
-}
-
 /* ------------------------------------------------------------------ */
 /* Sending                                                             */
 
@@ -324,7 +309,7 @@ static void s_on_hello_ack(fwd_t *f, const Rb__Fwd__HelloAck *m)
 
 static edge_tunnel_t *s_tunnel_find(edge_link_t *l, const char *session_id)
 {
-    edge_tunnel_t *t = rb_imap_get(l->by_session, s_hash(session_id));
+    edge_tunnel_t *t = rb_imap_get(l->by_session, rb_imap_str_key(session_id));
     return t && strcmp(t->session_id, session_id) == 0 ? t : NULL;
 }
 
@@ -512,7 +497,7 @@ edge_tunnel_t *edge_link_attach(edge_link_t *l, rb_tconn_t *t, const char *sessi
              g = strtok_r(NULL, ",", &save))
             if ((tun->groups[tun->ngroups] = strdup(g))) tun->ngroups++;
     }
-    if (rb_imap_put(l->by_session, s_hash(session_id), tun) < 0) goto fail;
+    if (rb_imap_put(l->by_session, rb_imap_str_key(session_id), tun) < 0) goto fail;
     tun->next = l->tunnels;
     if (l->tunnels) l->tunnels->prev = tun;
     l->tunnels = tun;
@@ -561,8 +546,8 @@ void edge_link_detach(edge_tunnel_t **ptun, const char *reason)
         m.detach = &d;
         s_fwd_control(tun->fwd, &m);
     }
-    if (rb_imap_get(l->by_session, s_hash(tun->session_id)) == tun)
-        rb_imap_del(l->by_session, s_hash(tun->session_id));
+    if (rb_imap_get(l->by_session, rb_imap_str_key(tun->session_id)) == tun)
+        rb_imap_del(l->by_session, rb_imap_str_key(tun->session_id));
     if (tun->prev) tun->prev->next = tun->next;
     else l->tunnels = tun->next;
     if (tun->next) tun->next->prev = tun->prev;
@@ -609,7 +594,7 @@ int edge_link_stream_open(edge_tunnel_t *tun, const Rb__Tunnel__StreamOpen *m, c
         return -1;
     }
     const char *host = m->host ? m->host : "";
-    if (!*host || !s_printable(host, HOST_MAX) || m->port < 1 || m->port > 65535) {
+    if (!*host || !rb_str_printable(host, HOST_MAX) || m->port < 1 || m->port > 65535) {
         s_tun_result(tun, tid, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, "bad host or port",
                      NULL, 0);
         return 0;

@@ -129,21 +129,6 @@ struct plane {
 /* ------------------------------------------------------------------ */
 /* Small helpers                                                       */
 
-static uint64_t s_hash_id(const char *s)
-{
-    uint64_t h = 1469598103934665603ULL;
-    for (; *s; s++) h = (h ^ (uint8_t)*s) * 1099511628211ULL;
-    return h;
-}
-
-static bool s_printable(const char *s, size_t max)
-{
-    size_t n = 0;
-    for (; *s; s++, n++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7f || n >= max) return false;
-    return true;
-}
-
 static void s_addr_str(const struct sockaddr_in *sa, char *out, size_t len)
 {
     char ip[INET_ADDRSTRLEN];
@@ -173,8 +158,8 @@ static int s_send_frame(plane_t *p, peer_t *peer, uint8_t type, uint8_t flags, u
 
 static void s_send_window(plane_t *p, peer_t *peer, uint32_t id, uint32_t inc)
 {
-    uint8_t b[4] = {(uint8_t)(inc >> 24), (uint8_t)(inc >> 16), (uint8_t)(inc >> 8),
-                    (uint8_t)inc};
+    uint8_t b[4];
+    rb_frame_window_payload(b, inc);
     s_send_frame(p, peer, RB_FRAME_WINDOW, 0, id, b, 4);
 }
 
@@ -458,7 +443,7 @@ static void s_attach_free(plane_t *p, attach_t *a, const char *why)
         a->listeners = l->next;
         s_listener_free(p, l);
     }
-    uint64_t h = s_hash_id(a->session_id);
+    uint64_t h = rb_imap_str_key(a->session_id);
     if (rb_imap_get(p->by_session, h) == a) rb_imap_del(p->by_session, h);
     if (a->ip[0] && rb_imap_get(p->by_ip, a->ip_n) == a) rb_imap_del(p->by_ip, a->ip_n);
     rb_debug("detached", "session %s (user '%s', %s): %s", a->session_id, a->user,
@@ -473,7 +458,7 @@ static void s_attach_free(plane_t *p, attach_t *a, const char *why)
 
 static attach_t *s_attach_find(plane_t *p, const char *session_id)
 {
-    attach_t *a = rb_imap_get(p->by_session, s_hash_id(session_id));
+    attach_t *a = rb_imap_get(p->by_session, rb_imap_str_key(session_id));
     return a && strcmp(a->session_id, session_id) == 0 ? a : NULL;
 }
 
@@ -746,13 +731,13 @@ static void s_on_attach(plane_t *p, peer_t *peer, const Rb__Fwd__Attach *m)
     const char *ipstr = m->ip ? m->ip : "";
     uint32_t ip = 0;
     const char *bad = NULL;
-    if (!*sid || !s_printable(sid, ID_MAX)) bad = "bad session id";
-    else if (!*user || !s_printable(user, NAME_MAX_LEN)) bad = "bad user name";
+    if (!*sid || !rb_str_printable(sid, ID_MAX)) bad = "bad session id";
+    else if (!*user || !rb_str_printable(user, NAME_MAX_LEN)) bad = "bad user name";
     else if (*ipstr && rb_ip_parse(ipstr, &ip) < 0) bad = "bad address";
     else if (m->n_groups > MAX_GROUPS) bad = "too many groups";
     else if (m->n_ports > MAX_PORTS) bad = "too many ports";
     for (size_t i = 0; !bad && i < m->n_groups; i++)
-        if (!m->groups[i] || !s_printable(m->groups[i], NAME_MAX_LEN)) bad = "bad group name";
+        if (!m->groups[i] || !rb_str_printable(m->groups[i], NAME_MAX_LEN)) bad = "bad group name";
     for (size_t i = 0; !bad && i < m->n_ports; i++) {
         if (m->ports[i]->port < 1 || m->ports[i]->port > 65535) bad = "bad port";
         else if (m->ports[i]->proto != RB__TUNNEL__PROTO__PROTO_TCP &&
@@ -776,7 +761,7 @@ static void s_on_attach(plane_t *p, peer_t *peer, const Rb__Fwd__Attach *m)
     if (!a) {
         a = calloc(1, sizeof *a);
         if (!a || !(a->session_id = strdup(sid)) || !(a->user = strdup(user)) ||
-            rb_imap_put(p->by_session, s_hash_id(sid), a) < 0) {
+            rb_imap_put(p->by_session, rb_imap_str_key(sid), a) < 0) {
             if (a) {
                 free(a->session_id);
                 free(a->user);
@@ -847,7 +832,7 @@ static void s_on_open(plane_t *p, peer_t *peer, const Rb__Fwd__Open *m)
                       "only TCP streams can be opened from a device", NULL, 0);
         return;
     }
-    if (!*host || !s_printable(host, 255) || m->port < 1 || m->port > 65535) {
+    if (!*host || !rb_str_printable(host, 255) || m->port < 1 || m->port > 65535) {
         s_send_result(p, peer, id, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, "bad host or port",
                       NULL, 0);
         return;

@@ -3,9 +3,12 @@
 # config names file, line and key), environment overrides, and two labs side
 # by side.
 . "$(dirname "$0")/lib.sh"
+# (--help is read whole before grep: with pipefail, grep -q quitting at the
+# first match could fail the pipeline through the writer's SIGPIPE.)
 for s in broker ipalloc dns forwarder edge; do
-    "$BIN/reachback-$s" --help | grep -q -- "--check-config" || fail "$s --help"
-    "$BIN/reachback-$s" --help | grep -q "RB_${s^^}_" || fail "$s --help lists no environment overrides"
+    help=$("$BIN/reachback-$s" --help)
+    grep -q -- "--check-config" <<<"$help" || fail "$s --help"
+    grep -q "RB_${s^^}_" <<<"$help" || fail "$s --help lists no environment overrides"
     "$BIN/reachback-$s" --version | grep -qE "^reachback-$s [0-9]+\.[0-9]+" || fail "$s --version"
     printf '# test\nlog_level = info\nno_such_key = 1\n' > "$LAB/bad.conf"
     rc=0; out=$("$BIN/reachback-$s" --check-config --config "$LAB/bad.conf" 2>&1) || rc=$?
@@ -14,8 +17,8 @@ for s in broker ipalloc dns forwarder edge; do
     [[ $rc == 2 ]] || fail "$s unknown flag: exit $rc, want 2"
 done
 ok "help, version, config errors for every service"
-"$BIN/reachback-client" --help | grep -qi "exit codes" || fail "client --help lists no exit codes"
-"$BIN/reachback-ctl" --help | grep -q passwd || fail "ctl --help"
+grep -qi "exit codes" <<<"$("$BIN/reachback-client" --help)" || fail "client --help lists no exit codes"
+grep -q passwd <<<"$("$BIN/reachback-ctl" --help)" || fail "ctl --help"
 ok "client and ctl help"
 
 lab_start --set dns.ttl=7

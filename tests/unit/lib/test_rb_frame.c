@@ -356,7 +356,7 @@ static void test_parse_header(void **state)
     assert_int_equal(rb_frame_parse_header(h, &f, &why), 0);
     assert_int_equal(f.type, RB_FRAME_WINDOW);
     assert_null(f.payload);
-    assert_int_equal(rb_frame_window(&f), 0);   /* no payload yet */
+    assert_int_equal(rb_frame_window(&f), 0); /* no payload yet */
 
     /* Refusals leave *out alone and say why; why may be NULL. */
     struct {

@@ -25,7 +25,7 @@ static void test_put_get_del_replace(void **state)
 
     int a, b, c;
     assert_int_equal(rb_imap_put(m, 1, &a), 0);
-    assert_int_equal(rb_imap_put(m, 0, &b), 0);            /* 0 is a key like any other */
+    assert_int_equal(rb_imap_put(m, 0, &b), 0); /* 0 is a key like any other */
     assert_int_equal(rb_imap_put(m, UINT64_MAX, &c), 0);
     assert_int_equal(rb_imap_count(m), 3);
     assert_ptr_equal(rb_imap_get(m, 1), &a);
@@ -41,7 +41,7 @@ static void test_put_get_del_replace(void **state)
     assert_ptr_equal(rb_imap_del(m, 1), &c);
     assert_int_equal(rb_imap_count(m), 2);
     assert_null(rb_imap_get(m, 1));
-    assert_null(rb_imap_del(m, 1));   /* twice: absent */
+    assert_null(rb_imap_del(m, 1)); /* twice: absent */
     assert_int_equal(rb_imap_count(m), 2);
 
     /* A NULL value is stored, though get cannot tell it from absence. */
@@ -63,7 +63,8 @@ static void test_destroy_null_safe(void **state)
     assert_int_equal(rb_imap_count(NULL), 0);
     /* A table still holding entries: the values are not the table's. */
     m = rb_imap_new();
-    for (uint64_t k = 1; k <= 100; k++) assert_int_equal(rb_imap_put(m, k, V(k)), 0);
+    for (uint64_t k = 1; k <= 100; k++)
+        assert_int_equal(rb_imap_put(m, k, V(k)), 0);
     rb_imap_destroy(&m);
     assert_null(m);
 }
@@ -105,7 +106,8 @@ static void test_sequential_keys(void **state)
 {
     enum { N = 20000 };
     rb_imap_t *m = rb_imap_new();
-    for (uint64_t k = 1; k <= 2 * N; k += 2) assert_int_equal(rb_imap_put(m, k, V(k)), 0);
+    for (uint64_t k = 1; k <= 2 * N; k += 2)
+        assert_int_equal(rb_imap_put(m, k, V(k)), 0);
     assert_int_equal(rb_imap_count(m), N);
     for (uint64_t k = 1; k <= 2 * N; k++) {
         if (k & 1)
@@ -114,10 +116,12 @@ static void test_sequential_keys(void **state)
             assert_null(rb_imap_get(m, k));
     }
     /* Keys differing only in the high word are distinct too. */
-    for (uint64_t h = 1; h <= 64; h++) assert_int_equal(rb_imap_put(m, h << 32 | 1, V(h)), 0);
+    for (uint64_t h = 1; h <= 64; h++)
+        assert_int_equal(rb_imap_put(m, h << 32 | 1, V(h)), 0);
     assert_int_equal(rb_imap_count(m), N + 64);
     assert_ptr_equal(rb_imap_get(m, 1), V(1));
-    for (uint64_t h = 1; h <= 64; h++) assert_ptr_equal(rb_imap_get(m, h << 32 | 1), V(h));
+    for (uint64_t h = 1; h <= 64; h++)
+        assert_ptr_equal(rb_imap_get(m, h << 32 | 1), V(h));
     rb_imap_destroy(&m);
 }
 
@@ -125,7 +129,7 @@ typedef struct {
     rb_imap_t *m;
     size_t n;
     bool del;
-    uint8_t *seen;   /* indexed by key */
+    uint8_t *seen; /* indexed by key */
     size_t nkeys;
 } visit_t;
 
@@ -134,7 +138,7 @@ static void s_visit(void *arg, uint64_t key, void *value)
     visit_t *v = arg;
     assert_true(key < v->nkeys);
     assert_ptr_equal(value, V(key));
-    assert_int_equal(v->seen[key], 0);   /* each entry once */
+    assert_int_equal(v->seen[key], 0); /* each entry once */
     v->seen[key] = 1;
     v->n++;
     if (v->del) assert_ptr_equal(rb_imap_del(v->m, key), V(key));
@@ -144,12 +148,14 @@ static void test_each_visits_all(void **state)
 {
     enum { N = 5000 };
     rb_imap_t *m = rb_imap_new();
-    for (uint64_t k = 0; k < N; k++) assert_int_equal(rb_imap_put(m, k, V(k)), 0);
+    for (uint64_t k = 0; k < N; k++)
+        assert_int_equal(rb_imap_put(m, k, V(k)), 0);
     uint8_t *seen = calloc(N, 1);
     visit_t v = {m, 0, false, seen, N};
     rb_imap_each(m, s_visit, &v);
     assert_int_equal(v.n, N);
-    for (size_t k = 0; k < N; k++) assert_int_equal(seen[k], 1);
+    for (size_t k = 0; k < N; k++)
+        assert_int_equal(seen[k], 1);
     assert_int_equal(rb_imap_count(m), N);
 
     /* Deleting the visited entry from inside the callback: every entry is
@@ -158,9 +164,11 @@ static void test_each_visits_all(void **state)
     v = (visit_t){m, 0, true, seen, N};
     rb_imap_each(m, s_visit, &v);
     assert_int_equal(v.n, N);
-    for (size_t k = 0; k < N; k++) assert_int_equal(seen[k], 1);
+    for (size_t k = 0; k < N; k++)
+        assert_int_equal(seen[k], 1);
     assert_int_equal(rb_imap_count(m), 0);
-    for (uint64_t k = 0; k < N; k++) assert_null(rb_imap_get(m, k));
+    for (uint64_t k = 0; k < N; k++)
+        assert_null(rb_imap_get(m, k));
 
     /* An empty table calls nothing; the table is still usable. */
     v = (visit_t){m, 0, false, seen, N};
@@ -190,7 +198,8 @@ static void test_each_partial_delete(void **state)
 {
     enum { N = 3000 };
     rb_imap_t *m = rb_imap_new();
-    for (uint64_t k = 0; k < N; k++) assert_int_equal(rb_imap_put(m, k, V(k)), 0);
+    for (uint64_t k = 0; k < N; k++)
+        assert_int_equal(rb_imap_put(m, k, V(k)), 0);
     thirds_t t = {m, 0};
     rb_imap_each(m, s_del_thirds, &t);
     assert_int_equal(t.visits, N);

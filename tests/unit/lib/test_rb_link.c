@@ -32,9 +32,9 @@ typedef struct {
     uint8_t rid[RB_LINK_RID_MAX];
     size_t rid_len;
     char rid_text[2 * RB_LINK_RID_MAX + 1];
-    rb_frame_t f;      /* payload points into data */
+    rb_frame_t f; /* payload points into data */
     uint8_t *data;
-    Rb__Fwd__LinkControl *ctl;   /* for CONTROL frames */
+    Rb__Fwd__LinkControl *ctl; /* for CONTROL frames */
 } got_t;
 
 #define GOT_MAX 64
@@ -96,7 +96,10 @@ typedef struct {
     int want;
 } until_t;
 
-static void s_stop(rb_loop_t *l, void *arg) { rb_loop_stop(l); }
+static void s_stop(rb_loop_t *l, void *arg)
+{
+    rb_loop_stop(l);
+}
 
 static void s_check(rb_loop_t *l, void *arg)
 {
@@ -122,7 +125,7 @@ static bool s_until(rb_loop_t *l, side_t *s, int want, unsigned ms)
 typedef struct {
     rb_loop_t *l;
     void *router, *dealer;
-    side_t fwd, edge;   /* what the ROUTER and the DEALER received */
+    side_t fwd, edge; /* what the ROUTER and the DEALER received */
 } link_t;
 
 typedef struct {
@@ -154,6 +157,10 @@ static void s_last_endpoint(void *sock, char *out, size_t len)
     assert_int_equal(zmq_getsockopt(sock, ZMQ_LAST_ENDPOINT, out, &len), 0);
 }
 
+/* The link of the running test, closed by the per-test teardown when an
+ * assertion leaves it open (rb_zmq_term would wait for its sockets). */
+static link_t *s_cur;
+
 /* A connected link whose forwarder has received the edge's Hello (left in
  * fwd.got[0]). rid NULL: a DEALER without a routing id. */
 static link_t *s_link_new(const char *rid)
@@ -172,6 +179,7 @@ static link_t *s_link_new(const char *rid)
     rb_link_setup(k->dealer);
     k->fwd.router = true;
     k->edge.router = false;
+    s_cur = k;
     assert_int_equal(rb_loop_add_zsock(k->l, k->router, s_on_sock, &k->fwd), 0);
     assert_int_equal(rb_loop_add_zsock(k->l, k->dealer, s_on_sock, &k->edge), 0);
     hello_t h = {k, false};
@@ -184,6 +192,8 @@ static link_t *s_link_new(const char *rid)
 
 static void s_link_free(link_t *k)
 {
+    if (!k) return;
+    s_cur = NULL;
     s_side_clear(&k->fwd);
     s_side_clear(&k->edge);
     rb_loop_del_zsock(k->l, k->router);
@@ -226,7 +236,7 @@ static void test_control_roundtrip(void **state)
     assert_true(s_until(k->l, &k->edge, 1, 5000));
     got_t *e = &k->edge.got[0];
     assert_int_equal(e->rc, 1);
-    assert_int_equal(e->rid_len, 0);   /* a DEALER hears no routing id */
+    assert_int_equal(e->rid_len, 0); /* a DEALER hears no routing id */
     assert_non_null(e->ctl);
     assert_int_equal(e->ctl->msg_case, RB__FWD__LINK_CONTROL__MSG_HELLO_ACK);
     assert_string_equal(e->ctl->hello_ack->forwarder_id, "fwd-a");
@@ -235,7 +245,8 @@ static void test_control_roundtrip(void **state)
     assert_string_equal(e->ctl->hello_ack->cidrs[1], "192.168.1.0/24");
 
     /* An Attach with groups and ports, edge -> forwarder. */
-    Rb__Tunnel__ExposedPort p1 = RB__TUNNEL__EXPOSED_PORT__INIT, p2 = RB__TUNNEL__EXPOSED_PORT__INIT;
+    Rb__Tunnel__ExposedPort p1 = RB__TUNNEL__EXPOSED_PORT__INIT,
+                            p2 = RB__TUNNEL__EXPOSED_PORT__INIT;
     p1.proto = RB__TUNNEL__PROTO__PROTO_TCP;
     p1.port = 22;
     p2.proto = RB__TUNNEL__PROTO__PROTO_UDP;
@@ -272,18 +283,17 @@ static void test_data_roundtrip(void **state)
 {
     link_t *k = s_link_new(EDGE);
     static uint8_t big[RB_FRAME_MAX_DATA];
-    for (size_t i = 0; i < sizeof big; i++) big[i] = (uint8_t)(i * 7);
+    for (size_t i = 0; i < sizeof big; i++)
+        big[i] = (uint8_t)(i * 7);
     const uint8_t inc[4] = {0, 0x10, 0, 0};
 
     /* edge -> forwarder: a full DATA frame, a bare FIN, a WINDOW, a
      * DATAGRAM, an RST. */
     assert_int_equal(rb_link_send(k->dealer, NULL, 0, RB_FRAME_DATA, 0, 1, big, sizeof big), 0);
-    assert_int_equal(rb_link_send(k->dealer, NULL, 0, RB_FRAME_DATA, RB_FRAME_FIN, 1, NULL, 0),
-                     0);
+    assert_int_equal(rb_link_send(k->dealer, NULL, 0, RB_FRAME_DATA, RB_FRAME_FIN, 1, NULL, 0), 0);
     assert_int_equal(rb_link_send(k->dealer, NULL, 0, RB_FRAME_WINDOW, 0, 3, inc, 4), 0);
     assert_int_equal(rb_link_send(k->dealer, NULL, 0, RB_FRAME_DATAGRAM, 0, 5, "dns?", 4), 0);
-    assert_int_equal(rb_link_send(k->dealer, NULL, 0, RB_FRAME_DATA, RB_FRAME_RST, 7, NULL, 0),
-                     0);
+    assert_int_equal(rb_link_send(k->dealer, NULL, 0, RB_FRAME_DATA, RB_FRAME_RST, 7, NULL, 0), 0);
     assert_true(s_until(k->l, &k->fwd, 6, 5000));
     got_t *g = k->fwd.got;
     for (int i = 1; i < 6; i++) {
@@ -305,10 +315,9 @@ static void test_data_roundtrip(void **state)
     assert_int_equal(g[5].f.stream_id, 7);
 
     /* forwarder -> edge, by routing id. */
-    assert_int_equal(
-        rb_link_send(k->router, EDGE, strlen(EDGE), RB_FRAME_DATA, 0, 2, "reply", 5), 0);
-    assert_int_equal(rb_link_send(k->router, EDGE, strlen(EDGE), RB_FRAME_WINDOW, 0, 2, inc, 4),
+    assert_int_equal(rb_link_send(k->router, EDGE, strlen(EDGE), RB_FRAME_DATA, 0, 2, "reply", 5),
                      0);
+    assert_int_equal(rb_link_send(k->router, EDGE, strlen(EDGE), RB_FRAME_WINDOW, 0, 2, inc, 4), 0);
     assert_true(s_until(k->l, &k->edge, 2, 5000));
     assert_int_equal(k->edge.got[0].rc, 1);
     assert_int_equal(k->edge.got[0].f.stream_id, 2);
@@ -331,8 +340,7 @@ static void test_binary_routing_id(void **state)
     assert_int_equal(g->rc, 1);
     assert_true(g->rid_len > 0);
     assert_int_equal(strlen(g->rid_text), 2 * g->rid_len);
-    assert_int_equal(rb_link_send(k->router, g->rid, g->rid_len, RB_FRAME_DATA, 0, 2, "hi", 2),
-                     0);
+    assert_int_equal(rb_link_send(k->router, g->rid, g->rid_len, RB_FRAME_DATA, 0, 2, "hi", 2), 0);
     assert_true(s_until(k->l, &k->edge, 1, 5000));
     assert_int_equal(k->edge.got[0].rc, 1);
     assert_memory_equal(k->edge.got[0].data, "hi", 2);
@@ -361,7 +369,7 @@ static void test_malformed_refused(void **state)
     uint8_t h[RB_FRAME_HEADER + 1];
     const uint8_t zero[4] = {0};
     struct {
-        const char *needle;   /* in the reason */
+        const char *needle; /* in the reason */
         int nparts;
         const void *parts[12];
         size_t lens[12];
@@ -369,14 +377,14 @@ static void test_malformed_refused(void **state)
     } cases[16];
     int n = 0;
 
-#define CASE(nd, np)                                                                              \
-    do {                                                                                          \
-        memset(&cases[n], 0, sizeof cases[n]);                                                    \
-        cases[n].needle = (nd);                                                                   \
-        cases[n].nparts = (np);                                                                   \
-        memcpy(cases[n].hdr, h, sizeof h);                                                        \
-        cases[n].parts[0] = cases[n].hdr;                                                         \
-        cases[n].lens[0] = RB_FRAME_HEADER;                                                       \
+#define CASE(nd, np)                                                                               \
+    do {                                                                                           \
+        memset(&cases[n], 0, sizeof cases[n]);                                                     \
+        cases[n].needle = (nd);                                                                    \
+        cases[n].nparts = (np);                                                                    \
+        memcpy(cases[n].hdr, h, sizeof h);                                                         \
+        cases[n].parts[0] = cases[n].hdr;                                                          \
+        cases[n].lens[0] = RB_FRAME_HEADER;                                                        \
     } while (0)
 
     /* An empty message. */
@@ -449,7 +457,7 @@ static void test_malformed_refused(void **state)
     for (int i = 0; i < n; i++) {
         int base = k->fwd.n;
         s_raw(d, cases[i].nparts, cases[i].parts, cases[i].lens);
-        char tag[8];
+        char tag[16];
         snprintf(tag, sizeof tag, "ok%d", i);
         assert_int_equal(rb_link_send(d, NULL, 0, RB_FRAME_DATA, 0, 11, tag, strlen(tag)), 0);
         assert_true(s_until(k->l, &k->fwd, base + 2, 5000));
@@ -457,7 +465,10 @@ static void test_malformed_refused(void **state)
         if (bad->rc != -1) fail_msg("case %d accepted", i);
         if (!strstr(bad->why, cases[i].needle))
             fail_msg("case %d: reason '%s' lacks '%s'", i, bad->why, cases[i].needle);
-        assert_string_equal(bad->rid_text, EDGE);
+        /* rb_link.h: "rid is filled when known": from the first part on,
+         * so every refusal can name the sender. */
+        if (strcmp(bad->rid_text, EDGE) != 0)
+            fail_msg("case %d (%s): sender '%s'", i, bad->why, bad->rid_text);
         assert_int_equal(good->rc, 1);
         assert_int_equal(good->f.stream_id, 11);
         assert_int_equal(good->f.len, strlen(tag));
@@ -557,42 +568,28 @@ static void test_control_garbage(void **state)
     assert_null(rb_link_control(&f));
 }
 
-/* rb_link.h: "Routing ids are edge ids; longer ones are refused." A longer
- * one is cut to RB_LINK_RID_MAX bytes and accepted, so a peer whose id
- * merely starts like another's is taken for it, and answers to the cut id
- * go nowhere. Skipped unless RB_TEST_LINK_KNOWN_BUGS is set. */
+/* rb_link.h: "Routing ids are edge ids; longer ones are refused." Cut to
+ * RB_LINK_RID_MAX bytes, a peer whose id merely starts like another's would
+ * be taken for it, and answers to the cut id would go nowhere. */
 static void test_long_routing_id_refused(void **state)
 {
-    if (!getenv("RB_TEST_LINK_KNOWN_BUGS")) skip();
     char rid[RB_LINK_RID_MAX + 2];
     memset(rid, 'e', sizeof rid - 1);
     rid[sizeof rid - 1] = '\0';
-    rb_loop_t *l = rb_loop_new();
-    void *router = rb_zsock_bind(ZMQ_ROUTER, "tcp://127.0.0.1:*", NULL);
-    rb_link_setup(router);
-    char ep[256];
-    s_last_endpoint(router, ep, sizeof ep);
-    void *dealer = rb_zsock_connect_as(ZMQ_DEALER, ep, NULL, NULL, rid);
-    assert_non_null(dealer);
-    side_t fwd = {.router = true};
-    assert_int_equal(rb_loop_add_zsock(l, router, s_on_sock, &fwd), 0);
-    link_t k = {.l = l, .router = router, .dealer = dealer};
-    hello_t h = {&k, false};
-    rb_timer_t *t = rb_loop_add_timer(l, 2, true, s_try_hello, &h);
-    assert_true(s_until(l, &fwd, 1, 5000));
-    rb_loop_cancel_timer(l, t);
-    int rc = fwd.got[0].rc;
-    s_side_clear(&fwd);
-    rb_loop_del_zsock(l, router);
-    rb_zsock_close(&router);
-    rb_zsock_close(&dealer);
-    rb_loop_destroy(&l);
-    assert_int_equal(rc, -1);
+    link_t *k = s_link_new(rid);
+    assert_int_equal(k->fwd.got[0].rc, -1);
+    s_link_free(k);
 }
 
 static int s_setup(void **state)
 {
     rb_log_init("test", RB_LOG_WARN);
+    return 0;
+}
+
+static int s_test_teardown(void **state)
+{
+    s_link_free(s_cur);
     return 0;
 }
 
@@ -605,13 +602,13 @@ static int s_teardown(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_control_roundtrip),
-        cmocka_unit_test(test_data_roundtrip),
-        cmocka_unit_test(test_binary_routing_id),
-        cmocka_unit_test(test_malformed_refused),
-        cmocka_unit_test(test_send_control_limits),
-        cmocka_unit_test(test_control_garbage),
-        cmocka_unit_test(test_long_routing_id_refused),
+        cmocka_unit_test_teardown(test_control_roundtrip, s_test_teardown),
+        cmocka_unit_test_teardown(test_data_roundtrip, s_test_teardown),
+        cmocka_unit_test_teardown(test_binary_routing_id, s_test_teardown),
+        cmocka_unit_test_teardown(test_malformed_refused, s_test_teardown),
+        cmocka_unit_test_teardown(test_send_control_limits, s_test_teardown),
+        cmocka_unit_test_teardown(test_control_garbage, s_test_teardown),
+        cmocka_unit_test_teardown(test_long_routing_id_refused, s_test_teardown),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

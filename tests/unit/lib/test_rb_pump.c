@@ -35,13 +35,17 @@
 
 /* ---- bytes ---- */
 
-static uint8_t s_pat(size_t i) { return (uint8_t)(i % 251); }
+static uint8_t s_pat(size_t i)
+{
+    return (uint8_t)(i % 251);
+}
 
 static uint8_t *s_pattern(size_t n)
 {
     uint8_t *b = malloc(n ? n : 1);
     assert_non_null(b);
-    for (size_t i = 0; i < n; i++) b[i] = s_pat(i);
+    for (size_t i = 0; i < n; i++)
+        b[i] = s_pat(i);
     return b;
 }
 
@@ -61,7 +65,8 @@ static void s_bytes_add(bytes_t *b, const void *p, size_t n)
 {
     if (b->len + n > b->cap) {
         size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->len + n) cap *= 2;
+        while (cap < b->len + n)
+            cap *= 2;
         b->d = realloc(b->d, cap);
         assert_non_null(b->d);
         b->cap = cap;
@@ -74,11 +79,11 @@ static void s_bytes_add(bytes_t *b, const void *p, size_t n)
 
 typedef struct {
     rb_pump_t *pump;
-    bytes_t got;          /* data() bytes */
+    bytes_t got; /* data() bytes */
     size_t nchunks, max_chunk;
-    int fin, rst;         /* data() with FIN, with RST */
-    bool after_end;       /* data() after FIN (bytes or FIN) or after RST */
-    uint64_t granted;     /* window() total */
+    int fin, rst;     /* data() with FIN, with RST */
+    bool after_end;   /* data() after FIN (bytes or FIN) or after RST */
+    uint64_t granted; /* window() total */
     unsigned nwindows;
     uint32_t min_inc;
     int connected, conn_err;
@@ -87,10 +92,10 @@ typedef struct {
     bool reset;
     bool done_after_fin, done_after_rst;
     char why[128];
-    int data_rc, window_rc;   /* what data() and window() answer */
+    int data_rc, window_rc; /* what data() and window() answer */
     bool destroy_in_done, destroy_in_connect_fail;
-    bool in_call;         /* the test is inside a call into the pump */
-    int calls_back;       /* callbacks made while in_call */
+    bool in_call;   /* the test is inside a call into the pump */
+    int calls_back; /* callbacks made while in_call */
 } peer_t;
 
 static int s_on_data(void *arg, uint8_t flags, const uint8_t *buf, size_t len)
@@ -178,7 +183,7 @@ typedef struct {
     int err;
     const uint8_t *src;
     size_t src_len, src_off;
-    bool blocked;   /* the last write found the socket full */
+    bool blocked; /* the last write found the socket full */
     bool shut_after, shut;
 } end_t;
 
@@ -205,12 +210,14 @@ static void s_end_write(end_t *e)
 {
     e->blocked = false;
     while (e->src_off < e->src_len) {
-        ssize_t n = send(e->fd, e->src + e->src_off, e->src_len - e->src_off,
-                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t n =
+            send(e->fd, e->src + e->src_off, e->src_len - e->src_off, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EINTR) continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK) e->blocked = true;
-            else e->err = errno;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                e->blocked = true;
+            else
+                e->err = errno;
             break;
         }
         e->src_off += (size_t)n;
@@ -335,7 +342,7 @@ typedef struct {
     rb_loop_t *l;
     peer_t p;
     end_t e;
-    size_t n;   /* what a condition waits for */
+    size_t n; /* what a condition waits for */
 } t_t;
 
 typedef bool(cond_fn)(t_t *t);
@@ -346,7 +353,10 @@ typedef struct {
     bool met;
 } until_t;
 
-static void s_stop(rb_loop_t *l, void *arg) { rb_loop_stop(l); }
+static void s_stop(rb_loop_t *l, void *arg)
+{
+    rb_loop_stop(l);
+}
 
 static void s_check(rb_loop_t *l, void *arg)
 {
@@ -389,17 +399,50 @@ static double s_quiet(t_t *t, unsigned ms)
     return s_cpu_ms() - cpu;
 }
 
-static bool s_got_n(t_t *t) { return t->p.got.len >= t->n; }
-static bool s_got_n_full(t_t *t) { return t->p.got.len >= t->n && t->e.blocked; }
-static bool s_peer_fin(t_t *t) { return t->p.fin > 0 || t->p.rst > 0; }
-static bool s_peer_done(t_t *t) { return t->p.done > 0; }
-static bool s_peer_connected(t_t *t) { return t->p.connected > 0; }
-static bool s_end_eof(t_t *t) { return t->e.eof || t->e.err; }
-static bool s_end_err(t_t *t) { return t->e.err != 0; }
-static bool s_end_n(t_t *t) { return t->e.in.len >= t->n; }
-static bool s_end_sent(t_t *t) { return t->e.src_off == t->e.src_len; }
-static bool s_end_sent_eof(t_t *t) { return s_end_sent(t) && t->e.eof; }
-static bool s_granted_more(t_t *t) { return t->p.granted > t->n; }
+static bool s_got_n(t_t *t)
+{
+    return t->p.got.len >= t->n;
+}
+static bool s_got_n_full(t_t *t)
+{
+    return t->p.got.len >= t->n && t->e.blocked;
+}
+static bool s_peer_fin(t_t *t)
+{
+    return t->p.fin > 0 || t->p.rst > 0;
+}
+static bool s_peer_done(t_t *t)
+{
+    return t->p.done > 0;
+}
+static bool s_peer_connected(t_t *t)
+{
+    return t->p.connected > 0;
+}
+static bool s_end_eof(t_t *t)
+{
+    return t->e.eof || t->e.err;
+}
+static bool s_end_err(t_t *t)
+{
+    return t->e.err != 0;
+}
+static bool s_end_n(t_t *t)
+{
+    return t->e.in.len >= t->n;
+}
+static bool s_end_sent(t_t *t)
+{
+    return t->e.src_off == t->e.src_len;
+}
+static bool s_end_sent_eof(t_t *t)
+{
+    return s_end_sent(t) && t->e.eof;
+}
+static bool s_granted_more(t_t *t)
+{
+    return t->p.granted > t->n;
+}
 
 /* The pump's socket reports a hang-up (both directions shut). */
 static bool s_pump_hup(t_t *t)
@@ -458,7 +501,7 @@ static void test_read_stops_at_window(void **state)
     s_quiet(t, 100);
     assert_int_equal(t->p.got.len, WIN);
     assert_int_equal(rb_pump_bytes_read(t->p.pump), WIN);
-    assert_true(t->e.src_off > WIN);   /* more was there to read */
+    assert_true(t->e.src_off > WIN); /* more was there to read */
     assert_true(t->p.max_chunk <= CHUNK);
     assert_true(t->p.nchunks >= WIN / CHUNK);
     assert_int_equal(t->p.fin, 0);
@@ -480,7 +523,7 @@ static void test_read_stops_at_window(void **state)
     assert_false(t->p.after_end);
     assert_true(t->p.max_chunk <= CHUNK);
     assert_int_equal(rb_pump_bytes_read(t->p.pump), total);
-    assert_int_equal(t->p.done, 0);   /* our direction is still open */
+    assert_int_equal(t->p.done, 0); /* our direction is still open */
     assert_int_equal(t->p.calls_back, 0);
 
     /* The peer's FIN closes the other direction: the stream is over, and
@@ -511,10 +554,10 @@ static void test_peer_data_buffered_and_granted(void **state)
         assert_int_equal(rb_pump_pending(p) + rb_pump_bytes_written(p), sent);
     }
     size_t pending = rb_pump_pending(p);
-    assert_true(pending > 0);   /* a socketpair holds far less than 1 MiB */
+    assert_true(pending > 0); /* a socketpair holds far less than 1 MiB */
     assert_int_equal(s_peer_send(&t->p, RB_FRAME_FIN, NULL, 0), RB_PUMP_GOING);
     s_quiet(t, 50);
-    assert_int_equal(rb_pump_pending(p), pending);   /* the socket is still full */
+    assert_int_equal(rb_pump_pending(p), pending); /* the socket is still full */
     assert_int_equal(rb_pump_pending(p) + rb_pump_bytes_written(p), WIN);
 
     /* The end reads: every byte, in order, then EOF. */
@@ -641,7 +684,7 @@ static void test_socket_eof_then_peer_fin(void **state)
     rb_pump_destroy(&t->p.pump);
     assert_null(t->p.pump);
     assert_true(s_until(t, s_end_eof, 5000));
-    assert_int_equal(t->e.err, 0);   /* a clean close, no RST */
+    assert_int_equal(t->e.err, 0); /* a clean close, no RST */
     assert_int_equal(t->e.in.len, 5);
     assert_memory_equal(t->e.in.d, "world", 5);
     assert_false(t->p.after_end);
@@ -712,7 +755,7 @@ static void test_socket_reset(void **state)
         assert_int_equal(t->p.done, 1);
         assert_true(t->p.reset);
         assert_int_equal(t->p.fin, 0);
-        assert_null(t->p.pump);   /* destroyed in done() */
+        assert_null(t->p.pump); /* destroyed in done() */
         s_quiet(t, 20);
         assert_int_equal(t->p.done, 1);
         s_free(t);
@@ -748,7 +791,7 @@ static void test_destroy_live_resets(void **state)
     assert_true(s_until(t, s_end_n, 5000));
     rb_pump_destroy(&t->p.pump);
     assert_null(t->p.pump);
-    rb_pump_destroy(&t->p.pump);   /* a cleared pointer is fine */
+    rb_pump_destroy(&t->p.pump); /* a cleared pointer is fine */
     rb_pump_destroy(NULL);
     assert_true(s_until(t, s_end_err, 5000));
     assert_int_equal(t->e.err, ECONNRESET);
@@ -827,7 +870,7 @@ static void test_connect_flushes_early_data(void **state)
     assert_true(s_until(t, s_end_eof, 5000));
     assert_int_equal(t->p.connected, 1);
     assert_int_equal(t->p.conn_err, 0);
-    assert_int_equal(t->p.written_at_connect, 0);   /* nothing went out before */
+    assert_int_equal(t->p.written_at_connect, 0); /* nothing went out before */
     assert_int_equal(t->e.err, 0);
     assert_int_equal(t->e.in.len, total);
     assert_true(s_is_pattern(t->e.in.d, total));
@@ -863,7 +906,7 @@ static void test_note_sent(void **state)
     t->n = 10;
     assert_true(s_until(t, s_got_n, 5000));
     s_quiet(t, 50);
-    assert_int_equal(t->p.got.len, 10);   /* the credit left */
+    assert_int_equal(t->p.got.len, 10); /* the credit left */
     s_peer_grant(&t->p, 1000);
     t->n = 100;
     assert_true(s_until(t, s_got_n, 5000));
@@ -884,7 +927,7 @@ static void test_note_sent(void **state)
     s_end_send(&t->e, "ignored", 7, false);
     s_quiet(t, 50);
     assert_int_equal(t->p.got.len, 102);
-    assert_int_equal(t->p.fin, 0);   /* the owner sent it */
+    assert_int_equal(t->p.fin, 0); /* the owner sent it */
     /* The peer's FIN then ends the stream. */
     assert_int_equal(s_peer_send(&t->p, RB_FRAME_FIN, NULL, 0), RB_PUMP_OVER);
     s_free(t);
@@ -900,16 +943,16 @@ static void test_note_sent(void **state)
 static void test_hangup_while_parked(void **state)
 {
     t_t *t = s_new(true);
-    rb_pump_note_sent(t->p.pump, WIN, false);   /* no credit */
+    rb_pump_note_sent(t->p.pump, WIN, false); /* no credit */
     assert_int_equal(s_peer_send(&t->p, RB_FRAME_FIN, NULL, 0), RB_PUMP_GOING);
 
-    size_t total = 60000;   /* fits in the socket's buffers unread */
+    size_t total = 60000; /* fits in the socket's buffers unread */
     uint8_t *src = s_pattern(total);
     s_end_read(&t->e);
     s_end_send(&t->e, src, total, true);
-    assert_true(s_until(t, s_end_sent_eof, 5000));   /* it saw our FIN */
+    assert_true(s_until(t, s_end_sent_eof, 5000)); /* it saw our FIN */
     s_end_close(&t->e, false);
-    assert_true(s_until(t, s_pump_hup, 5000));   /* the case under test */
+    assert_true(s_until(t, s_pump_hup, 5000)); /* the case under test */
 
     double cpu = s_quiet(t, 300);
     if (cpu > 150) fail_msg("the loop spun: %.0f ms of CPU in 300 ms", cpu);
@@ -938,20 +981,13 @@ static void test_hangup_while_parked(void **state)
     free(src);
 }
 
-/* ---- contract checks the current lib/rb_pump.c fails (see the tests'
- * comments); skipped unless RB_TEST_PUMP_KNOWN_BUGS is set. ---- */
-
-static void s_known_bug(void)
-{
-    if (!getenv("RB_TEST_PUMP_KNOWN_BUGS")) skip();
-}
+/* ---- contract checks an earlier rb_pump.c failed ---- */
 
 /* rb_pump.h: "Calls into the pump never call back; callbacks come from
  * the loop only." rb_pump_peer_data grants credit (window()) from inside
  * the call when the socket takes a quarter window at once. */
 static void test_calls_never_call_back(void **state)
 {
-    s_known_bug();
     t_t *t = s_new(false);
     uint8_t *src = s_pattern(WIN);
     s_end_read(&t->e);
@@ -962,7 +998,7 @@ static void test_calls_never_call_back(void **state)
         assert_true(s_until(t, s_end_n, 5000));
     }
     assert_int_equal(t->p.calls_back, 0);
-    assert_true(t->p.granted >= WIN / 2);   /* credit did come back, from the loop */
+    assert_true(t->p.granted >= WIN / 2); /* credit did come back, from the loop */
     s_free(t);
     free(src);
 }
@@ -975,7 +1011,6 @@ static void test_calls_never_call_back(void **state)
  * data(RST) and done(reset). */
 static void test_write_error_resets_peer(void **state)
 {
-    s_known_bug();
     t_t *t = s_new(true);
     s_end_close(&t->e, false);
     int rc = RB_PUMP_GOING;
@@ -999,7 +1034,6 @@ static void test_write_error_resets_peer(void **state)
  * mask; epoll keeps reporting the socket's hang-up and the loop spins. */
 static void test_finished_pump_left_alone_does_not_spin(void **state)
 {
-    s_known_bug();
     t_t *t = s_new(true);
     s_end_close(&t->e, true);
     assert_true(s_until(t, s_peer_done, 5000));
