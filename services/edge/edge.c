@@ -537,8 +537,8 @@ void edge_destroy(edge_t **ep)
         edge_conn_destroy(&c);
     }
     /* Threads first: nothing may finish a check into a freed table. */
-    edge_link_destroy(&e->ctx.link);
     edge_auth_destroy(&e->ctx.auth);
+    edge_link_destroy(&e->ctx.link);
     edge_broker_destroy(&e->ctx.broker);
     edge_rl_destroy(&e->ctx.rl);
     edge_smap_destroy(&e->ctx.by_session);
