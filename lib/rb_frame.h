@@ -23,7 +23,7 @@
 enum { RB_FRAME_CONTROL = 1, RB_FRAME_DATA = 2, RB_FRAME_DATAGRAM = 3, RB_FRAME_WINDOW = 4 };
 /* Every stream starts with this much credit in each direction, on every hop:
  * a sender may have this many bytes unacknowledged by WINDOW frames. */
-#define RB_STREAM_WINDOW (1024u * 1024)
+#define RB_STREAM_WINDOW (2048u * 1024)
 /* DATA flags */
 #define RB_FRAME_FIN 0x01u
 #define RB_FRAME_RST 0x02u

@@ -83,7 +83,7 @@ static void s_finish(rb_pump_t *p, bool reset, const char *why)
 }
 
 /* Gives the peer its credit back in batches of a quarter window, so a fast
- * stream costs one WINDOW per 256 KiB. Only from the loop (calls into the
+ * stream costs one WINDOW per 512 KiB. Only from the loop (calls into the
  * pump never call back). */
 static int s_grant(rb_pump_t *p)
 {

@@ -21,7 +21,7 @@ wait_until 3000 bash -c "echo t | timeout 2 ncat $ip 7101 | grep -q t" || fail "
 
 rss_kb() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 FWD_PID=$(cat "$LAB/run/forwarder.pid"); EDGE_PID=$(cat "$LAB/run/edge1.pid"); DEV_PID=$CLIENT_PID_alice
-# Windows are 1 MiB; allow a few per process plus allocator slack.
+# Windows are 2 MiB (RB_STREAM_WINDOW); allow a few per process plus slack.
 LIMIT_KB=$((12 * 1024))
 
 base=$(python3 "$PEER" rate "$ip" 7101 2) || fail "rate before the stall"

@@ -22,7 +22,6 @@ import struct
 import sys
 
 CONTROL, DATA, DATAGRAM, WINDOW = 1, 2, 3, 4
-WINDOW_BYTES = 1024 * 1024
 
 
 def varint(n):
