@@ -361,11 +361,23 @@ static void s_connect_timeout(rb_loop_t *loop, void *arg)
     s_outbound_fail(s, RB__TUNNEL__STREAM_ERROR__STREAM_TIMEOUT, "connect timed out");
 }
 
+static bool s_loopback(uint32_t ip) { return ip >> 24 == 127 || ip >> 24 == 0; }
+
 /* The device's outbound connection, from its intranet address (or ours,
  * without one) to ip:port. */
 static void s_outbound_connect(stream_t *s, uint32_t ip)
 {
     plane_t *p = s->p;
+    /* The forwarder host's loopback (its Redis, its status ports) is not
+     * part of the intranet. A lab whose pool is itself on loopback is the
+     * one exception. */
+    if (s_loopback(ip) && !(s->a->ip[0] && s_loopback(s->a->ip_n))) {
+        s_send_result(p, s->peer, s->id, RB__TUNNEL__STREAM_ERROR__STREAM_NOT_ALLOWED,
+                      "the gateway's loopback is not reachable", NULL, 0);
+        rb_metric_inc(p->m_outbound_failed);
+        s_stream_free(s, "denied", "loopback target");
+        return;
+    }
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         s_outbound_fail(s, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, strerror(errno));

@@ -88,6 +88,7 @@ wait_until 5000 bash -c "ip netns exec $INT ss -Hltn 'sport = :$WHO' | grep -q .
 bg ip netns exec "$HOME_NS" "$BIN/reachback-client" connect --server "10.$A.2.1:8443" \
     --server-name 127.0.0.1 --ca "$CA" --user alice --password-file "$USER_ALICE_PASSWORD_FILE" \
     --status-file "$LAB/alice.json" --expose tcp:22 --forward "127.0.0.1:9000:10.$A.1.2:$WHO" \
+    --forward "127.0.0.1:9001:127.0.0.1:${FORWARDER_STATUS_URL##*:}" \
     </dev/null >"$LAB/alice.out" 2>&1
 wait_until 10000 test -s "$LAB/alice.json" || fail "alice did not log on from home: $(cat "$LAB/alice.out")"
 ip=$(json_field "$LAB/alice.json" ip)
@@ -115,3 +116,10 @@ ok "alice's --forward from home reached 10.$A.1.2:$WHO in int, which saw $got"
 rc=0; ip netns exec "$GW" timeout 3 ncat -s "10.$A.100.1" "$ip" 22 </dev/null >/dev/null 2>&1 || rc=$?
 (( rc != 0 )) || fail "a source outside the policy reached alice"
 ok "a source outside the policy is refused"
+
+# The gateway's own loopback (here the forwarder's status port) is not part
+# of the intranet: a device's forward to it is refused.
+rc=0; out=$(printf 'GET /status HTTP/1.0\r\n\r\n' | ip netns exec "$HOME_NS" timeout 5 ncat 127.0.0.1 9001 2>&1) || rc=$?
+[[ $out != *forwarder_id* ]] || fail "alice reached the gateway's loopback: $out"
+wait_until 3000 grep -q '"reason":"loopback target"' "$LAB/logs/forwarder.log" || fail "no audit line for the loopback attempt"
+ok "a device's connection to the gateway's loopback is refused (and audited)"
