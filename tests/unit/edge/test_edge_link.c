@@ -1,0 +1,233 @@
+/* edge_link against a stand-in forwarder: a ROUTER bound to
+ * tcp://127.0.0.1:* that the edge's DEALER connects to. The edge says
+ * Hello until the forwarder answers; it answers an Open for a session it
+ * does not carry; and garbage from the forwarder (undecodable control
+ * messages, messages only an edge sends, malformed frames, frames for
+ * streams that do not exist, an Open with an edge-side id) is logged,
+ * counted and dropped while the link keeps working. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "edge_link.h"
+#include "rb_link.h"
+#include "rb_log.h"
+#include "rb_loop.h"
+#include "rb_metrics.h"
+#include "rb_zmq.h"
+
+typedef struct {
+    rb_loop_t *loop;
+    void *router;
+    char rid[2 * RB_LINK_RID_MAX + 1];
+    int hellos;
+    int results;
+    Rb__Tunnel__StreamError last_error;
+    uint32_t last_link_id;
+    bool (*done)(void *);
+} fake_t;
+
+static void s_on_router(rb_loop_t *l, void *sock, void *arg)
+{
+    fake_t *fk = arg;
+    for (;;) {
+        rb_link_msg_t m;
+        rb_frame_t f;
+        const char *why = NULL;
+        int rc = rb_link_recv(sock, true, &m, &f, &why);
+        if (rc == 0) break;
+        assert_int_equal(rc, 1);
+        snprintf(fk->rid, sizeof fk->rid, "%s", m.rid_text);
+        if (f.type == RB_FRAME_CONTROL) {
+            Rb__Fwd__LinkControl *c = rb_link_control(&f);
+            assert_non_null(c);
+            if (c->msg_case == RB__FWD__LINK_CONTROL__MSG_HELLO) {
+                assert_int_equal(c->hello->version, RB_LINK_VERSION);
+                assert_string_equal(c->hello->edge_id, "edge-t");
+                fk->hellos++;
+            } else if (c->msg_case == RB__FWD__LINK_CONTROL__MSG_OPEN_RESULT) {
+                fk->results++;
+                fk->last_error = c->open_result->error;
+                fk->last_link_id = c->open_result->link_id;
+            }
+            rb__fwd__link_control__free_unpacked(c, NULL);
+        }
+        rb_link_msg_close(&m);
+    }
+    if (fk->done && fk->done(fk)) rb_loop_stop(l);
+}
+
+static void s_timeout(rb_loop_t *l, void *arg) { rb_loop_stop(l); }
+
+static bool s_run_until(fake_t *fk, bool (*done)(void *), unsigned ms)
+{
+    if (done(fk)) return true;
+    fk->done = done;
+    rb_timer_t *t = rb_loop_add_timer(fk->loop, ms, false, s_timeout, NULL);
+    rb_loop_run(fk->loop);
+    fk->done = NULL;
+    if (done(fk)) {
+        rb_loop_cancel_timer(fk->loop, t);
+        return true;
+    }
+    return false;
+}
+
+static bool s_hello_seen(void *arg) { return ((fake_t *)arg)->hellos > 0; }
+
+static void s_send_ctl(fake_t *fk, Rb__Fwd__LinkControl *m)
+{
+    assert_int_equal(rb_link_send_control(fk->router, fk->rid, strlen(fk->rid), m), 0);
+}
+
+static void s_answer_hello(fake_t *fk, uint64_t instance)
+{
+    Rb__Fwd__LinkControl m = RB__FWD__LINK_CONTROL__INIT;
+    Rb__Fwd__HelloAck a = RB__FWD__HELLO_ACK__INIT;
+    a.version = RB_LINK_VERSION;
+    a.forwarder_id = "fake";
+    a.instance = instance;
+    m.msg_case = RB__FWD__LINK_CONTROL__MSG_HELLO_ACK;
+    m.hello_ack = &a;
+    s_send_ctl(fk, &m);
+}
+
+static bool s_up(void *arg)
+{
+    fake_t *fk = arg;
+    return fk->results < 0;   /* never: run the loop for the whole wait */
+}
+
+static void s_send_open(fake_t *fk, uint32_t link_id, const char *session)
+{
+    Rb__Fwd__LinkControl m = RB__FWD__LINK_CONTROL__INIT;
+    Rb__Fwd__Open o = RB__FWD__OPEN__INIT;
+    o.link_id = link_id;
+    o.session_id = (char *)session;
+    o.proto = RB__TUNNEL__PROTO__PROTO_TCP;
+    o.port = 22;
+    o.peer_addr = "10.0.0.9";
+    o.peer_port = 40000;
+    m.msg_case = RB__FWD__LINK_CONTROL__MSG_OPEN;
+    m.open = &o;
+    s_send_ctl(fk, &m);
+}
+
+static bool s_one_result(void *arg) { return ((fake_t *)arg)->results >= 1; }
+static bool s_two_results(void *arg) { return ((fake_t *)arg)->results >= 2; }
+
+static void test_edge_link_with_a_stand_in_forwarder(void **state)
+{
+    fake_t fk = {0};
+    fk.loop = rb_loop_new();
+    assert_non_null(fk.loop);
+    fk.router = rb_zsock_bind(ZMQ_ROUTER, "tcp://127.0.0.1:*", NULL);
+    assert_non_null(fk.router);
+    rb_link_setup(fk.router);
+    char ep[128];
+    size_t len = sizeof ep;
+    assert_int_equal(zmq_getsockopt(fk.router, ZMQ_LAST_ENDPOINT, ep, &len), 0);
+    assert_int_equal(rb_loop_add_zsock(fk.loop, fk.router, s_on_router, &fk), 0);
+
+    rb_curve_t none = {0};
+    edge_link_config_t cfg = {.endpoints = ep, .curve = &none, .forwarder_public = "",
+                              .edge_id = "edge-t", .max_streams = 8};
+    edge_link_t *l = edge_link_new(fk.loop, &cfg);
+    assert_non_null(l);
+    assert_int_equal(edge_link_forwarders(l), 1);
+    assert_int_equal(edge_link_forwarders_up(l), 0);
+
+    /* Hello comes (retried until the link is up), with our routing id. */
+    assert_true(s_run_until(&fk, s_hello_seen, 3000));
+    assert_string_equal(fk.rid, "edge-t");
+    s_answer_hello(&fk, 42);
+    s_run_until(&fk, s_up, 200);
+    assert_int_equal(edge_link_forwarders_up(l), 1);
+
+    /* An Open for a session this edge does not carry: answered, not lost. */
+    s_send_open(&fk, 2, "no-such-session");
+    assert_true(s_run_until(&fk, s_one_result, 3000));
+    assert_int_equal(fk.last_link_id, 2);
+    assert_int_equal(fk.last_error, RB__TUNNEL__STREAM_ERROR__STREAM_UNREACHABLE);
+
+    /* Garbage from the forwarder: counted and dropped. */
+    rb_metric_t *errs = rb_counter("reachback_edge_link_errors_total", NULL, "");
+    double before = rb_metric_value(errs);
+    uint8_t hdr[RB_FRAME_HEADER];
+    rb_frame_header(hdr, RB_FRAME_CONTROL, 0, 0, 4);
+    const char *rid = fk.rid;
+    zmq_send(fk.router, rid, strlen(rid), ZMQ_SNDMORE);
+    zmq_send(fk.router, hdr, sizeof hdr, ZMQ_SNDMORE);
+    zmq_send(fk.router, "\xff\xff\xff\xff", 4, 0);                 /* undecodable protobuf */
+    zmq_send(fk.router, rid, strlen(rid), ZMQ_SNDMORE);
+    zmq_send(fk.router, "short", 5, 0);                            /* not a header */
+    rb_frame_header(hdr, 9, 0, 1, 0);
+    zmq_send(fk.router, rid, strlen(rid), ZMQ_SNDMORE);
+    zmq_send(fk.router, hdr, sizeof hdr, 0);                       /* unknown type */
+    Rb__Fwd__LinkControl m = RB__FWD__LINK_CONTROL__INIT;          /* only edges send Attach */
+    Rb__Fwd__Attach at = RB__FWD__ATTACH__INIT;
+    at.session_id = "x";
+    m.msg_case = RB__FWD__LINK_CONTROL__MSG_ATTACH;
+    m.attach = &at;
+    s_send_ctl(&fk, &m);
+    s_send_open(&fk, 3, "no-such-session");                        /* odd: an edge's id */
+    assert_int_equal(rb_link_send(fk.router, rid, strlen(rid), RB_FRAME_DATA, 0, 77, "x", 1), 0);
+    assert_int_equal(rb_link_send(fk.router, rid, strlen(rid), RB_FRAME_DATA, RB_FRAME_RST, 79,
+                                  NULL, 0), 0);                     /* streams never opened */
+    /* The link still works: another Open is answered. */
+    s_send_open(&fk, 4, "still-none");
+    assert_true(s_run_until(&fk, s_two_results, 3000));
+    assert_int_equal(fk.last_link_id, 4);
+    assert_true(rb_metric_value(errs) - before >= 5);
+
+    /* A restarted forwarder (a new instance) is noticed and linked again. */
+    s_answer_hello(&fk, 43);
+    s_run_until(&fk, s_up, 200);
+    assert_int_equal(edge_link_forwarders_up(l), 1);
+
+    rb_buf_t json = RB_BUF_INIT;
+    edge_link_status_json(l, &json);
+    assert_non_null(strstr(json.data, "\"forwarders\":1,\"forwarders_up\":1,\"streams\":0"));
+    rb_buf_free(&json);
+
+    edge_link_destroy(&l);
+    assert_null(l);
+    edge_link_destroy(NULL);
+    rb_loop_del_zsock(fk.loop, fk.router);
+    rb_zsock_close(&fk.router);
+    rb_loop_destroy(&fk.loop);
+}
+
+static void test_edge_link_without_forwarders(void **state)
+{
+    rb_loop_t *loop = rb_loop_new();
+    rb_curve_t none = {0};
+    edge_link_config_t cfg = {.endpoints = "", .curve = &none, .edge_id = "e", .max_streams = 8};
+    edge_link_t *l = edge_link_new(loop, &cfg);
+    assert_non_null(l);
+    assert_int_equal(edge_link_forwarders(l), 0);
+    assert_int_equal(edge_link_forwarders_up(l), 0);
+    edge_link_destroy(&l);
+    cfg.endpoints = "not-an-endpoint";
+    assert_null(edge_link_new(loop, &cfg));
+    rb_loop_destroy(&loop);
+}
+
+int main(void)
+{
+    rb_log_init("test", RB_LOG_ERROR);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_edge_link_with_a_stand_in_forwarder),
+        cmocka_unit_test(test_edge_link_without_forwarders),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    rb_zmq_term();
+    return rc;
+}
