@@ -58,7 +58,7 @@ struct edge_tunnel {
     uint32_t ip_n;
     char **groups;
     size_t ngroups;
-    Rb__Tunnel__ExposedPort ports[MAX_PORTS];
+    Rb__Tunnel__ExposedPort *ports;   /* what the device exposes (nports) */
     size_t nports;
     fwd_t *fwd;          /* the forwarder serving the session's address */
     rb_imap_t *streams;  /* tunnel id -> estream_t */
@@ -487,13 +487,17 @@ edge_tunnel_t *edge_link_attach(edge_link_t *l, rb_tconn_t *t, const char *sessi
     tun->session_id = strdup(session_id);
     tun->user = strdup(user ? user : "");
     tun->streams = rb_imap_new();
-    tun->groups = calloc(MAX_GROUPS + 1, sizeof *tun->groups);
+    /* Sized to the user's groups: an idle session should cost little. */
+    size_t ngroups = 1;
+    for (const char *g = groups; g && *g; g++) ngroups += *g == ',';
+    if (ngroups > MAX_GROUPS) ngroups = MAX_GROUPS;
+    tun->groups = calloc(ngroups + 1, sizeof *tun->groups);
     if (!tun->session_id || !tun->user || !tun->streams || !tun->groups) goto fail;
     if (ip && *ip && rb_ip_parse(ip, &tun->ip_n) == 0) snprintf(tun->ip, sizeof tun->ip, "%s", ip);
     if (groups) {
         char buf[4096], *save = NULL;
         snprintf(buf, sizeof buf, "%s", groups);
-        for (char *g = strtok_r(buf, ",", &save); g && tun->ngroups < MAX_GROUPS;
+        for (char *g = strtok_r(buf, ",", &save); g && tun->ngroups < ngroups;
              g = strtok_r(NULL, ",", &save))
             if ((tun->groups[tun->ngroups] = strdup(g))) tun->ngroups++;
     }
@@ -553,6 +557,7 @@ void edge_link_detach(edge_tunnel_t **ptun, const char *reason)
     if (tun->next) tun->next->prev = tun->prev;
     for (size_t i = 0; i < tun->ngroups; i++) free(tun->groups[i]);
     free(tun->groups);
+    free(tun->ports);
     free(tun->session_id);
     free(tun->user);
     free(tun);
@@ -572,6 +577,13 @@ int edge_link_expose(edge_tunnel_t *tun, const Rb__Tunnel__Expose *m, const char
             return -1;
         }
     }
+    Rb__Tunnel__ExposedPort *ports = NULL;
+    if (m->n_ports && !(ports = calloc(m->n_ports, sizeof *ports))) {
+        *why = "edge out of memory";
+        return -1;
+    }
+    free(tun->ports);
+    tun->ports = ports;
     tun->nports = m->n_ports;
     for (size_t i = 0; i < m->n_ports; i++) {
         rb__tunnel__exposed_port__init(&tun->ports[i]);
