@@ -22,8 +22,8 @@
 #define MAX_LISTENERS 32
 #define HOST_MAX 255
 /* Bytes a local client may send before its stream is open (a SOCKS
- * request included); it never exceeds the stream's initial credit. */
-#define EARLY_MAX (64u * 1024)
+ * request included): one DATA frame, within the stream's initial credit. */
+#define EARLY_MAX RB_FRAME_MAX_DATA
 
 typedef struct {
     int proto;   /* RB__TUNNEL__PROTO__PROTO_TCP / _UDP */
@@ -37,6 +37,7 @@ typedef struct {
     client_streams_t *cs;
     lkind_t kind;
     int fd;
+    rb_timer_t *pause;         /* accept ran out of descriptors; retry later */
     int port;
     char host[HOST_MAX + 1];   /* L_FORWARD: the target */
     uint16_t target_port;
@@ -325,8 +326,11 @@ static void s_on_stream_result(client_streams_t *cs, const Rb__Tunnel__StreamRes
     /* Bytes the local client sent before the stream was open (and maybe
      * its half-close). */
     if ((s->early.len || s->early_fin) && cs->t) {
-        rb_tconn_send_frame(cs->t, RB_FRAME_DATA, s->early_fin ? RB_FRAME_FIN : 0, s->id,
-                            s->early.data, s->early.len);
+        if (rb_tconn_send_frame(cs->t, RB_FRAME_DATA, s->early_fin ? RB_FRAME_FIN : 0, s->id,
+                                s->early.data, s->early.len) < 0) {
+            s_stream_abort(s);
+            return;
+        }
         rb_pump_note_sent(s->pump, s->early.len, s->early_fin);
     }
     rb_buf_free(&s->early);
@@ -338,7 +342,14 @@ static void s_on_local(rb_loop_t *loop, int fd, unsigned events, void *arg)
 {
     cstream_t *s = arg;
     uint8_t buf[512];
-    ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    /* Never more than one DATA frame's worth before the open: it goes out
+     * as one frame then. */
+    size_t room = EARLY_MAX - s->early.len;
+    if (room == 0) {
+        rb_loop_mod_fd(loop, fd, 0);
+        return;
+    }
+    ssize_t n = recv(fd, buf, room < sizeof buf ? room : sizeof buf, MSG_DONTWAIT);
     if (n == 0 && s->st == S_OPENING && !s->early_fin) {
         /* Half-closed early (a request, then shutdown): the FIN follows
          * the open. Nothing more to read meanwhile. */
@@ -358,7 +369,7 @@ static void s_on_local(rb_loop_t *loop, int fd, unsigned events, void *arg)
     }
     /* Enough kept before the open: the local client waits in TCP's
      * window until the stream is open. */
-    if (s->st == S_OPENING && s->early.len >= EARLY_MAX) rb_loop_mod_fd(loop, fd, 0);
+    if (s->early.len >= EARLY_MAX) rb_loop_mod_fd(loop, fd, 0);
     /* A forward's client may talk first: kept for after the open. */
     if (!s->socks || s->st != S_SOCKS) return;
     for (;;) {
@@ -388,12 +399,28 @@ static void s_on_local(rb_loop_t *loop, int fd, unsigned events, void *arg)
     }
 }
 
+static void s_accept_resume(rb_loop_t *loop, void *arg)
+{
+    listener_t *l = arg;
+    l->pause = NULL;
+    rb_loop_mod_fd(loop, l->fd, RB_EV_READ);
+}
+
 static void s_on_accept(rb_loop_t *loop, int lfd, unsigned events, void *arg)
 {
     listener_t *l = arg;
     client_streams_t *cs = l->cs;
     int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) return;
+    if (fd < 0) {
+        /* Out of descriptors: the listener stays readable, so retrying at
+         * once would spin. Pause it; the kernel queues meanwhile. */
+        if ((errno == EMFILE || errno == ENFILE) && !l->pause) {
+            rb_warn("accept_paused", "local port %d: %s", l->port, strerror(errno));
+            rb_loop_mod_fd(loop, lfd, 0);
+            l->pause = rb_loop_add_timer(loop, 100, false, s_accept_resume, l);
+        }
+        return;
+    }
     if (!cs->t) {
         /* No tunnel now (resuming): refuse rather than hang. */
         s_reset_fd(fd);
@@ -655,6 +682,7 @@ void client_streams_destroy(client_streams_t **pcs)
     rb_imap_each(cs->streams, s_drop, NULL);
     rb_imap_destroy(&cs->streams);
     for (size_t i = 0; i < cs->nlisteners; i++) {
+        rb_loop_cancel_timer(cs->loop, cs->listeners[i].pause);
         rb_loop_del_fd(cs->loop, cs->listeners[i].fd);
         close(cs->listeners[i].fd);
     }

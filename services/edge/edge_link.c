@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #include "rb_cidr.h"
@@ -83,6 +84,7 @@ struct edge_link {
     rb_imap_t *by_session;   /* hash of session id -> edge_tunnel_t */
     rb_timer_t *hello;
     uint64_t ticks;
+    uint64_t instance;       /* this start of the edge, in every Hello */
     size_t nstreams;
     rb_metric_t *m_streams, *m_opened_device, *m_opened_server, *m_overruns, *m_dropped;
     rb_metric_t *m_link_errors;
@@ -135,7 +137,9 @@ static void s_fwd_result(fwd_t *f, uint32_t lid, Rb__Tunnel__StreamError err, co
 
 static void s_send_attach(edge_tunnel_t *tun)
 {
-    if (!tun->fwd) return;
+    /* Not before the forwarder answered our Hello: it must know this start
+     * of the edge before our sessions (s_on_hello_ack attaches them all). */
+    if (!tun->fwd || !tun->fwd->instance) return;
     Rb__Fwd__LinkControl m = RB__FWD__LINK_CONTROL__INIT;
     Rb__Fwd__Attach a = RB__FWD__ATTACH__INIT;
     Rb__Tunnel__ExposedPort *pp[MAX_PORTS];
@@ -246,34 +250,15 @@ static fwd_t *s_route(edge_link_t *l, uint32_t ip, bool has_ip)
 /* ------------------------------------------------------------------ */
 /* From the forwarders                                                 */
 
-typedef struct {
-    fwd_t *f;
-    estream_t **v;
-    size_t n, cap;
-} collect_t;
-
-static void s_collect(void *arg, uint64_t key, void *value)
+static void s_reset_one(void *arg, uint64_t key, void *value)
 {
-    collect_t *c = arg;
-    if (c->n == c->cap) {
-        size_t cap = c->cap ? c->cap * 2 : 64;
-        estream_t **v = realloc(c->v, cap * sizeof *v);
-        if (!v) return;
-        c->v = v;
-        c->cap = cap;
-    }
-    c->v[c->n++] = value;
+    /* Frees the entry it is given (and one in the tunnel's table). */
+    s_stream_free(value, true, false);
 }
 
 /* The forwarder lost its streams (restart or silence): reset them at the
  * devices. */
-static void s_fwd_reset_streams(fwd_t *f)
-{
-    collect_t c = {f, NULL, 0, 0};
-    rb_imap_each(f->streams, s_collect, &c);
-    for (size_t i = 0; i < c.n; i++) s_stream_free(c.v[i], true, false);
-    free(c.v);
-}
+static void s_fwd_reset_streams(fwd_t *f) { rb_imap_each(f->streams, s_reset_one, NULL); }
 
 static void s_on_hello_ack(fwd_t *f, const Rb__Fwd__HelloAck *m)
 {
@@ -468,6 +453,7 @@ static void s_on_hello_timer(rb_loop_t *loop, void *arg)
         Rb__Fwd__Hello h = RB__FWD__HELLO__INIT;
         h.version = RB_LINK_VERSION;
         h.edge_id = (char *)l->cfg->edge_id;
+        h.instance = l->instance;
         m.msg_case = RB__FWD__LINK_CONTROL__MSG_HELLO;
         m.hello = &h;
         s_fwd_control(f, &m);
@@ -523,7 +509,8 @@ fail:
 static void s_drop_stream(void *arg, uint64_t key, void *value)
 {
     estream_t *s = value;
-    /* The device's side is gone with its tunnel. */
+    /* The device's side is gone with its tunnel, whose table is destroyed
+     * whole after this walk. */
     s->tun = NULL;
     s_stream_free(s, false, true);
 }
@@ -534,13 +521,8 @@ void edge_link_detach(edge_tunnel_t **ptun, const char *reason)
     edge_tunnel_t *tun = *ptun;
     *ptun = NULL;
     edge_link_t *l = tun->l;
-    /* s_drop_stream clears s->tun, so remove entries from our own table
-     * first: collect, then free. */
-    collect_t c = {NULL, NULL, 0, 0};
-    rb_imap_each(tun->streams, s_collect, &c);
+    rb_imap_each(tun->streams, s_drop_stream, NULL);
     rb_imap_destroy(&tun->streams);
-    for (size_t i = 0; i < c.n; i++) s_drop_stream(NULL, 0, c.v[i]);
-    free(c.v);
     if (tun->fwd) {
         Rb__Fwd__LinkControl m = RB__FWD__LINK_CONTROL__INIT;
         Rb__Fwd__Detach d = RB__FWD__DETACH__INIT;
@@ -683,7 +665,11 @@ int edge_link_frame(edge_tunnel_t *tun, const rb_frame_t *f, const char **why)
             return -1;
         }
         s->up_left -= f->len;
-        s_fwd_frame(s->fwd, RB_FRAME_DATA, f->flags, s->lid, f->payload, f->len);
+        if (s_fwd_frame(s->fwd, RB_FRAME_DATA, f->flags, s->lid, f->payload, f->len) < 0) {
+            /* Lost bytes would corrupt the stream: end it instead. */
+            s_stream_free(s, true, false);
+            return 0;
+        }
         if (f->flags & RB_FRAME_RST) {
             s_stream_free(s, false, false);
             return 0;
@@ -693,7 +679,8 @@ int edge_link_frame(edge_tunnel_t *tun, const rb_frame_t *f, const char **why)
         return 0;
     case RB_FRAME_WINDOW:
         s->down_left = s_add_credit(s->down_left, rb_frame_window(f));
-        s_fwd_frame(s->fwd, RB_FRAME_WINDOW, 0, s->lid, f->payload, f->len);
+        if (s_fwd_frame(s->fwd, RB_FRAME_WINDOW, 0, s->lid, f->payload, f->len) < 0)
+            s_stream_free(s, true, false);   /* lost credit would stall it for good */
         return 0;
     case RB_FRAME_DATAGRAM:
         if (!s->udp) {
@@ -717,6 +704,7 @@ edge_link_t *edge_link_new(rb_loop_t *loop, const edge_link_config_t *cfg)
     if (!l) return NULL;
     l->loop = loop;
     l->cfg = cfg;
+    l->instance = rb_wall_ms() << 16 ^ (uint64_t)getpid();
     l->by_session = rb_imap_new();
     if (!l->by_session) goto fail;
     l->m_streams = rb_gauge("reachback_edge_streams", NULL, "Streams and flows relayed now");

@@ -40,6 +40,10 @@
 #define NAME_MAX_LEN 256
 #define UDP_BURST 64
 #define MAX_CIDRS 16
+#define ACCEPT_PAUSE_MS 100
+/* Denied UDP flows kept per listener (each counts the drops of one source
+ * until it idles out); beyond that, denied datagrams are only counted. */
+#define DENIED_FLOWS_MAX 64
 
 typedef struct stream stream_t;
 typedef struct attach attach_t;
@@ -50,6 +54,7 @@ typedef struct peer {
     size_t rid_len;
     char name[2 * RB_LINK_RID_MAX + 1];   /* printable, for logs */
     uint64_t heard_ms;
+    uint64_t instance;    /* the edge's start, from its Hello */
     rb_imap_t *streams;   /* link id -> stream_t */
     uint32_t next_id;     /* even ids for server-initiated streams */
 } peer_t;
@@ -62,6 +67,8 @@ typedef struct listener {
     int proto;            /* POLICY_TCP or POLICY_UDP */
     uint16_t port;
     rb_imap_t *flows;     /* UDP: (source address << 16 | port) -> stream_t */
+    size_t denied;        /* UDP: denied flows kept until they idle out */
+    rb_timer_t *pause;    /* TCP: accept ran out of descriptors; retry later */
 } listener_t;
 
 struct attach {
@@ -74,6 +81,7 @@ struct attach {
     listener_t *listeners;
     stream_t *streams;
     size_t nstreams;
+    size_t ndenied;       /* of nstreams: denied UDP flows */
 };
 
 typedef enum { K_INBOUND, K_OUTBOUND } kind_t;
@@ -259,6 +267,10 @@ static void s_stream_free(stream_t *s, const char *verdict, const char *why)
     rb_loop_cancel_timer(p->loop, s->connect_timer);
     rb_imap_del(p->by_serial, s->serial);
     if (rb_imap_get(s->peer->streams, s->id) == s) rb_imap_del(s->peer->streams, s->id);
+    if (s->denied) {
+        s->a->ndenied--;
+        if (s->l) s->l->denied--;
+    }
     if (s->l && s->l->flows) {
         uint64_t key = (uint64_t)ntohl(s->src.sin_addr.s_addr) << 16 | ntohs(s->src.sin_port);
         if (rb_imap_get(s->l->flows, key) == s) rb_imap_del(s->l->flows, key);
@@ -435,6 +447,7 @@ static void s_resolved(void *arg, uint64_t token, int err, uint32_t ip)
 
 static void s_listener_free(plane_t *p, listener_t *l)
 {
+    rb_loop_cancel_timer(p->loop, l->pause);
     rb_loop_del_fd(p->loop, l->fd);
     close(l->fd);
     rb_imap_destroy(&l->flows);
@@ -522,6 +535,13 @@ static uint32_t s_next_id(peer_t *peer)
     return peer->next_id;
 }
 
+static void s_accept_resume(rb_loop_t *loop, void *arg)
+{
+    listener_t *l = arg;
+    l->pause = NULL;
+    rb_loop_mod_fd(loop, l->fd, RB_EV_READ);
+}
+
 static void s_on_accept(rb_loop_t *loop, int lfd, unsigned events, void *arg)
 {
     listener_t *l = arg;
@@ -530,7 +550,17 @@ static void s_on_accept(rb_loop_t *loop, int lfd, unsigned events, void *arg)
     struct sockaddr_in src;
     socklen_t slen = sizeof src;
     int fd = accept4(lfd, (struct sockaddr *)&src, &slen, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) return;
+    if (fd < 0) {
+        /* Out of descriptors: the listener stays readable, so retrying at
+         * once would spin. Pause it; the kernel queues meanwhile. */
+        if ((errno == EMFILE || errno == ENFILE) && !l->pause) {
+            rb_warn("accept_paused", "session %s port %u: %s", a->session_id, l->port,
+                    strerror(errno));
+            rb_loop_mod_fd(loop, lfd, 0);
+            l->pause = rb_loop_add_timer(loop, ACCEPT_PAUSE_MS, false, s_accept_resume, l);
+        }
+        return;
+    }
     char src_user[NAME_MAX_LEN + 1], desc[64];
     unsigned line;
     s_addr_str(&src, desc, sizeof desc);
@@ -542,7 +572,7 @@ static void s_on_accept(rb_loop_t *loop, int lfd, unsigned events, void *arg)
     snprintf(tmp.src_user, sizeof tmp.src_user, "%s", src_user);
     const char *why = NULL;
     if (!ok) why = line ? "denied by policy" : "no policy rule allows it";
-    else if (a->nstreams >= p->cfg->max_streams) why = "too many streams on the session";
+    else if (a->nstreams - a->ndenied >= p->cfg->max_streams) why = "too many streams on the session";
     else if (!a->peer) why = "the session's edge is gone";
     if (why) {
         struct linger lg = {1, 0};
@@ -600,7 +630,10 @@ static void s_on_datagram(rb_loop_t *loop, int fd, unsigned events, void *arg)
             unsigned line;
             bool ok = s_allowed(p, a, ntohl(src.sin_addr.s_addr), l->port, POLICY_UDP, src_user,
                                 sizeof src_user, &line);
-            if (!a->peer || a->nstreams >= p->cfg->max_streams) {
+            /* Denied flows do not use the session's stream quota: a sprayer
+             * must not lock out the sources the policy allows. */
+            if (!a->peer || (ok && a->nstreams - a->ndenied >= p->cfg->max_streams) ||
+                (!ok && l->denied >= DENIED_FLOWS_MAX)) {
                 rb_metric_inc(p->m_udp_dropped);
                 continue;
             }
@@ -618,6 +651,10 @@ static void s_on_datagram(rb_loop_t *loop, int fd, unsigned events, void *arg)
             /* A denied flow is kept until it idles out: one audit line for
              * the whole flow, however many datagrams it sends. */
             s->denied = !ok;
+            if (!ok) {
+                l->denied++;
+                a->ndenied++;
+            }
             if (ok) {
                 rb_metric_inc(p->m_inbound_allowed);
                 char ip[INET_ADDRSTRLEN];
@@ -849,7 +886,7 @@ static void s_on_open(plane_t *p, peer_t *peer, const Rb__Fwd__Open *m)
                       NULL, 0);
         return;
     }
-    if (a->nstreams >= p->cfg->max_streams) {
+    if (a->nstreams - a->ndenied >= p->cfg->max_streams) {
         s_send_result(p, peer, id, RB__TUNNEL__STREAM_ERROR__STREAM_LIMIT,
                       "too many streams on the session", NULL, 0);
         return;
@@ -908,13 +945,28 @@ static void s_on_open_result(plane_t *p, peer_t *peer, const Rb__Fwd__OpenResult
     s_stream_free(s, "refused", why);
 }
 
-static void s_on_hello(plane_t *p, peer_t *peer, const Rb__Fwd__Hello *m)
+static void s_peer_drop(plane_t *p, peer_t *peer, const char *why);
+static peer_t *s_peer(plane_t *p, const rb_link_msg_t *m);
+
+/* Returns the peer to go on with: a restarted edge (same routing id, new
+ * instance) lost its streams; what we held for its old self goes first. */
+static peer_t *s_on_hello(plane_t *p, peer_t *peer, const rb_link_msg_t *lm,
+                          const Rb__Fwd__Hello *m)
 {
     if (m->version != RB_LINK_VERSION) {
         rb_warn("link_version", "edge %s speaks link version %u, we speak %u", peer->name,
                 m->version, RB_LINK_VERSION);
-        return;
+        return peer;
     }
+    if (peer->instance && m->instance != peer->instance) {
+        rb_info("edge_restarted", "edge %s restarted; its old streams and sessions are dropped",
+                peer->name);
+        s_peer_drop(p, peer, "the edge restarted");
+        peer = s_peer(p, lm);
+        if (!peer) return NULL;
+        peer->heard_ms = rb_now_ms();
+    }
+    peer->instance = m->instance;
     Rb__Fwd__LinkControl r = RB__FWD__LINK_CONTROL__INIT;
     Rb__Fwd__HelloAck ack = RB__FWD__HELLO_ACK__INIT;
     ack.version = RB_LINK_VERSION;
@@ -925,6 +977,7 @@ static void s_on_hello(plane_t *p, peer_t *peer, const Rb__Fwd__Hello *m)
     r.msg_case = RB__FWD__LINK_CONTROL__MSG_HELLO_ACK;
     r.hello_ack = &ack;
     s_send_control(p, peer, &r);
+    return peer;
 }
 
 static void s_on_frame(plane_t *p, peer_t *peer, const rb_frame_t *f)
@@ -983,42 +1036,34 @@ static peer_t *s_peer(plane_t *p, const rb_link_msg_t *m)
 }
 
 typedef struct {
+    plane_t *p;
     peer_t *peer;
-    attach_t **v;
-    size_t n, cap;
-} collect_t;
+    const char *why;
+} drop_t;
 
-static void s_collect(void *arg, uint64_t key, void *value)
+static void s_drop_attach(void *arg, uint64_t key, void *value)
 {
-    collect_t *c = arg;
+    drop_t *d = arg;
     attach_t *a = value;
-    if (a->peer != c->peer) return;
-    if (c->n == c->cap) {
-        size_t cap = c->cap ? c->cap * 2 : 64;
-        attach_t **v = realloc(c->v, cap * sizeof *v);
-        if (!v) return;
-        c->v = v;
-        c->cap = cap;
-    }
-    c->v[c->n++] = a;
+    /* Frees the by_session entry it is given, and nothing else of it. */
+    if (a->peer == d->peer) s_attach_free(d->p, a, d->why);
 }
 
 static void s_drop_stream(void *arg, uint64_t key, void *value)
 {
+    drop_t *d = arg;
     stream_t *s = value;
     s_count_bytes(s);
-    s_stream_free(s, s->open_ok ? "allowed" : "failed", arg);
+    s_stream_free(s, s->open_ok ? "allowed" : "failed", d->why);
 }
 
-/* The edge fell silent (or the plane stops): its attachments and every
- * stream it carried go with it. */
+/* The edge fell silent or restarted (or the plane stops): its attachments
+ * and every stream it carried go with it. */
 static void s_peer_drop(plane_t *p, peer_t *peer, const char *why)
 {
-    collect_t c = {peer, NULL, 0, 0};
-    rb_imap_each(p->by_session, s_collect, &c);
-    for (size_t i = 0; i < c.n; i++) s_attach_free(p, c.v[i], why);
-    free(c.v);
-    rb_imap_each(peer->streams, s_drop_stream, (void *)why);
+    drop_t d = {p, peer, why};
+    rb_imap_each(p->by_session, s_drop_attach, &d);
+    rb_imap_each(peer->streams, s_drop_stream, &d);
     for (peer_t **pp = &p->peers; *pp; pp = &(*pp)->next) {
         if (*pp == peer) {
             *pp = peer->next;
@@ -1063,7 +1108,7 @@ static void s_on_link(rb_loop_t *loop, void *sock, void *arg)
             continue;
         }
         switch (c->msg_case) {
-        case RB__FWD__LINK_CONTROL__MSG_HELLO: s_on_hello(p, peer, c->hello); break;
+        case RB__FWD__LINK_CONTROL__MSG_HELLO: s_on_hello(p, peer, &m, c->hello); break;
         case RB__FWD__LINK_CONTROL__MSG_ATTACH: s_on_attach(p, peer, c->attach); break;
         case RB__FWD__LINK_CONTROL__MSG_DETACH: s_on_detach(p, peer, c->detach); break;
         case RB__FWD__LINK_CONTROL__MSG_OPEN: s_on_open(p, peer, c->open); break;
@@ -1084,25 +1129,20 @@ static void s_on_link(rb_loop_t *loop, void *sock, void *arg)
 typedef struct {
     plane_t *p;
     uint64_t now;
-    stream_t **v;
-    size_t n, cap;
 } idle_t;
 
-static void s_collect_idle(void *arg, uint64_t key, void *value)
+/* Ends the idle UDP flows of one attachment (not the attachment). */
+static void s_expire_flows(void *arg, uint64_t key, void *value)
 {
     idle_t *c = arg;
     attach_t *a = value;
-    for (stream_t *s = a->streams; s; s = s->next) {
+    for (stream_t *s = a->streams, *next; s; s = next) {
+        next = s->next;
         if (s->proto != POLICY_UDP || c->now - s->last_ms < c->p->cfg->udp_idle_s * 1000ull)
             continue;
-        if (c->n == c->cap) {
-            size_t cap = c->cap ? c->cap * 2 : 64;
-            stream_t **v = realloc(c->v, cap * sizeof *v);
-            if (!v) return;
-            c->v = v;
-            c->cap = cap;
-        }
-        c->v[c->n++] = s;
+        if (!s->denied && !s->refused)
+            s_send_frame(c->p, s->peer, RB_FRAME_DATA, RB_FRAME_RST, s->id, NULL, 0);
+        s_stream_free(s, s->denied ? "denied" : s->refused ? "refused" : "allowed", "idle");
     }
 }
 
@@ -1118,15 +1158,8 @@ static void s_on_tick(rb_loop_t *loop, void *arg)
             s_peer_drop(p, x, "the edge fell silent");
         }
     }
-    idle_t c = {p, now, NULL, 0, 0};
-    rb_imap_each(p->by_session, s_collect_idle, &c);
-    for (size_t i = 0; i < c.n; i++) {
-        stream_t *s = c.v[i];
-        if (!s->denied && !s->refused)
-            s_send_frame(p, s->peer, RB_FRAME_DATA, RB_FRAME_RST, s->id, NULL, 0);
-        s_stream_free(s, s->denied ? "denied" : s->refused ? "refused" : "allowed", "idle");
-    }
-    free(c.v);
+    idle_t c = {p, now};
+    rb_imap_each(p->by_session, s_expire_flows, &c);
 }
 
 /* ------------------------------------------------------------------ */
