@@ -26,7 +26,7 @@
 #define EARLY_MAX RB_FRAME_MAX_DATA
 
 typedef struct {
-    int proto;   /* RB__TUNNEL__PROTO__PROTO_TCP / _UDP */
+    int proto; /* RB__TUNNEL__PROTO__PROTO_TCP / _UDP */
     uint16_t port;
     struct sockaddr_in target;
 } exposed_t;
@@ -37,16 +37,16 @@ typedef struct {
     client_streams_t *cs;
     lkind_t kind;
     int fd;
-    rb_timer_t *pause;         /* accept ran out of descriptors; retry later */
+    rb_timer_t *pause; /* accept ran out of descriptors; retry later */
     int port;
-    char host[HOST_MAX + 1];   /* L_FORWARD: the target */
+    char host[HOST_MAX + 1]; /* L_FORWARD: the target */
     uint16_t target_port;
 } listener_t;
 
 typedef enum {
-    S_SOCKS,      /* reading the SOCKS greeting and request */
-    S_OPENING,    /* StreamOpen sent, waiting for StreamResult */
-    S_OPEN,       /* bytes flow (TCP: pump) */
+    S_SOCKS,   /* reading the SOCKS greeting and request */
+    S_OPENING, /* StreamOpen sent, waiting for StreamResult */
+    S_OPEN,    /* bytes flow (TCP: pump) */
 } sstate_t;
 
 typedef struct cstream {
@@ -55,13 +55,13 @@ typedef struct cstream {
     bool udp;
     bool socks;
     sstate_t st;
-    int fd;                /* before the pump exists, and for UDP flows */
+    int fd; /* before the pump exists, and for UDP flows */
     rb_pump_t *pump;
     socks_t sk;
-    rb_buf_t early;        /* SOCKS: request bytes, then early data */
-    bool result_sent;      /* server-initiated: StreamResult given */
-    bool early_fin;        /* the local side half-closed before the open */
-    bool graceful;         /* a SOCKS reply went out: close, do not reset */
+    rb_buf_t early;   /* SOCKS: request bytes, then early data */
+    bool result_sent; /* server-initiated: StreamResult given */
+    bool early_fin;   /* the local side half-closed before the open */
+    bool graceful;    /* a SOCKS reply went out: close, do not reset */
 } cstream_t;
 
 struct client_streams {
@@ -72,7 +72,7 @@ struct client_streams {
     listener_t listeners[MAX_LISTENERS];
     size_t nlisteners;
     rb_imap_t *streams;
-    uint32_t next_id;      /* odd */
+    uint32_t next_id; /* odd */
 };
 
 /* ------------------------------------------------------------------ */
@@ -105,11 +105,13 @@ static void s_stream_free(cstream_t *s)
 {
     client_streams_t *cs = s->cs;
     if (rb_imap_get(cs->streams, s->id) == s) rb_imap_del(cs->streams, s->id);
-    rb_pump_destroy(&s->pump);   /* resets a stream that is not over */
+    rb_pump_destroy(&s->pump); /* resets a stream that is not over */
     if (s->fd >= 0) {
         rb_loop_del_fd(cs->loop, s->fd);
-        if (s->udp || s->graceful) close(s->fd);
-        else s_reset_fd(s->fd);
+        if (s->udp || s->graceful)
+            close(s->fd);
+        else
+            s_reset_fd(s->fd);
     }
     rb_buf_free(&s->early);
     free(s);
@@ -186,7 +188,7 @@ static void s_on_flow(rb_loop_t *loop, int fd, unsigned events, void *arg)
     static uint8_t buf[RB_FRAME_MAX_DATA];
     for (int i = 0; i < 64; i++) {
         ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
-        if (n < 0) return;   /* EAGAIN, or an ICMP error: UDP goes on */
+        if (n < 0) return; /* EAGAIN, or an ICMP error: UDP goes on */
         if (s->cs->t) rb_tconn_send_frame(s->cs->t, RB_FRAME_DATAGRAM, 0, s->id, buf, (size_t)n);
     }
 }
@@ -268,7 +270,7 @@ static void s_open_remote(cstream_t *s, const char *host, uint16_t port)
     m.stream_open = &o;
     s->st = S_OPENING;
     if (!s->cs->t || rb_tconn_send_control(s->cs->t, &m) < 0) {
-        s->st = S_SOCKS;   /* the edge never heard of it */
+        s->st = S_SOCKS; /* the edge never heard of it */
         s_stream_free(s);
     }
 }
@@ -276,13 +278,20 @@ static void s_open_remote(cstream_t *s, const char *host, uint16_t port)
 static uint8_t s_socks_code(Rb__Tunnel__StreamError e)
 {
     switch (e) {
-    case RB__TUNNEL__STREAM_ERROR__STREAM_OK: return SOCKS_OK;
-    case RB__TUNNEL__STREAM_ERROR__STREAM_REFUSED: return SOCKS_REFUSED;
-    case RB__TUNNEL__STREAM_ERROR__STREAM_UNREACHABLE: return SOCKS_HOST_UNREACHABLE;
-    case RB__TUNNEL__STREAM_ERROR__STREAM_TIMEOUT: return SOCKS_TTL_EXPIRED;
-    case RB__TUNNEL__STREAM_ERROR__STREAM_NOT_ALLOWED: return SOCKS_NOT_ALLOWED;
-    case RB__TUNNEL__STREAM_ERROR__STREAM_NO_NAME: return SOCKS_HOST_UNREACHABLE;
-    default: return SOCKS_GENERAL_FAILURE;
+    case RB__TUNNEL__STREAM_ERROR__STREAM_OK:
+        return SOCKS_OK;
+    case RB__TUNNEL__STREAM_ERROR__STREAM_REFUSED:
+        return SOCKS_REFUSED;
+    case RB__TUNNEL__STREAM_ERROR__STREAM_UNREACHABLE:
+        return SOCKS_HOST_UNREACHABLE;
+    case RB__TUNNEL__STREAM_ERROR__STREAM_TIMEOUT:
+        return SOCKS_TTL_EXPIRED;
+    case RB__TUNNEL__STREAM_ERROR__STREAM_NOT_ALLOWED:
+        return SOCKS_NOT_ALLOWED;
+    case RB__TUNNEL__STREAM_ERROR__STREAM_NO_NAME:
+        return SOCKS_HOST_UNREACHABLE;
+    default:
+        return SOCKS_GENERAL_FAILURE;
     }
 }
 
@@ -297,7 +306,8 @@ static void s_on_stream_result(client_streams_t *cs, const Rb__Tunnel__StreamRes
         if (s->socks) {
             uint8_t rep[10];
             socks_reply(rep, s_socks_code(r->error), 0, 0);
-            if (send(fd, rep, sizeof rep, MSG_NOSIGNAL) < 0) { /* closing anyway */ }
+            if (send(fd, rep, sizeof rep, MSG_NOSIGNAL) < 0) { /* closing anyway */
+            }
             s->graceful = true;
         }
         s_stream_free(s);
@@ -486,8 +496,10 @@ int client_streams_expose(client_streams_t *cs, const char *spec, char *err, siz
     }
     exposed_t e = {0};
     const char *rest;
-    if (strncmp(spec, "tcp:", 4) == 0) e.proto = RB__TUNNEL__PROTO__PROTO_TCP;
-    else if (strncmp(spec, "udp:", 4) == 0) e.proto = RB__TUNNEL__PROTO__PROTO_UDP;
+    if (strncmp(spec, "tcp:", 4) == 0)
+        e.proto = RB__TUNNEL__PROTO__PROTO_TCP;
+    else if (strncmp(spec, "udp:", 4) == 0)
+        e.proto = RB__TUNNEL__PROTO__PROTO_UDP;
     else {
         snprintf(err, errlen, "--expose '%s': want tcp:PORT[=HOST:PORT] or udp:PORT[=HOST:PORT]",
                  spec);
@@ -594,7 +606,10 @@ int client_streams_listener_port(const client_streams_t *cs, size_t index)
 /* ------------------------------------------------------------------ */
 /* The tunnel                                                          */
 
-static void s_drop(void *arg, uint64_t key, void *value) { s_stream_free(value); }
+static void s_drop(void *arg, uint64_t key, void *value)
+{
+    s_stream_free(value);
+}
 
 void client_streams_tunnel(client_streams_t *cs, rb_tconn_t *t)
 {
@@ -631,22 +646,25 @@ void client_streams_input(client_streams_t *cs, const rb_frame_t *f,
         return;
     }
     cstream_t *s = rb_imap_get(cs->streams, f->stream_id);
-    if (!s) return;   /* ended here; the edge has been or will be told */
+    if (!s) return; /* ended here; the edge has been or will be told */
     switch (f->type) {
     case RB_FRAME_DATA:
         if (f->flags & RB_FRAME_RST) {
             s_stream_free(s);
             return;
         }
-        if (!s->pump) return;   /* not open: nothing may arrive yet */
+        if (!s->pump) return; /* not open: nothing may arrive yet */
         switch (rb_pump_peer_data(s->pump, f->flags, f->payload, f->len)) {
-        case RB_PUMP_GOING: return;
+        case RB_PUMP_GOING:
+            return;
         case RB_PUMP_OVERRUN:
             rb_warn("window_overrun", "stream %u: the edge sent more than its window", s->id);
             if (cs->t) rb_tconn_send_frame(cs->t, RB_FRAME_DATA, RB_FRAME_RST, s->id, NULL, 0);
             s_stream_free(s);
             return;
-        default: s_stream_free(s); return;
+        default:
+            s_stream_free(s);
+            return;
         }
     case RB_FRAME_WINDOW:
         if (s->pump) rb_pump_peer_window(s->pump, rb_frame_window(f));
@@ -689,4 +707,7 @@ void client_streams_destroy(client_streams_t **pcs)
     free(cs);
 }
 
-size_t client_streams_count(const client_streams_t *cs) { return rb_imap_count(cs->streams); }
+size_t client_streams_count(const client_streams_t *cs)
+{
+    return rb_imap_count(cs->streams);
+}

@@ -29,7 +29,8 @@ static size_t s_slot(uint64_t k, size_t nb)
 uint64_t rb_imap_str_key(const char *s)
 {
     uint64_t h = 1469598103934665603ULL;
-    for (; *s; s++) h = (h ^ (uint8_t)*s) * 1099511628211ULL;
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 1099511628211ULL;
     return h;
 }
 
@@ -65,7 +66,7 @@ static void s_grow(rb_imap_t *m)
 {
     size_t nb = m->nb * 2;
     node_t **b = calloc(nb, sizeof *b);
-    if (!b) return;   /* longer chains, still correct */
+    if (!b) return; /* longer chains, still correct */
     for (size_t i = 0; i < m->nb; i++) {
         for (node_t *n = m->b[i], *next; n; n = next) {
             next = n->next;
@@ -120,7 +121,10 @@ void *rb_imap_del(rb_imap_t *m, uint64_t key)
     return NULL;
 }
 
-size_t rb_imap_count(const rb_imap_t *m) { return m ? m->count : 0; }
+size_t rb_imap_count(const rb_imap_t *m)
+{
+    return m ? m->count : 0;
+}
 
 void rb_imap_each(rb_imap_t *m, void (*fn)(void *arg, uint64_t key, void *value), void *arg)
 {

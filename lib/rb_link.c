@@ -24,8 +24,7 @@ int rb_link_send(void *sock, const void *rid, size_t rid_len, uint8_t type, uint
     return 0;
 }
 
-int rb_link_send_control(void *sock, const void *rid, size_t rid_len,
-                         const Rb__Fwd__LinkControl *m)
+int rb_link_send_control(void *sock, const void *rid, size_t rid_len, const Rb__Fwd__LinkControl *m)
 {
     size_t n = rb__fwd__link_control__get_packed_size(m);
     if (n == 0 || n > RB_FRAME_MAX_CONTROL) {
@@ -39,7 +38,8 @@ int rb_link_send_control(void *sock, const void *rid, size_t rid_len,
 
 void rb_link_msg_close(rb_link_msg_t *m)
 {
-    for (int i = 0; i < m->nparts; i++) zmq_msg_close(&m->part[i]);
+    for (int i = 0; i < m->nparts; i++)
+        zmq_msg_close(&m->part[i]);
     m->nparts = 0;
 }
 
@@ -72,7 +72,8 @@ static void s_take_rid(rb_link_msg_t *m)
         memcpy(m->rid_text, m->rid, n);
         m->rid_text[n] = '\0';
     } else {
-        for (size_t k = 0; k < n; k++) snprintf(m->rid_text + 2 * k, 3, "%02x", m->rid[k]);
+        for (size_t k = 0; k < n; k++)
+            snprintf(m->rid_text + 2 * k, 3, "%02x", m->rid[k]);
         m->rid_text[2 * n] = '\0';
     }
 }

@@ -19,9 +19,9 @@
 typedef struct {
     zmq_msg_t part[3];
     int nparts;
-    uint8_t rid[RB_LINK_RID_MAX];    /* ROUTER: the sender's routing id (bytes) */
+    uint8_t rid[RB_LINK_RID_MAX]; /* ROUTER: the sender's routing id (bytes) */
     size_t rid_len;
-    char rid_text[2 * RB_LINK_RID_MAX + 1];   /* printable: as is, or hex */
+    char rid_text[2 * RB_LINK_RID_MAX + 1]; /* printable: as is, or hex */
 } rb_link_msg_t;
 
 /* Sets the link's socket options (no HWM either way, no linger). */

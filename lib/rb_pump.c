@@ -20,16 +20,16 @@ struct rb_pump {
     const rb_pump_handlers_t *h;
     void *arg;
     bool connecting;
-    bool eof_in;        /* the socket said EOF; FIN sent to the peer */
-    bool fin_in;        /* the peer sent FIN */
-    bool shut_out;      /* shutdown(SHUT_WR) done */
+    bool eof_in;   /* the socket said EOF; FIN sent to the peer */
+    bool fin_in;   /* the peer sent FIN */
+    bool shut_out; /* shutdown(SHUT_WR) done */
     bool over;
-    bool parked;        /* out of the loop: hung up, nothing to do now */
-    unsigned watching;  /* RB_EV_* registered with the loop */
-    uint32_t credit;    /* bytes we may still send the peer */
-    uint32_t rx_left;   /* bytes the peer may still send us */
-    uint32_t unacked;   /* written to the socket, not yet granted back */
-    rb_buf_t out;       /* peer bytes the socket has not taken yet */
+    bool parked;       /* out of the loop: hung up, nothing to do now */
+    unsigned watching; /* RB_EV_* registered with the loop */
+    uint32_t credit;   /* bytes we may still send the peer */
+    uint32_t rx_left;  /* bytes the peer may still send us */
+    uint32_t unacked;  /* written to the socket, not yet granted back */
+    rb_buf_t out;      /* peer bytes the socket has not taken yet */
     uint64_t nread, nwritten;
 };
 
@@ -77,8 +77,10 @@ static void s_abort(rb_pump_t *p)
 
 static void s_finish(rb_pump_t *p, bool reset, const char *why)
 {
-    if (reset) s_abort(p);
-    else s_leave(p);
+    if (reset)
+        s_abort(p);
+    else
+        s_leave(p);
     p->h->done(p->arg, reset, why);
 }
 
@@ -284,7 +286,7 @@ int rb_pump_peer_data(rb_pump_t *p, uint8_t flags, const uint8_t *buf, size_t le
             p->shut_out = true;
         }
     }
-    if (p->eof_in && p->shut_out) {   /* no credit is owed after both FINs */
+    if (p->eof_in && p->shut_out) { /* no credit is owed after both FINs */
         s_leave(p);
         return RB_PUMP_OVER;
     }
@@ -310,7 +312,19 @@ void rb_pump_note_sent(rb_pump_t *p, size_t n, bool fin)
     s_watch(p);
 }
 
-uint64_t rb_pump_bytes_read(const rb_pump_t *p) { return p->nread; }
-uint64_t rb_pump_bytes_written(const rb_pump_t *p) { return p->nwritten; }
-size_t rb_pump_pending(const rb_pump_t *p) { return p->out.len; }
-int rb_pump_fd(const rb_pump_t *p) { return p->fd; }
+uint64_t rb_pump_bytes_read(const rb_pump_t *p)
+{
+    return p->nread;
+}
+uint64_t rb_pump_bytes_written(const rb_pump_t *p)
+{
+    return p->nwritten;
+}
+size_t rb_pump_pending(const rb_pump_t *p)
+{
+    return p->out.len;
+}
+int rb_pump_fd(const rb_pump_t *p)
+{
+    return p->fd;
+}

@@ -42,12 +42,12 @@ typedef struct {
     void *sock;
     char *endpoint;
     char id[RB_LINK_RID_MAX + 1];
-    uint64_t instance;   /* 0: not attached to (again) yet */
+    uint64_t instance; /* 0: not attached to (again) yet */
     uint64_t heard_ms;
     rb_cidr_t cidrs[MAX_CIDRS];
     size_t ncidrs;
-    rb_imap_t *streams;  /* link id -> estream_t */
-    uint32_t next_id;    /* odd */
+    rb_imap_t *streams; /* link id -> estream_t */
+    uint32_t next_id;   /* odd */
 } fwd_t;
 
 struct edge_tunnel {
@@ -59,11 +59,11 @@ struct edge_tunnel {
     uint32_t ip_n;
     char **groups;
     size_t ngroups;
-    Rb__Tunnel__ExposedPort *ports;   /* what the device exposes (nports) */
+    Rb__Tunnel__ExposedPort *ports; /* what the device exposes (nports) */
     size_t nports;
-    fwd_t *fwd;          /* the forwarder serving the session's address */
-    rb_imap_t *streams;  /* tunnel id -> estream_t */
-    uint32_t next_id;    /* even */
+    fwd_t *fwd;         /* the forwarder serving the session's address */
+    rb_imap_t *streams; /* tunnel id -> estream_t */
+    uint32_t next_id;   /* even */
 };
 
 struct estream {
@@ -71,8 +71,8 @@ struct estream {
     fwd_t *fwd;
     uint32_t tid, lid;
     bool udp, by_device, fin_up, fin_down;
-    uint32_t up_left;    /* bytes the device may still send */
-    uint32_t down_left;  /* bytes the forwarder may still send */
+    uint32_t up_left;   /* bytes the device may still send */
+    uint32_t down_left; /* bytes the forwarder may still send */
 };
 
 struct edge_link {
@@ -81,10 +81,10 @@ struct edge_link {
     fwd_t fwd[MAX_FORWARDERS];
     size_t nfwd;
     edge_tunnel_t *tunnels;
-    rb_imap_t *by_session;   /* hash of session id -> edge_tunnel_t */
+    rb_imap_t *by_session; /* hash of session id -> edge_tunnel_t */
     rb_timer_t *hello;
     uint64_t ticks;
-    uint64_t instance;       /* this start of the edge, in every Hello */
+    uint64_t instance; /* this start of the edge, in every Hello */
     size_t nstreams;
     rb_metric_t *m_streams, *m_opened_device, *m_opened_server, *m_overruns, *m_dropped;
     rb_metric_t *m_link_errors;
@@ -100,8 +100,7 @@ static int s_fwd_control(fwd_t *f, Rb__Fwd__LinkControl *m)
     return -1;
 }
 
-static int s_fwd_frame(fwd_t *f, uint8_t type, uint8_t flags, uint32_t id, const void *d,
-                       size_t n)
+static int s_fwd_frame(fwd_t *f, uint8_t type, uint8_t flags, uint32_t id, const void *d, size_t n)
 {
     if (rb_link_send(f->sock, NULL, 0, type, flags, id, d, n) == 0) return 0;
     rb_debug("link_send", "forwarder %s: %s", f->endpoint, zmq_strerror(errno));
@@ -143,7 +142,8 @@ static void s_send_attach(edge_tunnel_t *tun)
     Rb__Fwd__LinkControl m = RB__FWD__LINK_CONTROL__INIT;
     Rb__Fwd__Attach a = RB__FWD__ATTACH__INIT;
     Rb__Tunnel__ExposedPort *pp[MAX_PORTS];
-    for (size_t i = 0; i < tun->nports; i++) pp[i] = &tun->ports[i];
+    for (size_t i = 0; i < tun->nports; i++)
+        pp[i] = &tun->ports[i];
     a.session_id = tun->session_id;
     a.user = tun->user;
     a.ip = tun->ip;
@@ -159,8 +159,8 @@ static void s_send_attach(edge_tunnel_t *tun)
 /* ------------------------------------------------------------------ */
 /* Streams                                                             */
 
-static estream_t *s_stream_new(edge_tunnel_t *tun, fwd_t *f, uint32_t tid, uint32_t lid,
-                               bool udp, bool by_device)
+static estream_t *s_stream_new(edge_tunnel_t *tun, fwd_t *f, uint32_t tid, uint32_t lid, bool udp,
+                               bool by_device)
 {
     estream_t *s = calloc(1, sizeof *s);
     if (!s) return NULL;
@@ -258,7 +258,10 @@ static void s_reset_one(void *arg, uint64_t key, void *value)
 
 /* The forwarder lost its streams (restart or silence): reset them at the
  * devices. */
-static void s_fwd_reset_streams(fwd_t *f) { rb_imap_each(f->streams, s_reset_one, NULL); }
+static void s_fwd_reset_streams(fwd_t *f)
+{
+    rb_imap_each(f->streams, s_reset_one, NULL);
+}
 
 static void s_on_hello_ack(fwd_t *f, const Rb__Fwd__HelloAck *m)
 {
@@ -304,8 +307,8 @@ static void s_on_open(fwd_t *f, const Rb__Fwd__Open *m)
     uint32_t lid = m->link_id;
     if (lid == 0 || (lid & 1) || rb_imap_get(f->streams, lid)) {
         rb_metric_inc(l->m_link_errors);
-        rb_warn("bad_open", "forwarder %s: Open with link id %u (odd, zero or in use)",
-                f->endpoint, lid);
+        rb_warn("bad_open", "forwarder %s: Open with link id %u (odd, zero or in use)", f->endpoint,
+                lid);
         return;
     }
     edge_tunnel_t *tun = s_tunnel_find(l, m->session_id ? m->session_id : "");
@@ -354,7 +357,7 @@ static void s_fwd_data(fwd_t *f, const rb_frame_t *fr)
 {
     edge_link_t *l = f->l;
     estream_t *s = rb_imap_get(f->streams, fr->stream_id);
-    if (!s) return;   /* ended here; the forwarder heard or hears why */
+    if (!s) return; /* ended here; the forwarder heard or hears why */
     switch (fr->type) {
     case RB_FRAME_DATA:
         if (fr->len > s->down_left || (s->udp && !(fr->flags & RB_FRAME_RST))) {
@@ -418,9 +421,15 @@ static void s_on_fwd(rb_loop_t *loop, void *sock, void *arg)
             continue;
         }
         switch (c->msg_case) {
-        case RB__FWD__LINK_CONTROL__MSG_HELLO_ACK: s_on_hello_ack(f, c->hello_ack); break;
-        case RB__FWD__LINK_CONTROL__MSG_OPEN: s_on_open(f, c->open); break;
-        case RB__FWD__LINK_CONTROL__MSG_OPEN_RESULT: s_on_open_result(f, c->open_result); break;
+        case RB__FWD__LINK_CONTROL__MSG_HELLO_ACK:
+            s_on_hello_ack(f, c->hello_ack);
+            break;
+        case RB__FWD__LINK_CONTROL__MSG_OPEN:
+            s_on_open(f, c->open);
+            break;
+        case RB__FWD__LINK_CONTROL__MSG_OPEN_RESULT:
+            s_on_open_result(f, c->open_result);
+            break;
         default:
             rb_metric_inc(l->m_link_errors);
             rb_warn("bad_link_message", "forwarder %s: message %d is not for an edge; dropped",
@@ -440,14 +449,13 @@ static void s_on_hello_timer(rb_loop_t *loop, void *arg)
         fwd_t *f = &l->fwd[i];
         /* Every tick until a forwarder answers (a Hello sent before the
          * link is up is dropped: ZMQ_IMMEDIATE), then once a second. */
-        if (f->instance && l->ticks % HELLO_EVERY_TICKS != 0 &&
-            now - f->heard_ms <= FWD_SILENCE_MS)
+        if (f->instance && l->ticks % HELLO_EVERY_TICKS != 0 && now - f->heard_ms <= FWD_SILENCE_MS)
             continue;
         if (f->instance && now - f->heard_ms > FWD_SILENCE_MS) {
             rb_warn("forwarder_silent", "forwarder %s: no answer for %d s; its streams are reset",
                     f->endpoint, FWD_SILENCE_MS / 1000);
             s_fwd_reset_streams(f);
-            f->instance = 0;   /* it will have dropped us: attach again */
+            f->instance = 0; /* it will have dropped us: attach again */
         }
         Rb__Fwd__LinkControl m = RB__FWD__LINK_CONTROL__INIT;
         Rb__Fwd__Hello h = RB__FWD__HELLO__INIT;
@@ -475,7 +483,8 @@ edge_tunnel_t *edge_link_attach(edge_link_t *l, rb_tconn_t *t, const char *sessi
     tun->streams = rb_imap_new();
     /* Sized to the user's groups: an idle session should cost little. */
     size_t ngroups = 1;
-    for (const char *g = groups; g && *g; g++) ngroups += *g == ',';
+    for (const char *g = groups; g && *g; g++)
+        ngroups += *g == ',';
     if (ngroups > MAX_GROUPS) ngroups = MAX_GROUPS;
     tun->groups = calloc(ngroups + 1, sizeof *tun->groups);
     if (!tun->session_id || !tun->user || !tun->streams || !tun->groups) goto fail;
@@ -498,7 +507,8 @@ edge_tunnel_t *edge_link_attach(edge_link_t *l, rb_tconn_t *t, const char *sessi
 fail:
     rb_imap_destroy(&tun->streams);
     if (tun->groups)
-        for (size_t i = 0; i < tun->ngroups; i++) free(tun->groups[i]);
+        for (size_t i = 0; i < tun->ngroups; i++)
+            free(tun->groups[i]);
     free(tun->groups);
     free(tun->session_id);
     free(tun->user);
@@ -534,10 +544,13 @@ void edge_link_detach(edge_tunnel_t **ptun, const char *reason)
     }
     if (rb_imap_get(l->by_session, rb_imap_str_key(tun->session_id)) == tun)
         rb_imap_del(l->by_session, rb_imap_str_key(tun->session_id));
-    if (tun->prev) tun->prev->next = tun->next;
-    else l->tunnels = tun->next;
+    if (tun->prev)
+        tun->prev->next = tun->next;
+    else
+        l->tunnels = tun->next;
     if (tun->next) tun->next->prev = tun->prev;
-    for (size_t i = 0; i < tun->ngroups; i++) free(tun->groups[i]);
+    for (size_t i = 0; i < tun->ngroups; i++)
+        free(tun->groups[i]);
     free(tun->groups);
     free(tun->ports);
     free(tun->session_id);
@@ -554,7 +567,8 @@ int edge_link_expose(edge_tunnel_t *tun, const Rb__Tunnel__Expose *m, const char
     for (size_t i = 0; i < m->n_ports; i++) {
         const Rb__Tunnel__ExposedPort *p = m->ports[i];
         if (p->port < 1 || p->port > 65535 ||
-            (p->proto != RB__TUNNEL__PROTO__PROTO_TCP && p->proto != RB__TUNNEL__PROTO__PROTO_UDP)) {
+            (p->proto != RB__TUNNEL__PROTO__PROTO_TCP &&
+             p->proto != RB__TUNNEL__PROTO__PROTO_UDP)) {
             *why = "bad exposed port";
             return -1;
         }
@@ -589,8 +603,8 @@ int edge_link_stream_open(edge_tunnel_t *tun, const Rb__Tunnel__StreamOpen *m, c
     }
     const char *host = m->host ? m->host : "";
     if (!*host || !rb_str_printable(host, HOST_MAX) || m->port < 1 || m->port > 65535) {
-        s_tun_result(tun, tid, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, "bad host or port",
-                     NULL, 0);
+        s_tun_result(tun, tid, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, "bad host or port", NULL,
+                     0);
         return 0;
     }
     if (m->proto != RB__TUNNEL__PROTO__PROTO_TCP) {
@@ -612,8 +626,8 @@ int edge_link_stream_open(edge_tunnel_t *tun, const Rb__Tunnel__StreamOpen *m, c
     }
     estream_t *s = s_stream_new(tun, f, tid, s_next_lid(f), false, true);
     if (!s) {
-        s_tun_result(tun, tid, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, "edge out of memory",
-                     NULL, 0);
+        s_tun_result(tun, tid, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, "edge out of memory", NULL,
+                     0);
         return 0;
     }
     Rb__Fwd__LinkControl c = RB__FWD__LINK_CONTROL__INIT;
@@ -633,11 +647,10 @@ int edge_link_stream_open(edge_tunnel_t *tun, const Rb__Tunnel__StreamOpen *m, c
     return 0;
 }
 
-int edge_link_stream_result(edge_tunnel_t *tun, const Rb__Tunnel__StreamResult *m,
-                            const char **why)
+int edge_link_stream_result(edge_tunnel_t *tun, const Rb__Tunnel__StreamResult *m, const char **why)
 {
     estream_t *s = rb_imap_get(tun->streams, m->stream_id);
-    if (!s) return 0;   /* reset by the forwarder meanwhile */
+    if (!s) return 0; /* reset by the forwarder meanwhile */
     if (s->by_device) {
         *why = "StreamResult for a stream the device opened";
         return -1;
@@ -680,7 +693,7 @@ int edge_link_frame(edge_tunnel_t *tun, const rb_frame_t *f, const char **why)
     case RB_FRAME_WINDOW:
         s->down_left = s_add_credit(s->down_left, rb_frame_window(f));
         if (s_fwd_frame(s->fwd, RB_FRAME_WINDOW, 0, s->lid, f->payload, f->len) < 0)
-            s_stream_free(s, true, false);   /* lost credit would stall it for good */
+            s_stream_free(s, true, false); /* lost credit would stall it for good */
         return 0;
     case RB_FRAME_DATAGRAM:
         if (!s->udp) {
@@ -787,12 +800,16 @@ void edge_link_destroy(edge_link_t **pl)
     free(l);
 }
 
-size_t edge_link_forwarders(const edge_link_t *l) { return l ? l->nfwd : 0; }
+size_t edge_link_forwarders(const edge_link_t *l)
+{
+    return l ? l->nfwd : 0;
+}
 
 size_t edge_link_forwarders_up(const edge_link_t *l)
 {
     size_t n = 0;
-    for (size_t i = 0; l && i < l->nfwd; i++) n += s_fwd_up(&l->fwd[i]);
+    for (size_t i = 0; l && i < l->nfwd; i++)
+        n += s_fwd_up(&l->fwd[i]);
     return n;
 }
 

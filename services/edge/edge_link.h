@@ -22,14 +22,14 @@
 #include "tunnel.pb-c.h"
 
 typedef struct edge_link edge_link_t;
-typedef struct edge_tunnel edge_tunnel_t;   /* the link's view of one ACTIVE tunnel */
+typedef struct edge_tunnel edge_tunnel_t; /* the link's view of one ACTIVE tunnel */
 
 typedef struct {
-    const char *endpoints;         /* forwarders' data links, comma-separated */
-    const rb_curve_t *curve;       /* our keys; may be disabled */
-    const char *forwarder_public;  /* Z85 key of the forwarders, with CURVE */
-    const char *edge_id;           /* our routing id */
-    unsigned max_streams;          /* per tunnel */
+    const char *endpoints;        /* forwarders' data links, comma-separated */
+    const rb_curve_t *curve;      /* our keys; may be disabled */
+    const char *forwarder_public; /* Z85 key of the forwarders, with CURVE */
+    const char *edge_id;          /* our routing id */
+    unsigned max_streams;         /* per tunnel */
 } edge_link_config_t;
 
 /* NULL on error (logged). With no endpoints, every stream a device opens

@@ -50,13 +50,13 @@ typedef struct attach attach_t;
 
 typedef struct peer {
     struct peer *next;
-    uint8_t rid[RB_LINK_RID_MAX];     /* routing id, bytes */
+    uint8_t rid[RB_LINK_RID_MAX]; /* routing id, bytes */
     size_t rid_len;
-    char name[2 * RB_LINK_RID_MAX + 1];   /* printable, for logs */
+    char name[2 * RB_LINK_RID_MAX + 1]; /* printable, for logs */
     uint64_t heard_ms;
-    uint64_t instance;    /* the edge's start, from its Hello */
-    rb_imap_t *streams;   /* link id -> stream_t */
-    uint32_t next_id;     /* even ids for server-initiated streams */
+    uint64_t instance;  /* the edge's start, from its Hello */
+    rb_imap_t *streams; /* link id -> stream_t */
+    uint32_t next_id;   /* even ids for server-initiated streams */
 } peer_t;
 
 typedef struct listener {
@@ -64,16 +64,16 @@ typedef struct listener {
     plane_t *p;
     attach_t *a;
     int fd;
-    int proto;            /* POLICY_TCP or POLICY_UDP */
+    int proto; /* POLICY_TCP or POLICY_UDP */
     uint16_t port;
-    rb_imap_t *flows;     /* UDP: (source address << 16 | port) -> stream_t */
-    size_t denied;        /* UDP: denied flows kept until they idle out */
-    rb_timer_t *pause;    /* TCP: accept ran out of descriptors; retry later */
+    rb_imap_t *flows;  /* UDP: (source address << 16 | port) -> stream_t */
+    size_t denied;     /* UDP: denied flows kept until they idle out */
+    rb_timer_t *pause; /* TCP: accept ran out of descriptors; retry later */
 } listener_t;
 
 struct attach {
     char *session_id, *user;
-    char ip[16];          /* "" without an intranet address */
+    char ip[16]; /* "" without an intranet address */
     uint32_t ip_n;
     char **groups;
     size_t ngroups;
@@ -81,31 +81,31 @@ struct attach {
     listener_t *listeners;
     stream_t *streams;
     size_t nstreams;
-    size_t ndenied;       /* of nstreams: denied UDP flows */
+    size_t ndenied; /* of nstreams: denied UDP flows */
 };
 
 typedef enum { K_INBOUND, K_OUTBOUND } kind_t;
 
 struct stream {
-    stream_t *prev, *next;   /* in a->streams */
+    stream_t *prev, *next; /* in a->streams */
     plane_t *p;
     attach_t *a;
     peer_t *peer;
     uint32_t id;
-    uint64_t serial;         /* for answers that may outlive the stream */
+    uint64_t serial; /* for answers that may outlive the stream */
     kind_t kind;
     int proto;
-    rb_pump_t *pump;         /* TCP */
-    listener_t *l;           /* UDP flow: the socket it came in on */
-    struct sockaddr_in src;  /* UDP flow: the internal peer */
-    bool denied;             /* UDP: a denied flow, kept to count drops */
-    bool refused;            /* UDP: the device refused the flow */
+    rb_pump_t *pump;        /* TCP */
+    listener_t *l;          /* UDP flow: the socket it came in on */
+    struct sockaddr_in src; /* UDP flow: the internal peer */
+    bool denied;            /* UDP: a denied flow, kept to count drops */
+    bool refused;           /* UDP: the device refused the flow */
     bool open_ok;
     rb_timer_t *connect_timer;
     uint16_t target_port;
     uint64_t start_ms, last_ms;
     uint64_t to_device, from_device, dropped;
-    char peer_desc[64];      /* "ip:port" of the internal side */
+    char peer_desc[64]; /* "ip:port" of the internal side */
     char src_user[NAME_MAX_LEN + 1];
     char target[NAME_MAX_LEN + 8];
 };
@@ -120,9 +120,9 @@ struct plane {
     policy_t *policy;
     resolve_t *resolve;
     peer_t *peers;
-    rb_imap_t *by_session;   /* hash of session id -> attach_t */
-    rb_imap_t *by_ip;        /* intranet address -> attach_t */
-    rb_imap_t *by_serial;    /* streams waiting for a name or a connect */
+    rb_imap_t *by_session; /* hash of session id -> attach_t */
+    rb_imap_t *by_ip;      /* intranet address -> attach_t */
+    rb_imap_t *by_serial;  /* streams waiting for a name or a connect */
     uint64_t next_serial;
     rb_timer_t *tick;
     rb_cidr_t cidrs[MAX_CIDRS];
@@ -144,7 +144,10 @@ static void s_addr_str(const struct sockaddr_in *sa, char *out, size_t len)
     snprintf(out, len, "%s:%u", ip, ntohs(sa->sin_port));
 }
 
-static const char *s_proto_name(int proto) { return proto == POLICY_UDP ? "udp" : "tcp"; }
+static const char *s_proto_name(int proto)
+{
+    return proto == POLICY_UDP ? "udp" : "tcp";
+}
 
 /* ------------------------------------------------------------------ */
 /* Link output                                                         */
@@ -216,9 +219,8 @@ static void s_audit(stream_t *s, const char *verdict, const char *why)
     rb_log_with(RB_LOG_INFO, "audit", f.data, "%s %s %s -> %s%s%s port %u: %s (%s)",
                 s->kind == K_INBOUND ? "inbound" : "outbound", s_proto_name(s->proto),
                 s->kind == K_INBOUND ? s->peer_desc : s->a->user,
-                s->kind == K_INBOUND ? s->a->user : s->target,
-                s->kind == K_INBOUND ? " at " : "", s->kind == K_INBOUND ? s->a->ip : "",
-                s->target_port, verdict, why ? why : "");
+                s->kind == K_INBOUND ? s->a->user : s->target, s->kind == K_INBOUND ? " at " : "",
+                s->kind == K_INBOUND ? s->a->ip : "", s->target_port, verdict, why ? why : "");
     rb_buf_free(&f);
 }
 
@@ -246,8 +248,10 @@ static stream_t *s_stream_new(plane_t *p, attach_t *a, peer_t *peer, uint32_t id
     if (a->streams) a->streams->prev = s;
     a->streams = s;
     a->nstreams++;
-    if (proto == POLICY_UDP) p->nflows++;
-    else p->nstreams++;
+    if (proto == POLICY_UDP)
+        p->nflows++;
+    else
+        p->nstreams++;
     rb_metric_set(p->m_streams, (double)p->nstreams);
     rb_metric_set(p->m_flows, (double)p->nflows);
     return s;
@@ -275,12 +279,16 @@ static void s_stream_free(stream_t *s, const char *verdict, const char *why)
         uint64_t key = (uint64_t)ntohl(s->src.sin_addr.s_addr) << 16 | ntohs(s->src.sin_port);
         if (rb_imap_get(s->l->flows, key) == s) rb_imap_del(s->l->flows, key);
     }
-    if (s->prev) s->prev->next = s->next;
-    else s->a->streams = s->next;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        s->a->streams = s->next;
     if (s->next) s->next->prev = s->prev;
     s->a->nstreams--;
-    if (s->proto == POLICY_UDP) p->nflows--;
-    else p->nstreams--;
+    if (s->proto == POLICY_UDP)
+        p->nflows--;
+    else
+        p->nstreams--;
     rb_metric_set(p->m_streams, (double)p->nstreams);
     rb_metric_set(p->m_flows, (double)p->nflows);
     free(s);
@@ -318,18 +326,22 @@ static int s_pump_window(void *arg, uint32_t inc)
 static void s_pump_done(void *arg, bool reset, const char *why)
 {
     stream_t *s = arg;
-    if (s->kind == K_OUTBOUND && !s->open_ok) return;   /* connected() answers */
+    if (s->kind == K_OUTBOUND && !s->open_ok) return; /* connected() answers */
     s_stream_end(s, why, reset);
 }
 
 static Rb__Tunnel__StreamError s_errno_error(int err)
 {
     switch (err) {
-    case ECONNREFUSED: return RB__TUNNEL__STREAM_ERROR__STREAM_REFUSED;
-    case ETIMEDOUT: return RB__TUNNEL__STREAM_ERROR__STREAM_TIMEOUT;
+    case ECONNREFUSED:
+        return RB__TUNNEL__STREAM_ERROR__STREAM_REFUSED;
+    case ETIMEDOUT:
+        return RB__TUNNEL__STREAM_ERROR__STREAM_TIMEOUT;
     case ENETUNREACH:
-    case EHOSTUNREACH: return RB__TUNNEL__STREAM_ERROR__STREAM_UNREACHABLE;
-    default: return RB__TUNNEL__STREAM_ERROR__STREAM_FAILED;
+    case EHOSTUNREACH:
+        return RB__TUNNEL__STREAM_ERROR__STREAM_UNREACHABLE;
+    default:
+        return RB__TUNNEL__STREAM_ERROR__STREAM_FAILED;
     }
 }
 
@@ -373,7 +385,10 @@ static void s_connect_timeout(rb_loop_t *loop, void *arg)
     s_outbound_fail(s, RB__TUNNEL__STREAM_ERROR__STREAM_TIMEOUT, "connect timed out");
 }
 
-static bool s_loopback(uint32_t ip) { return ip >> 24 == 127 || ip >> 24 == 0; }
+static bool s_loopback(uint32_t ip)
+{
+    return ip >> 24 == 127 || ip >> 24 == 0;
+}
 
 /* The device's outbound connection, from its intranet address (or ours,
  * without one) to ip:port. */
@@ -408,8 +423,8 @@ static void s_outbound_connect(stream_t *s, uint32_t ip)
             return;
         }
     }
-    struct sockaddr_in to = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(ip),
-                             .sin_port = htons(s->target_port)};
+    struct sockaddr_in to = {
+        .sin_family = AF_INET, .sin_addr.s_addr = htonl(ip), .sin_port = htons(s->target_port)};
     char ipbuf[16];
     snprintf(s->peer_desc, sizeof s->peer_desc, "%s:%u", rb_ip_format(ip, ipbuf), s->target_port);
     if (connect(fd, (struct sockaddr *)&to, sizeof to) < 0 && errno != EINPROGRESS) {
@@ -424,8 +439,8 @@ static void s_outbound_connect(stream_t *s, uint32_t ip)
         s_outbound_fail(s, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, "out of memory");
         return;
     }
-    s->connect_timer = rb_loop_add_timer(p->loop, p->cfg->connect_timeout_ms, false,
-                                         s_connect_timeout, s);
+    s->connect_timer =
+        rb_loop_add_timer(p->loop, p->cfg->connect_timeout_ms, false, s_connect_timeout, s);
     rb_imap_put(p->by_serial, s->serial, s);
 }
 
@@ -433,7 +448,7 @@ static void s_resolved(void *arg, uint64_t token, int err, uint32_t ip)
 {
     plane_t *p = arg;
     stream_t *s = rb_imap_get(p->by_serial, token);
-    if (!s) return;   /* the stream ended while the name was looked up */
+    if (!s) return; /* the stream ended while the name was looked up */
     rb_imap_del(p->by_serial, token);
     if (err) {
         s_outbound_fail(s, RB__TUNNEL__STREAM_ERROR__STREAM_NO_NAME, gai_strerror(err));
@@ -473,7 +488,8 @@ static void s_attach_free(plane_t *p, attach_t *a, const char *why)
     if (a->ip[0] && rb_imap_get(p->by_ip, a->ip_n) == a) rb_imap_del(p->by_ip, a->ip_n);
     rb_debug("detached", "session %s (user '%s', %s): %s", a->session_id, a->user,
              a->ip[0] ? a->ip : "no address", why);
-    for (size_t i = 0; i < a->ngroups; i++) free(a->groups[i]);
+    for (size_t i = 0; i < a->ngroups; i++)
+        free(a->groups[i]);
     free(a->groups);
     free(a->session_id);
     free(a->user);
@@ -566,22 +582,31 @@ static void s_on_accept(rb_loop_t *loop, int lfd, unsigned events, void *arg)
     s_addr_str(&src, desc, sizeof desc);
     uint32_t sip = ntohl(src.sin_addr.s_addr);
     bool ok = s_allowed(p, a, sip, l->port, POLICY_TCP, src_user, sizeof src_user, &line);
-    stream_t tmp = {.p = p, .a = a, .kind = K_INBOUND, .proto = POLICY_TCP,
-                    .target_port = l->port, .start_ms = rb_now_ms()};
+    stream_t tmp = {.p = p,
+                    .a = a,
+                    .kind = K_INBOUND,
+                    .proto = POLICY_TCP,
+                    .target_port = l->port,
+                    .start_ms = rb_now_ms()};
     snprintf(tmp.peer_desc, sizeof tmp.peer_desc, "%s", desc);
     snprintf(tmp.src_user, sizeof tmp.src_user, "%s", src_user);
     const char *why = NULL;
-    if (!ok) why = line ? "denied by policy" : "no policy rule allows it";
-    else if (a->nstreams - a->ndenied >= p->cfg->max_streams) why = "too many streams on the session";
-    else if (!a->peer) why = "the session's edge is gone";
+    if (!ok)
+        why = line ? "denied by policy" : "no policy rule allows it";
+    else if (a->nstreams - a->ndenied >= p->cfg->max_streams)
+        why = "too many streams on the session";
+    else if (!a->peer)
+        why = "the session's edge is gone";
     if (why) {
         struct linger lg = {1, 0};
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
         close(fd);
         rb_metric_inc(ok ? p->m_inbound_refused : p->m_inbound_denied);
         char reason[96];
-        if (line) snprintf(reason, sizeof reason, "%s (rule at line %u)", why, line);
-        else snprintf(reason, sizeof reason, "%s", why);
+        if (line)
+            snprintf(reason, sizeof reason, "%s (rule at line %u)", why, line);
+        else
+            snprintf(reason, sizeof reason, "%s", why);
         s_audit(&tmp, ok ? "refused" : "denied", reason);
         return;
     }
@@ -690,14 +715,15 @@ static void s_flow_from_device(stream_t *s, const uint8_t *data, size_t len)
 
 static listener_t *s_listen(plane_t *p, attach_t *a, int proto, uint16_t port)
 {
-    int fd = socket(AF_INET, (proto == POLICY_UDP ? SOCK_DGRAM : SOCK_STREAM) | SOCK_NONBLOCK |
-                                 SOCK_CLOEXEC, 0);
+    int fd =
+        socket(AF_INET,
+               (proto == POLICY_UDP ? SOCK_DGRAM : SOCK_STREAM) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return NULL;
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     setsockopt(fd, IPPROTO_IP, IP_FREEBIND, &one, sizeof one);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(a->ip_n),
-                             .sin_port = htons(port)};
+    struct sockaddr_in sa = {
+        .sin_family = AF_INET, .sin_addr.s_addr = htonl(a->ip_n), .sin_port = htons(port)};
     if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 ||
         (proto == POLICY_TCP && listen(fd, 128) < 0)) {
         rb_warn("listen_failed", "session %s (user '%s'): %s %s:%u: %s", a->session_id, a->user,
@@ -744,11 +770,12 @@ static void s_set_ports(plane_t *p, attach_t *a, Rb__Tunnel__ExposedPort **ports
         *pp = l->next;
         for (stream_t *s = a->streams, *next; s; s = next) {
             next = s->next;
-            if (s->l == l) s_stream_free(s, s->denied ? "denied" : "allowed", "port no longer exposed");
+            if (s->l == l)
+                s_stream_free(s, s->denied ? "denied" : "allowed", "port no longer exposed");
         }
         s_listener_free(p, l);
     }
-    if (!a->ip[0]) return;   /* no address: nothing to listen on */
+    if (!a->ip[0]) return; /* no address: nothing to listen on */
     for (size_t i = 0; i < n; i++) {
         int proto = ports[i]->proto == RB__TUNNEL__PROTO__PROTO_UDP ? POLICY_UDP : POLICY_TCP;
         bool have = false;
@@ -780,15 +807,21 @@ static void s_on_attach(plane_t *p, peer_t *peer, const Rb__Fwd__Attach *m)
     const char *ipstr = m->ip ? m->ip : "";
     uint32_t ip = 0;
     const char *bad = NULL;
-    if (!*sid || !rb_str_printable(sid, ID_MAX)) bad = "bad session id";
-    else if (!*user || !rb_str_printable(user, NAME_MAX_LEN)) bad = "bad user name";
-    else if (*ipstr && rb_ip_parse(ipstr, &ip) < 0) bad = "bad address";
-    else if (m->n_groups > MAX_GROUPS) bad = "too many groups";
-    else if (m->n_ports > MAX_PORTS) bad = "too many ports";
+    if (!*sid || !rb_str_printable(sid, ID_MAX))
+        bad = "bad session id";
+    else if (!*user || !rb_str_printable(user, NAME_MAX_LEN))
+        bad = "bad user name";
+    else if (*ipstr && rb_ip_parse(ipstr, &ip) < 0)
+        bad = "bad address";
+    else if (m->n_groups > MAX_GROUPS)
+        bad = "too many groups";
+    else if (m->n_ports > MAX_PORTS)
+        bad = "too many ports";
     for (size_t i = 0; !bad && i < m->n_groups; i++)
         if (!m->groups[i] || !rb_str_printable(m->groups[i], NAME_MAX_LEN)) bad = "bad group name";
     for (size_t i = 0; !bad && i < m->n_ports; i++) {
-        if (m->ports[i]->port < 1 || m->ports[i]->port > 65535) bad = "bad port";
+        if (m->ports[i]->port < 1 || m->ports[i]->port > 65535)
+            bad = "bad port";
         else if (m->ports[i]->proto != RB__TUNNEL__PROTO__PROTO_TCP &&
                  m->ports[i]->proto != RB__TUNNEL__PROTO__PROTO_UDP)
             bad = "bad protocol";
@@ -829,7 +862,8 @@ static void s_on_attach(plane_t *p, peer_t *peer, const Rb__Fwd__Attach *m)
     /* A resume moves the session to another edge: its streams died with
      * the old connection, so they go. */
     if (a->peer && a->peer != peer) {
-        while (a->streams) s_stream_free(a->streams, "allowed", "the session moved to another edge");
+        while (a->streams)
+            s_stream_free(a->streams, "allowed", "the session moved to another edge");
     }
     a->peer = peer;
     char **g = calloc(m->n_groups + 1, sizeof *g);
@@ -837,7 +871,8 @@ static void s_on_attach(plane_t *p, peer_t *peer, const Rb__Fwd__Attach *m)
         size_t n = 0;
         for (size_t i = 0; i < m->n_groups; i++)
             if ((g[n] = strdup(m->groups[i]))) n++;
-        for (size_t i = 0; i < a->ngroups; i++) free(a->groups[i]);
+        for (size_t i = 0; i < a->ngroups; i++)
+            free(a->groups[i]);
         free(a->groups);
         a->groups = g;
         a->ngroups = n;
@@ -865,8 +900,8 @@ static void s_on_open(plane_t *p, peer_t *peer, const Rb__Fwd__Open *m)
         rb_warn("bad_open", "edge %s: Open with link id %u refused (even, zero or in use)",
                 peer->name, id);
         if (id && !rb_imap_get(peer->streams, id))
-            s_send_result(p, peer, id, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, "bad link id",
-                          NULL, 0);
+            s_send_result(p, peer, id, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, "bad link id", NULL,
+                          0);
         return;
     }
     attach_t *a = s_attach_find(p, m->session_id ? m->session_id : "");
@@ -929,7 +964,7 @@ static void s_on_open(plane_t *p, peer_t *peer, const Rb__Fwd__Open *m)
 static void s_on_open_result(plane_t *p, peer_t *peer, const Rb__Fwd__OpenResult *m)
 {
     stream_t *s = rb_imap_get(peer->streams, m->link_id);
-    if (!s || s->kind != K_INBOUND) return;   /* ended meanwhile */
+    if (!s || s->kind != K_INBOUND) return; /* ended meanwhile */
     if (m->error == RB__TUNNEL__STREAM_ERROR__STREAM_OK) {
         s->open_ok = true;
         return;
@@ -938,7 +973,7 @@ static void s_on_open_result(plane_t *p, peer_t *peer, const Rb__Fwd__OpenResult
     char why[160];
     snprintf(why, sizeof why, "the device refused: %.120s", m->message ? m->message : "");
     if (s->proto == POLICY_UDP) {
-        s->refused = true;   /* dropped until it idles out */
+        s->refused = true; /* dropped until it idles out */
         return;
     }
     s_count_bytes(s);
@@ -983,20 +1018,21 @@ static peer_t *s_on_hello(plane_t *p, peer_t *peer, const rb_link_msg_t *lm,
 static void s_on_frame(plane_t *p, peer_t *peer, const rb_frame_t *f)
 {
     stream_t *s = rb_imap_get(peer->streams, f->stream_id);
-    if (!s) return;   /* ended here already; the edge hears or heard why */
+    if (!s) return; /* ended here already; the edge hears or heard why */
     switch (f->type) {
     case RB_FRAME_DATA:
         if (!s->pump) {
             /* A flow, or a connect still waiting for its name: only RST
              * means anything (the device sends no data before the open). */
             if (f->flags & RB_FRAME_RST)
-                s_stream_free(s, s->proto == POLICY_UDP ? (s->denied ? "denied" : "allowed")
-                                                        : "failed",
-                              "closed by the device");
+                s_stream_free(
+                    s, s->proto == POLICY_UDP ? (s->denied ? "denied" : "allowed") : "failed",
+                    "closed by the device");
             return;
         }
         switch (rb_pump_peer_data(s->pump, f->flags, f->payload, f->len)) {
-        case RB_PUMP_GOING: return;
+        case RB_PUMP_GOING:
+            return;
         case RB_PUMP_OVER:
             s_stream_end(s, "reset by the device", (f->flags & RB_FRAME_RST) != 0);
             return;
@@ -1103,16 +1139,27 @@ static void s_on_link(rb_loop_t *loop, void *sock, void *arg)
         Rb__Fwd__LinkControl *c = rb_link_control(&f);
         if (!c) {
             rb_metric_inc(p->m_bad_link);
-            rb_warn("bad_link_message", "edge %s: undecodable control message; dropped", peer->name);
+            rb_warn("bad_link_message", "edge %s: undecodable control message; dropped",
+                    peer->name);
             rb_link_msg_close(&m);
             continue;
         }
         switch (c->msg_case) {
-        case RB__FWD__LINK_CONTROL__MSG_HELLO: s_on_hello(p, peer, &m, c->hello); break;
-        case RB__FWD__LINK_CONTROL__MSG_ATTACH: s_on_attach(p, peer, c->attach); break;
-        case RB__FWD__LINK_CONTROL__MSG_DETACH: s_on_detach(p, peer, c->detach); break;
-        case RB__FWD__LINK_CONTROL__MSG_OPEN: s_on_open(p, peer, c->open); break;
-        case RB__FWD__LINK_CONTROL__MSG_OPEN_RESULT: s_on_open_result(p, peer, c->open_result); break;
+        case RB__FWD__LINK_CONTROL__MSG_HELLO:
+            s_on_hello(p, peer, &m, c->hello);
+            break;
+        case RB__FWD__LINK_CONTROL__MSG_ATTACH:
+            s_on_attach(p, peer, c->attach);
+            break;
+        case RB__FWD__LINK_CONTROL__MSG_DETACH:
+            s_on_detach(p, peer, c->detach);
+            break;
+        case RB__FWD__LINK_CONTROL__MSG_OPEN:
+            s_on_open(p, peer, c->open);
+            break;
+        case RB__FWD__LINK_CONTROL__MSG_OPEN_RESULT:
+            s_on_open_result(p, peer, c->open_result);
+            break;
         default:
             rb_metric_inc(p->m_bad_link);
             rb_warn("bad_link_message", "edge %s: message %d is not for a forwarder; dropped",
@@ -1183,7 +1230,10 @@ static int s_load_policy(plane_t *p)
     return 0;
 }
 
-int plane_reload_policy(plane_t *p) { return s_load_policy(p); }
+int plane_reload_policy(plane_t *p)
+{
+    return s_load_policy(p);
+}
 
 static int s_parse_cidrs(plane_t *p, const char *list)
 {
@@ -1229,9 +1279,11 @@ plane_t *plane_new(rb_loop_t *loop, const plane_config_t *cfg)
     p->m_from_device = rb_counter("reachback_forwarder_bytes_total", "direction=\"from_device\"",
                                   "Stream and datagram bytes carried");
     const char *h = "Server-initiated and device-to-device connections and flows by verdict";
-    p->m_inbound_allowed = rb_counter("reachback_forwarder_inbound_total", "verdict=\"allowed\"", h);
+    p->m_inbound_allowed =
+        rb_counter("reachback_forwarder_inbound_total", "verdict=\"allowed\"", h);
     p->m_inbound_denied = rb_counter("reachback_forwarder_inbound_total", "verdict=\"denied\"", h);
-    p->m_inbound_refused = rb_counter("reachback_forwarder_inbound_total", "verdict=\"refused\"", h);
+    p->m_inbound_refused =
+        rb_counter("reachback_forwarder_inbound_total", "verdict=\"refused\"", h);
     h = "Outbound connections made for devices";
     p->m_outbound_ok = rb_counter("reachback_forwarder_outbound_total", "result=\"ok\"", h);
     p->m_outbound_failed = rb_counter("reachback_forwarder_outbound_total", "result=\"failed\"", h);
@@ -1274,7 +1326,8 @@ void plane_destroy(plane_t **pp)
     if (!pp || !*pp) return;
     plane_t *p = *pp;
     *pp = NULL;
-    while (p->peers) s_peer_drop(p, p->peers, "the forwarder is stopping");
+    while (p->peers)
+        s_peer_drop(p, p->peers, "the forwarder is stopping");
     rb_loop_cancel_timer(p->loop, p->tick);
     if (p->sock) {
         rb_loop_del_zsock(p->loop, p->sock);
@@ -1285,7 +1338,8 @@ void plane_destroy(plane_t **pp)
     rb_imap_destroy(&p->by_session);
     rb_imap_destroy(&p->by_ip);
     rb_imap_destroy(&p->by_serial);
-    for (size_t i = 0; i < p->ncidrs; i++) free(p->cidr_text[i]);
+    for (size_t i = 0; i < p->ncidrs; i++)
+        free(p->cidr_text[i]);
     free(p);
 }
 
@@ -1295,14 +1349,21 @@ void plane_session_down(plane_t *p, const char *session_id, const char *reason)
     if (a) s_attach_free(p, a, reason && *reason ? reason : "session ended");
 }
 
-int plane_link_port(const plane_t *p) { return p ? p->port : -1; }
+int plane_link_port(const plane_t *p)
+{
+    return p ? p->port : -1;
+}
 
-size_t plane_attached(const plane_t *p) { return p ? rb_imap_count(p->by_session) : 0; }
+size_t plane_attached(const plane_t *p)
+{
+    return p ? rb_imap_count(p->by_session) : 0;
+}
 
 void plane_status_json(const plane_t *p, rb_buf_t *json)
 {
     size_t edges = 0;
-    for (peer_t *x = p->peers; x; x = x->next) edges++;
+    for (peer_t *x = p->peers; x; x = x->next)
+        edges++;
     rb_buf_printf(json,
                   "\"data_link_port\":%d,\"edges_linked\":%zu,\"attached_sessions\":%zu,"
                   "\"streams\":%zu,\"udp_flows\":%zu,\"policy_rules\":%zu",

@@ -20,14 +20,14 @@
 typedef struct plane plane_t;
 
 typedef struct {
-    const char *endpoint;          /* the data link, tcp:// or ipc:// */
-    const rb_curve_t *curve;       /* CURVE server keys; may be disabled */
+    const char *endpoint;    /* the data link, tcp:// or ipc:// */
+    const rb_curve_t *curve; /* CURVE server keys; may be disabled */
     const char *forwarder_id;
-    const char *serve_cidrs;       /* comma-separated: sessions whose address is here */
-    const char *policy_file;       /* "" or NULL: deny every server-initiated connection */
-    unsigned connect_timeout_ms;   /* outbound connects */
-    unsigned udp_idle_s;           /* a UDP flow ends after this long without datagrams */
-    unsigned max_streams;          /* per session */
+    const char *serve_cidrs;     /* comma-separated: sessions whose address is here */
+    const char *policy_file;     /* "" or NULL: deny every server-initiated connection */
+    unsigned connect_timeout_ms; /* outbound connects */
+    unsigned udp_idle_s;         /* a UDP flow ends after this long without datagrams */
+    unsigned max_streams;        /* per session */
     /* The event stream's view of the cluster, for sources that are devices
      * and names under the suffix: user of an intranet address (NULL when
      * none), address of a fully qualified name (0 or -1). */

@@ -41,7 +41,8 @@ static void *s_worker(void *arg)
     resolve_t *r = arg;
     pthread_mutex_lock(&r->mu);
     for (;;) {
-        while (!r->todo && !r->stop) pthread_cond_wait(&r->cv, &r->mu);
+        while (!r->todo && !r->stop)
+            pthread_cond_wait(&r->cv, &r->mu);
         if (r->stop) break;
         job_t *j = r->todo;
         r->todo = j->next;
@@ -58,7 +59,8 @@ static void *s_worker(void *arg)
         j->next = r->done;
         r->done = j;
         uint64_t one = 1;
-        if (write(r->efd, &one, sizeof one) < 0) { /* the counter is full: already woken */ }
+        if (write(r->efd, &one, sizeof one) < 0) { /* the counter is full: already woken */
+        }
     }
     pthread_mutex_unlock(&r->mu);
     return NULL;
@@ -68,7 +70,8 @@ static void s_on_event(rb_loop_t *loop, int fd, unsigned events, void *arg)
 {
     resolve_t *r = arg;
     uint64_t n;
-    if (read(fd, &n, sizeof n) < 0) { /* spurious wake-up */ }
+    if (read(fd, &n, sizeof n) < 0) { /* spurious wake-up */
+    }
     pthread_mutex_lock(&r->mu);
     job_t *list = r->done;
     r->done = NULL;
@@ -125,7 +128,8 @@ void resolve_destroy(resolve_t **pr)
     r->stop = true;
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
-    for (int i = 0; i < r->nth; i++) pthread_join(r->th[i], NULL);
+    for (int i = 0; i < r->nth; i++)
+        pthread_join(r->th[i], NULL);
     if (r->efd >= 0) {
         rb_loop_del_fd(r->loop, r->efd);
         close(r->efd);
@@ -151,8 +155,10 @@ int resolve_start(resolve_t *r, const char *host, uint64_t token)
         return -1;
     }
     r->queued++;
-    if (r->todo_tail) r->todo_tail->next = j;
-    else r->todo = j;
+    if (r->todo_tail)
+        r->todo_tail->next = j;
+    else
+        r->todo = j;
     r->todo_tail = j;
     pthread_cond_signal(&r->cv);
     pthread_mutex_unlock(&r->mu);

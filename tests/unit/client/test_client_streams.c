@@ -35,8 +35,8 @@ static void test_expose_specs(void **state)
     rb_loop_t *loop;
     client_streams_t *cs = s_new(&loop);
     char err[256];
-    const char *good[] = {"tcp:22", "tcp:5900=127.0.0.1:5901", "udp:5353=127.0.0.1:5454",
-                          "udp:22", "tcp:65535=10.1.2.3:1"};
+    const char *good[] = {"tcp:22", "tcp:5900=127.0.0.1:5901", "udp:5353=127.0.0.1:5454", "udp:22",
+                          "tcp:65535=10.1.2.3:1"};
     for (size_t i = 0; i < sizeof good / sizeof *good; i++)
         assert_int_equal(client_streams_expose(cs, good[i], err, sizeof err), 0);
     const struct {
@@ -93,7 +93,8 @@ static void test_forward_and_socks_listen(void **state)
     for (int i = 0; i < 4; i++) {
         p[i] = client_streams_listener_port(cs, (size_t)i);
         assert_true(p[i] > 0);
-        for (int k = 0; k < i; k++) assert_int_not_equal(p[i], p[k]);
+        for (int k = 0; k < i; k++)
+            assert_int_not_equal(p[i], p[k]);
     }
     assert_int_equal(client_streams_listener_port(cs, 4), -1);
     /* A port taken already is a clear error, not a silent failure. */
@@ -110,9 +111,9 @@ static void test_forward_socks_specs(void **state)
     rb_loop_t *loop;
     client_streams_t *cs = s_new(&loop);
     char err[256];
-    const char *bad_fwd[] = {"22",           "1:2",           "0:host:0",  "0:host:70000",
-                             "0::80",        "x:0:host:80",   "0:host:8x", "999999:host:80",
-                             "1.2.3:0:h:80", "0:host:80:extra"};
+    const char *bad_fwd[] = {
+        "22",          "1:2",       "0:host:0",       "0:host:70000", "0::80",
+        "x:0:host:80", "0:host:8x", "999999:host:80", "1.2.3:0:h:80", "0:host:80:extra"};
     for (size_t i = 0; i < sizeof bad_fwd / sizeof *bad_fwd; i++) {
         err[0] = '\0';
         assert_int_equal(client_streams_forward(cs, bad_fwd[i], err, sizeof err), -1);

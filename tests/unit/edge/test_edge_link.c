@@ -64,7 +64,10 @@ static void s_on_router(rb_loop_t *l, void *sock, void *arg)
     if (fk->done && fk->done(fk)) rb_loop_stop(l);
 }
 
-static void s_timeout(rb_loop_t *l, void *arg) { rb_loop_stop(l); }
+static void s_timeout(rb_loop_t *l, void *arg)
+{
+    rb_loop_stop(l);
+}
 
 static bool s_run_until(fake_t *fk, bool (*done)(void *), unsigned ms)
 {
@@ -80,7 +83,10 @@ static bool s_run_until(fake_t *fk, bool (*done)(void *), unsigned ms)
     return false;
 }
 
-static bool s_hello_seen(void *arg) { return ((fake_t *)arg)->hellos > 0; }
+static bool s_hello_seen(void *arg)
+{
+    return ((fake_t *)arg)->hellos > 0;
+}
 
 static void s_send_ctl(fake_t *fk, Rb__Fwd__LinkControl *m)
 {
@@ -102,7 +108,7 @@ static void s_answer_hello(fake_t *fk, uint64_t instance)
 static bool s_up(void *arg)
 {
     fake_t *fk = arg;
-    return fk->results < 0;   /* never: run the loop for the whole wait */
+    return fk->results < 0; /* never: run the loop for the whole wait */
 }
 
 static void s_send_open(fake_t *fk, uint32_t link_id, const char *session)
@@ -120,8 +126,14 @@ static void s_send_open(fake_t *fk, uint32_t link_id, const char *session)
     s_send_ctl(fk, &m);
 }
 
-static bool s_one_result(void *arg) { return ((fake_t *)arg)->results >= 1; }
-static bool s_two_results(void *arg) { return ((fake_t *)arg)->results >= 2; }
+static bool s_one_result(void *arg)
+{
+    return ((fake_t *)arg)->results >= 1;
+}
+static bool s_two_results(void *arg)
+{
+    return ((fake_t *)arg)->results >= 2;
+}
 
 static void test_edge_link_with_a_stand_in_forwarder(void **state)
 {
@@ -137,8 +149,11 @@ static void test_edge_link_with_a_stand_in_forwarder(void **state)
     assert_int_equal(rb_loop_add_zsock(fk.loop, fk.router, s_on_router, &fk), 0);
 
     rb_curve_t none = {0};
-    edge_link_config_t cfg = {.endpoints = ep, .curve = &none, .forwarder_public = "",
-                              .edge_id = "edge-t", .max_streams = 8};
+    edge_link_config_t cfg = {.endpoints = ep,
+                              .curve = &none,
+                              .forwarder_public = "",
+                              .edge_id = "edge-t",
+                              .max_streams = 8};
     edge_link_t *l = edge_link_new(fk.loop, &cfg);
     assert_non_null(l);
     assert_int_equal(edge_link_forwarders(l), 1);
@@ -165,22 +180,23 @@ static void test_edge_link_with_a_stand_in_forwarder(void **state)
     const char *rid = fk.rid;
     zmq_send(fk.router, rid, strlen(rid), ZMQ_SNDMORE);
     zmq_send(fk.router, hdr, sizeof hdr, ZMQ_SNDMORE);
-    zmq_send(fk.router, "\xff\xff\xff\xff", 4, 0);                 /* undecodable protobuf */
+    zmq_send(fk.router, "\xff\xff\xff\xff", 4, 0); /* undecodable protobuf */
     zmq_send(fk.router, rid, strlen(rid), ZMQ_SNDMORE);
-    zmq_send(fk.router, "short", 5, 0);                            /* not a header */
+    zmq_send(fk.router, "short", 5, 0); /* not a header */
     rb_frame_header(hdr, 9, 0, 1, 0);
     zmq_send(fk.router, rid, strlen(rid), ZMQ_SNDMORE);
-    zmq_send(fk.router, hdr, sizeof hdr, 0);                       /* unknown type */
-    Rb__Fwd__LinkControl m = RB__FWD__LINK_CONTROL__INIT;          /* only edges send Attach */
+    zmq_send(fk.router, hdr, sizeof hdr, 0);              /* unknown type */
+    Rb__Fwd__LinkControl m = RB__FWD__LINK_CONTROL__INIT; /* only edges send Attach */
     Rb__Fwd__Attach at = RB__FWD__ATTACH__INIT;
     at.session_id = "x";
     m.msg_case = RB__FWD__LINK_CONTROL__MSG_ATTACH;
     m.attach = &at;
     s_send_ctl(&fk, &m);
-    s_send_open(&fk, 3, "no-such-session");                        /* odd: an edge's id */
+    s_send_open(&fk, 3, "no-such-session"); /* odd: an edge's id */
     assert_int_equal(rb_link_send(fk.router, rid, strlen(rid), RB_FRAME_DATA, 0, 77, "x", 1), 0);
-    assert_int_equal(rb_link_send(fk.router, rid, strlen(rid), RB_FRAME_DATA, RB_FRAME_RST, 79,
-                                  NULL, 0), 0);                     /* streams never opened */
+    assert_int_equal(
+        rb_link_send(fk.router, rid, strlen(rid), RB_FRAME_DATA, RB_FRAME_RST, 79, NULL, 0),
+        0); /* streams never opened */
     /* The link still works: another Open is answered. */
     s_send_open(&fk, 4, "still-none");
     assert_true(s_run_until(&fk, s_two_results, 3000));
