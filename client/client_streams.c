@@ -37,7 +37,6 @@ typedef struct {
     client_streams_t *cs;
     lkind_t kind;
     int fd;
-    rb_timer_t *pause; /* accept ran out of descriptors; retry later */
     int port;
     char host[HOST_MAX + 1]; /* L_FORWARD: the target */
     uint16_t target_port;
@@ -59,7 +58,6 @@ typedef struct cstream {
     rb_pump_t *pump;
     socks_t sk;
     rb_buf_t early;   /* SOCKS: request bytes, then early data */
-    bool result_sent; /* server-initiated: StreamResult given */
     bool early_fin;   /* the local side half-closed before the open */
     bool graceful;    /* a SOCKS reply went out: close, do not reset */
 } cstream_t;
@@ -160,7 +158,6 @@ static int s_pump_window(void *arg, uint32_t inc)
 static void s_pump_connected(void *arg, int err)
 {
     cstream_t *s = arg;
-    s->result_sent = true;
     if (err) {
         rb_info("expose_connect_failed", "stream %u: local service: %s", s->id, strerror(err));
         s_result(s->cs, s->id, RB__TUNNEL__STREAM_ERROR__STREAM_REFUSED, strerror(err));
@@ -409,13 +406,6 @@ static void s_on_local(rb_loop_t *loop, int fd, unsigned events, void *arg)
     }
 }
 
-static void s_accept_resume(rb_loop_t *loop, void *arg)
-{
-    listener_t *l = arg;
-    l->pause = NULL;
-    rb_loop_mod_fd(loop, l->fd, RB_EV_READ);
-}
-
 static void s_on_accept(rb_loop_t *loop, int lfd, unsigned events, void *arg)
 {
     listener_t *l = arg;
@@ -424,10 +414,9 @@ static void s_on_accept(rb_loop_t *loop, int lfd, unsigned events, void *arg)
     if (fd < 0) {
         /* Out of descriptors: the listener stays readable, so retrying at
          * once would spin. Pause it; the kernel queues meanwhile. */
-        if ((errno == EMFILE || errno == ENFILE) && !l->pause) {
+        if (errno == EMFILE || errno == ENFILE) {
             rb_warn("accept_paused", "local port %d: %s", l->port, strerror(errno));
-            rb_loop_mod_fd(loop, lfd, 0);
-            l->pause = rb_loop_add_timer(loop, 100, false, s_accept_resume, l);
+            rb_loop_pause_fd(loop, lfd, 100);
         }
         return;
     }
@@ -700,7 +689,6 @@ void client_streams_destroy(client_streams_t **pcs)
     rb_imap_each(cs->streams, s_drop, NULL);
     rb_imap_destroy(&cs->streams);
     for (size_t i = 0; i < cs->nlisteners; i++) {
-        rb_loop_cancel_timer(cs->loop, cs->listeners[i].pause);
         rb_loop_del_fd(cs->loop, cs->listeners[i].fd);
         close(cs->listeners[i].fd);
     }

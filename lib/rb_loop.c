@@ -28,6 +28,8 @@ typedef struct {
     void *arg;
     uint32_t gen;
     bool active;
+    unsigned events;      /* what the owner watches */
+    rb_timer_t *pause;    /* rb_loop_pause_fd: when watching resumes */
 } fd_slot_t;
 
 struct rb_timer {
@@ -143,12 +145,16 @@ int rb_loop_add_fd(rb_loop_t *l, int fd, unsigned events, rb_io_fn *fn, void *ar
     s->fn = fn;
     s->arg = arg;
     s->active = true;
+    s->events = events;
+    s->pause = NULL;
     return 0;
 }
 
 int rb_loop_mod_fd(rb_loop_t *l, int fd, unsigned events)
 {
     if (fd < 0 || (size_t)fd >= l->nfds || !l->fds[fd].active) return -1;
+    l->fds[fd].events = events;
+    if (l->fds[fd].pause) return 0;   /* applied when the pause ends */
     struct epoll_event ev = {.events = s_epoll_mask(events),
                              .data.u64 = (uint64_t)(uint32_t)fd | (uint64_t)l->fds[fd].gen << 32};
     return epoll_ctl(l->epfd, EPOLL_CTL_MOD, fd, &ev);
@@ -159,7 +165,35 @@ int rb_loop_del_fd(rb_loop_t *l, int fd)
     if (fd < 0 || (size_t)fd >= l->nfds || !l->fds[fd].active) return -1;
     l->fds[fd].active = false;
     l->fds[fd].gen++;
+    rb_loop_cancel_timer(l, l->fds[fd].pause);
+    l->fds[fd].pause = NULL;
     return epoll_ctl(l->epfd, EPOLL_CTL_DEL, fd, NULL);
+}
+
+/* A pause's timer belongs to the registration it paused: del_fd cancels
+ * it, so when it fires, fd is still that registration. */
+static void s_unpause(rb_loop_t *l, void *arg)
+{
+    int fd = (int)(intptr_t)arg;
+    fd_slot_t *s = &l->fds[fd];
+    s->pause = NULL;
+    rb_loop_mod_fd(l, fd, s->events);
+}
+
+int rb_loop_pause_fd(rb_loop_t *l, int fd, uint64_t ms)
+{
+    if (fd < 0 || (size_t)fd >= l->nfds || !l->fds[fd].active) return -1;
+    fd_slot_t *s = &l->fds[fd];
+    if (s->pause) return 0;
+    struct epoll_event ev = {.events = 0,
+                             .data.u64 = (uint64_t)(uint32_t)fd | (uint64_t)s->gen << 32};
+    if (epoll_ctl(l->epfd, EPOLL_CTL_MOD, fd, &ev) < 0) return -1;
+    s->pause = rb_loop_add_timer(l, ms, false, s_unpause, (void *)(intptr_t)fd);
+    if (!s->pause) {
+        rb_loop_mod_fd(l, fd, s->events);
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- timers: a binary min-heap on due time ---- */

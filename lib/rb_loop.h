@@ -36,6 +36,11 @@ int rb_loop_mod_fd(rb_loop_t *loop, int fd, unsigned events);
 /* Safe to call from inside a handler, for any fd (pending events for it in
  * the current batch are dropped). */
 int rb_loop_del_fd(rb_loop_t *loop, int fd);
+/* Stops reporting fd's events for ms milliseconds, then watches it again as
+ * before (a listener whose accept ran out of descriptors stays readable:
+ * retrying at once would spin). Pausing a paused fd changes nothing;
+ * del_fd ends the pause. 0 or -1. */
+int rb_loop_pause_fd(rb_loop_t *loop, int fd, uint64_t ms);
 
 /* Fires after ms milliseconds, then every ms if repeat. Returns NULL on
  * error. The timer belongs to the loop: a one-shot timer is freed after it

@@ -123,7 +123,6 @@ struct edge {
     edge_ctx_t ctx;
     int lfd;
     int port;
-    rb_timer_t *accept_pause;
     rb_timer_t *stop_timer;
     rb_timer_t *refresh_timer;
     rb_timer_t *snapshot_done;    /* clears in_snapshot after a reset */
@@ -137,14 +136,6 @@ struct edge {
     bool stopping;
 };
 
-static void s_on_accept(rb_loop_t *loop, int fd, unsigned events, void *arg);
-
-static void s_resume_accept(rb_loop_t *loop, void *arg)
-{
-    edge_t *e = arg;
-    e->accept_pause = NULL;
-    if (!e->stopping && e->lfd >= 0) rb_loop_add_fd(loop, e->lfd, RB_EV_READ, s_on_accept, e);
-}
 
 static void s_peer_str(const struct sockaddr_storage *ss, char *out, size_t len)
 {
@@ -166,11 +157,8 @@ static void s_on_accept(rb_loop_t *loop, int fd, unsigned events, void *arg)
             if (errno == EAGAIN || errno == EWOULDBLOCK) return;
             if (errno == EINTR || errno == ECONNABORTED) continue;
             rb_warn("edge_accept", "accept: %s; pausing %d ms", strerror(errno), ACCEPT_PAUSE_MS);
-            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-                rb_loop_del_fd(loop, fd);
-                e->accept_pause = rb_loop_add_timer(loop, ACCEPT_PAUSE_MS, false,
-                                                    s_resume_accept, e);
-            }
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+                rb_loop_pause_fd(loop, fd, ACCEPT_PAUSE_MS);
             return;
         }
         if (e->ctx.connections >= (size_t)e->cfg->max_connections) {
@@ -513,8 +501,6 @@ fail:
 
 static void s_close_listener(edge_t *e)
 {
-    rb_loop_cancel_timer(e->loop, e->accept_pause);
-    e->accept_pause = NULL;
     if (e->lfd >= 0) {
         rb_loop_del_fd(e->loop, e->lfd);
         close(e->lfd);

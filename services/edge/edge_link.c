@@ -38,7 +38,6 @@ typedef struct estream estream_t;
 
 typedef struct {
     edge_link_t *l;
-    int idx;
     void *sock;
     char *endpoint;
     char id[RB_LINK_RID_MAX + 1];
@@ -741,7 +740,6 @@ edge_link_t *edge_link_new(rb_loop_t *loop, const edge_link_config_t *cfg)
             }
             fwd_t *f = &l->fwd[l->nfwd];
             f->l = l;
-            f->idx = (int)l->nfwd;
             f->next_id = 1;
             f->endpoint = strdup(ep);
             f->streams = rb_imap_new();

@@ -383,5 +383,3 @@ int forwarder_status_port(const forwarder_t *fw)
 {
     return fw && fw->status ? rb_status_port(fw->status) : -1;
 }
-
-int forwarder_link_port(const forwarder_t *fw) { return fw ? plane_link_port(fw->plane) : -1; }

@@ -51,8 +51,6 @@ bool forwarder_ready(const forwarder_t *fw);
 size_t forwarder_session_count(const forwarder_t *fw);
 /* The status HTTP port, or -1 without a status server. */
 int forwarder_status_port(const forwarder_t *fw);
-/* The data link's TCP port (tcp:// endpoints), else -1. */
-int forwarder_link_port(const forwarder_t *fw);
 
 /* The event handlers (the stream calls them; so may a test). */
 void forwarder_reset(forwarder_t *fw);

@@ -68,7 +68,6 @@ typedef struct listener {
     uint16_t port;
     rb_imap_t *flows;  /* UDP: (source address << 16 | port) -> stream_t */
     size_t denied;     /* UDP: denied flows kept until they idle out */
-    rb_timer_t *pause; /* TCP: accept ran out of descriptors; retry later */
 } listener_t;
 
 struct attach {
@@ -462,7 +461,6 @@ static void s_resolved(void *arg, uint64_t token, int err, uint32_t ip)
 
 static void s_listener_free(plane_t *p, listener_t *l)
 {
-    rb_loop_cancel_timer(p->loop, l->pause);
     rb_loop_del_fd(p->loop, l->fd);
     close(l->fd);
     rb_imap_destroy(&l->flows);
@@ -551,13 +549,6 @@ static uint32_t s_next_id(peer_t *peer)
     return peer->next_id;
 }
 
-static void s_accept_resume(rb_loop_t *loop, void *arg)
-{
-    listener_t *l = arg;
-    l->pause = NULL;
-    rb_loop_mod_fd(loop, l->fd, RB_EV_READ);
-}
-
 static void s_on_accept(rb_loop_t *loop, int lfd, unsigned events, void *arg)
 {
     listener_t *l = arg;
@@ -569,11 +560,10 @@ static void s_on_accept(rb_loop_t *loop, int lfd, unsigned events, void *arg)
     if (fd < 0) {
         /* Out of descriptors: the listener stays readable, so retrying at
          * once would spin. Pause it; the kernel queues meanwhile. */
-        if ((errno == EMFILE || errno == ENFILE) && !l->pause) {
+        if (errno == EMFILE || errno == ENFILE) {
             rb_warn("accept_paused", "session %s port %u: %s", a->session_id, l->port,
                     strerror(errno));
-            rb_loop_mod_fd(loop, lfd, 0);
-            l->pause = rb_loop_add_timer(loop, ACCEPT_PAUSE_MS, false, s_accept_resume, l);
+            rb_loop_pause_fd(loop, lfd, ACCEPT_PAUSE_MS);
         }
         return;
     }
@@ -1347,16 +1337,6 @@ void plane_session_down(plane_t *p, const char *session_id, const char *reason)
 {
     attach_t *a = s_attach_find(p, session_id ? session_id : "");
     if (a) s_attach_free(p, a, reason && *reason ? reason : "session ended");
-}
-
-int plane_link_port(const plane_t *p)
-{
-    return p ? p->port : -1;
-}
-
-size_t plane_attached(const plane_t *p)
-{
-    return p ? rb_imap_count(p->by_session) : 0;
 }
 
 void plane_status_json(const plane_t *p, rb_buf_t *json)

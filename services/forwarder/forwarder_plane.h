@@ -46,10 +46,7 @@ void plane_session_down(plane_t *p, const char *session_id, const char *reason);
 /* Reads the policy file again; live connections stay. 0, or -1 (the old
  * policy stays, the error is logged). */
 int plane_reload_policy(plane_t *p);
-/* The TCP port the link is bound to (tcp:// endpoints), else -1. */
-int plane_link_port(const plane_t *p);
-/* Counts for /status. */
+/* Counts for /status (data_link_port: the bound tcp:// port, else -1). */
 void plane_status_json(const plane_t *p, rb_buf_t *json);
-size_t plane_attached(const plane_t *p);
 
 #endif

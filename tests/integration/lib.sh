@@ -204,3 +204,26 @@ udp_echo() {
 
 # audit_lines: the forwarder's audit records so far.
 audit_lines() { grep '"event":"audit"' "$LAB/logs/forwarder.log" || true; }
+
+# sshd_setup PORT: a private sshd config in $LAB/ssh (host key, a user key
+# in authorized_keys, 127.0.0.1:PORT, keys only); start it with
+# /usr/sbin/sshd -D -e -f "$LAB/ssh/sshd_config"; log in with
+# -i "$LAB/ssh/user_key".
+sshd_setup() {
+    mkdir -p "$LAB/ssh" /run/sshd && chmod 700 "$LAB/ssh"
+    ssh-keygen -q -t ed25519 -N '' -f "$LAB/ssh/host_key"
+    ssh-keygen -q -t ed25519 -N '' -f "$LAB/ssh/user_key"
+    cp "$LAB/ssh/user_key.pub" "$LAB/ssh/authorized_keys"
+    cat > "$LAB/ssh/sshd_config" <<CONF
+Port $1
+ListenAddress 127.0.0.1
+HostKey $LAB/ssh/host_key
+AuthorizedKeysFile $LAB/ssh/authorized_keys
+PidFile $LAB/ssh/sshd.pid
+StrictModes no
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+CONF
+}

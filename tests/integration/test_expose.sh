@@ -10,23 +10,7 @@ lab_start
 
 # alice's local services: sshd, a TCP echo, a UDP echo.
 SSHD_PORT=$(free_port); TCP_PORT=$(free_port); UDP_PORT=$(free_port)
-mkdir -p "$LAB/ssh" && chmod 700 "$LAB/ssh"
-ssh-keygen -q -t ed25519 -N '' -f "$LAB/ssh/host_key"
-ssh-keygen -q -t ed25519 -N '' -f "$LAB/ssh/user_key"
-cp "$LAB/ssh/user_key.pub" "$LAB/ssh/authorized_keys"
-cat > "$LAB/ssh/sshd_config" <<CONF
-Port $SSHD_PORT
-ListenAddress 127.0.0.1
-HostKey $LAB/ssh/host_key
-AuthorizedKeysFile $LAB/ssh/authorized_keys
-PidFile $LAB/ssh/sshd.pid
-StrictModes no
-UsePAM no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-CONF
-mkdir -p /run/sshd
+sshd_setup $SSHD_PORT
 bg /usr/sbin/sshd -D -e -f "$LAB/ssh/sshd_config" 2>"$LAB/sshd.out"
 wait_until 5000 listening "$SSHD_PORT" || fail "sshd did not start: $(cat "$LAB/sshd.out")"
 echo_server "$TCP_PORT"

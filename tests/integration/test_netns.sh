@@ -54,23 +54,7 @@ set -a; . "$LAB/lab.env"; set +a
 ok "the lab runs in gw (edge on 10.$A.2.1:8443, DNS on 10.$A.1.1:53)"
 
 # alice's device in home: a real sshd on home's loopback, exposed as port 22.
-mkdir -p "$LAB/ssh" && chmod 700 "$LAB/ssh"
-ssh-keygen -q -t ed25519 -N '' -f "$LAB/ssh/host_key"
-ssh-keygen -q -t ed25519 -N '' -f "$LAB/ssh/user_key"
-cp "$LAB/ssh/user_key.pub" "$LAB/ssh/authorized_keys"
-cat > "$LAB/ssh/sshd_config" <<CONF
-Port 22
-ListenAddress 127.0.0.1
-HostKey $LAB/ssh/host_key
-AuthorizedKeysFile $LAB/ssh/authorized_keys
-PidFile $LAB/ssh/sshd.pid
-StrictModes no
-UsePAM no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-CONF
-mkdir -p /run/sshd
+sshd_setup 22
 bg ip netns exec "$HOME_NS" /usr/sbin/sshd -D -e -f "$LAB/ssh/sshd_config" 2>"$LAB/sshd.out"
 wait_until 5000 bash -c "ip netns exec $HOME_NS ss -Hltn 'sport = :22' | grep -q ." \
     || fail "sshd did not start in home: $(cat "$LAB/sshd.out")"

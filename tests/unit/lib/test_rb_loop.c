@@ -94,6 +94,54 @@ static void s_on_sig(rb_loop_t *l, int signo, void *arg)
 
 static void s_raise(rb_loop_t *l, void *arg) { raise(SIGUSR1); }
 
+typedef struct {
+    int calls;
+    uint64_t first_after_pause_ms;
+    uint64_t pause_end_ms;
+} paused_t;
+
+static void s_on_readable(rb_loop_t *l, int fd, unsigned events, void *arg)
+{
+    paused_t *p = arg;
+    p->calls++;
+    if (p->pause_end_ms && !p->first_after_pause_ms) p->first_after_pause_ms = rb_now_ms();
+}
+
+/* A paused fd (always readable here, like a listener out of descriptors)
+ * reports nothing until the pause ends, then as before; del_fd during a
+ * pause ends it without a late timer touching the slot. */
+static void test_pause_fd(void **state)
+{
+    rb_loop_t *l = rb_loop_new();
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    assert_int_equal(write(sv[1], "x", 1), 1);   /* never read: stays readable */
+    paused_t p = {0};
+    assert_int_equal(rb_loop_add_fd(l, sv[0], RB_EV_READ, s_on_readable, &p), 0);
+    assert_int_equal(rb_loop_pause_fd(l, sv[0], 200), 0);
+    assert_int_equal(rb_loop_pause_fd(l, sv[0], 5000), 0);   /* already paused: unchanged */
+    uint64_t t0 = rb_now_ms();
+    p.pause_end_ms = t0 + 200;
+    rb_loop_add_timer(l, 150, false, s_stop, NULL);
+    rb_loop_run(l);
+    assert_int_equal(p.calls, 0);
+    rb_loop_add_timer(l, 150, false, s_stop, NULL);
+    rb_loop_run(l);
+    assert_true(p.calls > 0);
+    assert_true(p.first_after_pause_ms >= t0 + 195);
+
+    assert_int_equal(rb_loop_pause_fd(l, sv[0], 50), 0);
+    assert_int_equal(rb_loop_del_fd(l, sv[0]), 0);
+    assert_int_equal(rb_loop_pause_fd(l, sv[0], 50), -1);   /* not registered */
+    int before = p.calls;
+    rb_loop_add_timer(l, 120, false, s_stop, NULL);
+    rb_loop_run(l);
+    assert_int_equal(p.calls, before);
+    close(sv[0]);
+    close(sv[1]);
+    rb_loop_destroy(&l);
+}
+
 static void test_signal_through_loop(void **state)
 {
     rb_loop_t *l = rb_loop_new();
@@ -158,6 +206,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_timers_fire_in_order_and_cancel),
         cmocka_unit_test(test_fd_events_and_delete_in_batch),
+        cmocka_unit_test(test_pause_fd),
         cmocka_unit_test(test_signal_through_loop),
         cmocka_unit_test(test_zmq_edge_trigger_never_strands_messages),
     };
