@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "forwarder_plane.h"
+#include "forwarder_policy.h"
 #include "rb_cidr.h"
 #include "rb_events.h"
 #include "rb_imap.h"
@@ -81,6 +82,16 @@ int forwarder_config_validate(void *vcfg, char *err, size_t errlen)
     if (!cfg->snapshot_endpoints || !*cfg->snapshot_endpoints) {
         snprintf(err, errlen, "key 'snapshot_endpoints': at least one endpoint is needed");
         return -1;
+    }
+    if (cfg->policy_file && *cfg->policy_file) {
+        /* --check-config names the policy's bad line, not only the keys. */
+        char perr[400];
+        policy_t *pol = policy_load(cfg->policy_file, perr, sizeof perr);
+        if (!pol) {
+            snprintf(err, errlen, "key 'policy_file': %s", perr);
+            return -1;
+        }
+        policy_destroy(&pol);
     }
     if (!cfg->data_endpoint || !*cfg->data_endpoint) {
         snprintf(err, errlen, "key 'data_endpoint': the data link needs an endpoint");

@@ -37,7 +37,10 @@ ok "audit line: refused by the device"
 # A live connection, then a policy that allows only 127.0.0.2: SIGHUP.
 bg python3 "$PEER" pinger "$ip" 5900 20 0.1
 PINGER=$BG_PID
-sleep 0.3
+# The reload must come after its connection is up (a slow start of python
+# under load would otherwise connect under the new policy).
+wait_until 5000 bash -c "curl -sf $FORWARDER_STATUS_URL/status | grep -q '\"streams\":1,'" \
+    || fail "the long-lived connection did not open"
 cat > "$LAB/conf/policy.conf" <<'POL'
 # only 127.0.0.2 may reach devices
 allow 127.0.0.2 * * any
@@ -71,3 +74,7 @@ wait_until 3000 grep -q 'policy.conf:1' "$LAB/logs/forwarder.log" || fail "bad p
 got=$(echo still | timeout 5 ncat -s 127.0.0.2 "$ip" 5900) || true
 [[ $got == still ]] || fail "the old policy was lost after a bad reload"
 ok "a bad policy file is reported with its line and the old policy stays"
+rc=0; out=$("$BIN/reachback-forwarder" --check-config --config "$LAB/conf/forwarder.conf" 2>&1) || rc=$?
+[[ $rc == 1 && $out == *"policy.conf:1: "* ]] || fail "--check-config on a bad policy: rc $rc, '$out'"
+ok "--check-config names the policy file's bad line"
+

@@ -56,7 +56,8 @@ stream_torn() {
     local what=$1; shift
     python3 "$PEER" pinger "$ip" 7003 100 0.1 >"$LAB/ping.out" 2>&1 &
     local pid=$!
-    sleep 0.5
+    wait_until 5000 bash -c "curl -sf $FORWARDER_STATUS_URL/status | grep -q '\"streams\":1,'" \
+        || fail "$what: the long-lived stream did not open: $(cat "$LAB/ping.out")"
     "$@"
     local t0; t0=$(now_ms)
     wait_until 3000 bash -c "! kill -0 $pid 2>/dev/null" || fail "$what: the internal stream survived"
