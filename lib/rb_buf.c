@@ -29,6 +29,18 @@ int rb_buf_append(rb_buf_t *b, const void *data, size_t len)
     return 0;
 }
 
+char *rb_buf_space(rb_buf_t *b, size_t n)
+{
+    if (s_reserve(b, n) < 0) return NULL;
+    return b->data + b->len;
+}
+
+void rb_buf_added(rb_buf_t *b, size_t n)
+{
+    b->len += n;
+    b->data[b->len] = '\0';
+}
+
 int rb_buf_puts(rb_buf_t *b, const char *s) { return rb_buf_append(b, s, strlen(s)); }
 
 int rb_buf_printf(rb_buf_t *b, const char *fmt, ...)

@@ -25,6 +25,11 @@ int rb_buf_json_escape(rb_buf_t *b, const char *s);
 /* True when s is at most max bytes and has no control bytes (names and
  * ids from peers, before they reach logs and tables). */
 bool rb_str_printable(const char *s, size_t max);
+/* Room for n more bytes at data + len (a reader fills it, then calls
+ * rb_buf_added): NULL when memory runs out. */
+char *rb_buf_space(rb_buf_t *b, size_t n);
+/* n bytes were written at data + len (at most what rb_buf_space gave). */
+void rb_buf_added(rb_buf_t *b, size_t n);
 /* Drops the first n bytes. */
 void rb_buf_consume(rb_buf_t *b, size_t n);
 void rb_buf_reset(rb_buf_t *b);

@@ -69,6 +69,8 @@ struct rb_loop {
     sigset_t sigmask;
     sig_slot_t sigs[16];
     size_t nsigs;
+    rb_defer_t *defer_head, *defer_tail;
+    unsigned defer_pass;
 };
 
 uint64_t rb_now_ms(void)
@@ -400,6 +402,49 @@ static bool s_zsock_dispatch(rb_loop_t *l)
     return more;
 }
 
+void rb_loop_defer(rb_loop_t *l, rb_defer_t *d, rb_defer_fn *fn, void *arg)
+{
+    if (d->queued) return;
+    d->fn = fn;
+    d->arg = arg;
+    d->queued = true;
+    d->pass = l->defer_pass;
+    d->next = NULL;
+    d->prev = l->defer_tail;
+    if (l->defer_tail)
+        l->defer_tail->next = d;
+    else
+        l->defer_head = d;
+    l->defer_tail = d;
+}
+
+void rb_loop_undefer(rb_loop_t *l, rb_defer_t *d)
+{
+    if (!d->queued) return;
+    if (d->prev)
+        d->prev->next = d->next;
+    else
+        l->defer_head = d->next;
+    if (d->next)
+        d->next->prev = d->prev;
+    else
+        l->defer_tail = d->prev;
+    d->prev = d->next = NULL;
+    d->queued = false;
+}
+
+/* Runs what was deferred before this call; what those callbacks defer
+ * waits for the next pass (the loop does not sleep while any is queued). */
+static void s_run_deferred(rb_loop_t *l)
+{
+    unsigned pass = l->defer_pass++;
+    while (l->defer_head && l->defer_head->pass == pass && l->running) {
+        rb_defer_t *d = l->defer_head;
+        rb_loop_undefer(l, d);
+        d->fn(l, d->arg);
+    }
+}
+
 void rb_loop_stop(rb_loop_t *l) { l->running = false; }
 
 int rb_loop_run(rb_loop_t *l)
@@ -409,7 +454,7 @@ int rb_loop_run(rb_loop_t *l)
     while (l->running) {
         bool zmore = s_zsock_dispatch(l);
         if (!l->running) break;
-        int n = epoll_wait(l->epfd, evs, MAX_EVENTS, zmore ? 0 : s_timeout(l));
+        int n = epoll_wait(l->epfd, evs, MAX_EVENTS, zmore || l->defer_head ? 0 : s_timeout(l));
         if (n < 0) {
             if (errno == EINTR) continue;
             rb_error("loop_failed", "epoll_wait: %s", strerror(errno));
@@ -430,6 +475,9 @@ int rb_loop_run(rb_loop_t *l)
             s->fn(l, fd, e, s->arg);
         }
         s_run_timers(l);
+        /* Last, so that the ZeroMQ sends they make are followed by the
+         * ZMQ_EVENTS check at the top. */
+        s_run_deferred(l);
     }
     return 0;
 }

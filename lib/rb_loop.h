@@ -49,6 +49,23 @@ rb_timer_t *rb_loop_add_timer(rb_loop_t *loop, uint64_t ms, bool repeat, rb_time
                               void *arg);
 void rb_loop_cancel_timer(rb_loop_t *loop, rb_timer_t *t);
 
+/* Work for the end of the current pass over events, before the loop next
+ * sleeps: output that several handlers add to (frames for one connection)
+ * goes out in one write instead of one per handler. The owner embeds the
+ * rb_defer_t (zeroed before first use) and must rb_loop_undefer it before
+ * freeing it. Deferring a queued entry changes nothing. */
+typedef struct rb_defer rb_defer_t;
+typedef void(rb_defer_fn)(rb_loop_t *loop, void *arg);
+struct rb_defer {
+    rb_defer_t *prev, *next;
+    rb_defer_fn *fn;
+    void *arg;
+    bool queued;
+    unsigned pass; /* the loop's pass it was queued in */
+};
+void rb_loop_defer(rb_loop_t *loop, rb_defer_t *d, rb_defer_fn *fn, void *arg);
+void rb_loop_undefer(rb_loop_t *loop, rb_defer_t *d);
+
 /* Delivers signo through the loop (blocks it for the thread). 0 or -1. */
 int rb_loop_add_signal(rb_loop_t *loop, int signo, rb_signal_fn *fn, void *arg);
 

@@ -8,7 +8,15 @@
  *
  * Callbacks may destroy the object. Every entry from the loop counts itself
  * in c->depth; rb_tconn_destroy inside a callback only marks the object, and
- * the outermost entry frees it on the way out. */
+ * the outermost entry frees it on the way out.
+ *
+ * Output: frames queue as plaintext (wbuf); OpenSSL encrypts them into
+ * records that its write BIO (ours) appends to cbuf, and we send cbuf to the
+ * socket ourselves. So one send carries many 16 KiB records (a bulk stream
+ * costs a syscall per ENCRYPT_BATCH, not per record), the frames queued by
+ * every handler of one loop pass go out together (rb_loop_defer), and
+ * SSL_write never has to be retried. Input is read ahead (rb_tls.c) and
+ * decrypted straight into rbuf, where frames are parsed in place. */
 #include "rb_tconn.h"
 
 #include <arpa/inet.h>
@@ -17,6 +25,8 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
+#include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 #include <stdio.h>
@@ -38,7 +48,12 @@
 #define READ_BUDGET (256u * 1024)
 /* Largest TLS record payload; one SSL_read never returns more. */
 #define READ_CHUNK 16384
-/* The write buffer is compacted once this much has been sent from it. */
+/* Plaintext encrypted per step, then sent before the next: large writes,
+ * but ciphertext held back is bounded while the socket is full. */
+#define ENCRYPT_BATCH (128u * 1024)
+/* A TLS 1.3 record's header, content type byte and tag, with room to spare. */
+#define RECORD_OVERHEAD 32u
+/* The plaintext queue is compacted once this much was encrypted from it. */
 #define WBUF_COMPACT (64u * 1024)
 
 typedef enum { ST_CONNECTING, ST_HANDSHAKE, ST_OPEN, ST_FLUSHING, ST_LINGER, ST_DONE } st_t;
@@ -49,16 +64,18 @@ struct rb_tconn {
     int fd;
     st_t st;
     unsigned watched;        /* RB_EV_* currently registered */
-    unsigned hs_want;        /* what the handshake waits for */
-    bool read_wants_write;   /* SSL_read asked for writability */
-    bool write_wants_read;   /* SSL_write asked for readability */
+    bool blocked;            /* the socket refused output: wait for EPOLLOUT */
+    bool wr_shut;            /* our side shut after close_notify */
     bool dead;               /* destroyed inside a callback */
     unsigned depth;
     rb_timer_t *timer;       /* handshake or linger deadline */
     rb_timer_t *resume;      /* continue reading after the budget ran out */
-    rb_buf_t rbuf;           /* a partial frame; empty (freed) when idle */
-    rb_buf_t wbuf;           /* output; wbuf.data + woff is unsent */
+    rb_defer_t flush;        /* output queued outside our own callbacks */
+    rb_buf_t rbuf;           /* plaintext not yet whole frames; freed when idle */
+    rb_buf_t wbuf;           /* frames; wbuf.data + woff not yet encrypted */
     size_t woff;
+    rb_buf_t cbuf;           /* TLS records; cbuf.data + coff not yet sent */
+    size_t coff;
     rb_tconn_handlers_t h;
     void *arg;
     char peer[64];
@@ -79,14 +96,51 @@ const char *rb_tconn_end_str(rb_tconn_end_t end)
     return "unknown";
 }
 
+/* OpenSSL's write BIO for a connection: records are appended to cbuf. It
+ * never blocks; only running out of memory fails it. */
+static int s_bio_write(BIO *b, const char *data, size_t len, size_t *written)
+{
+    rb_tconn_t *c = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (rb_buf_append(&c->cbuf, data, len) < 0) return 0;
+    *written = len;
+    return 1;
+}
+
+static long s_bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    (void)b, (void)num, (void)ptr;
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0;   /* the send is ours to make */
+}
+
+static int s_bio_create(BIO *b)
+{
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+static BIO_METHOD *s_out_method;
+static void s_out_method_init(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "rb_tconn output");
+    if (m && BIO_meth_set_write_ex(m, s_bio_write) == 1 && BIO_meth_set_ctrl(m, s_bio_ctrl) == 1 &&
+        BIO_meth_set_create(m, s_bio_create) == 1) {
+        s_out_method = m;
+        return;
+    }
+    BIO_meth_free(m);
+}
+
 /* Releases the socket, TLS state, buffers and timers: everything but the
- * object itself. */
-static void s_release(rb_tconn_t *c)
+ * object itself, and the input buffer while a callback may still be looking
+ * at a frame in it (keep_rbuf). */
+static void s_release_but(rb_tconn_t *c, bool keep_rbuf)
 {
     rb_loop_cancel_timer(c->loop, c->timer);
     c->timer = NULL;
     rb_loop_cancel_timer(c->loop, c->resume);
     c->resume = NULL;
+    rb_loop_undefer(c->loop, &c->flush);
     if (c->fd >= 0) {
         rb_loop_del_fd(c->loop, c->fd);
         close(c->fd);
@@ -96,11 +150,15 @@ static void s_release(rb_tconn_t *c)
         SSL_free(c->ssl);
         c->ssl = NULL;
     }
-    rb_buf_free(&c->rbuf);
+    if (!keep_rbuf) rb_buf_free(&c->rbuf);
     rb_buf_free(&c->wbuf);
     c->woff = 0;
+    rb_buf_free(&c->cbuf);
+    c->coff = 0;
     c->watched = 0;
 }
+
+static void s_release(rb_tconn_t *c) { s_release_but(c, false); }
 
 /* Ends the connection and tells the owner, once. */
 static void s_end(rb_tconn_t *c, rb_tconn_end_t end, const char *reason)
@@ -135,12 +193,12 @@ static void s_watch(rb_tconn_t *c)
     unsigned want = 0;
     switch (c->st) {
     case ST_CONNECTING: want = RB_EV_WRITE; break;
-    case ST_HANDSHAKE: want = c->hs_want; break;
+    case ST_HANDSHAKE:
     case ST_OPEN:
     case ST_FLUSHING:
     case ST_LINGER:
         want = RB_EV_READ;
-        if (c->woff < c->wbuf.len || c->read_wants_write) want |= RB_EV_WRITE;
+        if (c->blocked) want |= RB_EV_WRITE;
         break;
     case ST_DONE: return;
     }
@@ -172,29 +230,17 @@ static long s_frames(rb_tconn_t *c, const uint8_t *buf, size_t len)
     return (long)used;
 }
 
-/* New plaintext from the peer. Parses in place while no partial frame is
- * buffered, so an idle connection never holds a read buffer. */
-static int s_input(rb_tconn_t *c, const uint8_t *data, size_t n)
+/* New plaintext is in rbuf: hands its whole frames to the owner and keeps
+ * the rest. -1 when the connection ended or was destroyed. */
+static int s_input(rb_tconn_t *c)
 {
-    if (c->st != ST_OPEN) return 0;   /* closing: input is discarded */
-    if (c->rbuf.len == 0) {
-        long used = s_frames(c, data, n);
-        if (used < 0) return -1;
-        if ((size_t)used < n && c->st == ST_OPEN &&
-            rb_buf_append(&c->rbuf, data + used, n - (size_t)used) < 0) {
-            s_end(c, RB_TCONN_IO_ERROR, "out of memory");
-            return -1;
-        }
+    if (c->st != ST_OPEN) {   /* closing: input is discarded */
+        rb_buf_reset(&c->rbuf);
         return 0;
-    }
-    if (rb_buf_append(&c->rbuf, data, n) < 0) {
-        s_end(c, RB_TCONN_IO_ERROR, "out of memory");
-        return -1;
     }
     long used = s_frames(c, (const uint8_t *)c->rbuf.data, c->rbuf.len);
     if (used < 0) return -1;
     rb_buf_consume(&c->rbuf, (size_t)used);
-    if (c->rbuf.len == 0 || c->st != ST_OPEN) rb_buf_free(&c->rbuf);
     return 0;
 }
 
@@ -204,30 +250,31 @@ static void s_on_resume(rb_loop_t *loop, void *arg);
  * Returns -1 when the connection ended or was destroyed. */
 static int s_read(rb_tconn_t *c)
 {
-    uint8_t chunk[READ_CHUNK];
     size_t total = 0;
-    c->read_wants_write = false;
     while (c->st != ST_DONE && !c->dead) {
         if (total >= READ_BUDGET) {
-            /* Bytes OpenSSL already decrypted do not wake epoll again. */
-            if (SSL_pending(c->ssl) > 0 && !c->resume)
+            /* Bytes OpenSSL already read ahead do not wake epoll again. */
+            if (SSL_has_pending(c->ssl) && !c->resume)
                 c->resume = rb_loop_add_timer(c->loop, 0, false, s_on_resume, c);
             return 0;
+        }
+        char *room = rb_buf_space(&c->rbuf, READ_CHUNK);
+        if (!room) {
+            s_end(c, RB_TCONN_IO_ERROR, "out of memory");
+            return -1;
         }
         size_t n = 0;
         ERR_clear_error();
         errno = 0;
-        if (SSL_read_ex(c->ssl, chunk, sizeof chunk, &n)) {
+        if (SSL_read_ex(c->ssl, room, READ_CHUNK, &n)) {
             total += n;
-            if (s_input(c, chunk, n) < 0) return -1;
+            rb_buf_added(&c->rbuf, n);
+            if (s_input(c) < 0) return -1;
             continue;
         }
+        if (c->rbuf.len == 0) rb_buf_free(&c->rbuf);
         int err = SSL_get_error(c->ssl, 0);
         if (err == SSL_ERROR_WANT_READ) return 0;
-        if (err == SSL_ERROR_WANT_WRITE) {
-            c->read_wants_write = true;
-            return 0;
-        }
         if (err == SSL_ERROR_ZERO_RETURN) {
             s_end(c, c->st == ST_LINGER ? RB_TCONN_LOCAL : RB_TCONN_PEER_CLOSED,
                   c->st == ST_LINGER ? "closed" : "peer closed");
@@ -253,50 +300,98 @@ static int s_read(rb_tconn_t *c)
     return -1;
 }
 
-/* Writes queued output as far as the socket takes it. -1 when it ended. */
-static int s_flush(rb_tconn_t *c)
+/* Encrypts up to ENCRYPT_BATCH of the queued frames into cbuf. -1 when the
+ * connection ended. */
+static int s_encrypt(rb_tconn_t *c)
 {
-    c->write_wants_read = false;
-    while (c->woff < c->wbuf.len) {
-        size_t n = 0;
-        ERR_clear_error();
-        errno = 0;
-        if (SSL_write_ex(c->ssl, c->wbuf.data + c->woff, c->wbuf.len - c->woff, &n)) {
-            c->woff += n;
-            continue;
-        }
-        int err = SSL_get_error(c->ssl, 0);
-        if (err == SSL_ERROR_WANT_WRITE) break;
-        if (err == SSL_ERROR_WANT_READ) {
-            c->write_wants_read = true;
-            break;
-        }
+    size_t n = c->wbuf.len - c->woff;
+    if (n > ENCRYPT_BATCH) n = ENCRYPT_BATCH;
+    /* Room for every record up front: the BIO appends without moving. */
+    if (!rb_buf_space(&c->cbuf, n + (n / READ_CHUNK + 1) * RECORD_OVERHEAD)) {
+        s_end(c, RB_TCONN_IO_ERROR, "out of memory");
+        return -1;
+    }
+    size_t w = 0;
+    ERR_clear_error();
+    errno = 0;
+    if (!SSL_write_ex(c->ssl, c->wbuf.data + c->woff, n, &w)) {
         char buf[160], reason[200];
-        snprintf(reason, sizeof reason, "write: %s", s_tls_reason(c, err, buf, sizeof buf));
+        snprintf(reason, sizeof reason, "write: %s",
+                 s_tls_reason(c, SSL_get_error(c->ssl, 0), buf, sizeof buf));
         s_end(c, RB_TCONN_IO_ERROR, reason);
         return -1;
     }
+    c->woff += w;
     if (c->woff == c->wbuf.len) {
         rb_buf_free(&c->wbuf);
         c->woff = 0;
     } else if (c->woff >= WBUF_COMPACT && c->woff * 2 >= c->wbuf.len) {
-        /* SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER makes moving the unsent bytes
-         * safe between a WANT_WRITE and its retry. */
         rb_buf_consume(&c->wbuf, c->woff);
         c->woff = 0;
     }
     return 0;
 }
 
+/* Sends cbuf. 1 when the socket is full, 0 when all went, -1 when the
+ * connection ended. */
+static int s_send(rb_tconn_t *c)
+{
+    while (c->coff < c->cbuf.len) {
+        ssize_t n = send(c->fd, c->cbuf.data + c->coff, c->cbuf.len - c->coff, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                c->blocked = true;
+                return 1;
+            }
+            char reason[200];
+            snprintf(reason, sizeof reason, "write: %s", strerror(errno));
+            s_end(c, RB_TCONN_IO_ERROR, reason);
+            return -1;
+        }
+        c->coff += (size_t)n;
+    }
+    c->blocked = false;
+    rb_buf_free(&c->cbuf);
+    c->coff = 0;
+    return 0;
+}
+
+static void s_start_linger(rb_tconn_t *c);
+
+/* Writes what is queued until the socket is full or all is out, then moves
+ * a closing connection on (close_notify once the frames are out, our write
+ * side shut once that is). -1 when the connection ended. */
+static int s_output(rb_tconn_t *c)
+{
+    for (;;) {
+        int r = s_send(c);
+        if (r != 0) return r < 0 ? -1 : 0;
+        if ((c->st == ST_OPEN || c->st == ST_FLUSHING) && c->woff < c->wbuf.len) {
+            if (s_encrypt(c) < 0) return -1;
+            continue;
+        }
+        if (c->st == ST_FLUSHING) {
+            s_start_linger(c);   /* queues close_notify */
+            continue;
+        }
+        if (c->st == ST_LINGER && !c->wr_shut) {
+            shutdown(c->fd, SHUT_WR);
+            c->wr_shut = true;
+        }
+        return 0;
+    }
+}
+
 static void s_on_linger_timeout(rb_loop_t *loop, void *arg);
 
-/* Output drained after close_after_flush: send close_notify, shut our write
- * side and wait (bounded) for the peer to close. */
+/* Frames drained after close_after_flush: queue close_notify (s_output
+ * sends it and shuts our write side) and wait (bounded) for the peer to
+ * close. */
 static void s_start_linger(rb_tconn_t *c)
 {
     ERR_clear_error();
     SSL_shutdown(c->ssl);
-    shutdown(c->fd, SHUT_WR);
     c->st = ST_LINGER;
     rb_loop_cancel_timer(c->loop, c->timer);
     /* Without a timer (no memory) the peer's EOF still ends it. */
@@ -321,14 +416,7 @@ static void s_handshake(rb_tconn_t *c)
         return;
     }
     int err = SSL_get_error(c->ssl, r);
-    if (err == SSL_ERROR_WANT_READ) {
-        c->hs_want = RB_EV_READ;
-        return;
-    }
-    if (err == SSL_ERROR_WANT_WRITE) {
-        c->hs_want = RB_EV_WRITE;
-        return;
-    }
+    if (err == SSL_ERROR_WANT_READ) return;   /* its flight is in cbuf */
     char buf[160], reason[200];
     snprintf(reason, sizeof reason, "handshake: %s", s_tls_reason(c, err, buf, sizeof buf));
     s_end(c, RB_TCONN_TLS_FAILED, reason);
@@ -350,19 +438,15 @@ static void s_step(rb_tconn_t *c, unsigned events)
     }
     if (c->st == ST_HANDSHAKE) {
         s_handshake(c);
-        if (c->st != ST_OPEN || c->dead) return;
+        if (c->st == ST_DONE || c->dead) return;
         /* Application data may have arrived with the last handshake
-         * flight; fall through and read it. */
-        events |= RB_EV_READ;
+         * flight: read it. */
+        if (c->st != ST_HANDSHAKE) events |= RB_EV_READ;
     }
-    if (c->st == ST_DONE || c->dead) return;
-
-    if ((events & (RB_EV_READ | RB_EV_ERROR)) || (c->read_wants_write && (events & RB_EV_WRITE)) ||
-        c->write_wants_read) {
+    if (c->st != ST_HANDSHAKE && (events & (RB_EV_READ | RB_EV_ERROR))) {
         if (s_read(c) < 0) return;
     }
-    if (c->woff < c->wbuf.len && s_flush(c) < 0) return;
-    if (c->st == ST_FLUSHING && c->woff == c->wbuf.len) s_start_linger(c);
+    s_output(c);
 }
 
 /* Every entry from the loop goes through here: counts the nesting so that a
@@ -378,6 +462,14 @@ static void s_leave(rb_tconn_t *c)
         return;
     }
     s_watch(c);
+}
+
+static void s_on_flush(rb_loop_t *loop, void *arg)
+{
+    rb_tconn_t *c = arg;
+    s_enter(c);
+    if (c->fd >= 0) s_output(c);
+    s_leave(c);
 }
 
 static void s_on_io(rb_loop_t *loop, int fd, unsigned events, void *arg)
@@ -437,18 +529,22 @@ static rb_tconn_t *s_new(rb_loop_t *loop, SSL_CTX *ctx, int fd, const char *peer
     c->h = *h;
     c->arg = arg;
     snprintf(c->peer, sizeof c->peer, "%s", peer ? peer : "?");
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, s_out_method_init);
     c->ssl = SSL_new(ctx);
-    if (!c->ssl || SSL_set_fd(c->ssl, fd) != 1) {
+    BIO *rbio = BIO_new_socket(fd, BIO_NOCLOSE);
+    BIO *wbio = s_out_method ? BIO_new(s_out_method) : NULL;
+    if (!c->ssl || !rbio || !wbio) {
         char buf[160];
         rb_warn("tls_new", "peer %s: %s", c->peer, rb_tls_error(buf, sizeof buf));
-        if (c->ssl) SSL_free(c->ssl);
+        BIO_free(rbio);
+        BIO_free(wbio);
+        SSL_free(c->ssl);
         free(c);
         return NULL;
     }
-    /* Partial writes let a large queue go out record by record; the moving
-     * buffer mode lets the queue grow (realloc) between a WANT_WRITE and
-     * its retry. */
-    SSL_set_mode(c->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    BIO_set_data(wbio, c);
+    SSL_set_bio(c->ssl, rbio, wbio);
     c->timer = rb_loop_add_timer(loop, HANDSHAKE_MS, false, s_on_hs_timeout, c);
     if (!c->timer) {
         SSL_free(c->ssl);
@@ -472,15 +568,15 @@ rb_tconn_t *rb_tconn_accept(rb_loop_t *loop, SSL_CTX *ctx, int fd, const char *p
     }
     SSL_set_accept_state(c->ssl);
     c->st = ST_HANDSHAKE;
-    c->hs_want = RB_EV_READ;   /* the client speaks first */
-    if (rb_loop_add_fd(loop, fd, c->hs_want, s_on_io, c) < 0) {
+    /* the client speaks first */
+    if (rb_loop_add_fd(loop, fd, RB_EV_READ, s_on_io, c) < 0) {
         c->fd = -1;
         s_release(c);
         free(c);
         close(fd);
         return NULL;
     }
-    c->watched = c->hs_want;
+    c->watched = RB_EV_READ;
     return c;
 }
 
@@ -575,20 +671,22 @@ void rb_tconn_destroy(rb_tconn_t **cp)
     *cp = NULL;
     if (c->depth > 0) {
         /* Inside one of our callbacks: stop everything now, free on the
-         * way out of the loop entry. */
+         * way out of the loop entry (the frame being handled stays
+         * readable until then). */
         c->dead = true;
         c->st = ST_DONE;
-        s_release(c);
+        s_release_but(c, true);
         return;
     }
     s_release(c);
     free(c);
 }
 
-/* Makes sure the loop will call us to write. */
+/* Makes sure the loop will call us to write: inside our callbacks the
+ * loop entry writes on its way out; a full socket wakes us when it drains. */
 static void s_want_write(rb_tconn_t *c)
 {
-    if (c->depth == 0) s_watch(c);
+    if (c->depth == 0 && !c->blocked) rb_loop_defer(c->loop, &c->flush, s_on_flush, c);
 }
 
 int rb_tconn_send_frame(rb_tconn_t *c, uint8_t type, uint8_t flags, uint32_t stream_id,
@@ -626,9 +724,8 @@ void rb_tconn_close_after_flush(rb_tconn_t *c)
          * parsing from rbuf right now). */
         if (c->depth > 0) return;
         rb_buf_free(&c->rbuf);
-        /* Nothing queued: nothing will wake us, so start closing now. */
-        if (c->woff == c->wbuf.len) s_start_linger(c);
-        s_watch(c);
+        /* Even with nothing queued: close_notify goes out from the loop. */
+        rb_loop_defer(c->loop, &c->flush, s_on_flush, c);
         return;
     }
     if (c->st == ST_CONNECTING || c->st == ST_HANDSHAKE) {
@@ -642,7 +739,7 @@ void rb_tconn_close_after_flush(rb_tconn_t *c)
 
 size_t rb_tconn_output_pending(const rb_tconn_t *c)
 {
-    return c ? c->wbuf.len - c->woff : 0;
+    return c ? (c->wbuf.len - c->woff) + (c->cbuf.len - c->coff) : 0;
 }
 
 const char *rb_tconn_peer(const rb_tconn_t *c) { return c ? c->peer : "?"; }

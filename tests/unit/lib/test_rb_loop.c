@@ -201,6 +201,58 @@ static void test_zmq_edge_trigger_never_strands_messages(void **state)
     rb_loop_destroy(&l);
 }
 
+/* Deferred work: runs once per queuing, in queuing order, at the end of
+ * the pass; what a deferred callback defers waits for the next pass, and
+ * the loop does not sleep while anything is queued. */
+typedef struct {
+    rb_defer_t a, b, c, d;
+    char order[64];
+    size_t n;
+    int a_runs;
+} deferred_t;
+
+static void s_note(deferred_t *x, char what)
+{
+    if (x->n + 1 < sizeof x->order) x->order[x->n++] = what;
+}
+static void s_run_b(rb_loop_t *l, void *arg) { s_note(arg, 'b'); }
+static void s_run_c(rb_loop_t *l, void *arg) { s_note(arg, 'c'); }
+static void s_run_d(rb_loop_t *l, void *arg) { s_note(arg, 'd'); }
+static void s_run_a(rb_loop_t *l, void *arg)
+{
+    deferred_t *x = arg;
+    s_note(x, 'a');
+    if (++x->a_runs == 1) {
+        rb_loop_defer(l, &x->d, s_run_d, x);   /* next pass, before a */
+        rb_loop_defer(l, &x->a, s_run_a, x);
+        rb_loop_defer(l, &x->a, s_run_a, x);   /* queued already: once */
+    } else if (x->a_runs < 1000) {
+        rb_loop_defer(l, &x->a, s_run_a, x);
+    } else {
+        rb_loop_stop(l);
+    }
+}
+
+static void test_defer_runs_once_per_pass_in_order(void **state)
+{
+    rb_loop_t *l = rb_loop_new();
+    deferred_t x = {0};
+    rb_loop_defer(l, &x.a, s_run_a, &x);
+    rb_loop_defer(l, &x.b, s_run_b, &x);
+    rb_loop_defer(l, &x.c, s_run_c, &x);
+    rb_loop_defer(l, &x.c, s_run_c, &x);
+    rb_loop_undefer(l, &x.b);
+    rb_loop_undefer(l, &x.b);   /* not queued: nothing happens */
+    rb_loop_add_timer(l, 5000, false, s_stop, NULL);
+    uint64_t t0 = rb_now_ms();
+    rb_loop_run(l);
+    assert_int_equal(x.a_runs, 1000);
+    assert_memory_equal(x.order, "acdaaa", 6);
+    /* A thousand passes, none of them waiting for the timer. */
+    assert_true(rb_now_ms() - t0 < 2500);
+    rb_loop_destroy(&l);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -209,6 +261,7 @@ int main(void)
         cmocka_unit_test(test_pause_fd),
         cmocka_unit_test(test_signal_through_loop),
         cmocka_unit_test(test_zmq_edge_trigger_never_strands_messages),
+        cmocka_unit_test(test_defer_runs_once_per_pass_in_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
