@@ -33,6 +33,10 @@ struct rb_pump {
     uint64_t nread, nwritten;
 };
 
+/* DATA frames read per wake-up while the socket has more: the peer's
+ * side handles them in one pass (one wake-up of each thread on the way)
+ * while streams still take turns. */
+#define READ_FRAMES 4
 /* One DATA frame's worth, shared: the loop runs one handler at a time. */
 static uint8_t s_chunk[RB_FRAME_MAX_DATA];
 
@@ -162,7 +166,9 @@ static void s_on_io(rb_loop_t *loop, int fd, unsigned events, void *arg)
         }
         acted = true;
     }
-    if (!p->eof_in && p->credit > 0 && (events & (RB_EV_READ | RB_EV_ERROR))) {
+    for (int frames = 0; frames < READ_FRAMES && !p->eof_in && p->credit > 0 &&
+                         (events & (RB_EV_READ | RB_EV_ERROR));
+         frames++) {
         acted = true;
         size_t want = p->credit < sizeof s_chunk ? p->credit : sizeof s_chunk;
         ssize_t n = recv(fd, s_chunk, want, 0);
@@ -173,6 +179,7 @@ static void s_on_io(rb_loop_t *loop, int fd, unsigned events, void *arg)
                 s_finish(p, true, "the peer cannot be reached");
                 return;
             }
+            if ((size_t)n < want) break;   /* the socket is drained */
         } else if (n == 0) {
             p->eof_in = true;
             if (p->h->data(p->arg, RB_FRAME_FIN, NULL, 0) < 0) {
@@ -182,6 +189,8 @@ static void s_on_io(rb_loop_t *loop, int fd, unsigned events, void *arg)
         } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
             s_fail(p, strerror(errno));
             return;
+        } else {
+            break;
         }
     }
     if (!acted && (events & RB_EV_ERROR)) {

@@ -3,7 +3,7 @@
  * bytes between a socket and a stream whose other end is a peer across the
  * edge, with the stream's credit windows (rb_frame.h, RB_STREAM_WINDOW):
  *   socket -> peer: read only while the peer has granted credit, at most
- *     one DATA frame's worth per wake-up (so streams take turns);
+ *     a few DATA frames per wake-up (so streams take turns);
  *   peer -> socket: what the socket cannot take at once is kept (never more
  *     than the window, which the peer must respect) and credit is granted
  *     back as the socket takes it.

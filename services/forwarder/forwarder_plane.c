@@ -618,6 +618,18 @@ static void s_on_accept(rb_loop_t *loop, int lfd, unsigned events, void *arg)
     char ip[INET_ADDRSTRLEN];
     inet_ntop(AF_INET, &src.sin_addr, ip, sizeof ip);
     s_open_to_device(s, l->port, ip, ntohs(src.sin_port));
+    /* A client that speaks first has usually sent its first bytes by now:
+     * they travel right behind the Open, so the device writes them as soon
+     * as its local connect completes instead of a loop pass later. */
+    static uint8_t early[RB_FRAME_MAX_DATA];
+    ssize_t n = recv(fd, early, sizeof early, MSG_DONTWAIT);
+    if (n > 0) {
+        if (s_pump_data(s, 0, early, (size_t)n) < 0) {
+            s_stream_end(s, "the edge cannot be reached", true);
+            return;
+        }
+        rb_pump_note_sent(s->pump, (size_t)n, false);
+    }
 }
 
 /* ---- UDP: one flow per internal (address, port) per exposed port ---- */
