@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "rb_loop.h"
+
 void rb_link_setup(void *sock)
 {
     int zero = 0;
@@ -18,6 +20,7 @@ int rb_link_send(void *sock, const void *rid, size_t rid_len, uint8_t type, uint
 {
     uint8_t hdr[RB_FRAME_HEADER];
     rb_frame_header(hdr, type, flags, id, (uint32_t)len);
+    rb_loop_zsock_used(sock);
     if (rid && zmq_send(sock, rid, rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) return -1;
     if (zmq_send(sock, hdr, sizeof hdr, (len ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) < 0) return -1;
     if (len && zmq_send(sock, data, len, ZMQ_DONTWAIT) < 0) return -1;

@@ -15,6 +15,9 @@
 
 /* Routing ids are edge ids; longer ones are refused. */
 #define RB_LINK_RID_MAX 64
+/* Bytes an Open may carry as early data (it is a control message, at most
+ * RB_FRAME_MAX_CONTROL with everything else). */
+#define RB_LINK_EARLY_MAX 4096
 
 typedef struct {
     zmq_msg_t part[3];

@@ -48,6 +48,7 @@ typedef struct {
     rb_zsock_fn *fn;
     void *arg;
     bool active;
+    bool check;   /* ZMQ_EVENTS must be read: its fd fired, it was used, or input is left */
 } zsock_slot_t;
 
 typedef struct {
@@ -355,7 +356,7 @@ int rb_loop_add_zsock(rb_loop_t *l, void *sock, rb_zsock_fn *fn, void *arg)
     }
     struct epoll_event ev = {.events = EPOLLIN, .data.u64 = ZSOCK_MARK | (uint32_t)fd};
     if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) return -1;
-    l->zs[l->zs_len++] = (zsock_slot_t){sock, fd, fn, arg, true};
+    l->zs[l->zs_len++] = (zsock_slot_t){sock, fd, fn, arg, true, true};
     return 0;
 }
 
@@ -371,6 +372,21 @@ int rb_loop_del_zsock(rb_loop_t *l, void *sock)
     return -1;
 }
 
+/* The loop running on this thread, for rb_loop_zsock_used. */
+static __thread rb_loop_t *tl_running;
+
+void rb_loop_zsock_used(void *sock)
+{
+    rb_loop_t *l = tl_running;
+    if (!l) return;   /* outside rb_loop_run: the next run looks at every socket */
+    for (size_t i = 0; i < l->zs_len; i++) {
+        if (l->zs[i].active && l->zs[i].sock == sock) {
+            l->zs[i].check = true;
+            return;
+        }
+    }
+}
+
 static bool s_zsock_readable(void *sock)
 {
     int ev = 0;
@@ -379,16 +395,24 @@ static bool s_zsock_readable(void *sock)
     return (ev & ZMQ_POLLIN) != 0;
 }
 
-/* Calls handlers while their sockets have input. Returns true when a socket
- * still has input after its budget, so the next wait must not block. */
+/* Calls handlers while their sockets have input. Only sockets that may
+ * have changed are asked (reading ZMQ_EVENTS costs two system calls): once
+ * ZMQ_EVENTS said "no input", new input comes with a command that makes
+ * ZMQ_FD readable, unless a send (or other call) on the socket took that
+ * command first; rb_loop_zsock_used covers those. Returns true when a
+ * socket still has input after its budget, so the next wait must not
+ * block. */
 static bool s_zsock_dispatch(rb_loop_t *l)
 {
     bool more = false;
     for (size_t i = 0; i < l->zs_len && l->running; i++) {
+        if (!l->zs[i].check) continue;
+        l->zs[i].check = false;
         int budget = ZSOCK_BUDGET;
         while (l->zs[i].active && s_zsock_readable(l->zs[i].sock)) {
             if (budget-- == 0) {
                 more = true;
+                l->zs[i].check = true;
                 break;
             }
             l->zs[i].fn(l, l->zs[i].sock, l->zs[i].arg);
@@ -447,10 +471,21 @@ static void s_run_deferred(rb_loop_t *l)
 
 void rb_loop_stop(rb_loop_t *l) { l->running = false; }
 
+/* A ZeroMQ socket's fd fired: read its ZMQ_EVENTS in the next pass. */
+static void s_zsock_fired(rb_loop_t *l, int fd)
+{
+    for (size_t i = 0; i < l->zs_len; i++)
+        if (l->zs[i].active && l->zs[i].fd == fd) l->zs[i].check = true;
+}
+
 int rb_loop_run(rb_loop_t *l)
 {
     struct epoll_event evs[MAX_EVENTS];
     l->running = true;
+    rb_loop_t *outer = tl_running;
+    tl_running = l;
+    /* Sockets may have been used since the last run. */
+    for (size_t i = 0; i < l->zs_len; i++) l->zs[i].check = true;
     while (l->running) {
         bool zmore = s_zsock_dispatch(l);
         if (!l->running) break;
@@ -458,11 +493,15 @@ int rb_loop_run(rb_loop_t *l)
         if (n < 0) {
             if (errno == EINTR) continue;
             rb_error("loop_failed", "epoll_wait: %s", strerror(errno));
+            tl_running = outer;
             return -1;
         }
         for (int i = 0; i < n && l->running; i++) {
             uint64_t d = evs[i].data.u64;
-            if (d & ZSOCK_MARK) continue;   /* handled by s_zsock_dispatch */
+            if (d & ZSOCK_MARK) {
+                s_zsock_fired(l, (int)(uint32_t)d);
+                continue;
+            }
             int fd = (int)(uint32_t)d;
             uint32_t gen = (uint32_t)(d >> 32);
             if ((size_t)fd >= l->nfds) continue;
@@ -475,9 +514,8 @@ int rb_loop_run(rb_loop_t *l)
             s->fn(l, fd, e, s->arg);
         }
         s_run_timers(l);
-        /* Last, so that the ZeroMQ sends they make are followed by the
-         * ZMQ_EVENTS check at the top. */
         s_run_deferred(l);
     }
+    tl_running = outer;
     return 0;
 }

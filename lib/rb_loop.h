@@ -2,10 +2,11 @@
  * min-heap of timers, signalfd for signals, and ZeroMQ sockets.
  *
  * ZeroMQ sockets join through ZMQ_FD, which is edge-triggered and only says
- * the socket's state may have changed. The loop therefore re-reads
- * ZMQ_EVENTS for every registered ZeroMQ socket before each wait and calls the
- * handler while ZMQ_POLLIN is set, so a send that consumed the edge (the
- * classic ZeroMQ event-loop hang) cannot leave a message unread. */
+ * the socket's state may have changed. Before each wait the loop reads
+ * ZMQ_EVENTS of every registered socket whose fd fired or that was used
+ * since (rb_loop_zsock_used) and calls the handler while ZMQ_POLLIN is set,
+ * so a send that consumed the edge (the classic ZeroMQ event-loop hang)
+ * cannot leave a message unread. */
 #ifndef RB_LOOP_H
 #define RB_LOOP_H
 #include <stdbool.h>
@@ -72,6 +73,12 @@ int rb_loop_add_signal(rb_loop_t *loop, int signo, rb_signal_fn *fn, void *arg);
 /* Watches a ZeroMQ socket for input. 0 or -1. */
 int rb_loop_add_zsock(rb_loop_t *loop, void *zsock, rb_zsock_fn *fn, void *arg);
 int rb_loop_del_zsock(rb_loop_t *loop, void *zsock);
+/* Call after every send on a registered socket (and any other call that
+ * may process ZeroMQ's commands, such as a connect, outside the socket's
+ * own handler): such a call can take the notification of new input with
+ * it, and the loop must then ask the socket before it sleeps. Acts on the
+ * loop running on this thread; any socket pointer is accepted. */
+void rb_loop_zsock_used(void *zsock);
 
 /* Runs until rb_loop_stop. Returns 0, or -1 on an epoll failure. */
 int rb_loop_run(rb_loop_t *loop);

@@ -175,6 +175,7 @@ static int s_send_call(rb_rpc_client_t *cli, rb_rpc_call_t *c)
     if (zmq_msg_copy(&copy, &c->body) < 0) return -1;
     uint8_t id[RB_RPC_ID_LEN];
     memcpy(id, &c->id, sizeof id);
+    rb_loop_zsock_used(cli->sock);
     if (zmq_send(cli->sock, id, sizeof id, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
         int e = errno;
         zmq_msg_close(&copy);
@@ -534,6 +535,7 @@ int rb_rpc_reply(rb_rpc_req_t *req, const ProtobufCMessage *msg)
         goto out;
     }
     if (!msg || s_pack_msg(msg, &body) < 0) goto out;
+    rb_loop_zsock_used(srv->sock);
     if (zmq_send(srv->sock, req->rid, req->rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
         /* ROUTER_MANDATORY: EHOSTUNREACH when the peer disconnected, EAGAIN
          * when its queue is full. */

@@ -467,6 +467,7 @@ static void s_zap_send(void *sock, const char *reqid, size_t reqid_len, const ch
 {
     /* RFC 27 reply: version, request id, status code, status text, user id,
      * metadata. */
+    rb_loop_zsock_used(sock);
     int rc = zmq_send(sock, "1.0", 3, ZMQ_SNDMORE);
     if (rc >= 0) rc = zmq_send(sock, reqid, reqid_len, ZMQ_SNDMORE);
     if (rc >= 0) rc = zmq_send(sock, code, strlen(code), ZMQ_SNDMORE);

@@ -300,6 +300,8 @@ static edge_tunnel_t *s_tunnel_find(edge_link_t *l, const char *session_id)
     return t && strcmp(t->session_id, session_id) == 0 ? t : NULL;
 }
 
+static void s_fwd_data(fwd_t *f, const rb_frame_t *fr);
+
 static void s_on_open(fwd_t *f, const Rb__Fwd__Open *m)
 {
     edge_link_t *l = f->l;
@@ -308,6 +310,14 @@ static void s_on_open(fwd_t *f, const Rb__Fwd__Open *m)
         rb_metric_inc(l->m_link_errors);
         rb_warn("bad_open", "forwarder %s: Open with link id %u (odd, zero or in use)", f->endpoint,
                 lid);
+        return;
+    }
+    bool udp = m->proto == RB__TUNNEL__PROTO__PROTO_UDP;
+    if (m->early_data.len && (udp || m->early_data.len > RB_LINK_EARLY_MAX)) {
+        rb_metric_inc(l->m_link_errors);
+        rb_warn("bad_open", "forwarder %s: Open %u with %zu bytes of early data (%s)", f->endpoint,
+                lid, m->early_data.len, udp ? "UDP" : "over RB_LINK_EARLY_MAX");
+        s_fwd_result(f, lid, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, "bad early data");
         return;
     }
     edge_tunnel_t *tun = s_tunnel_find(l, m->session_id ? m->session_id : "");
@@ -321,7 +331,6 @@ static void s_on_open(fwd_t *f, const Rb__Fwd__Open *m)
                      "too many streams on the session");
         return;
     }
-    bool udp = m->proto == RB__TUNNEL__PROTO__PROTO_UDP;
     estream_t *s = s_stream_new(tun, f, s_next_tid(tun), lid, udp, false);
     if (!s) {
         s_fwd_result(f, lid, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, "edge out of memory");
@@ -341,6 +350,14 @@ static void s_on_open(fwd_t *f, const Rb__Fwd__Open *m)
         s_fwd_result(f, lid, RB__TUNNEL__STREAM_ERROR__STREAM_UNREACHABLE,
                      "the device's tunnel is closing");
         s_stream_free(s, false, false);
+        return;
+    }
+    if (m->early_data.len) {   /* as the DATA frame it stands for */
+        rb_frame_t fr = {.type = RB_FRAME_DATA,
+                         .stream_id = lid,
+                         .len = (uint32_t)m->early_data.len,
+                         .payload = m->early_data.data};
+        s_fwd_data(f, &fr);
     }
 }
 

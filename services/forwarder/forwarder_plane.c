@@ -524,7 +524,8 @@ static bool s_allowed(plane_t *p, attach_t *a, uint32_t src, uint16_t port, int 
     return p->policy && policy_allows(p->policy, &q, line);
 }
 
-static void s_open_to_device(stream_t *s, uint16_t port, const char *peer_ip, unsigned peer_port)
+static void s_open_to_device(stream_t *s, uint16_t port, const char *peer_ip, unsigned peer_port,
+                             const uint8_t *early, size_t early_len)
 {
     Rb__Fwd__LinkControl m = RB__FWD__LINK_CONTROL__INIT;
     Rb__Fwd__Open o = RB__FWD__OPEN__INIT;
@@ -535,6 +536,8 @@ static void s_open_to_device(stream_t *s, uint16_t port, const char *peer_ip, un
     o.peer_addr = (char *)peer_ip;
     o.peer_port = peer_port;
     o.peer_user = s->src_user;
+    o.early_data.data = (uint8_t *)early;
+    o.early_data.len = early_len;
     m.msg_case = RB__FWD__LINK_CONTROL__MSG_OPEN;
     m.open = &o;
     s_send_control(s->p, s->peer, &m);
@@ -617,19 +620,15 @@ static void s_on_accept(rb_loop_t *loop, int lfd, unsigned events, void *arg)
     rb_metric_inc(p->m_inbound_allowed);
     char ip[INET_ADDRSTRLEN];
     inet_ntop(AF_INET, &src.sin_addr, ip, sizeof ip);
-    s_open_to_device(s, l->port, ip, ntohs(src.sin_port));
     /* A client that speaks first has usually sent its first bytes by now:
-     * they travel right behind the Open, so the device writes them as soon
-     * as its local connect completes instead of a loop pass later. */
-    static uint8_t early[RB_FRAME_MAX_DATA];
+     * they ride in the Open, so the device has them with StreamOpen and
+     * writes them as soon as its local connect completes (sent after the
+     * Open, they waited for every process on the way to take its turn). */
+    uint8_t early[RB_LINK_EARLY_MAX];
     ssize_t n = recv(fd, early, sizeof early, MSG_DONTWAIT);
-    if (n > 0) {
-        if (s_pump_data(s, 0, early, (size_t)n) < 0) {
-            s_stream_end(s, "the edge cannot be reached", true);
-            return;
-        }
-        rb_pump_note_sent(s->pump, (size_t)n, false);
-    }
+    size_t early_len = n > 0 ? (size_t)n : 0;
+    s_open_to_device(s, l->port, ip, ntohs(src.sin_port), early, early_len);
+    if (early_len) rb_pump_note_sent(s->pump, early_len, false);
 }
 
 /* ---- UDP: one flow per internal (address, port) per exposed port ---- */
@@ -686,7 +685,7 @@ static void s_on_datagram(rb_loop_t *loop, int fd, unsigned events, void *arg)
                 rb_metric_inc(p->m_inbound_allowed);
                 char ip[INET_ADDRSTRLEN];
                 inet_ntop(AF_INET, &src.sin_addr, ip, sizeof ip);
-                s_open_to_device(s, l->port, ip, ntohs(src.sin_port));
+                s_open_to_device(s, l->port, ip, ntohs(src.sin_port), NULL, 0);
             } else {
                 rb_metric_inc(p->m_inbound_denied);
             }

@@ -111,19 +111,28 @@ static bool s_up(void *arg)
     return fk->results < 0; /* never: run the loop for the whole wait */
 }
 
-static void s_send_open(fake_t *fk, uint32_t link_id, const char *session)
+static void s_send_open_with(fake_t *fk, uint32_t link_id, const char *session, bool udp,
+                             size_t early_len)
 {
+    static uint8_t early[RB_LINK_EARLY_MAX + 1];
     Rb__Fwd__LinkControl m = RB__FWD__LINK_CONTROL__INIT;
     Rb__Fwd__Open o = RB__FWD__OPEN__INIT;
     o.link_id = link_id;
     o.session_id = (char *)session;
-    o.proto = RB__TUNNEL__PROTO__PROTO_TCP;
+    o.proto = udp ? RB__TUNNEL__PROTO__PROTO_UDP : RB__TUNNEL__PROTO__PROTO_TCP;
+    o.early_data.data = early;
+    o.early_data.len = early_len;
     o.port = 22;
     o.peer_addr = "10.0.0.9";
     o.peer_port = 40000;
     m.msg_case = RB__FWD__LINK_CONTROL__MSG_OPEN;
     m.open = &o;
     s_send_ctl(fk, &m);
+}
+
+static void s_send_open(fake_t *fk, uint32_t link_id, const char *session)
+{
+    s_send_open_with(fk, link_id, session, false, 0);
 }
 
 static bool s_one_result(void *arg)
@@ -133,6 +142,10 @@ static bool s_one_result(void *arg)
 static bool s_two_results(void *arg)
 {
     return ((fake_t *)arg)->results >= 2;
+}
+static bool s_four_results(void *arg)
+{
+    return ((fake_t *)arg)->results >= 4;
 }
 
 static void test_edge_link_with_a_stand_in_forwarder(void **state)
@@ -202,6 +215,17 @@ static void test_edge_link_with_a_stand_in_forwarder(void **state)
     assert_true(s_run_until(&fk, s_two_results, 3000));
     assert_int_equal(fk.last_link_id, 4);
     assert_true(rb_metric_value(errs) - before >= 5);
+
+    /* Early data where it cannot be (a UDP flow, or more than an Open may
+     * carry): refused as a bad Open, before the session is even looked
+     * up. */
+    before = rb_metric_value(errs);
+    s_send_open_with(&fk, 6, "no-such-session", true, 10);
+    s_send_open_with(&fk, 8, "no-such-session", false, RB_LINK_EARLY_MAX + 1);
+    assert_true(s_run_until(&fk, s_four_results, 3000));
+    assert_int_equal(fk.last_link_id, 8);
+    assert_int_equal(fk.last_error, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED);
+    assert_true(rb_metric_value(errs) - before == 2);
 
     /* A restarted forwarder (a new instance) is noticed and linked again. */
     s_answer_hello(&fk, 43);

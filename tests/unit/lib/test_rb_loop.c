@@ -201,6 +201,58 @@ static void test_zmq_edge_trigger_never_strands_messages(void **state)
     rb_loop_destroy(&l);
 }
 
+/* A call outside a socket's handler that processes ZeroMQ's commands (here
+ * ZMQ_EVENTS; a send does the same) takes the notification of a pending
+ * message with it: ZMQ_FD stays quiet. The loop must still deliver the
+ * message before it sleeps, because the caller said rb_loop_zsock_used. */
+typedef struct {
+    void *a, *b;
+    int got;
+    uint64_t sent_ms, got_ms;
+} quiet_t;
+
+static void s_quiet_recv(rb_loop_t *l, void *sock, void *arg)
+{
+    quiet_t *q = arg;
+    char buf[8];
+    while (zmq_recv(sock, buf, sizeof buf, ZMQ_DONTWAIT) >= 0) {
+        q->got++;
+        q->got_ms = rb_now_ms();
+        rb_loop_stop(l);
+    }
+}
+
+static void s_quiet_send(rb_loop_t *l, void *arg)
+{
+    quiet_t *q = arg;
+    zmq_send(q->a, "x", 1, 0);
+    int ev = 0;
+    size_t sz = sizeof ev;
+    zmq_getsockopt(q->b, ZMQ_EVENTS, &ev, &sz);   /* consumes the notification */
+    rb_loop_zsock_used(q->b);
+    q->sent_ms = rb_now_ms();
+}
+
+static void test_zsock_used_outside_handler(void **state)
+{
+    void *ctx = zmq_ctx_new();
+    quiet_t q = {zmq_socket(ctx, ZMQ_PAIR), zmq_socket(ctx, ZMQ_PAIR), 0, 0, 0};
+    assert_int_equal(zmq_bind(q.b, "inproc://quiet"), 0);
+    assert_int_equal(zmq_connect(q.a, "inproc://quiet"), 0);
+    rb_loop_t *l = rb_loop_new();
+    assert_int_equal(rb_loop_add_zsock(l, q.b, s_quiet_recv, &q), 0);
+    rb_loop_add_timer(l, 50, false, s_quiet_send, &q);
+    rb_loop_add_timer(l, 3000, false, s_stop, NULL);
+    rb_loop_run(l);
+    assert_int_equal(q.got, 1);
+    assert_true(q.got_ms - q.sent_ms < 500);
+    rb_loop_del_zsock(l, q.b);
+    zmq_close(q.a);
+    zmq_close(q.b);
+    zmq_ctx_term(ctx);
+    rb_loop_destroy(&l);
+}
+
 /* Deferred work: runs once per queuing, in queuing order, at the end of
  * the pass; what a deferred callback defers waits for the next pass, and
  * the loop does not sleep while anything is queued. */
@@ -262,6 +314,7 @@ int main(void)
         cmocka_unit_test(test_signal_through_loop),
         cmocka_unit_test(test_zmq_edge_trigger_never_strands_messages),
         cmocka_unit_test(test_defer_runs_once_per_pass_in_order),
+        cmocka_unit_test(test_zsock_used_outside_handler),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
