@@ -10,8 +10,10 @@
  * Callbacks are only made from the loop (never from inside an rb_tconn_*
  * call), and any of them may call rb_tconn_destroy on the connection.
  *
- * OpenSSL writes with write(2): a process using rb_tconn must ignore
- * SIGPIPE, or a peer that resets mid-write kills it. */
+ * Output is sent with send(MSG_NOSIGNAL): a peer that resets mid-write
+ * ends the connection (RB_TCONN_IO_ERROR), it does not raise SIGPIPE.
+ * Frames queued while the loop handles one pass of events leave in one
+ * write at the end of the pass (rb_loop_defer). */
 #ifndef RB_TCONN_H
 #define RB_TCONN_H
 #include <openssl/ssl.h>
