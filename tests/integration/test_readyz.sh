@@ -9,7 +9,11 @@ for s in BROKER IPALLOC DNS FORWARDER EDGE; do
     [[ $(http_code "${!url_var}/readyz") == 200 ]] || fail "$s not ready at start"
     [[ $(http_code "${!url_var}/healthz") == 200 ]] || fail "$s /healthz"
     curl -sf "${!url_var}/status" | grep -q '"ready":true' || fail "$s /status not ready"
-    curl -sf "${!url_var}/metrics" | grep -q '^# TYPE ' || fail "$s /metrics empty"
+    # Read whole first: grep -q leaving early would cut curl off mid-write
+    # (SIGPIPE, a failed pipeline under pipefail) once /metrics outgrows
+    # what one write hands the pipe.
+    metrics=$(curl -sf --max-time 5 "${!url_var}/metrics") || fail "$s /metrics unreachable"
+    grep -q '^# TYPE ' <<<"$metrics" || fail "$s /metrics empty"
 done
 ok "every service ready, healthy, with status and metrics"
 
