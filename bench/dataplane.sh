@@ -23,6 +23,11 @@
 #    logged on as 100 users, each exposing a port to one local sink; a
 #    Python source/sink moves the bytes): aggregate, min/max per stream and
 #    Jain's fairness index. Peers: raw loopback and ssh -R with the same load.
+# 4. The targets again, taking turns so that machine drift hits both alike:
+#    the stunnel pair and reachback's exposed port (server -> device), then
+#    the stunnel pair and the --forward (device -> server), 3 runs each
+#    (medians); ssh -R -tt and the exposed port's connect + first byte, 3
+#    runs of a third of --conns each (pooled).
 # The reachback rows run once per data link mode (--modes, default both):
 # ipc (the lab's default edge-forwarder link, a Unix socket, no CURVE) and
 # tcp (RB_LAB_DATA_LINK=tcp: loopback TCP with CURVE).
@@ -34,7 +39,7 @@ NCONN=1000
 NSTREAMS=100
 NSESS=100
 MODES="ipc tcp"
-BUDGET=420
+BUDGET=600
 while (( $# )); do
     case $1 in
         --time) T=$2; shift 2 ;;
@@ -43,7 +48,7 @@ while (( $# )); do
         --sessions) NSESS=$2; shift 2 ;;
         --modes) MODES=$2; shift 2 ;;
         --budget) BUDGET=$2; shift 2 ;;
-        -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument '$1'" ;;
     esac
 done
@@ -100,12 +105,15 @@ while True:
         except OSError:
             drop(s)
 PY
-# connlat.py HOST PORT N SECONDS: N sequential connections (fewer if SECONDS
-# run out). Each: connect, 1 byte, its echo (= "first"); then 3 exchanges of
-# two 16-byte writes and a read of both echoes (= "exch"). One JSON line.
+# connlat.py HOST PORT N SECONDS [SAMPLES]: N sequential connections (fewer
+# if SECONDS run out). Each: connect, 1 byte, its echo (= "first"); then 3
+# exchanges of two 16-byte writes and a read of both echoes (= "exch"). One
+# JSON line; with SAMPLES, every time is appended there too ("first US",
+# "exch US", "fail 1"), for pool.py.
 cat >"$WORK/connlat.py" <<'PY'
 import json, socket, sys, time
 host, port, n, secs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+samples = open(sys.argv[5], "a") if len(sys.argv) > 5 else None
 first, exch, fails, wrong, errs = [], [], 0, 0, {}
 clock = time.perf_counter_ns
 end = time.monotonic() + secs
@@ -145,12 +153,41 @@ for i in range(n):
         errs[type(e).__name__] = errs.get(type(e).__name__, 0) + 1
     finally:
         s.close()
+if samples:
+    samples.writelines(["first %.1f\n" % v for v in first] + ["exch %.1f\n" % v for v in exch] +
+                       ["fail 1\n"] * fails)
+    samples.close()
 def pct(v, q):
     if not v:
         return None
     v = sorted(v)
     return round(v[min(len(v) - 1, int(q * len(v)))])
 print(json.dumps({"ok": len(first), "failed": fails, "errors": errs, "wrong": wrong,
+                  "first_p50": pct(first, .5), "first_p99": pct(first, .99),
+                  "first_max": round(max(first)) if first else None,
+                  "exch_p50": pct(exch, .5), "exch_p99": pct(exch, .99),
+                  "exch_max": round(max(exch)) if exch else None,
+                  "stalls_30ms": sum(1 for v in first + exch if v >= 30000)}))
+PY
+# pool.py SAMPLES: connlat.py's JSON line for all the samples in SAMPLES
+# (several runs pooled).
+cat >"$WORK/pool.py" <<'PY'
+import json, sys
+first, exch, fails = [], [], 0
+for line in open(sys.argv[1]):
+    k, v = line.split()
+    if k == "first":
+        first.append(float(v))
+    elif k == "exch":
+        exch.append(float(v))
+    else:
+        fails += 1
+def pct(v, q):
+    if not v:
+        return None
+    v = sorted(v)
+    return round(v[min(len(v) - 1, int(q * len(v)))])
+print(json.dumps({"ok": len(first), "failed": fails, "errors": {}, "wrong": 0,
                   "first_p50": pct(first, .5), "first_p99": pct(first, .99),
                   "first_max": round(max(first)) if first else None,
                   "exch_p50": pct(exch, .5), "exch_p99": pct(exch, .99),
@@ -312,6 +349,29 @@ iperf() {
     IPERF=$(python3 "$WORK/iperf.py" "$f")
     say "$label: $IPERF"
 }
+median() { printf '%s\n' "$@" | sort -g | awk 'NF { v[++n] = $1 } END { if (n) print v[int((n + 1) / 2)]; else print "-" }'; }
+# alt_vs_stunnel HOST PORT [iperf3 args]: ALT_ROUNDS runs of the stunnel pair
+# (client -> server) and of this target, taking turns; ALT_ST and ALT_RB hold
+# the median Gbit/s of each (rates drift over minutes on a shared VM; taking
+# turns puts both under the same drift).
+ALT_ROUNDS=3
+alt_vs_stunnel() {
+    local host=$1 port=$2 r st_rates=() rb_rates=()
+    shift 2
+    for ((r = 0; r < ALT_ROUNDS; r++)); do
+        iperf "alternating: stunnel c->s" 127.0.0.1 "$ST_C"
+        [[ $IPERF == error* ]] || st_rates+=("${IPERF%% *}")
+        iperf "alternating: $host:$port $*" "$host" "$port" "$@"
+        [[ $IPERF == error* ]] || rb_rates+=("${IPERF%% *}")
+    done
+    ALT_ST=$(median "${st_rates[@]}") ALT_RB=$(median "${rb_rates[@]}")
+}
+alt_row() {   # alt_row THROUGH DIRECTION: the row for alt_vs_stunnel's result
+    local ratio
+    ratio=$(awk -v a="$ALT_RB" -v b="$ALT_ST" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f×", a / b; else print "-" }')
+    row "bulk, 1 stream, taking turns with the stunnel pair ($ALT_ROUNDS runs each, medians)" "$1" "$2" \
+        "**$ALT_RB Gbit/s**" "$ratio of the stunnel pair's $ALT_ST Gbit/s (client → server) in the same minutes" "-"
+}
 gbps() { if [[ $1 == error* ]]; then echo "failed"; else echo "**${1%% *} Gbit/s**"; fi; }
 field() { if [[ $1 == error* ]]; then echo "-"; else cut -d' ' -f"$2" <<<"$1"; fi; }
 ratio() {   # ratio IPERF_LINE PEER_LINE: "0.45×"
@@ -330,6 +390,20 @@ lat() {
         2>>"$WORK/connlat.err" | tail -n 1 || true)
     [[ -n $LAT ]] || LAT="connlat.py failed: $(tail -n 1 "$WORK/connlat.err")"
     say "$label: $LAT"
+}
+# lat_pair HOST_A PORT_A HOST_B PORT_B: ROUNDS alternating runs of NCONN /
+# ROUNDS connections, A then B, pooled: LAT_A and LAT_B hold pool.py's JSON.
+# The machine's state drifts over minutes (steal time, where the scheduler
+# puts each process); alternating puts both under the same drift.
+LAT_ROUNDS=3
+lat_pair() {
+    local fa="$WORK/lat-a-$RANDOM" fb="$WORK/lat-b-$RANDOM" r n=$(( (NCONN + LAT_ROUNDS - 1) / LAT_ROUNDS ))
+    for ((r = 0; r < LAT_ROUNDS; r++)); do
+        timeout -k 2 50 python3 "$WORK/connlat.py" "$1" "$2" "$n" 30 "$fa" >/dev/null 2>>"$WORK/connlat.err" || true
+        timeout -k 2 50 python3 "$WORK/connlat.py" "$3" "$4" "$n" 30 "$fb" >/dev/null 2>>"$WORK/connlat.err" || true
+    done
+    LAT_A=$(python3 "$WORK/pool.py" "$fa" 2>>"$WORK/connlat.err" || echo "pool.py failed")
+    LAT_B=$(python3 "$WORK/pool.py" "$fb" 2>>"$WORK/connlat.err" || echo "pool.py failed")
 }
 jf() { sed -n "s/.*\"$2\": \\([^,}]*\\).*/\\1/p" <<<"$1"; }   # jf JSON KEY
 lat_cols() {   # the result and detail cells of a latency row
@@ -617,11 +691,20 @@ for mode in $MODES; do
     leak_check
     row "bulk, 1 stream" "$rb: --forward (device-initiated)" "server → device" "$(gbps "$r")" "$(ratio "$r" "$SSHL_SD") of ssh -L, $(ratio "$r" "$ST_SC") of stunnel$LEAK" "$c"
 
-    cpu_mark "${TUN[@]}"
-    lat "$mode exposed echo" "$IP" 5202
-    c=$(cpu_report)
+    alt_vs_stunnel "$IP" 5201
+    alt_row "$rb: exposed port (server-initiated)" "server → device"
+    alt_vs_stunnel 127.0.0.1 "$F_IPERF"
+    alt_row "$rb: --forward (device-initiated)" "device → server"
     leak_check
-    row "connect + first byte" "$rb: exposed port" "server-initiated" "$(lat_cols "$LAT")$LEAK" "$c"
+
+    lat_pair 127.0.0.1 "$R_ECHO_TT" "$IP" 5202
+    leak_check
+    say "$mode: ssh -R -tt, interleaved: $LAT_A"
+    say "$mode exposed echo, interleaved with ssh -R -tt: $LAT_B"
+    p_ssh=$(jf "$LAT_A" first_p50) p_rb=$(jf "$LAT_B" first_p50)
+    vs=$(awk -v a="$p_rb" -v b="$p_ssh" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f× of", a / b; else print "vs" }')
+    row "connect + first byte" "ssh -R -tt, alternating with the row below ($LAT_ROUNDS rounds each)" "server-initiated" "$(lat_cols "$LAT_A")" "-"
+    row "connect + first byte" "$rb: exposed port, alternating with ssh -R -tt" "server-initiated" "$(lat_cols "$LAT_B"); p50 $vs ssh -R -tt's$LEAK" "-"
     cpu_mark "${TUN[@]}"
     lat "$mode forward echo" 127.0.0.1 "$F_ECHO"
     c=$(cpu_report)
@@ -690,7 +773,8 @@ echo "Bulk: iperf3 $(iperf3 --version | head -n 1 | cut -d' ' -f2), one TCP stre
 echo "is data from the intranet side to the device side (iperf3 -R reverses the sender, not the connection)."
 echo "Server-initiated = an internal client connects to alice's intranet address (exposed port),"
 echo "peer ssh -R; device-initiated = the device connects to its --forward port, peer ssh -L."
-echo "Latency: $NCONN sequential connections (100 in the ssh -N rows: each stall costs ~40 ms), Python"
+echo "Latency: $NCONN sequential connections (100 in the ssh -N rows: each stall costs ~40 ms; the
+alternating rows pool $LAT_ROUNDS runs of a third each, ssh and reachback taking turns), Python"
 echo "client with TCP_NODELAY, a one-thread Python echo server (TCP_NODELAY); \"first\" is connect + 1 byte + its echo; then 3"
 echo "exchanges per connection of two 16-byte writes and one read, where a Nagle stall (~40 ms) shows."
 echo "Data link modes (edge-forwarder): $MODES_TEXT; edge TLS: ${EDGE_TLS:-?}. ssh: $(ssh -V 2>&1 | cut -d, -f1);"
