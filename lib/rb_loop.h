@@ -73,11 +73,12 @@ int rb_loop_add_signal(rb_loop_t *loop, int signo, rb_signal_fn *fn, void *arg);
 /* Watches a ZeroMQ socket for input. 0 or -1. */
 int rb_loop_add_zsock(rb_loop_t *loop, void *zsock, rb_zsock_fn *fn, void *arg);
 int rb_loop_del_zsock(rb_loop_t *loop, void *zsock);
-/* Call after every send on a registered socket (and any other call that
+/* Call with every send on a registered socket (and any other call that
  * may process ZeroMQ's commands, such as a connect, outside the socket's
- * own handler): such a call can take the notification of new input with
- * it, and the loop must then ask the socket before it sleeps. Acts on the
- * loop running on this thread; any socket pointer is accepted. */
+ * own handler), before or after it: such a call can take the notification
+ * of new input with it, so the loop asks the socket at its next pass,
+ * before it sleeps. Acts on the loop running on this thread; any socket
+ * pointer is accepted. */
 void rb_loop_zsock_used(void *zsock);
 
 /* Runs until rb_loop_stop. Returns 0, or -1 on an epoll failure. */
