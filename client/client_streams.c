@@ -24,6 +24,9 @@
 /* Bytes a local client may send before its stream is open (a SOCKS
  * request included): one DATA frame, within the stream's initial credit. */
 #define EARLY_MAX RB_FRAME_MAX_DATA
+/* How long a connected exposed stream may keep its StreamResult{OK} back
+ * waiting for a first frame to ride with (see s_send_held_ok). */
+#define OK_HOLD_MS 50
 
 typedef struct {
     int proto; /* RB__TUNNEL__PROTO__PROTO_TCP / _UDP */
@@ -60,6 +63,7 @@ typedef struct cstream {
     rb_buf_t early;   /* SOCKS: request bytes, then early data */
     bool early_fin;   /* the local side half-closed before the open */
     bool graceful;    /* a SOCKS reply went out: close, do not reset */
+    bool ok_held;     /* exposed: connected, StreamResult{OK} not sent yet */
 } cstream_t;
 
 struct client_streams {
@@ -71,6 +75,7 @@ struct client_streams {
     size_t nlisteners;
     rb_imap_t *streams;
     uint32_t next_id; /* odd */
+    rb_timer_t *ok_timer; /* sends the OKs still held */
 };
 
 /* ------------------------------------------------------------------ */
@@ -139,10 +144,38 @@ static cstream_t *s_stream_new(client_streams_t *cs, uint32_t id, bool udp)
     return s;
 }
 
+/* A server-initiated stream's OK rides in front of its first frame (the
+ * local service's answer, usually), so the edge and the forwarder wake
+ * once for both instead of once each while that answer is on its way;
+ * the forwarder needs the OK only for its audit verdict, so a stream that
+ * stays quiet gets it from the timer. */
+static void s_send_held_ok(cstream_t *s)
+{
+    if (!s->ok_held) return;
+    s->ok_held = false;
+    s_result(s->cs, s->id, RB__TUNNEL__STREAM_ERROR__STREAM_OK, "");
+}
+
+static void s_flush_held_ok(void *arg, uint64_t key, void *value)
+{
+    (void)arg;
+    (void)key;
+    s_send_held_ok(value);
+}
+
+static void s_on_ok_timer(rb_loop_t *loop, void *arg)
+{
+    (void)loop;
+    client_streams_t *cs = arg;
+    cs->ok_timer = NULL; /* one-shot: the loop frees it */
+    rb_imap_each(cs->streams, s_flush_held_ok, NULL);
+}
+
 static int s_pump_data(void *arg, uint8_t flags, const uint8_t *buf, size_t len)
 {
     cstream_t *s = arg;
     if (!s->cs->t) return -1;
+    s_send_held_ok(s);
     return rb_tconn_send_frame(s->cs->t, RB_FRAME_DATA, flags, s->id, buf, len);
 }
 
@@ -150,6 +183,7 @@ static int s_pump_window(void *arg, uint32_t inc)
 {
     cstream_t *s = arg;
     if (!s->cs->t) return -1;
+    s_send_held_ok(s);
     uint8_t b[4];
     rb_frame_window_payload(b, inc);
     return rb_tconn_send_frame(s->cs->t, RB_FRAME_WINDOW, 0, s->id, b, 4);
@@ -164,7 +198,10 @@ static void s_pump_connected(void *arg, int err)
         s_stream_free(s);
         return;
     }
-    s_result(s->cs, s->id, RB__TUNNEL__STREAM_ERROR__STREAM_OK, "");
+    s->ok_held = true;
+    if (!s->cs->ok_timer)
+        s->cs->ok_timer = rb_loop_add_timer(s->cs->loop, OK_HOLD_MS, false, s_on_ok_timer, s->cs);
+    if (!s->cs->ok_timer) s_send_held_ok(s);
 }
 
 static void s_pump_done(void *arg, bool reset, const char *why)
@@ -686,6 +723,7 @@ void client_streams_destroy(client_streams_t **pcs)
     client_streams_t *cs = *pcs;
     *pcs = NULL;
     cs->t = NULL;
+    rb_loop_cancel_timer(cs->loop, cs->ok_timer);
     rb_imap_each(cs->streams, s_drop, NULL);
     rb_imap_destroy(&cs->streams);
     for (size_t i = 0; i < cs->nlisteners; i++) {

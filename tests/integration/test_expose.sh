@@ -15,9 +15,17 @@ bg /usr/sbin/sshd -D -e -f "$LAB/ssh/sshd_config" 2>"$LAB/sshd.out"
 wait_until 5000 listening "$SSHD_PORT" || fail "sshd did not start: $(cat "$LAB/sshd.out")"
 echo_server "$TCP_PORT"
 udp_echo "$UDP_PORT"
+# Two services that test when the device says the stream is open (it holds
+# StreamResult{OK} back to ride with its first frame): one never writes,
+# one writes a banner and closes at once.
+QUIET_PORT=$(free_port); BANNER_PORT=$(free_port)
+bg socat TCP-LISTEN:"$QUIET_PORT",bind=127.0.0.1,reuseaddr,fork SYSTEM:'sleep 10'
+bg socat TCP-LISTEN:"$BANNER_PORT",bind=127.0.0.1,reuseaddr,fork SYSTEM:'echo banner'
+wait_until 5000 listening "$BANNER_PORT" || fail "banner service did not start"
 
 client_start alice alice --expose tcp:22=127.0.0.1:$SSHD_PORT \
-    --expose tcp:5900=127.0.0.1:$TCP_PORT --expose udp:5353=127.0.0.1:$UDP_PORT
+    --expose tcp:5900=127.0.0.1:$TCP_PORT --expose udp:5353=127.0.0.1:$UDP_PORT \
+    --expose tcp:5901=127.0.0.1:$QUIET_PORT --expose tcp:5902=127.0.0.1:$BANNER_PORT
 wait_until 10000 test -s "$LAB/alice.json" || fail "alice did not log on: $(cat "$LAB/alice.out")"
 ip=$(dig_short alice."$DNS_SUFFIX")
 [[ $ip == $(json_field "$LAB/alice.json" ip) ]] || fail "DNS says '$ip' for alice"
@@ -42,6 +50,25 @@ ok "1 MB echoed intact through $ip:5900 (device's 127.0.0.1:$TCP_PORT)"
 got=$(echo "udp-ping" | timeout 5 socat -T 2 - UDP4:"$ip":5353) || true
 [[ $got == "udp-ping" ]] || fail "UDP echo through $ip:5353 answered '$got'"
 ok "UDP datagram to $ip:5353 answered by the device's 127.0.0.1:$UDP_PORT"
+
+# The device's OK reaches the forwarder before the stream's first bytes
+# and without any: both connections are audited as allowed, not failed.
+got=$(timeout 5 ncat --recv-only "$ip" 5902) || true
+[[ $got == banner ]] || fail "the banner service through $ip:5902 said '$got'"
+python3 - "$ip" <<'PY' || fail "could not connect to the quiet service"
+import socket, struct, sys, time
+s = socket.create_connection((sys.argv[1], 5901), timeout=5)
+time.sleep(0.5)  # the service says nothing; then an abortive close
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()
+PY
+wait_until 3000 bash -c "grep -q '\"port\":5901' '$LAB/logs/forwarder.log' && grep -q '\"port\":5902' '$LAB/logs/forwarder.log'" \
+    || fail "no audit lines for ports 5901/5902: $(audit_lines | tail -3)"
+audit_lines | grep -q '"port":5902,.*"verdict":"allowed"' \
+    || fail "banner stream not audited as allowed: $(audit_lines | grep '"port":5902')"
+audit_lines | grep -q '"port":5901,.*"verdict":"allowed"' \
+    || fail "quiet stream not audited as allowed: $(audit_lines | grep '"port":5901')"
+ok "a stream that answers at once and one that never answers are both audited as allowed"
 
 # 6. Audit lines and metrics.
 wait_until 3000 bash -c "grep -q '\"verdict\":\"allowed\"' '$LAB/logs/forwarder.log' && grep -q '\"port\":5900' '$LAB/logs/forwarder.log'" \
