@@ -24,9 +24,6 @@
 /* Bytes a local client may send before its stream is open (a SOCKS
  * request included): one DATA frame, within the stream's initial credit. */
 #define EARLY_MAX RB_FRAME_MAX_DATA
-/* How long a connected exposed stream may keep its StreamResult{OK} back
- * waiting for a first frame to ride with (see s_send_held_ok). */
-#define OK_HOLD_MS 50
 
 typedef struct {
     int proto; /* RB__TUNNEL__PROTO__PROTO_TCP / _UDP */
@@ -61,6 +58,7 @@ typedef struct cstream {
     rb_pump_t *pump;
     socks_t sk;
     rb_buf_t early;   /* SOCKS: request bytes, then early data */
+    size_t early_sent; /* forward: bytes sent before the open was answered */
     bool early_fin;   /* the local side half-closed before the open */
     bool graceful;    /* a SOCKS reply went out: close, do not reset */
     bool ok_held;     /* exposed: connected, StreamResult{OK} not sent yet */
@@ -200,7 +198,7 @@ static void s_pump_connected(void *arg, int err)
     }
     s->ok_held = true;
     if (!s->cs->ok_timer)
-        s->cs->ok_timer = rb_loop_add_timer(s->cs->loop, OK_HOLD_MS, false, s_on_ok_timer, s->cs);
+        s->cs->ok_timer = rb_loop_add_timer(s->cs->loop, CLIENT_OK_HOLD_MS, false, s_on_ok_timer, s->cs);
     if (!s->cs->ok_timer) s_send_held_ok(s);
 }
 
@@ -367,17 +365,40 @@ static void s_on_stream_result(client_streams_t *cs, const Rb__Tunnel__StreamRes
         s_stream_abort(s);
         return;
     }
-    /* Bytes the local client sent before the stream was open (and maybe
-     * its half-close). */
-    if ((s->early.len || s->early_fin) && cs->t) {
-        if (rb_tconn_send_frame(cs->t, RB_FRAME_DATA, s->early_fin ? RB_FRAME_FIN : 0, s->id,
-                                s->early.data, s->early.len) < 0) {
-            s_stream_abort(s);
-            return;
-        }
-        rb_pump_note_sent(s->pump, s->early.len, s->early_fin);
+    /* What a SOCKS client sent behind its request (and maybe its
+     * half-close); a forward's early bytes have gone already. */
+    if ((s->early.len || (s->socks && s->early_fin)) && cs->t &&
+        rb_tconn_send_frame(cs->t, RB_FRAME_DATA, s->early_fin ? RB_FRAME_FIN : 0, s->id,
+                            s->early.data, s->early.len) < 0) {
+        s_stream_abort(s);
+        return;
     }
+    rb_pump_note_sent(s->pump, s->early_sent + s->early.len, s->early_fin);
     rb_buf_free(&s->early);
+}
+
+/* A forward's local client that talks first is not made to wait for the
+ * open's answer (a round trip through the gateway and the server's
+ * connect): what it sends goes right behind the StreamOpen, as much as one
+ * DATA frame, and the forwarder keeps it until its connect is done. */
+static void s_forward_early(cstream_t *s, int fd)
+{
+    static uint8_t buf[EARLY_MAX];
+    size_t room = EARLY_MAX - s->early_sent;
+    ssize_t n = recv(fd, buf, room, MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (n < 0 || !s->cs->t ||
+        rb_tconn_send_frame(s->cs->t, RB_FRAME_DATA, n == 0 ? RB_FRAME_FIN : 0, s->id, buf,
+                            (size_t)(n > 0 ? n : 0)) < 0) {
+        s_stream_abort(s);
+        return;
+    }
+    if (n == 0)
+        s->early_fin = true;
+    else
+        s->early_sent += (size_t)n;
+    /* The rest waits in TCP's window until the stream is open. */
+    if (s->early_fin || s->early_sent == EARLY_MAX) rb_loop_mod_fd(s->cs->loop, fd, 0);
 }
 
 /* A local connection waiting for its StreamResult: read the SOCKS
@@ -385,6 +406,10 @@ static void s_on_stream_result(client_streams_t *cs, const Rb__Tunnel__StreamRes
 static void s_on_local(rb_loop_t *loop, int fd, unsigned events, void *arg)
 {
     cstream_t *s = arg;
+    if (!s->socks) {
+        s_forward_early(s, fd);
+        return;
+    }
     uint8_t buf[512];
     /* Never more than one DATA frame's worth before the open: it goes out
      * as one frame then. */
@@ -414,8 +439,8 @@ static void s_on_local(rb_loop_t *loop, int fd, unsigned events, void *arg)
     /* Enough kept before the open: the local client waits in TCP's
      * window until the stream is open. */
     if (s->early.len >= EARLY_MAX) rb_loop_mod_fd(loop, fd, 0);
-    /* A forward's client may talk first: kept for after the open. */
-    if (!s->socks || s->st != S_SOCKS) return;
+    /* Bytes behind the request are kept for after the open. */
+    if (s->st != S_SOCKS) return;
     for (;;) {
         size_t used = 0;
         socks_step_t step = socks_feed(&s->sk, (const uint8_t *)s->early.data, s->early.len, &used);

@@ -21,6 +21,10 @@
 typedef struct client_streams client_streams_t;
 
 /* NULL when memory runs out. */
+/* How long a connected exposed stream keeps its StreamResult{OK} back
+ * waiting for its first frame to ride in front of. */
+#define CLIENT_OK_HOLD_MS 50
+
 client_streams_t *client_streams_new(rb_loop_t *loop);
 /* Accepts NULL; clears the pointer. Resets every stream, closes the
  * listeners. */

@@ -95,6 +95,8 @@ struct stream {
     kind_t kind;
     int proto;
     rb_pump_t *pump;        /* TCP */
+    rb_buf_t early;         /* outbound: the device's bytes while its name is looked up */
+    bool early_fin;         /* ... and its half-close */
     listener_t *l;          /* UDP flow: the socket it came in on */
     struct sockaddr_in src; /* UDP flow: the internal peer */
     bool denied;            /* UDP: a denied flow, kept to count drops */
@@ -267,6 +269,7 @@ static void s_stream_free(stream_t *s, const char *verdict, const char *why)
         s->from_device = rb_pump_bytes_written(s->pump);
         rb_pump_destroy(&s->pump);
     }
+    rb_buf_free(&s->early);
     rb_loop_cancel_timer(p->loop, s->connect_timer);
     rb_imap_del(p->by_serial, s->serial);
     if (rb_imap_get(s->peer->streams, s->id) == s) rb_imap_del(s->peer->streams, s->id);
@@ -441,6 +444,13 @@ static void s_outbound_connect(stream_t *s, uint32_t ip)
     s->connect_timer =
         rb_loop_add_timer(p->loop, p->cfg->connect_timeout_ms, false, s_connect_timeout, s);
     rb_imap_put(p->by_serial, s->serial, s);
+    /* What the device sent while its name was looked up: the connecting
+     * pump keeps it for the socket, within the credit it already had. */
+    if (s->early.len || s->early_fin) {
+        rb_pump_peer_data(s->pump, s->early_fin ? RB_FRAME_FIN : 0, (const uint8_t *)s->early.data,
+                          s->early.len);
+        rb_buf_free(&s->early);
+    }
 }
 
 static void s_resolved(void *arg, uint64_t token, int err, uint32_t ip)
@@ -1023,12 +1033,28 @@ static void s_on_frame(plane_t *p, peer_t *peer, const rb_frame_t *f)
     switch (f->type) {
     case RB_FRAME_DATA:
         if (!s->pump) {
-            /* A flow, or a connect still waiting for its name: only RST
-             * means anything (the device sends no data before the open). */
-            if (f->flags & RB_FRAME_RST)
+            if (f->flags & RB_FRAME_RST) {
                 s_stream_free(
                     s, s->proto == POLICY_UDP ? (s->denied ? "denied" : "allowed") : "failed",
                     "closed by the device");
+                return;
+            }
+            /* A connect still waiting for its name: a device may send
+             * before the open is answered, within its first window. */
+            if (s->proto == POLICY_TCP && !s->early_fin &&
+                s->early.len + f->len <= RB_STREAM_WINDOW &&
+                rb_buf_append(&s->early, f->payload, f->len) == 0) {
+                s->early_fin = (f->flags & RB_FRAME_FIN) != 0;
+                return;
+            }
+            if (s->proto == POLICY_TCP) {
+                rb_metric_inc(p->m_overruns);
+                rb_warn("window_overrun",
+                        "edge %s: stream %u sent past its window or its FIN before the open; reset",
+                        peer->name, f->stream_id);
+                s_send_frame(p, peer, RB_FRAME_DATA, RB_FRAME_RST, f->stream_id, NULL, 0);
+                s_stream_free(s, "failed", "window overrun");
+            }
             return;
         }
         switch (rb_pump_peer_data(s->pump, f->flags, f->payload, f->len)) {

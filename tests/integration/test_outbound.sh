@@ -35,6 +35,12 @@ ok "--forward 127.0.0.1:$FWD1 -> 127.0.0.1:$WHO_PORT: the server saw $got"
 got=$(curl -sf --max-time 5 "http://127.0.0.1:$FWD2/") || fail "--forward to localhost:$HTTP_PORT failed"
 [[ $got == "internal page" ]] || fail "--forward fetched '$got'"
 ok "--forward to a name (localhost, resolved by the gateway) fetched the internal page"
+# The device sends a request and its half-close at once, without waiting
+# for the open's answer: the forwarder keeps both while it looks the name up.
+got=$(printf 'GET / HTTP/1.0\r\n\r\n' | timeout 5 ncat 127.0.0.1 "$FWD2") \
+    || fail "a request and half-close sent at once through --forward to a name failed"
+[[ $got == *"internal page"* ]] || fail "request + half-close through --forward got '$got'"
+ok "a request and its half-close sent before the open was answered reached the server"
 
 # SOCKS5 with names resolved on the gateway: an internal name, and bob.
 got=$(curl -sf --max-time 5 --socks5-hostname 127.0.0.1:"$SOCKS" "http://localhost:$HTTP_PORT/") \

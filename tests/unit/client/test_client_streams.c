@@ -1,6 +1,10 @@
 /* client_streams: what the device accepts on its command line (--expose,
  * --forward, --socks), with the error a person sees for each mistake, and
- * the local listeners it opens. The streams themselves run against a real
+ * the local listeners it opens; then, against a stand-in edge (a real TLS
+ * listener in the same loop whose side the test plays), when a stream's
+ * first frames go out: a forward's early bytes and half-close before the
+ * open is answered, and an exposed stream's StreamResult{OK} held for its
+ * first frame or the hold's end. The streams themselves run against a real
  * lab in tests/integration (test_expose, test_outbound, test_stream_close). */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -9,9 +13,20 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include "client_streams.h"
+#include "rb_frame.h"
 #include "rb_log.h"
 #include "rb_loop.h"
+#include "rb_tconn.h"
+#include "rb_tls.h"
+#include "../tls_fixture.h"
 
 static client_streams_t *s_new(rb_loop_t **loop)
 {
@@ -130,6 +145,366 @@ static void test_forward_socks_specs(void **state)
     s_free(cs, loop);
 }
 
+/* ---- against a stand-in edge ---- */
+
+static SSL_CTX *s_sctx, *s_cctx;
+
+static int s_tls_setup(void **state)
+{
+    signal(SIGPIPE, SIG_IGN);
+    if (tlsfx_setup("streams") != 0) return -1;
+    char err[256];
+    s_sctx = rb_tls_server_ctx(tlsfx_path("srv.crt"), tlsfx_path("srv.key"), NULL, 0, err, sizeof err);
+    s_cctx = rb_tls_client_ctx(tlsfx_path("ca.crt"), NULL, NULL, err, sizeof err);
+    return s_sctx && s_cctx ? 0 : -1;
+}
+
+static int s_tls_teardown(void **state)
+{
+    SSL_CTX_free(s_sctx);
+    SSL_CTX_free(s_cctx);
+    return tlsfx_teardown();
+}
+
+/* What the edge received, in order. */
+typedef struct {
+    char kind; /* 'O' StreamOpen, 'R' StreamResult, 'D' DATA, 'W' WINDOW */
+    uint32_t id;
+    uint8_t flags;
+    int err;
+    char data[64];
+    size_t len;
+    uint64_t ms;
+} rec_t;
+
+typedef struct {
+    rb_loop_t *loop;
+    client_streams_t *cs;
+    int lfd;
+    rb_tconn_t *edge, *dev;
+    bool exposed; /* the device's Expose arrived: its tunnel is up */
+    rec_t rec[32];
+    int n;
+} rig_t;
+
+static void s_edge_frame(rb_tconn_t *c, const rb_frame_t *f, void *arg)
+{
+    rig_t *r = arg;
+    assert_true(r->n < 32);
+    rec_t *x = &r->rec[r->n];
+    memset(x, 0, sizeof *x);
+    x->ms = rb_now_ms();
+    if (f->type == RB_FRAME_CONTROL) {
+        Rb__Tunnel__TunnelControl *m = rb_frame_control(f);
+        assert_non_null(m);
+        if (m->msg_case == RB__TUNNEL__TUNNEL_CONTROL__MSG_EXPOSE) {
+            r->exposed = true;
+        } else if (m->msg_case == RB__TUNNEL__TUNNEL_CONTROL__MSG_STREAM_OPEN) {
+            x->kind = 'O';
+            x->id = m->stream_open->stream_id;
+        } else if (m->msg_case == RB__TUNNEL__TUNNEL_CONTROL__MSG_STREAM_RESULT) {
+            x->kind = 'R';
+            x->id = m->stream_result->stream_id;
+            x->err = m->stream_result->error;
+        }
+        rb__tunnel__tunnel_control__free_unpacked(m, NULL);
+        if (x->kind) r->n++;
+        return;
+    }
+    x->kind = f->type == RB_FRAME_DATA ? 'D' : f->type == RB_FRAME_WINDOW ? 'W' : '?';
+    x->id = f->stream_id;
+    x->flags = f->flags;
+    x->len = f->len;
+    memcpy(x->data, f->payload, f->len < sizeof x->data ? f->len : sizeof x->data);
+    r->n++;
+}
+
+static void s_edge_close(rb_tconn_t *c, rb_tconn_end_t end, const char *reason, void *arg) {}
+
+static const rb_tconn_handlers_t s_edge_h = {NULL, s_edge_frame, s_edge_close};
+
+static void s_edge_accept(rb_loop_t *loop, int fd, unsigned events, void *arg)
+{
+    rig_t *r = arg;
+    int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    assert_true(cfd >= 0);
+    r->edge = rb_tconn_accept(loop, s_sctx, cfd, "device", &s_edge_h, r);
+    assert_non_null(r->edge);
+}
+
+static void s_dev_open(rb_tconn_t *c, void *arg) { client_streams_tunnel(((rig_t *)arg)->cs, c); }
+
+static void s_dev_frame(rb_tconn_t *c, const rb_frame_t *f, void *arg)
+{
+    rig_t *r = arg;
+    if (f->type != RB_FRAME_CONTROL) {
+        client_streams_input(r->cs, f, NULL);
+        return;
+    }
+    Rb__Tunnel__TunnelControl *m = rb_frame_control(f);
+    assert_non_null(m);
+    client_streams_input(r->cs, NULL, m);
+    rb__tunnel__tunnel_control__free_unpacked(m, NULL);
+}
+
+static void s_dev_close(rb_tconn_t *c, rb_tconn_end_t end, const char *reason, void *arg)
+{
+    client_streams_tunnel(((rig_t *)arg)->cs, NULL);
+}
+
+static const rb_tconn_handlers_t s_dev_h = {s_dev_open, s_dev_frame, s_dev_close};
+
+typedef bool(cond_fn)(rig_t *r, void *arg);
+
+typedef struct {
+    rig_t *r;
+    cond_fn *fn;
+    void *arg;
+    uint64_t deadline;
+    bool met;
+} until_t;
+
+static void s_until_tick(rb_loop_t *loop, void *arg)
+{
+    until_t *u = arg;
+    if ((u->met = u->fn(u->r, u->arg)) || rb_now_ms() >= u->deadline) rb_loop_stop(loop);
+}
+
+/* Runs the loop until fn holds (true) or ms have passed (false). */
+static bool s_run_until(rig_t *r, cond_fn *fn, void *arg, uint64_t ms)
+{
+    if (fn(r, arg)) return true;
+    until_t u = {r, fn, arg, rb_now_ms() + ms, false};
+    rb_timer_t *t = rb_loop_add_timer(r->loop, 1, true, s_until_tick, &u);
+    assert_non_null(t);
+    rb_loop_run(r->loop);
+    rb_loop_cancel_timer(r->loop, t);
+    return u.met;
+}
+
+static bool s_has_n(rig_t *r, void *arg) { return r->n >= *(int *)arg; }
+
+/* Reads a local socket until EOF. */
+typedef struct {
+    int fd;
+    char buf[64];
+    size_t have;
+} sink_t;
+
+static bool s_drained(rig_t *r, void *arg)
+{
+    sink_t *k = arg;
+    for (;;) {
+        ssize_t n = recv(k->fd, k->buf + k->have, sizeof k->buf - k->have, MSG_DONTWAIT);
+        if (n <= 0) return n == 0;
+        k->have += (size_t)n;
+    }
+}
+
+/* Accepts on a listening socket (non-blocking). */
+typedef struct {
+    int lfd, fd;
+} svc_t;
+
+static bool s_accepted(rig_t *r, void *arg)
+{
+    svc_t *v = arg;
+    if (v->fd < 0) v->fd = accept4(v->lfd, NULL, NULL, SOCK_CLOEXEC);
+    return v->fd >= 0;
+}
+
+
+static bool s_is_exposed(rig_t *r, void *arg) { return r->exposed; }
+
+/* A non-blocking listener on 127.0.0.1 and a port of its own. */
+static int s_listen_any(int *port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof a;
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(fd, 4), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &alen), 0);
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
+static void s_rig_up(rig_t *r)
+{
+    memset(r, 0, sizeof *r);
+    r->loop = rb_loop_new();
+    assert_non_null(r->loop);
+    r->cs = client_streams_new(r->loop);
+    assert_non_null(r->cs);
+    int port;
+    r->lfd = s_listen_any(&port);
+    assert_int_equal(rb_loop_add_fd(r->loop, r->lfd, RB_EV_READ, s_edge_accept, r), 0);
+    char hp[32];
+    snprintf(hp, sizeof hp, "127.0.0.1:%d", port);
+    r->dev = rb_tconn_dial(r->loop, s_cctx, hp, "127.0.0.1", &s_dev_h, r);
+    assert_non_null(r->dev);
+}
+
+/* The tunnel comes up: call after the streams are configured. */
+static void s_rig_connect(rig_t *r)
+{
+    assert_true(s_run_until(r, s_is_exposed, NULL, 5000));
+}
+
+static void s_rig_down(rig_t *r)
+{
+    client_streams_destroy(&r->cs);
+    rb_tconn_destroy(&r->dev);
+    rb_tconn_destroy(&r->edge);
+    rb_loop_del_fd(r->loop, r->lfd);
+    close(r->lfd);
+    rb_loop_destroy(&r->loop);
+}
+
+static int s_local_connect(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                            .sin_port = htons((uint16_t)port)};
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    return fd;
+}
+
+static void s_edge_send_result(rig_t *r, uint32_t id)
+{
+    Rb__Tunnel__TunnelControl m = RB__TUNNEL__TUNNEL_CONTROL__INIT;
+    Rb__Tunnel__StreamResult sr = RB__TUNNEL__STREAM_RESULT__INIT;
+    sr.stream_id = id;
+    sr.error = RB__TUNNEL__STREAM_ERROR__STREAM_OK;
+    m.msg_case = RB__TUNNEL__TUNNEL_CONTROL__MSG_STREAM_RESULT;
+    m.stream_result = &sr;
+    assert_int_equal(rb_tconn_send_control(r->edge, &m), 0);
+}
+
+/* A forward's local client speaks and half-closes at once: its bytes and
+ * FIN follow the StreamOpen without waiting for the answer, and the
+ * answer does not make them go out twice. */
+static void test_forward_sends_before_the_answer(void **state)
+{
+    rig_t r;
+    s_rig_up(&r);
+    char err[256];
+    assert_int_equal(client_streams_forward(r.cs, "127.0.0.1:0:intranet.example:80", err, sizeof err),
+                     0);
+    s_rig_connect(&r);
+    int fd = s_local_connect(client_streams_listener_port(r.cs, 0));
+    assert_int_equal(send(fd, "hello", 5, 0), 5);
+    assert_int_equal(shutdown(fd, SHUT_WR), 0);
+    int want = 3;
+    assert_true(s_run_until(&r, s_has_n, &want, 5000));
+    assert_int_equal(r.rec[0].kind, 'O');
+    uint32_t id = r.rec[0].id;
+    /* Bytes may come in more than one frame; the FIN ends them. */
+    char got[16] = "";
+    int i = 1;
+    for (; i < r.n && r.rec[i].kind == 'D' && !(r.rec[i].flags & RB_FRAME_FIN); i++) {
+        assert_int_equal(r.rec[i].id, id);
+        strncat(got, r.rec[i].data, r.rec[i].len);
+    }
+    if (i == r.n) {
+        want = i + 1;
+        assert_true(s_run_until(&r, s_has_n, &want, 5000));
+    }
+    assert_int_equal(r.rec[i].kind, 'D');
+    assert_int_equal(r.rec[i].flags, RB_FRAME_FIN);
+    strncat(got, r.rec[i].data, r.rec[i].len);
+    assert_string_equal(got, "hello");
+    int before = r.n;
+
+    /* Now the open is answered, and the server's reply comes back. */
+    s_edge_send_result(&r, id);
+    assert_int_equal(rb_tconn_send_frame(r.edge, RB_FRAME_DATA, RB_FRAME_FIN, id, "world", 5), 0);
+    sink_t k = {.fd = fd};
+    assert_true(s_run_until(&r, s_drained, &k, 5000));
+    assert_int_equal(k.have, 5);
+    assert_memory_equal(k.buf, "world", 5);
+    /* Nothing was sent again after the answer. */
+    for (int j = before; j < r.n; j++)
+        if (r.rec[j].kind == 'D' && r.rec[j].id == id)
+            fail_msg("DATA after the open, flags %u", r.rec[j].flags);
+    close(fd);
+    s_rig_down(&r);
+}
+
+/* The edge opens stream 2 to exposed port 5900 (the service v listens
+ * behind it), waits for the device's connect to reach v, and returns when
+ * StreamOpen was sent. */
+static uint64_t s_open_exposed(rig_t *r, svc_t *v)
+{
+    int port;
+    v->fd = -1;
+    v->lfd = s_listen_any(&port);
+    char spec[64], err[256];
+    snprintf(spec, sizeof spec, "tcp:5900=127.0.0.1:%d", port);
+    assert_int_equal(client_streams_expose(r->cs, spec, err, sizeof err), 0);
+    s_rig_connect(r);
+    Rb__Tunnel__TunnelControl m = RB__TUNNEL__TUNNEL_CONTROL__INIT;
+    Rb__Tunnel__StreamOpen o = RB__TUNNEL__STREAM_OPEN__INIT;
+    o.stream_id = 2;
+    o.proto = RB__TUNNEL__PROTO__PROTO_TCP;
+    o.port = 5900;
+    o.peer_addr = "10.0.0.7";
+    o.peer_port = 40000;
+    m.msg_case = RB__TUNNEL__TUNNEL_CONTROL__MSG_STREAM_OPEN;
+    m.stream_open = &o;
+    uint64_t t_open = rb_now_ms();
+    assert_int_equal(rb_tconn_send_control(r->edge, &m), 0);
+    assert_true(s_run_until(r, s_accepted, v, 5000));
+    return t_open;
+}
+
+/* A service that answers at once: the OK goes right in front of its first
+ * bytes, never behind them (the forwarder would end a stream whose FIN came
+ * first as failed). */
+static void test_exposed_ok_rides_with_the_first_frame(void **state)
+{
+    rig_t r;
+    s_rig_up(&r);
+    svc_t v;
+    s_open_exposed(&r, &v);
+    assert_int_equal(send(v.fd, "banner", 6, 0), 6);
+    int want = 2;
+    assert_true(s_run_until(&r, s_has_n, &want, 5000));
+    assert_int_equal(r.rec[0].kind, 'R');
+    assert_int_equal(r.rec[0].id, 2);
+    assert_int_equal(r.rec[0].err, RB__TUNNEL__STREAM_ERROR__STREAM_OK);
+    assert_int_equal(r.rec[1].kind, 'D');
+    assert_int_equal(r.rec[1].id, 2);
+    assert_int_equal(r.rec[1].len, 6);
+    assert_memory_equal(r.rec[1].data, "banner", 6);
+    close(v.fd);
+    close(v.lfd);
+    s_rig_down(&r);
+}
+
+/* A service that says nothing: the OK is held for CLIENT_OK_HOLD_MS (not
+ * sent alone at once), then sent anyway. */
+static void test_exposed_quiet_stream_gets_its_ok(void **state)
+{
+    rig_t r;
+    s_rig_up(&r);
+    svc_t v;
+    uint64_t t_open = s_open_exposed(&r, &v);
+    int want = 1;
+    assert_true(s_run_until(&r, s_has_n, &want, 5000));
+    assert_int_equal(r.rec[0].kind, 'R');
+    assert_int_equal(r.rec[0].err, RB__TUNNEL__STREAM_ERROR__STREAM_OK);
+    if (r.rec[0].ms - t_open < CLIENT_OK_HOLD_MS)
+        fail_msg("the OK came %llu ms after the open, before the hold ended",
+                 (unsigned long long)(r.rec[0].ms - t_open));
+    assert_int_equal(r.n, 1);
+    close(v.fd);
+    close(v.lfd);
+    s_rig_down(&r);
+}
+
+
 int main(void)
 {
     rb_log_init("test", RB_LOG_ERROR);
@@ -138,6 +513,9 @@ int main(void)
         cmocka_unit_test(test_expose_limit),
         cmocka_unit_test(test_forward_and_socks_listen),
         cmocka_unit_test(test_forward_socks_specs),
+        cmocka_unit_test(test_forward_sends_before_the_answer),
+        cmocka_unit_test(test_exposed_ok_rides_with_the_first_frame),
+        cmocka_unit_test(test_exposed_quiet_stream_gets_its_ok),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, s_tls_setup, s_tls_teardown);
 }
