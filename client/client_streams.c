@@ -198,7 +198,8 @@ static void s_pump_connected(void *arg, int err)
     }
     s->ok_held = true;
     if (!s->cs->ok_timer)
-        s->cs->ok_timer = rb_loop_add_timer(s->cs->loop, CLIENT_OK_HOLD_MS, false, s_on_ok_timer, s->cs);
+        s->cs->ok_timer =
+            rb_loop_add_timer(s->cs->loop, CLIENT_OK_HOLD_MS, false, s_on_ok_timer, s->cs);
     if (!s->cs->ok_timer) s_send_held_ok(s);
 }
 

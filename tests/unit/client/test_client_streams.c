@@ -154,7 +154,8 @@ static int s_tls_setup(void **state)
     signal(SIGPIPE, SIG_IGN);
     if (tlsfx_setup("streams") != 0) return -1;
     char err[256];
-    s_sctx = rb_tls_server_ctx(tlsfx_path("srv.crt"), tlsfx_path("srv.key"), NULL, 0, err, sizeof err);
+    s_sctx =
+        rb_tls_server_ctx(tlsfx_path("srv.crt"), tlsfx_path("srv.key"), NULL, 0, err, sizeof err);
     s_cctx = rb_tls_client_ctx(tlsfx_path("ca.crt"), NULL, NULL, err, sizeof err);
     return s_sctx && s_cctx ? 0 : -1;
 }
@@ -232,7 +233,10 @@ static void s_edge_accept(rb_loop_t *loop, int fd, unsigned events, void *arg)
     assert_non_null(r->edge);
 }
 
-static void s_dev_open(rb_tconn_t *c, void *arg) { client_streams_tunnel(((rig_t *)arg)->cs, c); }
+static void s_dev_open(rb_tconn_t *c, void *arg)
+{
+    client_streams_tunnel(((rig_t *)arg)->cs, c);
+}
 
 static void s_dev_frame(rb_tconn_t *c, const rb_frame_t *f, void *arg)
 {
@@ -282,7 +286,10 @@ static bool s_run_until(rig_t *r, cond_fn *fn, void *arg, uint64_t ms)
     return u.met;
 }
 
-static bool s_has_n(rig_t *r, void *arg) { return r->n >= *(int *)arg; }
+static bool s_has_n(rig_t *r, void *arg)
+{
+    return r->n >= *(int *)arg;
+}
 
 /* Reads a local socket until EOF. */
 typedef struct {
@@ -313,8 +320,10 @@ static bool s_accepted(rig_t *r, void *arg)
     return v->fd >= 0;
 }
 
-
-static bool s_is_exposed(rig_t *r, void *arg) { return r->exposed; }
+static bool s_is_exposed(rig_t *r, void *arg)
+{
+    return r->exposed;
+}
 
 /* A non-blocking listener on 127.0.0.1 and a port of its own. */
 static int s_listen_any(int *port)
@@ -390,8 +399,8 @@ static void test_forward_sends_before_the_answer(void **state)
     rig_t r;
     s_rig_up(&r);
     char err[256];
-    assert_int_equal(client_streams_forward(r.cs, "127.0.0.1:0:intranet.example:80", err, sizeof err),
-                     0);
+    assert_int_equal(
+        client_streams_forward(r.cs, "127.0.0.1:0:intranet.example:80", err, sizeof err), 0);
     s_rig_connect(&r);
     int fd = s_local_connect(client_streams_listener_port(r.cs, 0));
     assert_int_equal(send(fd, "hello", 5, 0), 5);
@@ -503,7 +512,6 @@ static void test_exposed_quiet_stream_gets_its_ok(void **state)
     close(v.lfd);
     s_rig_down(&r);
 }
-
 
 int main(void)
 {
