@@ -15,7 +15,7 @@
 #include "tunnel.pb-c.h"
 
 #define RB_TUNNEL_VERSION 2
-#define RB_LINK_VERSION 2
+#define RB_LINK_VERSION 3 /* 3: a forwarder keeps what a device sends before its connect */
 #define RB_FRAME_HEADER 12
 #define RB_FRAME_MAX_CONTROL (16u * 1024)
 #define RB_FRAME_MAX_DATA (64u * 1024)

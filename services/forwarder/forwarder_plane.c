@@ -447,9 +447,11 @@ static void s_outbound_connect(stream_t *s, uint32_t ip)
     /* What the device sent while its name was looked up: the connecting
      * pump keeps it for the socket, within the credit it already had. */
     if (s->early.len || s->early_fin) {
-        rb_pump_peer_data(s->pump, s->early_fin ? RB_FRAME_FIN : 0, (const uint8_t *)s->early.data,
-                          s->early.len);
+        int rc = rb_pump_peer_data(s->pump, s->early_fin ? RB_FRAME_FIN : 0,
+                                   (const uint8_t *)s->early.data, s->early.len);
         rb_buf_free(&s->early);
+        if (rc == RB_PUMP_OVERRUN)
+            s_outbound_fail(s, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, "out of memory");
     }
 }
 
