@@ -10,7 +10,8 @@
 # every ~100 ms and fails on:
 #   - two live sessions for one user, or one address in two live sessions;
 #   - a live session whose address is leased to nobody or to another user,
-#     edges carrying more sessions than Redis holds, or a DNS answer (A or
+#     edges carrying more sessions than Redis holds (3 s: a killed broker's
+#     lost event waits for the edges' next refresh), or a DNS answer (A or
 #     PTR) disagreeing with Redis, any of them for more than 1 s; a lease
 #     still held by the ended predecessor (same user) of a transferred
 #     session for more than 20 s (the reconcile's bound);
@@ -170,10 +171,15 @@ sampler() {
                 seen+="$key "
                 [[ -n ${first[$key]:-} ]] || first[$key]=$now
                 # A lagging take-over is repaired by the brokers' reconcile
-                # (every 5 s, for leases unchanged for 10 s); every other
-                # disagreement may last 1 s.
+                # (every 5 s, for leases unchanged for 10 s). An edge that
+                # lost the event ending a session (its broker was killed)
+                # learns from a refresh (edge.refresh_s=1 here, and one sent
+                # to the dead broker times out after 1 s): up to 3 s;
+                # test_transfer_race holds the 1 s of the normal case. Every
+                # other disagreement may last 1 s.
                 limit=1000
                 [[ $key == leaselag:* ]] && limit=20000
+                [[ $key == edges ]] && limit=3000
                 if [[ ${first[$key]} != done* ]] && (( now - first[$key] > limit )); then
                     echo "$(date +%T.%3N) for $(( now - first[$key] )) ms: ${line#KEY * }" >>"$W/violations"
                     first[$key]="done$now"
