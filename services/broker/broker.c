@@ -144,10 +144,15 @@ void broker_ctx_free(broker_ctx_t *c)
 bool broker_ctx_set_groups(broker_ctx_t *c, char *const *groups, size_t n)
 {
     if (n > BROKER_MAX_GROUPS) return false;
+    size_t used = 0;
     for (size_t i = 0; i < n; i++) {
-        if (!groups[i] || strlen(groups[i]) > BROKER_FIELD_MAX) return false;
+        size_t len = groups[i] ? strlen(groups[i]) : 0;
+        if (!groups[i] || len > BROKER_FIELD_MAX || used + !!i + len > BROKER_GROUPS_MAX)
+            return false;
         if (!(c->groups[c->ngroups] = strdup(groups[i]))) return false;
         c->ngroups++;
+        used += (size_t)snprintf(c->groups_csv + used, sizeof c->groups_csv - used, "%s%s",
+                                 i ? "," : "", groups[i]);
     }
     return true;
 }

@@ -123,7 +123,8 @@ static void s_on_commit(void *arg, int rc, uint64_t seq)
                           .device = c->device,
                           .edge_id = c->edge_id,
                           .source = c->source,
-                          .since_ms = c->since_ms};
+                          .since_ms = c->since_ms,
+                          .groups = c->groups_csv};
     broker_events_publish(b->events, seq, true, &s, "");
     if (seq > b->seq) b->seq = seq;
     rb_metric_inc(b->m_ok);
@@ -225,7 +226,8 @@ static void s_begin(broker_ctx_t *c)
 {
     broker_t *b = c->b;
     if (broker_store_begin(b->store, c->user, c->label, c->alt_label, c->device, c->edge_id,
-                           c->source, (unsigned)b->cfg->transfer_offer_ttl, s_on_begin, c) != 0)
+                           c->source, c->groups_csv, (unsigned)b->cfg->transfer_offer_ttl,
+                           s_on_begin, c) != 0)
         s_logon_fail(c, ST(UNAVAILABLE), "the session store is unavailable");
 }
 
@@ -338,7 +340,7 @@ static void s_handle_transfer(broker_t *b, rb_rpc_req_t *req,
     if (broker_random_hex(c->token, BROKER_TOKEN_BYTES) != 0 ||
         broker_sha256_hex(c->token, token_sha) != 0 ||
         broker_store_transfer(b->store, offer_id, c->user, c->device, c->edge_id, c->source,
-                              token_sha, s_on_transfer, c) != 0)
+                              c->groups_csv, token_sha, s_on_transfer, c) != 0)
         s_logon_fail(c, ST(UNAVAILABLE), "the session store is unavailable");
 }
 

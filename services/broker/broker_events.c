@@ -75,6 +75,7 @@ static void s_fill_session(Rb__Events__Session *out, const broker_session_t *s)
     out->since_ms = s->since_ms;
     out->source = (char *)(s->source ? s->source : "");
     out->via_transfer = s->via_transfer;
+    out->groups = (char *)(s->groups ? s->groups : "");
 }
 
 int broker_events_publish(broker_events_t *ev, uint64_t seq, bool up, const broker_session_t *s,

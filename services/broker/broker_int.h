@@ -46,6 +46,7 @@ typedef struct broker_ctx {
     char reason[BROKER_FIELD_MAX + 1]; /* logoff */
     char *groups[BROKER_MAX_GROUPS];   /* owned */
     size_t ngroups;
+    char groups_csv[BROKER_GROUPS_MAX + 1]; /* the same, comma-separated */
 } broker_ctx_t;
 
 struct broker {
@@ -85,7 +86,8 @@ broker_ctx_t *broker_ctx_new(broker_t *b, rb_rpc_req_t *req);
 /* Frees c and drops its unanswered request. */
 void broker_ctx_free(broker_ctx_t *c);
 /* Copies groups into c (at most BROKER_MAX_GROUPS of at most
- * BROKER_FIELD_MAX bytes). false when there are too many or too long. */
+ * BROKER_FIELD_MAX bytes, BROKER_GROUPS_MAX in all with their commas).
+ * false when there are too many or too long. */
 bool broker_ctx_set_groups(broker_ctx_t *c, char *const *groups, size_t n);
 
 int broker_random_hex(char *out, size_t nbytes);

@@ -10,7 +10,8 @@
  *   rb:session:<sid>     HASH   user, label, fqdn, ip, device, edge, source,
  *                               since (Unix ms), token_sha256 (never the
  *                               token), state (pending | live), via_transfer
- *                               (1 when made by accepting an offer)
+ *                               (1 when made by accepting an offer), groups
+ *                               (comma-separated)
  *   rb:sessions:live     SET    ids of live sessions (snapshots, gauge)
  *   rb:sessions:seen     ZSET   live session id -> last seen (Unix ms):
  *                               logon, transfer, resume and edge refreshes;
@@ -39,20 +40,21 @@
 /* Refresh ids per script call: ARGV stays a few hundred KiB at most. */
 #define BROKER_REFRESH_MAX 20000
 
-/* Helpers every script starts with. A live session travels as 11 strings:
+/* Helpers every script starts with. A live session travels as 12 strings:
  * sid, user, label, fqdn, ip, device, edge, source, since, via_transfer,
- * last_seen (SESS_FIELDS below must match). */
+ * last_seen, groups (SESS_FIELDS below must match). */
 #define LUA_PRELUDE                                                                              \
     "local K_LIVE, K_SEEN, K_SINCE = 'rb:sessions:live', 'rb:sessions:seen', "                   \
     "'rb:sessions:since'\n"                                                                      \
     "local K_BYIP, K_SEQ = 'rb:sessions:by_ip', 'rb:events:seq'\n"                               \
     "local function sess_get(sid)\n"                                                             \
     "  local f = redis.call('HMGET', 'rb:session:' .. sid, 'state', 'user', 'label', 'fqdn',\n"  \
-    "                       'ip', 'device', 'edge', 'source', 'since', 'via_transfer')\n"        \
+    "                       'ip', 'device', 'edge', 'source', 'since', 'via_transfer',\n"       \
+    "                       'groups')\n"                                                        \
     "  if f[1] ~= 'live' then return nil end\n"                                                  \
     "  local seen = redis.call('ZSCORE', K_SEEN, sid)\n"                                         \
     "  return {sid, f[2], f[3] or '', f[4] or '', f[5] or '', f[6] or '', f[7] or '',\n"         \
-    "          f[8] or '', f[9] or '0', f[10] or '0', seen or '0'}\n"                            \
+    "          f[8] or '', f[9] or '0', f[10] or '0', seen or '0', f[11] or ''}\n"               \
     "end\n"                                                                                      \
     "local function sess_live(sid, since, now, ip)\n"                                            \
     "  redis.call('SADD', K_LIVE, sid)\n"                                                        \
@@ -74,12 +76,12 @@
     "  end\n"                                                                                    \
     "  return redis.call('INCR', K_SEQ)\n"                                                       \
     "end\n"                                                                                      \
-    "local function append(out, s) for i = 1, 11 do out[#out + 1] = s[i] end end\n"
+    "local function append(out, s) for i = 1, 12 do out[#out + 1] = s[i] end end\n"
 
-#define SESS_FIELDS 11
+#define SESS_FIELDS 12
 
 /* ARGV: sid, user, label, alt, device, edge, source, now, ttl, offer id,
- * offer ttl (s). Returns {1, sid, label}, {0, pending sid},
+ * offer ttl (s), groups. Returns {1, sid, label}, {0, pending sid},
  * {2, offer id, live session...} or {-1, why}. */
 static const char LUA_BEGIN[] =
     LUA_PRELUDE
@@ -108,7 +110,7 @@ static const char LUA_BEGIN[] =
     "local skey = 'rb:session:' .. sid\n"
     "redis.call('HSET', skey, 'user', user, 'label', lab, 'device', ARGV[5],\n"
     "           'edge', ARGV[6], 'source', ARGV[7], 'since', ARGV[8], 'state', 'pending',\n"
-    "           'via_transfer', '0')\n"
+    "           'via_transfer', '0', 'groups', ARGV[12])\n"
     "redis.call('PEXPIRE', skey, ARGV[9])\n"
     "return {1, sid, lab}\n";
 
@@ -137,7 +139,8 @@ static const char LUA_ABORT[] =
     "if redis.call('GET', ukey) == sid then redis.call('DEL', ukey) end\n"
     "return 1\n";
 
-/* ARGV: offer id, user, new sid, device, edge, source, now, token_sha256.
+/* ARGV: offer id, user, new sid, device, edge, source, now, token_sha256,
+ * groups.
  * The offer is checked and consumed, then the user's CURRENT session (not
  * necessarily the one offered: the last accept wins) ends and the new one
  * takes its address and name. Returns {1, down seq, reason, up seq, old
@@ -159,7 +162,8 @@ static const char LUA_TRANSFER[] =
     "local down = sess_drop(s, reason)\n"
     "redis.call('HSET', 'rb:session:' .. sid, 'user', user, 'label', s[3], 'fqdn', s[4],\n"
     "           'ip', s[5], 'device', ARGV[4], 'edge', ARGV[5], 'source', ARGV[6],\n"
-    "           'since', now, 'token_sha256', ARGV[8], 'state', 'live', 'via_transfer', '1')\n"
+    "           'since', now, 'token_sha256', ARGV[8], 'state', 'live', 'via_transfer', '1',\n"
+    "           'groups', ARGV[9])\n"
     "redis.call('SET', ukey, sid)\n"
     "sess_live(sid, now, now, s[5])\n"
     "local out = {1, down, reason, redis.call('INCR', K_SEQ)}\n"
@@ -304,6 +308,7 @@ typedef struct broker_op {
     char device[BROKER_FIELD_MAX + 1];
     char edge_id[BROKER_FIELD_MAX + 1];
     char source[BROKER_FIELD_MAX + 1];
+    char groups[BROKER_GROUPS_MAX + 1];
 } broker_op_t;
 
 struct broker_store {
@@ -354,6 +359,8 @@ static bool s_field_ok(const char *v, bool required)
     return (n > 0 || !required) && n <= BROKER_FIELD_MAX;
 }
 
+static bool s_groups_ok(const char *v) { return v && strlen(v) <= BROKER_GROUPS_MAX; }
+
 static const char *s_reply_error(const redisReply *rep)
 {
     if (!rep) return "no answer";
@@ -382,7 +389,8 @@ static bool s_read_session(redisReply *const *e, broker_session_t *out)
                               .since_ms = strtoull(e[8]->str, NULL, 10),
                               .via_transfer = strcmp(e[9]->str, "1") == 0,
                               /* a ZSET score: may be "1.7e12"-style */
-                              .last_seen_ms = (uint64_t)strtod(e[10]->str, NULL)};
+                              .last_seen_ms = (uint64_t)strtod(e[10]->str, NULL),
+                              .groups = e[11]->str};
     return true;
 }
 
@@ -492,12 +500,13 @@ static void s_on_begin(void *arg, const redisReply *rep)
 
 int broker_store_begin(broker_store_t *s, const char *user, const char *label,
                        const char *alt_label, const char *device, const char *edge_id,
-                       const char *source, unsigned offer_ttl_s, broker_begin_fn *fn, void *arg)
+                       const char *source, const char *groups, unsigned offer_ttl_s,
+                       broker_begin_fn *fn, void *arg)
 {
     char now[24], offer_id[BROKER_OFFER_ID_LEN + 1], ttl[16];
     if (!s_field_ok(user, true) || !s_field_ok(label, true) || !s_field_ok(alt_label, true) ||
         !s_field_ok(device, false) || !s_field_ok(edge_id, false) || !s_field_ok(source, false) ||
-        offer_ttl_s == 0)
+        !s_groups_ok(groups) || offer_ttl_s == 0)
         return -1;
     broker_op_t *op = s_op_new(s, arg);
     if (!op) return -1;
@@ -510,9 +519,9 @@ int broker_store_begin(broker_store_t *s, const char *user, const char *label,
     op->since_ms = rb_wall_ms();
     snprintf(now, sizeof(now), "%" PRIu64, op->since_ms);
     snprintf(ttl, sizeof(ttl), "%u", offer_ttl_s);
-    const char *av[] = {op->session_id, user,   label, alt_label, device, edge_id,
-                        source,         now,    BROKER_PENDING_TTL_MS, offer_id, ttl};
-    return s_eval(op, s->begin, 11, av, s_on_begin);
+    const char *av[] = {op->session_id, user, label, alt_label, device, edge_id, source, now,
+                        BROKER_PENDING_TTL_MS, offer_id, ttl, groups};
+    return s_eval(op, s->begin, 12, av, s_on_begin);
 }
 
 /* ---- commit, abort ---- */
@@ -603,6 +612,7 @@ static void s_on_transfer(void *arg, const redisReply *rep)
             t.cur.source = op->source;
             t.cur.since_ms = t.cur.last_seen_ms = op->since_ms;
             t.cur.via_transfer = true;
+            t.cur.groups = op->groups;
         }
     }
     if (t.res == BROKER_XFER_ERROR)
@@ -613,11 +623,12 @@ static void s_on_transfer(void *arg, const redisReply *rep)
 
 int broker_store_transfer(broker_store_t *s, const char *offer_id, const char *user,
                           const char *device, const char *edge_id, const char *source,
-                          const char *token_sha256, broker_transfer_fn *fn, void *arg)
+                          const char *groups, const char *token_sha256, broker_transfer_fn *fn,
+                          void *arg)
 {
     char now[24];
     if (!s_field_ok(offer_id, true) || !s_field_ok(user, true) || !s_field_ok(device, false) ||
-        !s_field_ok(edge_id, false) || !s_field_ok(source, false) ||
+        !s_field_ok(edge_id, false) || !s_field_ok(source, false) || !s_groups_ok(groups) ||
         !s_field_ok(token_sha256, true))
         return -1;
     broker_op_t *op = s_op_new(s, arg);
@@ -631,10 +642,12 @@ int broker_store_transfer(broker_store_t *s, const char *offer_id, const char *u
     snprintf(op->device, sizeof(op->device), "%s", device);
     snprintf(op->edge_id, sizeof(op->edge_id), "%s", edge_id);
     snprintf(op->source, sizeof(op->source), "%s", source);
+    snprintf(op->groups, sizeof(op->groups), "%s", groups);
     op->since_ms = rb_wall_ms();
     snprintf(now, sizeof(now), "%" PRIu64, op->since_ms);
-    const char *av[] = {offer_id, user, op->session_id, device, edge_id, source, now, token_sha256};
-    return s_eval(op, s->transfer, 8, av, s_on_transfer);
+    const char *av[] = {offer_id, user, op->session_id, device, edge_id, source, now, token_sha256,
+                        groups};
+    return s_eval(op, s->transfer, 9, av, s_on_transfer);
 }
 
 /* ---- resume ---- */

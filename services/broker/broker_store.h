@@ -21,6 +21,10 @@
 typedef struct broker_store broker_store_t;
 
 /* A session as stored. The strings are valid only during the callback. */
+/* A session's groups, comma-separated, are kept with it for the policy of
+ * forwarders that do not serve it. */
+#define BROKER_GROUPS_MAX 2048
+
 typedef struct {
     const char *session_id;
     const char *user;
@@ -33,6 +37,7 @@ typedef struct {
     uint64_t since_ms;
     uint64_t last_seen_ms; /* 0: unknown */
     bool via_transfer;     /* created by accepting a transfer offer */
+    const char *groups;    /* comma-separated (at most BROKER_GROUPS_MAX bytes) */
 } broker_session_t;
 
 /* A transfer offer: the session it offers, as the device is shown it. */
@@ -118,7 +123,8 @@ void broker_store_cancel(broker_store_t *s, void *arg);
  * transfer offer valid for offer_ttl_s seconds is stored instead. */
 int broker_store_begin(broker_store_t *s, const char *user, const char *label,
                        const char *alt_label, const char *device, const char *edge_id,
-                       const char *source, unsigned offer_ttl_s, broker_begin_fn *fn, void *arg);
+                       const char *source, const char *groups, unsigned offer_ttl_s,
+                       broker_begin_fn *fn, void *arg);
 /* Makes a pending session live with its address, name and the SHA-256 (hex)
  * of its resume token, and bumps the event sequence, in one script. */
 int broker_store_commit(broker_store_t *s, const char *session_id, const char *ip, const char *fqdn,
@@ -130,7 +136,8 @@ int broker_store_abort(broker_store_t *s, const char *session_id, broker_found_f
  * address and name for this device, bumping the sequence for both. */
 int broker_store_transfer(broker_store_t *s, const char *offer_id, const char *user,
                           const char *device, const char *edge_id, const char *source,
-                          const char *token_sha256, broker_transfer_fn *fn, void *arg);
+                          const char *groups, const char *token_sha256, broker_transfer_fn *fn,
+                          void *arg);
 /* Moves a live session whose token hashes to token_sha256 to edge_id (device
  * too when not empty), marks it seen and bumps the sequence. */
 int broker_store_resume(broker_store_t *s, const char *session_id, const char *token_sha256,

@@ -50,9 +50,15 @@ const rb_option_t forwarder_options[] = {
     RB_OPT_END,
 };
 
+/* As many as an edge's users file allows a user (EDGE_USERS_MAX_GROUPS). */
+#define SESSION_MAX_GROUPS 32
+
 typedef struct fw_session {
     struct fw_session *next;
     char *session_id, *user, *ip, *edge_id, *fqdn;
+    char *groups_csv; /* the groups, cut in place at the commas */
+    const char *groups[SESSION_MAX_GROUPS];
+    size_t ngroups;
     uint32_t ip_n;
 } fw_session_t;
 
@@ -139,10 +145,13 @@ static void s_index(forwarder_t *fw, fw_session_t *s)
     if (*s->fqdn) rb_imap_put(fw->by_name, s_name_hash(s->fqdn), s);
 }
 
-static const char *s_user_of_ip(void *arg, uint32_t ip)
+static const char *s_user_of_ip(void *arg, uint32_t ip, const char *const **groups,
+                               size_t *ngroups)
 {
     forwarder_t *fw = arg;
     fw_session_t *s = rb_imap_get(fw->by_ip, ip);
+    *groups = s ? s->groups : NULL;
+    *ngroups = s ? s->ngroups : 0;
     return s ? s->user : NULL;
 }
 
@@ -170,6 +179,7 @@ static void s_session_free(fw_session_t *s)
     free(s->user);
     free(s->ip);
     free(s->edge_id);
+    free(s->groups_csv);
     free(s);
 }
 
@@ -227,8 +237,15 @@ int forwarder_session_up(forwarder_t *fw, const Rb__Events__Session *in)
     s->ip = strdup(in->ip ? in->ip : "");
     s->edge_id = strdup(in->edge_id ? in->edge_id : "");
     s->fqdn = strdup(in->fqdn ? in->fqdn : "");
+    s->groups_csv = strdup(in->groups ? in->groups : "");
     if (rb_ip_parse(s->ip ? s->ip : "", &s->ip_n) < 0) s->ip_n = 0;
-    if (!s->session_id || !s->user || !s->ip || !s->edge_id || !s->fqdn) {
+    /* Policy sources by group: the groups of devices served by other
+     * forwarders come from here (this forwarder's own come with Attach). */
+    char *save = NULL;
+    for (char *g = s->groups_csv ? strtok_r(s->groups_csv, ",", &save) : NULL;
+         g && s->ngroups < SESSION_MAX_GROUPS; g = strtok_r(NULL, ",", &save))
+        s->groups[s->ngroups++] = g;
+    if (!s->session_id || !s->user || !s->ip || !s->edge_id || !s->fqdn || !s->groups_csv) {
         s_session_free(s);
         rb_error("session_up", "out of memory for session %s", id);
         return -1;

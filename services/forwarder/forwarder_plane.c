@@ -517,15 +517,17 @@ static attach_t *s_attach_find(plane_t *p, const char *session_id)
 static bool s_allowed(plane_t *p, attach_t *a, uint32_t src, uint16_t port, int proto,
                       char *src_user, size_t src_user_len, unsigned *line)
 {
-    const char *su = p->cfg->user_of_ip ? p->cfg->user_of_ip(p->cfg->lookup_arg, src) : NULL;
+    const char *const *groups = NULL;
+    size_t ngroups = 0;
+    const char *su = p->cfg->user_of_ip
+                         ? p->cfg->user_of_ip(p->cfg->lookup_arg, src, &groups, &ngroups)
+                         : NULL;
     snprintf(src_user, src_user_len, "%s", su ? su : "");
-    /* A device's groups are known when its session is attached here. */
-    attach_t *sa = su ? rb_imap_get(p->by_ip, src) : NULL;
     policy_query_t q = {
         .src_ip = src,
         .src_user = su,
-        .src_groups = sa ? (const char *const *)sa->groups : NULL,
-        .n_src_groups = sa ? sa->ngroups : 0,
+        .src_groups = su ? groups : NULL,
+        .n_src_groups = su ? ngroups : 0,
         .dst_user = a->user,
         .dst_groups = (const char *const *)a->groups,
         .n_dst_groups = a->ngroups,

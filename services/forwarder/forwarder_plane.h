@@ -30,8 +30,10 @@ typedef struct {
     unsigned max_streams;        /* per session */
     /* The event stream's view of the cluster, for sources that are devices
      * and names under the suffix: user of an intranet address (NULL when
-     * none), address of a fully qualified name (0 or -1). */
-    const char *(*user_of_ip)(void *arg, uint32_t ip);
+     * none) and that user's groups (*groups borrowed until the next event),
+     * address of a fully qualified name (0 or -1). */
+    const char *(*user_of_ip)(void *arg, uint32_t ip, const char *const **groups,
+                              size_t *ngroups);
     int (*ip_of_name)(void *arg, const char *name, uint32_t *ip);
     void *lookup_arg;
 } plane_config_t;

@@ -35,6 +35,7 @@ typedef struct {
     char device[64];
     char edge[64];
     char source[64];
+    char groups[64];
 } res_t;
 
 static bool s_done(void *arg)
@@ -93,6 +94,7 @@ static void s_on_end(void *arg, int found, uint64_t seq, const broker_session_t 
         snprintf(r->user, sizeof(r->user), "%s", s->user);
         snprintf(r->label, sizeof(r->label), "%s", s->label);
         snprintf(r->sid, sizeof(r->sid), "%s", s->session_id);
+        snprintf(r->groups, sizeof(r->groups), "%s", s->groups);
     }
 }
 
@@ -136,7 +138,7 @@ static res_t s_begin(fx_t *f, const char *user, const char *label, const char *a
 {
     res_t r = {0};
     assert_int_equal(broker_store_begin(f->s, user, label, alt, "laptop", "edge-1",
-                                        "127.0.0.1:5000", 120, s_on_begin, &r),
+                                        "127.0.0.1:5000", "staff,ops", 120, s_on_begin, &r),
                      0);
     assert_true(rbt_wait(f->loop, s_done, &r, 3000));
     return r;
@@ -198,6 +200,7 @@ static void test_begin_commit_end(void **state)
     assert_string_equal(e.user, "alice");
     assert_string_equal(e.label, "alice");
     assert_string_equal(e.sid, b.sid);
+    assert_string_equal(e.groups, "staff,ops"); /* kept with the session */
     assert_int_equal(rbt_cmd_int(&f->rs, "EXISTS rb:user:alice"), 0);
     assert_int_equal(rbt_cmd_int(&f->rs, "EXISTS rb:session:%s", b.sid), 0);
     /* Ending it again: not found, and the sequence does not move. */
@@ -328,7 +331,13 @@ static void test_end_unknown_and_stats(void **state)
     assert_int_equal(st.n, 1);
     /* Bad input never reaches Redis. */
     res_t r = {0};
-    assert_int_equal(broker_store_begin(f->s, "", "x", "y", "", "", "", 120, s_on_begin, &r), -1);
+    assert_int_equal(broker_store_begin(f->s, "", "x", "y", "", "", "", "", 120, s_on_begin, &r),
+                     -1);
+    char many[BROKER_GROUPS_MAX + 2];
+    memset(many, 'g', sizeof many - 1);
+    many[sizeof many - 1] = '\0';
+    assert_int_equal(
+        broker_store_begin(f->s, "zed", "zed", "zed-1", "", "", "", many, 120, s_on_begin, &r), -1);
     assert_int_equal(broker_store_end(f->s, "", "x", s_on_end, &r), -1);
 }
 
@@ -338,6 +347,7 @@ typedef struct {
     bool done;
     broker_transfer_t t;
     char old_sid[64], new_sid[64], reason[32], ip[16], label[64], fqdn[64], old_edge[64];
+    char old_groups[64], groups[64];
     bool via;
 } xfer_t;
 
@@ -355,6 +365,8 @@ static void s_on_xfer(void *arg, const broker_transfer_t *t)
         snprintf(x->fqdn, sizeof(x->fqdn), "%s", t->cur.fqdn);
         snprintf(x->old_edge, sizeof(x->old_edge), "%s", t->old.edge_id);
         x->via = t->cur.via_transfer;
+        snprintf(x->old_groups, sizeof(x->old_groups), "%s", t->old.groups);
+        snprintf(x->groups, sizeof(x->groups), "%s", t->cur.groups);
         assert_string_equal(t->old.ip, t->cur.ip);
         assert_string_equal(t->old.fqdn, t->cur.fqdn);
     }
@@ -369,7 +381,7 @@ static xfer_t s_transfer(fx_t *f, const char *offer, const char *user, const cha
 {
     xfer_t x = {0};
     assert_int_equal(broker_store_transfer(f->s, offer, user, "phone", edge, "127.0.0.2:6000",
-                                           "cd34", s_on_xfer, &x),
+                                           "staff", "cd34", s_on_xfer, &x),
                      0);
     assert_true(rbt_wait(f->loop, s_xdone, &x, 3000));
     return x;
@@ -379,7 +391,7 @@ static res_t s_begin_ttl(fx_t *f, const char *user, unsigned ttl)
 {
     res_t r = {0};
     assert_int_equal(broker_store_begin(f->s, user, user, "alt", "laptop", "edge-1",
-                                        "127.0.0.1:5000", ttl, s_on_begin, &r),
+                                        "127.0.0.1:5000", "", ttl, s_on_begin, &r),
                      0);
     assert_true(rbt_wait(f->loop, s_done, &r, 3000));
     return r;
@@ -431,6 +443,9 @@ static void test_transfer(void **state)
     assert_string_equal(x.label, "alice");
     assert_string_equal(x.old_edge, "edge-1");
     assert_true(x.via);
+    /* The new session has the groups its own logon came with. */
+    assert_string_equal(x.old_groups, "staff,ops");
+    assert_string_equal(x.groups, "staff");
     assert_int_equal(x.t.down_seq, (uint64_t)seq0 + 1);
     assert_int_equal(x.t.up_seq, (uint64_t)seq0 + 2);
     /* Redis: one live session, the new one, with the address; old gone. */
@@ -443,6 +458,7 @@ static void test_transfer(void **state)
     char key[80];
     snprintf(key, sizeof(key), "rb:session:%s", x.new_sid);
     s_assert_hget(f, key, "ip", "10.0.0.5");
+    s_assert_hget(f, key, "groups", "staff");
     s_assert_hget(f, key, "via_transfer", "1");
     s_assert_hget(f, key, "token_sha256", "cd34");
     s_assert_hget(f, key, "edge", "edge-2");
