@@ -91,6 +91,15 @@ int rb_cli_run(rb_cli_t *cli, int argc, char **argv)
     return 0;
 }
 
+bool rb_cli_heap_follow(rb_heap_follow_t *h, size_t live)
+{
+    if (live > h->peak) h->peak = live;
+    if (h->peak == 0 || (h->peak - live < RB_HEAP_TRIM_DROP && live > 0)) return false;
+    h->peak = live;
+    malloc_trim(0);
+    return true;
+}
+
 static void s_on_stop_signal(rb_loop_t *loop, int signo, void *arg)
 {
     rb_info("shutdown", "signal %d: stopping", signo);

@@ -5,6 +5,8 @@
  *   --help, --version */
 #ifndef RB_CLI_H
 #define RB_CLI_H
+#include <stdbool.h>
+#include <stddef.h>
 #include "rb_config.h"
 #include "rb_loop.h"
 
@@ -29,5 +31,17 @@ rb_loop_t *rb_cli_loop(void);
  * in allowed_keys; exits through rb_fatal on a bad allow list. Call before
  * binding any CURVE socket: without a ZAP handler libzmq admits everyone. */
 void rb_cli_zap(rb_loop_t *loop, const char *curve_secret_key, const char *allowed_keys);
+
+/* glibc gives the kernel back only the top of the heap by itself: an edge
+ * that carried 10,000 sessions kept their ~170 MB after they ended. A
+ * service tells rb_cli_heap_follow how many of its big things (sessions,
+ * connections) are live, now and then; once that fell by RB_HEAP_TRIM_DROP
+ * from its peak (or to zero), the freed heap goes back to the kernel
+ * (malloc_trim) and the peak starts again. Returns true when it trimmed. */
+#define RB_HEAP_TRIM_DROP 1000
+typedef struct {
+    size_t peak;
+} rb_heap_follow_t;
+bool rb_cli_heap_follow(rb_heap_follow_t *h, size_t live);
 
 #endif

@@ -18,6 +18,7 @@
 #include "edge_ratelimit.h"
 #include "edge_smap.h"
 #include "edge_users.h"
+#include "rb_cli.h"
 #include "rb_events.h"
 #include "rb_log.h"
 #include "rb_status.h"
@@ -129,6 +130,7 @@ struct edge {
     rb_events_t *events;
     bool in_snapshot;             /* applying a snapshot (see s_ev_up) */
     uint64_t refresh_rounds, refresh_failures, refresh_gone;
+    rb_heap_follow_t heap; /* connections: memory goes back after many end */
     rb_status_t *status;
     uint64_t refused;         /* connections over max_connections */
     uint64_t last_refuse_log;
@@ -290,6 +292,8 @@ static void s_on_refresh(rb_loop_t *loop, void *arg)
     bool sent = false;
     unsigned timeout_ms = (unsigned)e->cfg->refresh_s * 1000;
     e->refresh_rounds++;
+    if (rb_cli_heap_follow(&e->heap, e->ctx.connections))
+        rb_debug("heap_trimmed", "%zu connections now", e->ctx.connections);
     /* An empty request still says "this edge is alive and carries
      * nothing", which costs the broker nothing to hear. */
     for (edge_conn_t *c = e->ctx.head;; c = edge_conn_next(c)) {
