@@ -187,6 +187,41 @@ free_port() {
 # thread per connection alone drives the load average up later).
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
+# wakeup_rtt: "ACROSS SAME", the p50 round trip (µs) of one byte between two
+# processes pinned to different CPUs and to one CPU, with a pause between
+# trips so the CPUs go idle. On a VM, waking an idle vCPU can cost ten
+# times a switch on one CPU and moves a lot from hour to hour; every hop of
+# a relay chain that lands on the other CPU pays it. "- -" on one core.
+wakeup_rtt() {
+    (( $(nproc) >= 2 )) || { echo "- -"; return; }
+    python3 - <<'PY'
+import os, socket, time
+def rtt(a, b, n=1500):
+    s1, s2 = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:
+        os.sched_setaffinity(0, {b})
+        s1.close()
+        while (d := s2.recv(1)) not in (b"", b"q"):
+            s2.send(d)
+        os._exit(0)
+    os.sched_setaffinity(0, {a})
+    s2.close()
+    t = []
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        s1.send(b"x")
+        s1.recv(1)
+        t.append(time.perf_counter_ns() - t0)
+        time.sleep(0.0002)
+    s1.send(b"q")
+    os.waitpid(pid, 0)
+    os.sched_setaffinity(0, range(os.cpu_count()))
+    return sorted(t)[n // 2] / 1000
+print("%.0f %.0f" % (rtt(0, 1), rtt(0, 0)))
+PY
+}
+
 machine() {
     local model
     model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)

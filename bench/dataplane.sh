@@ -547,6 +547,9 @@ STS=$!; bench_track "$STS"; wait_listen "$ST_S" "$STS" "stunnel (server)"
 stunnel "$WORK/stunnel-c.conf" </dev/null >/dev/null 2>&1 &
 STC=$!; bench_track "$STC"; wait_listen "$ST_C" "$STC" "stunnel (client)"
 
+read -r WAKE_X0 WAKE_S0 < <(wakeup_rtt)
+say "wake-up round trip: across CPUs ${WAKE_X0} us, on one CPU ${WAKE_S0} us"
+
 # ---- peers: bulk ----------------------------------------------------------------
 say "peers: bulk TCP, ${T}s per run"
 iperf "direct" 127.0.0.1 "$P_DEV"
@@ -762,6 +765,7 @@ done
 # ---- the table ---------------------------------------------------------------------
 MODES_TEXT=""
 for m in "${MODE_NOTES[@]}"; do MODES_TEXT+="${MODES_TEXT:+; }$m"; done
+read -r WAKE_X1 WAKE_S1 < <(wakeup_rtt)
 echo
 echo "### Data plane: bulk TCP, connect + first byte, many streams ($(date -u +%Y-%m-%dT%H:%MZ); $(machine))"
 echo
@@ -783,3 +787,8 @@ echo "tunnel's processes over the run (the load generators, iperf3 and Python, s
 echo "Peers were measured in this same run on this machine; the run took $SECONDS s. Targets (DESIGN §6):"
 echo "bulk at least the stunnel pair's rate, aiming for ssh -R's; connect + first byte p50 below ssh -R's"
 echo "(the -tt row: ssh with TCP_NODELAY), and no Nagle-style stall (p99, and no waits ≥ 30 ms)."
+echo "Wake-ups: a one-byte round trip between two processes (Python, pinned) took p50 ${WAKE_X0} µs across"
+echo "the CPUs at the start and ${WAKE_X1} µs at the end (on one CPU: ${WAKE_S0} and ${WAKE_S1} µs). Every hop of a"
+echo "relay chain that wakes a thread on the other, idle CPU pays the first; reachback's connect + first"
+echo "byte crosses 12 threads (4 of them ZeroMQ's I/O threads) where ssh -R crosses 8, so its latency rows"
+echo "move more than ssh's when that cost moves, and on a shared VM it moves from hour to hour."
