@@ -239,8 +239,8 @@ int forwarder_session_up(forwarder_t *fw, const Rb__Events__Session *in)
     s->fqdn = strdup(in->fqdn ? in->fqdn : "");
     s->groups_csv = strdup(in->groups ? in->groups : "");
     if (rb_ip_parse(s->ip ? s->ip : "", &s->ip_n) < 0) s->ip_n = 0;
-    /* Policy sources by group: the groups of devices served by other
-     * forwarders come from here (this forwarder's own come with Attach). */
+    /* A policy's group: sources are matched against these, for devices
+     * of every forwarder (Attach brings groups only for ours). */
     char *save = NULL;
     for (char *g = s->groups_csv ? strtok_r(s->groups_csv, ",", &save) : NULL;
          g && s->ngroups < SESSION_MAX_GROUPS; g = strtok_r(NULL, ",", &save))
