@@ -37,6 +37,9 @@ void *rb_zmq_ctx(void)
 void rb_zmq_term(void)
 {
     if (!g_ctx) return;
+    /* zmq_ctx_term waits for every socket to be closed, the ZAP handler's
+     * too: a service that forgot it never exited. */
+    rb_zap_stop();
     zmq_ctx_term(g_ctx);
     g_ctx = NULL;
 }

@@ -22,7 +22,8 @@ typedef struct {
 
 /* Process-wide context; created on first use. NULL on error. */
 void *rb_zmq_ctx(void);
-/* Closes the context; every socket must be closed first. */
+/* Closes the ZAP handler, then the context; every other socket must be
+ * closed first. */
 void rb_zmq_term(void);
 
 /* Loads a secret key file into c (enabled = true). path NULL or "" leaves c
@@ -53,6 +54,7 @@ void rb_zsock_close(void **sock);
  * public key files whose holders may connect. Call before binding CURVE
  * sockets. 0 or -1 (err set). */
 int rb_zap_start(rb_loop_t *loop, const char *allowed_files, char *err, size_t errlen);
+/* Closes the ZAP handler (rb_zmq_term does, before it waits for sockets). */
 void rb_zap_stop(void);
 
 #endif

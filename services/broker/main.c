@@ -34,7 +34,6 @@ int main(int argc, char **argv)
     }
     rb_status_destroy(&st);
     broker_destroy(&b);
-    rb_zap_stop();
     rb_zmq_term();
     rb_loop_destroy(&loop);
     rb_config_free(broker_options, &cfg);

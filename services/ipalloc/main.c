@@ -32,7 +32,6 @@ int main(int argc, char **argv)
     }
     rb_status_destroy(&st);
     ipalloc_destroy(&ia);
-    rb_zap_stop();
     rb_zmq_term();
     rb_loop_destroy(&loop);
     rb_config_free(ipalloc_options, &cfg);

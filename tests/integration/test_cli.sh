@@ -40,6 +40,19 @@ rm -rf "$LAB2"
 [[ $env2 != *"EDGE_ADDR=$EDGE_ADDR"* && $env2 != *"POOL=$POOL"* ]] || fail "second lab clashed with the first"
 "$ROOT/scripts/lab" status --dir "$LAB" >/dev/null || fail "first lab hurt by the second"
 ok "two labs side by side"
+# Every service ends by itself on SIGTERM, and soon: lab stop's KILL after
+# 5 s must never be what ends one (a forwarder once hung in zmq_ctx_term on
+# its ZAP socket, unnoticed, and LeakSanitizer never saw it exit).
+for f in "$LAB"/run/*.pid; do
+    [[ -L $f ]] && continue
+    s=$(basename "$f" .pid)
+    [[ $s == redis ]] && continue
+    pid=$(cat "$f")
+    kill -TERM "$pid"
+    wait_until 3000 bash -c "! kill -0 $pid 2>/dev/null || grep -q '^State:.*Z' /proc/$pid/status" \
+        || fail "$s (pid $pid) still runs 3 s after SIGTERM: $(tail -2 "$LAB/logs/$s.log")"
+done
+ok "every service exits by itself within 3 s of SIGTERM"
 pids=$(cat "$LAB"/run/*.pid)
 "$ROOT/scripts/lab" stop --dir "$LAB"
 for p in $pids; do ! proc_running "$p" || fail "process $p survived lab stop"; done
