@@ -4,13 +4,16 @@
  *   srv.crt/srv.key   a server certificate signed by it, for DNS edge.test
  *                     and IP 127.0.0.1 (CN edge), serverAuth
  * Tests add what else they need with tlsfx_sh() in the same directory.
+ * tlsfx_pair_setup also makes the two rb_tls contexts most tests want.
  * Header-only, like redis_fixture.h. */
 #ifndef TLS_FIXTURE_H
 #define TLS_FIXTURE_H
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "rb_tls.h"
 
 #define TLSFX_EC "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes"
 
@@ -62,6 +65,27 @@ static inline int tlsfx_teardown(void)
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tlsfx_dir);
     return system(cmd) == 0 ? 0 : -1;
+}
+
+/* For tests that run a tunnel server and client in one process: the
+ * fixture, a server context for srv.crt and a client context trusting
+ * ca.crt; SIGPIPE ignored, as the services run. 0 or -1. */
+static inline int tlsfx_pair_setup(const char *name, SSL_CTX **srv, SSL_CTX **cli)
+{
+    signal(SIGPIPE, SIG_IGN);
+    if (tlsfx_setup(name) != 0) return -1;
+    char err[512];
+    *srv = rb_tls_server_ctx(tlsfx_path("srv.crt"), tlsfx_path("srv.key"), NULL, 0, err, sizeof err);
+    *cli = rb_tls_client_ctx(tlsfx_path("ca.crt"), NULL, NULL, err, sizeof err);
+    return *srv && *cli ? 0 : -1;
+}
+
+static inline int tlsfx_pair_teardown(SSL_CTX **srv, SSL_CTX **cli)
+{
+    SSL_CTX_free(*srv);
+    SSL_CTX_free(*cli);
+    *srv = *cli = NULL;
+    return tlsfx_teardown();
 }
 
 #endif

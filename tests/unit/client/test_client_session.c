@@ -16,7 +16,6 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -29,22 +28,9 @@
 
 static SSL_CTX *s_sctx, *s_cctx;
 
-static int s_setup(void **state)
-{
-    signal(SIGPIPE, SIG_IGN);
-    if (tlsfx_setup("client") != 0) return -1;
-    char err[256];
-    s_sctx = rb_tls_server_ctx(tlsfx_path("srv.crt"), tlsfx_path("srv.key"), NULL, 0, err, sizeof err);
-    s_cctx = rb_tls_client_ctx(tlsfx_path("ca.crt"), NULL, NULL, err, sizeof err);
-    return s_sctx && s_cctx ? 0 : -1;
-}
+static int s_setup(void **state) { return tlsfx_pair_setup("client", &s_sctx, &s_cctx); }
 
-static int s_teardown(void **state)
-{
-    SSL_CTX_free(s_sctx);
-    SSL_CTX_free(s_cctx);
-    return tlsfx_teardown();
-}
+static int s_teardown(void **state) { return tlsfx_pair_teardown(&s_sctx, &s_cctx); }
 
 /* ---- a stand-in edge ---- */
 
