@@ -424,25 +424,6 @@ bulk() {
     [[ -n $BULK ]] || BULK="bulk.py failed: $(tail -n 1 "$WORK/bulk.err")"
 }
 
-# port VAR: a port for a listener of ours, above the ephemeral range (where
-# neither outgoing connections nor scripts/lab, which stays below it, take
-# ports), used by no socket now and not handed out before in this run.
-EPH_HI=$(awk '{ print $2 }' /proc/sys/net/ipv4/ip_local_port_range)
-PORTS_GIVEN=" "
-port() {
-    local p lo=$(( EPH_HI + 1 ))
-    (( 65535 - lo >= 500 )) || lo=20000   # no room above: below the lab's blocks' top
-    for _ in $(seq 500); do
-        p=$(( lo + RANDOM % (65535 - lo) ))
-        [[ $PORTS_GIVEN == *" $p "* ]] && continue
-        ss -Htuan "sport = :$p" 2>/dev/null | grep -q . && continue
-        PORTS_GIVEN+="$p "
-        printf -v "$1" '%s' "$p"
-        return 0
-    done
-    die "no free port"
-}
-
 listening() { ss -Htln "sport = :$1" 2>/dev/null | grep -q .; }
 wait_listen() {   # wait_listen PORT PID WHAT
     for _ in $(seq 100); do listening "$1" && return 0; kill -0 "$2" 2>/dev/null || break; sleep 0.1; done

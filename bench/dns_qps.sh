@@ -53,7 +53,7 @@ with open(sys.argv[1], "w") as f:
         ip = 0x7f4d0001 + i
         f.write("user%d %d.%d.%d.%d user%d.vpn.lab\n" % (i, ip >> 24, ip >> 16 & 255, ip >> 8 & 255, ip & 255, i))
 PY
-    OUR_PORT=$(free_port)
+    port OUR_PORT
     "$WORK/dns_zone_driver" "$OUR_PORT" "$NAMES" >"$WORK/driver.out" &
     OUR_PID=$!
     bench_track "$OUR_PID"
@@ -97,7 +97,7 @@ PY
 FIRST=$(awk 'NR == 1 { print $3 }' "$WORK/sessions")
 ZONE=${FIRST#*.}
 
-DM_PORT=$(free_port)
+port DM_PORT
 dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts \
     --addn-hosts="$WORK/hosts" --port="$DM_PORT" --listen-address=127.0.0.1 --bind-interfaces \
     --cache-size=10000 --local="/$ZONE/" --pid-file="$WORK/dnsmasq.pid" \

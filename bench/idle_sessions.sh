@@ -77,7 +77,7 @@ EDGE_AFTER_LOGOFF=$(rss_kib "$(pid_of edge)")
 # ---- stunnel ---------------------------------------------------------------
 if command -v stunnel >/dev/null; then
     say "stunnel with $N_STUNNEL connections"
-    SPORT=$(free_port); SINK=$(free_port)
+    port SPORT; port SINK
     # The sink behind stunnel: a redis-server keeps idle connections cheaply.
     redis-server --port "$SINK" --bind 127.0.0.1 --save '' --appendonly no \
         --maxclients $(( N_STUNNEL + 100 )) --daemonize no --logfile "$WORK/sink.log" \
@@ -136,7 +136,7 @@ if [[ -x /usr/sbin/sshd ]] && command -v ssh >/dev/null && (( $(id -u) == 0 )); 
     ssh-keygen -q -t ed25519 -N '' -f "$S/host_key"
     ssh-keygen -q -t ed25519 -N '' -f "$S/user_key"
     cp "$S/user_key.pub" "$S/authorized_keys"
-    SSH_PORT=$(free_port)
+    port SSH_PORT
     cat > "$S/sshd_config" <<CONF
 ListenAddress 127.0.0.1
 Port $SSH_PORT

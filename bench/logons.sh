@@ -105,8 +105,8 @@ run "reachback, logon + DNS visible" benchs "$SLOW_USERS" "$SLOW_CONC" "ln=15 (d
 max_conc=$(tr ' ' '\n' <<<"$CONCS" | sort -n | tail -n 1)
 run "peer: TLS 1.3 handshakes only, edge" tls "$USERS" "$max_conc" "-" --tls-only
 
-STUNNEL_PORT=$(free_port)
-SINK_PORT=$(free_port)
+port STUNNEL_PORT
+port SINK_PORT
 redis-server --port "$SINK_PORT" --bind 127.0.0.1 --save '' --appendonly no \
     --maxclients 20000 --daemonize no --logfile "$WORK/sink.log" </dev/null >/dev/null 2>&1 &
 bench_track $!
