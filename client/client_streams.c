@@ -24,6 +24,11 @@
 /* Bytes a local client may send before its stream is open (a SOCKS
  * request included): one DATA frame, within the stream's initial credit. */
 #define EARLY_MAX RB_FRAME_MAX_DATA
+/* Datagrams of a new --forward udp: flow kept until the gateway has
+ * answered its StreamOpen (then sent; beyond this, dropped as UDP may). */
+#define FLOW_QUEUE_MAX 16
+#define FLOW_QUEUE_BYTES (4 * EARLY_MAX)
+#define UDP_BURST 64
 
 typedef struct {
     int proto; /* RB__TUNNEL__PROTO__PROTO_TCP / _UDP */
@@ -36,10 +41,12 @@ typedef enum { L_FORWARD, L_SOCKS } lkind_t;
 typedef struct {
     client_streams_t *cs;
     lkind_t kind;
+    bool udp; /* L_FORWARD: a UDP socket, one flow per local source */
     int fd;
     int port;
     char host[HOST_MAX + 1]; /* L_FORWARD: the target */
     uint16_t target_port;
+    rb_imap_t *flows; /* udp: (local address << 16 | port) -> cstream_t */
 } listener_t;
 
 typedef enum {
@@ -62,6 +69,9 @@ typedef struct cstream {
     bool early_fin;   /* the local side half-closed before the open */
     bool graceful;    /* a SOCKS reply went out: close, do not reset */
     bool ok_held;     /* exposed: connected, StreamResult{OK} not sent yet */
+    listener_t *fl;   /* a --forward udp: flow: its listener ... */
+    struct sockaddr_in src; /* ... and the local sender it answers */
+    size_t queued;          /* datagrams in early (each behind its 4-byte length) */
 } cstream_t;
 
 struct client_streams {
@@ -102,10 +112,17 @@ static void s_reset_fd(int fd)
 /* ------------------------------------------------------------------ */
 /* Streams                                                             */
 
+static uint64_t s_flow_key(const struct sockaddr_in *src)
+{
+    return (uint64_t)ntohl(src->sin_addr.s_addr) << 16 | ntohs(src->sin_port);
+}
+
 static void s_stream_free(cstream_t *s)
 {
     client_streams_t *cs = s->cs;
     if (rb_imap_get(cs->streams, s->id) == s) rb_imap_del(cs->streams, s->id);
+    if (s->fl && rb_imap_get(s->fl->flows, s_flow_key(&s->src)) == s)
+        rb_imap_del(s->fl->flows, s_flow_key(&s->src));
     rb_pump_destroy(&s->pump); /* resets a stream that is not over */
     if (s->fd >= 0) {
         rb_loop_del_fd(cs->loop, s->fd);
@@ -296,7 +313,7 @@ static void s_open_remote(cstream_t *s, const char *host, uint16_t port)
     Rb__Tunnel__TunnelControl m = RB__TUNNEL__TUNNEL_CONTROL__INIT;
     Rb__Tunnel__StreamOpen o = RB__TUNNEL__STREAM_OPEN__INIT;
     o.stream_id = s->id;
-    o.proto = RB__TUNNEL__PROTO__PROTO_TCP;
+    o.proto = s->udp ? RB__TUNNEL__PROTO__PROTO_UDP : RB__TUNNEL__PROTO__PROTO_TCP;
     o.host = (char *)host;
     o.port = port;
     m.msg_case = RB__TUNNEL__TUNNEL_CONTROL__MSG_STREAM_OPEN;
@@ -305,6 +322,75 @@ static void s_open_remote(cstream_t *s, const char *host, uint16_t port)
     if (!s->cs->t || rb_tconn_send_control(s->cs->t, &m) < 0) {
         s->st = S_SOCKS; /* the edge never heard of it */
         s_stream_free(s);
+    }
+}
+
+/* ---- --forward udp: one flow per local sender ---- */
+
+static void s_flow_opened(cstream_t *s, const Rb__Tunnel__StreamResult *r)
+{
+    if (r->error != RB__TUNNEL__STREAM_ERROR__STREAM_OK) {
+        rb_info("flow_refused", "UDP flow %u to %s:%u: %s", s->id, s->fl->host, s->fl->target_port,
+                r->message && *r->message ? r->message : "refused");
+        s_stream_free(s);
+        return;
+    }
+    s->st = S_OPEN;
+    const uint8_t *q = (const uint8_t *)s->early.data;
+    for (size_t i = 0, off = 0; i < s->queued; i++) {
+        uint32_t n;
+        memcpy(&n, q + off, 4);
+        if (s->cs->t) rb_tconn_send_frame(s->cs->t, RB_FRAME_DATAGRAM, 0, s->id, q + off + 4, n);
+        off += 4 + n;
+    }
+    s->queued = 0;
+    rb_buf_free(&s->early);
+}
+
+static cstream_t *s_next_stream(client_streams_t *cs, bool udp)
+{
+    do {
+        cs->next_id += 2;
+        if (cs->next_id < 2) cs->next_id = 1;
+    } while (rb_imap_get(cs->streams, cs->next_id));
+    return s_stream_new(cs, cs->next_id, udp);
+}
+
+static void s_on_udp_local(rb_loop_t *loop, int fd, unsigned events, void *arg)
+{
+    listener_t *l = arg;
+    client_streams_t *cs = l->cs;
+    static uint8_t buf[RB_FRAME_MAX_DATA];
+    for (int i = 0; i < UDP_BURST; i++) {
+        struct sockaddr_in src;
+        socklen_t slen = sizeof src;
+        ssize_t n = recvfrom(fd, buf, sizeof buf, MSG_DONTWAIT, (struct sockaddr *)&src, &slen);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+            continue; /* an ICMP error for an answer we relayed: UDP goes on */
+        }
+        if (!cs->t) continue; /* no tunnel now (resuming): dropped, as UDP may */
+        cstream_t *s = rb_imap_get(l->flows, s_flow_key(&src));
+        if (!s) {
+            s = s_next_stream(cs, true);
+            if (!s) continue;
+            if (rb_imap_put(l->flows, s_flow_key(&src), s) < 0) {
+                s_stream_free(s);
+                continue;
+            }
+            s->fl = l;
+            s->src = src;
+            s_open_remote(s, l->host, l->target_port);
+            if (!rb_imap_get(l->flows, s_flow_key(&src))) continue; /* the open failed */
+        }
+        if (s->st == S_OPEN) {
+            rb_tconn_send_frame(cs->t, RB_FRAME_DATAGRAM, 0, s->id, buf, (size_t)n);
+            continue;
+        }
+        uint32_t len = (uint32_t)n;
+        if (s->queued < FLOW_QUEUE_MAX && s->early.len + 4 + len <= FLOW_QUEUE_BYTES &&
+            rb_buf_append(&s->early, &len, 4) == 0 && rb_buf_append(&s->early, buf, len) == 0)
+            s->queued++;
     }
 }
 
@@ -332,6 +418,10 @@ static void s_on_stream_result(client_streams_t *cs, const Rb__Tunnel__StreamRes
 {
     cstream_t *s = rb_imap_get(cs->streams, r->stream_id);
     if (!s || s->st != S_OPENING) return;
+    if (s->fl) {
+        s_flow_opened(s, r);
+        return;
+    }
     int fd = s->fd;
     if (r->error != RB__TUNNEL__STREAM_ERROR__STREAM_OK) {
         rb_info("stream_refused", "stream %u: %s", s->id,
@@ -488,11 +578,7 @@ static void s_on_accept(rb_loop_t *loop, int lfd, unsigned events, void *arg)
         s_reset_fd(fd);
         return;
     }
-    do {
-        cs->next_id += 2;
-        if (cs->next_id < 2) cs->next_id = 1;
-    } while (rb_imap_get(cs->streams, cs->next_id));
-    cstream_t *s = s_stream_new(cs, cs->next_id, false);
+    cstream_t *s = s_next_stream(cs, false);
     if (!s) {
         s_reset_fd(fd);
         return;
@@ -580,32 +666,40 @@ int client_streams_expose(client_streams_t *cs, const char *spec, char *err, siz
     return 0;
 }
 
-static int s_listen(client_streams_t *cs, lkind_t kind, const struct sockaddr_in *bind_to,
+static int s_listen(client_streams_t *cs, lkind_t kind, bool udp, const struct sockaddr_in *bind_to,
                     char *err, size_t errlen, const char *spec)
 {
     if (cs->nlisteners == MAX_LISTENERS) {
         snprintf(err, errlen, "at most %d --forward and --socks", MAX_LISTENERS);
         return -1;
     }
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = socket(AF_INET, (udp ? SOCK_DGRAM : SOCK_STREAM) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
-    if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (fd >= 0 && !udp) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (fd < 0 || bind(fd, (const struct sockaddr *)bind_to, sizeof *bind_to) < 0 ||
-        listen(fd, 128) < 0) {
+        (!udp && listen(fd, 128) < 0)) {
         snprintf(err, errlen, "'%s': cannot listen: %s", spec, strerror(errno));
         if (fd >= 0) close(fd);
         return -1;
     }
     listener_t *l = &cs->listeners[cs->nlisteners];
+    l->flows = udp ? rb_imap_new() : NULL;
+    if (udp && !l->flows) {
+        snprintf(err, errlen, "'%s': out of memory", spec);
+        close(fd);
+        return -1;
+    }
     struct sockaddr_in me;
     socklen_t len = sizeof me;
     getsockname(fd, (struct sockaddr *)&me, &len);
     l->cs = cs;
     l->kind = kind;
+    l->udp = udp;
     l->fd = fd;
     l->port = ntohs(me.sin_port);
-    if (rb_loop_add_fd(cs->loop, fd, RB_EV_READ, s_on_accept, l) < 0) {
+    if (rb_loop_add_fd(cs->loop, fd, RB_EV_READ, udp ? s_on_udp_local : s_on_accept, l) < 0) {
         snprintf(err, errlen, "'%s': cannot watch the listener", spec);
+        rb_imap_destroy(&l->flows);
         close(fd);
         return -1;
     }
@@ -615,9 +709,10 @@ static int s_listen(client_streams_t *cs, lkind_t kind, const struct sockaddr_in
 
 int client_streams_forward(client_streams_t *cs, const char *spec, char *err, size_t errlen)
 {
-    /* [BIND:]LPORT:HOST:PORT: split from the right. */
+    /* [tcp:|udp:][BIND:]LPORT:HOST:PORT: split from the right. */
+    bool udp = strncmp(spec, "udp:", 4) == 0;
     char buf[512];
-    snprintf(buf, sizeof buf, "%s", spec);
+    snprintf(buf, sizeof buf, "%s", udp || strncmp(spec, "tcp:", 4) == 0 ? spec + 4 : spec);
     char *c3 = strrchr(buf, ':');
     if (!c3) goto bad;
     *c3 = '\0';
@@ -630,13 +725,13 @@ int client_streams_forward(client_streams_t *cs, const char *spec, char *err, si
     if (!*host || strlen(host) > HOST_MAX || *end || tp < 1 || tp > 65535) goto bad;
     struct sockaddr_in b;
     if (s_parse_hostport(buf, "127.0.0.1", &b) < 0) goto bad;
-    if (s_listen(cs, L_FORWARD, &b, err, errlen, spec) < 0) return -1;
+    if (s_listen(cs, L_FORWARD, udp, &b, err, errlen, spec) < 0) return -1;
     listener_t *l = &cs->listeners[cs->nlisteners - 1];
     snprintf(l->host, sizeof l->host, "%s", host);
     l->target_port = (uint16_t)tp;
     return 0;
 bad:
-    snprintf(err, errlen, "--forward '%s': want [BIND:]LPORT:HOST:PORT", spec);
+    snprintf(err, errlen, "--forward '%s': want [tcp:|udp:][BIND:]LPORT:HOST:PORT", spec);
     return -1;
 }
 
@@ -647,7 +742,7 @@ int client_streams_socks(client_streams_t *cs, const char *spec, char *err, size
         snprintf(err, errlen, "--socks '%s': want [BIND:]PORT", spec);
         return -1;
     }
-    return s_listen(cs, L_SOCKS, &b, err, errlen, spec);
+    return s_listen(cs, L_SOCKS, false, &b, err, errlen, spec);
 }
 
 int client_streams_listener_port(const client_streams_t *cs, size_t index)
@@ -721,11 +816,17 @@ void client_streams_input(client_streams_t *cs, const rb_frame_t *f,
     case RB_FRAME_WINDOW:
         if (s->pump) rb_pump_peer_window(s->pump, rb_frame_window(f));
         return;
-    case RB_FRAME_DATAGRAM:
-        if (s->udp && s->fd >= 0 && send(s->fd, f->payload, f->len, MSG_DONTWAIT) < 0) {
-            /* the local service is not listening (ICMP): UDP drops it */
-        }
+    case RB_FRAME_DATAGRAM: {
+        /* A local peer that is not listening (ICMP) loses it, as UDP may. */
+        ssize_t n = 0;
+        if (s->fl && s->st == S_OPEN)
+            n = sendto(s->fl->fd, f->payload, f->len, MSG_DONTWAIT, (struct sockaddr *)&s->src,
+                       sizeof s->src);
+        else if (s->udp && s->fd >= 0)
+            n = send(s->fd, f->payload, f->len, MSG_DONTWAIT);
+        (void)n;
         return;
+    }
     }
 }
 
@@ -755,6 +856,7 @@ void client_streams_destroy(client_streams_t **pcs)
     for (size_t i = 0; i < cs->nlisteners; i++) {
         rb_loop_del_fd(cs->loop, cs->listeners[i].fd);
         close(cs->listeners[i].fd);
+        rb_imap_destroy(&cs->listeners[i].flows);
     }
     free(cs);
 }

@@ -623,11 +623,12 @@ int edge_link_stream_open(edge_tunnel_t *tun, const Rb__Tunnel__StreamOpen *m, c
                      0);
         return 0;
     }
-    if (m->proto != RB__TUNNEL__PROTO__PROTO_TCP) {
-        s_tun_result(tun, tid, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED,
-                     "only TCP streams can be opened from a device", NULL, 0);
+    if (m->proto != RB__TUNNEL__PROTO__PROTO_TCP && m->proto != RB__TUNNEL__PROTO__PROTO_UDP) {
+        s_tun_result(tun, tid, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, "unknown protocol", NULL,
+                     0);
         return 0;
     }
+    bool udp = m->proto == RB__TUNNEL__PROTO__PROTO_UDP;
     edge_link_t *l = tun->l;
     if (rb_imap_count(tun->streams) >= l->cfg->max_streams) {
         s_tun_result(tun, tid, RB__TUNNEL__STREAM_ERROR__STREAM_LIMIT,
@@ -640,7 +641,7 @@ int edge_link_stream_open(edge_tunnel_t *tun, const Rb__Tunnel__StreamOpen *m, c
                      "no forwarder is reachable", NULL, 0);
         return 0;
     }
-    estream_t *s = s_stream_new(tun, f, tid, s_next_lid(f), false, true);
+    estream_t *s = s_stream_new(tun, f, tid, s_next_lid(f), udp, true);
     if (!s) {
         s_tun_result(tun, tid, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, "edge out of memory", NULL,
                      0);
@@ -650,7 +651,7 @@ int edge_link_stream_open(edge_tunnel_t *tun, const Rb__Tunnel__StreamOpen *m, c
     Rb__Fwd__Open o = RB__FWD__OPEN__INIT;
     o.link_id = s->lid;
     o.session_id = tun->session_id;
-    o.proto = RB__TUNNEL__PROTO__PROTO_TCP;
+    o.proto = m->proto;
     o.host = (char *)host;
     o.port = m->port;
     c.msg_case = RB__FWD__LINK_CONTROL__MSG_OPEN;

@@ -97,7 +97,8 @@ struct stream {
     rb_pump_t *pump;        /* TCP */
     rb_buf_t early;         /* outbound: the device's bytes while its name is looked up */
     bool early_fin;         /* ... and its half-close */
-    listener_t *l;          /* UDP flow: the socket it came in on */
+    listener_t *l;          /* inbound UDP flow: the socket it came in on */
+    int fd;                 /* outbound UDP flow: its own connected socket, or -1 */
     struct sockaddr_in src; /* UDP flow: the internal peer */
     bool denied;            /* UDP: a denied flow, kept to count drops */
     bool refused;           /* UDP: the device refused the flow */
@@ -243,6 +244,7 @@ static stream_t *s_stream_new(plane_t *p, attach_t *a, peer_t *peer, uint32_t id
     s->id = id;
     s->kind = kind;
     s->proto = proto;
+    s->fd = -1;
     s->serial = ++p->next_serial;
     s->start_ms = s->last_ms = rb_now_ms();
     s->next = a->streams;
@@ -268,6 +270,10 @@ static void s_stream_free(stream_t *s, const char *verdict, const char *why)
         s->to_device = rb_pump_bytes_read(s->pump);
         s->from_device = rb_pump_bytes_written(s->pump);
         rb_pump_destroy(&s->pump);
+    }
+    if (s->fd >= 0) {
+        rb_loop_del_fd(p->loop, s->fd);
+        close(s->fd);
     }
     rb_buf_free(&s->early);
     rb_loop_cancel_timer(p->loop, s->connect_timer);
@@ -354,6 +360,22 @@ static void s_outbound_fail(stream_t *s, Rb__Tunnel__StreamError err, const char
     s_stream_free(s, "failed", why);
 }
 
+/* The OK of an outbound stream or flow, with the source the server sees. */
+static void s_outbound_ok(stream_t *s, int fd)
+{
+    struct sockaddr_in me;
+    socklen_t len = sizeof me;
+    char ip[INET_ADDRSTRLEN] = "";
+    unsigned port = 0;
+    if (getsockname(fd, (struct sockaddr *)&me, &len) == 0) {
+        inet_ntop(AF_INET, &me.sin_addr, ip, sizeof ip);
+        port = ntohs(me.sin_port);
+    }
+    s->open_ok = true;
+    rb_metric_inc(s->p->m_outbound_ok);
+    s_send_result(s->p, s->peer, s->id, RB__TUNNEL__STREAM_ERROR__STREAM_OK, "", ip, port);
+}
+
 static void s_pump_connected(void *arg, int err)
 {
     stream_t *s = arg;
@@ -364,17 +386,7 @@ static void s_pump_connected(void *arg, int err)
         s_outbound_fail(s, s_errno_error(err), strerror(err));
         return;
     }
-    struct sockaddr_in me;
-    socklen_t len = sizeof me;
-    char ip[INET_ADDRSTRLEN] = "";
-    unsigned port = 0;
-    if (getsockname(rb_pump_fd(s->pump), (struct sockaddr *)&me, &len) == 0) {
-        inet_ntop(AF_INET, &me.sin_addr, ip, sizeof ip);
-        port = ntohs(me.sin_port);
-    }
-    s->open_ok = true;
-    rb_metric_inc(s->p->m_outbound_ok);
-    s_send_result(s->p, s->peer, s->id, RB__TUNNEL__STREAM_ERROR__STREAM_OK, "", ip, port);
+    s_outbound_ok(s, rb_pump_fd(s->pump));
 }
 
 static const rb_pump_handlers_t s_pump_handlers = {s_pump_data, s_pump_window, s_pump_connected,
@@ -392,9 +404,10 @@ static bool s_loopback(uint32_t ip)
     return ip >> 24 == 127 || ip >> 24 == 0;
 }
 
-/* The device's outbound connection, from its intranet address (or ours,
- * without one) to ip:port. */
-static void s_outbound_connect(stream_t *s, uint32_t ip)
+/* A socket of the device's, bound to its intranet address (or ours,
+ * without one), for a connection or flow to ip; -1 after answering the
+ * device and freeing s. */
+static int s_outbound_socket(stream_t *s, uint32_t ip, int type)
 {
     plane_t *p = s->p;
     /* The forwarder host's loopback (its Redis, its status ports) is not
@@ -405,12 +418,12 @@ static void s_outbound_connect(stream_t *s, uint32_t ip)
                       "the gateway's loopback is not reachable", NULL, 0);
         rb_metric_inc(p->m_outbound_failed);
         s_stream_free(s, "denied", "loopback target");
-        return;
+        return -1;
     }
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = socket(AF_INET, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         s_outbound_fail(s, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, strerror(errno));
-        return;
+        return -1;
     }
     if (s->a->ip[0]) {
         /* FREEBIND: with an AnyIP route the address is local without being
@@ -422,13 +435,70 @@ static void s_outbound_connect(stream_t *s, uint32_t ip)
             int e = errno;
             close(fd);
             s_outbound_fail(s, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, strerror(e));
-            return;
+            return -1;
         }
     }
-    struct sockaddr_in to = {
-        .sin_family = AF_INET, .sin_addr.s_addr = htonl(ip), .sin_port = htons(s->target_port)};
     char ipbuf[16];
     snprintf(s->peer_desc, sizeof s->peer_desc, "%s:%u", rb_ip_format(ip, ipbuf), s->target_port);
+    return fd;
+}
+
+static void s_on_outbound_datagram(rb_loop_t *loop, int fd, unsigned events, void *arg)
+{
+    stream_t *s = arg;
+    static uint8_t buf[RB_FRAME_MAX_DATA];
+    for (int i = 0; i < UDP_BURST; i++) {
+        ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+            continue; /* an ICMP error (nobody on that port): UDP goes on */
+        }
+        s->last_ms = rb_now_ms();
+        if (s_send_frame(s->p, s->peer, RB_FRAME_DATAGRAM, 0, s->id, buf, (size_t)n) < 0) {
+            s->dropped++;
+            rb_metric_inc(s->p->m_udp_dropped);
+            continue;
+        }
+        s->to_device += (uint64_t)n;
+        rb_metric_add(s->p->m_to_device, (double)n);
+    }
+}
+
+/* The device's UDP flow to ip:port: a connected socket of its own, so
+ * the answers come back to this flow alone. */
+static void s_outbound_flow(stream_t *s, uint32_t ip)
+{
+    int fd = s_outbound_socket(s, ip, SOCK_DGRAM);
+    if (fd < 0) return;
+    struct sockaddr_in to = {
+        .sin_family = AF_INET, .sin_addr.s_addr = htonl(ip), .sin_port = htons(s->target_port)};
+    if (connect(fd, (struct sockaddr *)&to, sizeof to) < 0) {
+        int e = errno;
+        close(fd);
+        s_outbound_fail(s, s_errno_error(e), strerror(e));
+        return;
+    }
+    if (rb_loop_add_fd(s->p->loop, fd, RB_EV_READ, s_on_outbound_datagram, s) < 0) {
+        close(fd);
+        s_outbound_fail(s, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, "cannot watch the socket");
+        return;
+    }
+    s->fd = fd;
+    s_outbound_ok(s, fd);
+}
+
+/* The device's outbound connection to ip:port. */
+static void s_outbound_connect(stream_t *s, uint32_t ip)
+{
+    plane_t *p = s->p;
+    if (s->proto == POLICY_UDP) {
+        s_outbound_flow(s, ip);
+        return;
+    }
+    int fd = s_outbound_socket(s, ip, SOCK_STREAM);
+    if (fd < 0) return;
+    struct sockaddr_in to = {
+        .sin_family = AF_INET, .sin_addr.s_addr = htonl(ip), .sin_port = htons(s->target_port)};
     if (connect(fd, (struct sockaddr *)&to, sizeof to) < 0 && errno != EINPROGRESS) {
         int e = errno;
         close(fd);
@@ -716,10 +786,15 @@ static void s_on_datagram(rb_loop_t *loop, int fd, unsigned events, void *arg)
     }
 }
 
-static void s_flow_from_device(stream_t *s, const uint8_t *data, size_t len)
+/* A datagram of the device's: an inbound flow answers its internal peer
+ * from the exposed port; an outbound one has a connected socket. */
+static void s_datagram_from_device(stream_t *s, const uint8_t *data, size_t len)
 {
     s->last_ms = rb_now_ms();
-    if (sendto(s->l->fd, data, len, MSG_DONTWAIT, (struct sockaddr *)&s->src, sizeof s->src) < 0) {
+    ssize_t n =
+        s->l ? sendto(s->l->fd, data, len, MSG_DONTWAIT, (struct sockaddr *)&s->src, sizeof s->src)
+             : send(s->fd, data, len, MSG_DONTWAIT);
+    if (n < 0) {
         s->dropped++;
         rb_metric_inc(s->p->m_udp_dropped);
         return;
@@ -926,11 +1001,12 @@ static void s_on_open(plane_t *p, peer_t *peer, const Rb__Fwd__Open *m)
                       "the session is not attached to this forwarder", NULL, 0);
         return;
     }
-    if (m->proto != RB__TUNNEL__PROTO__PROTO_TCP) {
-        s_send_result(p, peer, id, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED,
-                      "only TCP streams can be opened from a device", NULL, 0);
+    if (m->proto != RB__TUNNEL__PROTO__PROTO_TCP && m->proto != RB__TUNNEL__PROTO__PROTO_UDP) {
+        s_send_result(p, peer, id, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, "unknown protocol",
+                      NULL, 0);
         return;
     }
+    int proto = m->proto == RB__TUNNEL__PROTO__PROTO_UDP ? POLICY_UDP : POLICY_TCP;
     if (!*host || !rb_str_printable(host, 255) || m->port < 1 || m->port > 65535) {
         s_send_result(p, peer, id, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, "bad host or port",
                       NULL, 0);
@@ -941,7 +1017,7 @@ static void s_on_open(plane_t *p, peer_t *peer, const Rb__Fwd__Open *m)
                       "too many streams on the session", NULL, 0);
         return;
     }
-    stream_t *s = s_stream_new(p, a, peer, id, K_OUTBOUND, POLICY_TCP);
+    stream_t *s = s_stream_new(p, a, peer, id, K_OUTBOUND, proto);
     if (!s) {
         s_send_result(p, peer, id, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, "out of memory", NULL,
                       0);
@@ -959,7 +1035,7 @@ static void s_on_open(plane_t *p, peer_t *peer, const Rb__Fwd__Open *m)
         char su[NAME_MAX_LEN + 1];
         unsigned line;
         if (to && a->ip[0] &&
-            !s_allowed(p, to, a->ip_n, s->target_port, POLICY_TCP, su, sizeof su, &line)) {
+            !s_allowed(p, to, a->ip_n, s->target_port, proto, su, sizeof su, &line)) {
             char why[96];
             snprintf(why, sizeof why, "denied by policy (to %s)", to->user);
             s_send_result(p, peer, id, RB__TUNNEL__STREAM_ERROR__STREAM_NOT_ALLOWED, why, NULL, 0);
@@ -1079,7 +1155,12 @@ static void s_on_frame(plane_t *p, peer_t *peer, const rb_frame_t *f)
         if (s->pump) rb_pump_peer_window(s->pump, rb_frame_window(f));
         return;
     case RB_FRAME_DATAGRAM:
-        if (s->l && !s->denied) s_flow_from_device(s, f->payload, f->len);
+        if ((s->l && !s->denied) || s->fd >= 0)
+            s_datagram_from_device(s, f->payload, f->len);
+        else if (s->proto == POLICY_UDP) {
+            s->dropped++; /* a flow whose name is still being looked up */
+            rb_metric_inc(p->m_udp_dropped);
+        }
         return;
     }
 }

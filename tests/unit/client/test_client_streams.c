@@ -102,15 +102,16 @@ static void test_forward_and_socks_listen(void **state)
     assert_int_equal(client_streams_forward(cs, "127.0.0.1:0:10.0.0.1:22", err, sizeof err), 0);
     assert_int_equal(client_streams_socks(cs, "127.0.0.1:0", err, sizeof err), 0);
     assert_int_equal(client_streams_socks(cs, "0", err, sizeof err), 0);
+    assert_int_equal(client_streams_forward(cs, "udp:0:dns.example:53", err, sizeof err), 0);
     /* The order they were given, each on a port of its own. */
-    int p[4];
-    for (int i = 0; i < 4; i++) {
+    int p[5];
+    for (int i = 0; i < 5; i++) {
         p[i] = client_streams_listener_port(cs, (size_t)i);
         assert_true(p[i] > 0);
         for (int k = 0; k < i; k++)
             assert_int_not_equal(p[i], p[k]);
     }
-    assert_int_equal(client_streams_listener_port(cs, 4), -1);
+    assert_int_equal(client_streams_listener_port(cs, 5), -1);
     /* A port taken already is a clear error, not a silent failure. */
     char spec[64];
     snprintf(spec, sizeof spec, "127.0.0.1:%d:host:80", p[0]);
@@ -127,7 +128,8 @@ static void test_forward_socks_specs(void **state)
     char err[256];
     const char *bad_fwd[] = {
         "22",          "1:2",       "0:host:0",       "0:host:70000", "0::80",
-        "x:0:host:80", "0:host:8x", "999999:host:80", "1.2.3:0:h:80", "0:host:80:extra"};
+        "x:0:host:80", "0:host:8x", "999999:host:80", "1.2.3:0:h:80", "0:host:80:extra",
+        "udp:",        "udp:0:h:0", "sctp:0:h:80",    "udp:53"};
     for (size_t i = 0; i < sizeof bad_fwd / sizeof *bad_fwd; i++) {
         err[0] = '\0';
         assert_int_equal(client_streams_forward(cs, bad_fwd[i], err, sizeof err), -1);
@@ -154,8 +156,11 @@ static int s_tls_teardown(void **state) { return tlsfx_pair_teardown(&s_sctx, &s
 
 /* What the edge received, in order. */
 typedef struct {
-    char kind; /* 'O' StreamOpen, 'R' StreamResult, 'D' DATA, 'W' WINDOW */
+    char kind; /* 'O' StreamOpen, 'R' StreamResult, 'D' DATA, 'W' WINDOW, 'G' DATAGRAM */
     uint32_t id;
+    int proto; /* StreamOpen: its proto, host and port */
+    char host[32];
+    uint32_t port;
     uint8_t flags;
     int err;
     char data[64];
@@ -188,6 +193,10 @@ static void s_edge_frame(rb_tconn_t *c, const rb_frame_t *f, void *arg)
         } else if (m->msg_case == RB__TUNNEL__TUNNEL_CONTROL__MSG_STREAM_OPEN) {
             x->kind = 'O';
             x->id = m->stream_open->stream_id;
+            x->proto = m->stream_open->proto;
+            x->port = m->stream_open->port;
+            snprintf(x->host, sizeof x->host, "%s",
+                     m->stream_open->host ? m->stream_open->host : "");
         } else if (m->msg_case == RB__TUNNEL__TUNNEL_CONTROL__MSG_STREAM_RESULT) {
             x->kind = 'R';
             x->id = m->stream_result->stream_id;
@@ -197,7 +206,10 @@ static void s_edge_frame(rb_tconn_t *c, const rb_frame_t *f, void *arg)
         if (x->kind) r->n++;
         return;
     }
-    x->kind = f->type == RB_FRAME_DATA ? 'D' : f->type == RB_FRAME_WINDOW ? 'W' : '?';
+    x->kind = f->type == RB_FRAME_DATA       ? 'D'
+              : f->type == RB_FRAME_WINDOW   ? 'W'
+              : f->type == RB_FRAME_DATAGRAM ? 'G'
+                                             : '?';
     x->id = f->stream_id;
     x->flags = f->flags;
     x->len = f->len;
@@ -365,15 +377,20 @@ static int s_local_connect(int port)
     return fd;
 }
 
-static void s_edge_send_result(rig_t *r, uint32_t id)
+static void s_edge_answer(rig_t *r, uint32_t id, Rb__Tunnel__StreamError err)
 {
     Rb__Tunnel__TunnelControl m = RB__TUNNEL__TUNNEL_CONTROL__INIT;
     Rb__Tunnel__StreamResult sr = RB__TUNNEL__STREAM_RESULT__INIT;
     sr.stream_id = id;
-    sr.error = RB__TUNNEL__STREAM_ERROR__STREAM_OK;
+    sr.error = err;
     m.msg_case = RB__TUNNEL__TUNNEL_CONTROL__MSG_STREAM_RESULT;
     m.stream_result = &sr;
     assert_int_equal(rb_tconn_send_control(r->edge, &m), 0);
+}
+
+static void s_edge_send_result(rig_t *r, uint32_t id)
+{
+    s_edge_answer(r, id, RB__TUNNEL__STREAM_ERROR__STREAM_OK);
 }
 
 /* A forward's local client speaks and half-closes at once: its bytes and
@@ -423,6 +440,115 @@ static void test_forward_sends_before_the_answer(void **state)
         if (r.rec[j].kind == 'D' && r.rec[j].id == id)
             fail_msg("DATA after the open, flags %u", r.rec[j].flags);
     close(fd);
+    s_rig_down(&r);
+}
+
+/* A local UDP socket on 127.0.0.1 that sends to the forward on port. */
+static int s_udp_sender(int port)
+{
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                            .sin_port = htons((uint16_t)port)};
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    return fd;
+}
+
+typedef struct {
+    int fd;
+    char buf[64];
+    ssize_t n;
+} dgram_t;
+
+static bool s_dgram_in(rig_t *r, void *arg)
+{
+    dgram_t *d = arg;
+    d->n = recv(d->fd, d->buf, sizeof d->buf - 1, MSG_DONTWAIT);
+    return d->n >= 0;
+}
+
+static bool s_never(rig_t *r, void *arg)
+{
+    return false;
+}
+
+/* The index of the n-th record of kind k (n from 0), or -1. */
+static int s_find(const rig_t *r, char k, int n)
+{
+    for (int i = 0; i < r->n; i++)
+        if (r->rec[i].kind == k && n-- == 0) return i;
+    return -1;
+}
+
+/* --forward udp: each local sender is a flow: StreamOpen{UDP, host, port},
+ * its datagrams held until the answer and then sent in order, the
+ * gateway's datagrams back to that sender; a reset flow or a refused open
+ * is forgotten, and the sender's next datagram opens a new flow. */
+static void test_forward_udp_flows(void **state)
+{
+    rig_t r;
+    s_rig_up(&r);
+    char err[256];
+    assert_int_equal(
+        client_streams_forward(r.cs, "udp:127.0.0.1:0:alice.vpn.lab:5353", err, sizeof err), 0);
+    s_rig_connect(&r);
+    int port = client_streams_listener_port(r.cs, 0);
+    int u1 = s_udp_sender(port);
+    assert_int_equal(send(u1, "q1", 2, 0), 2);
+    assert_int_equal(send(u1, "q2", 2, 0), 2);
+    int want = 1;
+    assert_true(s_run_until(&r, s_has_n, &want, 5000));
+    assert_int_equal(r.rec[0].kind, 'O');
+    assert_int_equal(r.rec[0].proto, RB__TUNNEL__PROTO__PROTO_UDP);
+    assert_string_equal(r.rec[0].host, "alice.vpn.lab");
+    assert_int_equal(r.rec[0].port, 5353);
+    uint32_t id1 = r.rec[0].id;
+    /* Nothing before the answer: the gateway may still be looking the name up. */
+    s_run_until(&r, s_never, NULL, 100);
+    assert_int_equal(r.n, 1);
+    assert_int_equal(client_streams_count(r.cs), 1);
+
+    s_edge_send_result(&r, id1);
+    want = 3;
+    assert_true(s_run_until(&r, s_has_n, &want, 5000));
+    for (int i = 1; i <= 2; i++) {
+        assert_int_equal(r.rec[i].kind, 'G');
+        assert_int_equal(r.rec[i].id, id1);
+        assert_int_equal(r.rec[i].len, 2);
+        assert_memory_equal(r.rec[i].data, i == 1 ? "q1" : "q2", 2);
+    }
+    assert_int_equal(rb_tconn_send_frame(r.edge, RB_FRAME_DATAGRAM, 0, id1, "a1", 2), 0);
+    dgram_t d = {.fd = u1};
+    assert_true(s_run_until(&r, s_dgram_in, &d, 5000));
+    assert_int_equal(d.n, 2);
+    assert_memory_equal(d.buf, "a1", 2);
+
+    /* A second sender is a second flow; refused, it is forgotten. */
+    int u2 = s_udp_sender(port);
+    assert_int_equal(send(u2, "p1", 2, 0), 2);
+    want = 4;
+    assert_true(s_run_until(&r, s_has_n, &want, 5000));
+    int o2 = s_find(&r, 'O', 1);
+    assert_true(o2 > 0);
+    assert_int_not_equal(r.rec[o2].id, id1);
+    assert_int_equal(client_streams_count(r.cs), 2);
+    s_edge_answer(&r, r.rec[o2].id, RB__TUNNEL__STREAM_ERROR__STREAM_NOT_ALLOWED);
+    s_run_until(&r, s_never, NULL, 100);
+    assert_int_equal(client_streams_count(r.cs), 1);
+    assert_int_equal(s_find(&r, 'G', 2), -1); /* p1 was never sent */
+
+    /* The gateway ends the first flow (idle); u1's next datagram opens anew. */
+    assert_int_equal(rb_tconn_send_frame(r.edge, RB_FRAME_DATA, RB_FRAME_RST, id1, NULL, 0), 0);
+    s_run_until(&r, s_never, NULL, 100);
+    assert_int_equal(client_streams_count(r.cs), 0);
+    assert_int_equal(send(u1, "q3", 2, 0), 2);
+    want = r.n + 1;
+    assert_true(s_run_until(&r, s_has_n, &want, 5000));
+    int o3 = s_find(&r, 'O', 2);
+    assert_true(o3 > 0);
+    assert_int_not_equal(r.rec[o3].id, id1);
+    close(u1);
+    close(u2);
     s_rig_down(&r);
 }
 
@@ -507,6 +633,7 @@ int main(void)
         cmocka_unit_test(test_forward_and_socks_listen),
         cmocka_unit_test(test_forward_socks_specs),
         cmocka_unit_test(test_forward_sends_before_the_answer),
+        cmocka_unit_test(test_forward_udp_flows),
         cmocka_unit_test(test_exposed_ok_rides_with_the_first_frame),
         cmocka_unit_test(test_exposed_quiet_stream_gets_its_ok),
     };
