@@ -28,6 +28,12 @@ ok "a device opening an edge-side stream id: $out"
 out=$($RAW "$EDGE_ADDR" "$CA" bob "$USER_BOB_PASSWORD_FILE" data-flow 127.0.0.1 "$ECHO_PORT") || true
 [[ $out == "closed PROTOCOL: DATAGRAM on a TCP stream" ]] || fail "datagram on TCP: $out"
 ok "a device sending a datagram on a TCP stream: $out"
+out=$($RAW "$EDGE_ADDR" "$CA" bob "$USER_BOB_PASSWORD_FILE" flow-data 127.0.0.1 "$ECHO_PORT") || true
+[[ $out == "closed PROTOCOL: DATA on a UDP flow" ]] || fail "DATA on a flow: $out"
+ok "a device sending stream bytes on its own UDP flow: $out"
+out=$($RAW "$EDGE_ADDR" "$CA" bob "$USER_BOB_PASSWORD_FILE" bad-proto) || fail "unknown proto: $out"
+[[ $out == "refused 6: unknown protocol, alive" ]] || fail "unknown proto: $out"
+ok "a device opening a stream of an unknown protocol: $out"
 out=$($RAW "$EDGE_ADDR" "$CA" bob "$USER_BOB_PASSWORD_FILE" stray) || fail "stray frames: $out"
 ok "frames for streams that do not exist are dropped; the tunnel lives ($out)"
 alice_ok || fail "alice's streams broke after bob's misbehaviour"

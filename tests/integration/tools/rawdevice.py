@@ -14,6 +14,10 @@ Modes:
   stray          DATA, WINDOW and DATAGRAM on streams never opened, and a
                  StreamResult for one: ignored; a Ping is still answered
   data-flow      DATAGRAM on a TCP stream: PROTOCOL
+  flow-data      opens a UDP flow to TARGET, then sends DATA on it: PROTOCOL
+  bad-proto      opens a stream with an unknown proto (7): the edge answers
+                 StreamResult FAILED and the tunnel lives ("refused ...",
+                 then "alive" after a Ping)
 Prints one line: "closed PROTOCOL: <message>", "alive", or what went wrong.
 """
 import socket
@@ -175,6 +179,29 @@ def main():
         t.send(control(14, field_varint(1, 3) + field_varint(2, 1) + field_bytes(3, host)
                        + field_varint(4, int(port))))
         t.send(frame(DATAGRAM, 0, 3, b"not a flow"))
+    elif mode == "flow-data":
+        host, port = target
+        t.send(control(14, field_varint(1, 5) + field_varint(2, 2) + field_bytes(3, host)
+                       + field_varint(4, int(port))))
+        t.send(frame(DATA, 0, 5, b"not a stream"))
+    elif mode == "bad-proto":
+        t.send(control(14, field_varint(1, 7) + field_varint(2, 7) + field_bytes(3, "127.0.0.1")
+                       + field_varint(4, 9)))
+        m = t.control()
+        if not m or m[0] != 15:
+            print("no StreamResult: %r" % (m,))
+            return 1
+        r = {num: v for num, _, v in fields(m[1])}
+        t.send(control(7, field_varint(1, 43)))   # Ping
+        while True:
+            p = t.control()
+            if p is None or p[0] == 9:
+                print("closed after the StreamResult")
+                return 1
+            if p[0] == 8:
+                break
+        print("refused %d: %s, alive" % (r.get(2, 0), r.get(3, b"").decode(errors="replace")))
+        return 0
     elif mode == "stray":
         t.send(frame(DATA, 0, 99, b"nobody"))
         t.send(frame(DATA, 2, 101, b""))
