@@ -25,6 +25,7 @@ struct rb_pump {
     bool shut_out; /* shutdown(SHUT_WR) done */
     bool over;
     bool parked;       /* out of the loop: hung up, nothing to do now */
+    bool held;         /* the owner stopped reading the socket (rb_pump_hold_input) */
     unsigned watching; /* RB_EV_* registered with the loop */
     uint32_t credit;   /* bytes we may still send the peer */
     uint32_t rx_left;  /* bytes the peer may still send us */
@@ -47,7 +48,7 @@ static void s_watch(rb_pump_t *p)
     if (p->over) return;
     unsigned ev = 0;
     if (p->connecting || p->out.len || p->unacked >= RB_STREAM_WINDOW / 4) ev |= RB_EV_WRITE;
-    if (!p->connecting && !p->eof_in && p->credit > 0) ev |= RB_EV_READ;
+    if (!p->connecting && !p->eof_in && !p->held && p->credit > 0) ev |= RB_EV_READ;
     if (p->parked) {
         if (!ev) return;
         p->parked = false;
@@ -166,7 +167,7 @@ static void s_on_io(rb_loop_t *loop, int fd, unsigned events, void *arg)
         }
         acted = true;
     }
-    for (int frames = 0; frames < READ_FRAMES && !p->eof_in && p->credit > 0 &&
+    for (int frames = 0; frames < READ_FRAMES && !p->eof_in && !p->held && p->credit > 0 &&
                          (events & (RB_EV_READ | RB_EV_ERROR));
          frames++) {
         acted = true;
@@ -310,6 +311,13 @@ void rb_pump_peer_window(rb_pump_t *p, uint32_t inc)
      * the arithmetic cannot wrap. */
     uint64_t c = (uint64_t)p->credit + inc;
     p->credit = c > RB_STREAM_WINDOW ? RB_STREAM_WINDOW : (uint32_t)c;
+    s_watch(p);
+}
+
+void rb_pump_hold_input(rb_pump_t *p, bool hold)
+{
+    if (p->over || p->held == hold) return;
+    p->held = hold;
     s_watch(p);
 }
 

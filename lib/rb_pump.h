@@ -60,6 +60,12 @@ int rb_pump_peer_data(rb_pump_t *p, uint8_t flags, const uint8_t *buf, size_t le
 void rb_pump_note_sent(rb_pump_t *p, size_t n, bool fin);
 /* The peer granted inc more bytes. */
 void rb_pump_peer_window(rb_pump_t *p, uint32_t inc);
+/* hold: stop reading the socket (its bytes wait in the kernel, TCP holds
+ * the sender back) whatever the credit, until called with false; the
+ * other direction goes on. The forwarder holds every stream of a session
+ * whose device has not taken what it was sent (RB_SESSION_WINDOW). May be
+ * called from data(). */
+void rb_pump_hold_input(rb_pump_t *p, bool hold);
 /* Bytes taken from the socket and bytes written to it. */
 uint64_t rb_pump_bytes_read(const rb_pump_t *p);
 uint64_t rb_pump_bytes_written(const rb_pump_t *p);
