@@ -679,7 +679,7 @@ static void s_on_close(rb_tconn_t *c, rb_tconn_end_t end, const char *reason, vo
     s_check_phase(lg);
 }
 
-static const rb_tconn_handlers_t s_handlers = {s_on_open, s_on_frame, s_on_close};
+static const rb_tconn_handlers_t s_handlers = {s_on_open, s_on_frame, s_on_close, NULL};
 
 static void s_session_deadline(rb_loop_t *loop, void *arg)
 {

@@ -364,6 +364,7 @@ static void s_start_linger(rb_tconn_t *c);
  * side shut once that is). -1 when the connection ended. */
 static int s_output(rb_tconn_t *c)
 {
+    bool had_output = rb_tconn_output_pending(c) > 0;
     for (;;) {
         int r = s_send(c);
         if (r != 0) return r < 0 ? -1 : 0;
@@ -379,6 +380,7 @@ static int s_output(rb_tconn_t *c)
             shutdown(c->fd, SHUT_WR);
             c->wr_shut = true;
         }
+        if (had_output && c->st == ST_OPEN && c->h.on_drained) c->h.on_drained(c, c->arg);
         return 0;
     }
 }

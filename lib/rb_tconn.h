@@ -44,6 +44,9 @@ typedef struct {
      * after rb_tconn_destroy. The owner must still destroy the object, and
      * may do so from here. */
     void (*on_close)(rb_tconn_t *c, rb_tconn_end_t end, const char *reason, void *arg);
+    /* Everything queued has been handed to the socket (there was output
+     * to send): the peer is reading. May be NULL. */
+    void (*on_drained)(rb_tconn_t *c, void *arg);
 } rb_tconn_handlers_t;
 
 /* Server side: takes ownership of fd (an accepted socket; made non-blocking

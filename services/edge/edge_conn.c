@@ -759,7 +759,7 @@ static void s_on_idle_check(rb_loop_t *loop, void *arg)
     }
 }
 
-static const rb_tconn_handlers_t s_handlers = {s_on_open, s_on_frame, s_on_close};
+static const rb_tconn_handlers_t s_handlers = {s_on_open, s_on_frame, s_on_close, NULL};
 
 edge_conn_t *edge_conn_new(edge_ctx_t *ctx, int fd, const char *peer)
 {

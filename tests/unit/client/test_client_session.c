@@ -157,7 +157,7 @@ static void s_edge_close(rb_tconn_t *c, rb_tconn_end_t end, const char *reason, 
     else rb_tconn_destroy(&c);
 }
 
-static const rb_tconn_handlers_t s_edge_handlers = {NULL, s_edge_frame, s_edge_close};
+static const rb_tconn_handlers_t s_edge_handlers = {NULL, s_edge_frame, s_edge_close, NULL};
 
 static void s_edge_accept(rb_loop_t *loop, int fd, unsigned events, void *arg)
 {

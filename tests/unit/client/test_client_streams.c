@@ -219,7 +219,7 @@ static void s_edge_frame(rb_tconn_t *c, const rb_frame_t *f, void *arg)
 
 static void s_edge_close(rb_tconn_t *c, rb_tconn_end_t end, const char *reason, void *arg) {}
 
-static const rb_tconn_handlers_t s_edge_h = {NULL, s_edge_frame, s_edge_close};
+static const rb_tconn_handlers_t s_edge_h = {NULL, s_edge_frame, s_edge_close, NULL};
 
 static void s_edge_accept(rb_loop_t *loop, int fd, unsigned events, void *arg)
 {
@@ -253,7 +253,7 @@ static void s_dev_close(rb_tconn_t *c, rb_tconn_end_t end, const char *reason, v
     client_streams_tunnel(((rig_t *)arg)->cs, NULL);
 }
 
-static const rb_tconn_handlers_t s_dev_h = {s_dev_open, s_dev_frame, s_dev_close};
+static const rb_tconn_handlers_t s_dev_h = {s_dev_open, s_dev_frame, s_dev_close, NULL};
 
 typedef bool(cond_fn)(rig_t *r, void *arg);
 

@@ -359,7 +359,7 @@ static void s_dev_close(rb_tconn_t *c, rb_tconn_end_t end, const char *reason, v
     rb_tconn_destroy(&d->c);
 }
 
-static const rb_tconn_handlers_t s_dev_handlers = {s_dev_open, s_dev_frame, s_dev_close};
+static const rb_tconn_handlers_t s_dev_handlers = {s_dev_open, s_dev_frame, s_dev_close, NULL};
 
 static void s_send(device_t *d, Rb__Tunnel__TunnelControl *m)
 {

@@ -45,6 +45,8 @@ typedef struct {
     bool echo_ping;          /* answer Ping with Pong */
     bool close_on_ping;      /* answer Ping with Pong, then close_after_flush */
     bool destroy_on_frame;   /* destroy the connection inside on_frame */
+    int drained;             /* on_drained calls */
+    size_t left_at_drain;    /* output pending at any of them (must be 0) */
 } side_t;
 
 static void s_on_open(rb_tconn_t *c, void *arg) { ((side_t *)arg)->opened++; }
@@ -101,7 +103,14 @@ static void s_on_close(rb_tconn_t *c, rb_tconn_end_t end, const char *reason, vo
     rb_tconn_destroy(&s->c);   /* from inside the callback, as owners do */
 }
 
-static const rb_tconn_handlers_t s_handlers = {s_on_open, s_on_frame, s_on_close};
+static void s_on_drained(rb_tconn_t *c, void *arg)
+{
+    side_t *s = arg;
+    s->drained++;
+    s->left_at_drain += rb_tconn_output_pending(c);
+}
+
+static const rb_tconn_handlers_t s_handlers = {s_on_open, s_on_frame, s_on_close, s_on_drained};
 
 /* The server: a listener whose accepted connections go to the next free
  * side in servers[]. */
@@ -214,12 +223,19 @@ static void test_frames_both_ways_and_burst(void **state)
         assert_int_equal(rb_tconn_send_frame(cli.c, RB_FRAME_DATA, 0, 1, chunk, sizeof chunk), 0);
     }
     assert_true(rb_tconn_output_pending(cli.c) >= total);
+    int drained = cli.drained;
     side_t *sv = &srv.servers[0];
     assert_true(s_wait(loop, s_got_mb, sv, 5000));
     assert_int_equal(sv->data_bytes, total);
     assert_true(sv->data_ok);
     assert_int_equal(rb_tconn_output_pending(cli.c), 0);
     assert_int_equal(sv->closed, 0);
+    /* The drain was told, once the queue was empty, and only then. */
+    assert_true(cli.drained > drained);
+    assert_int_equal(cli.left_at_drain, 0);
+    drained = cli.drained;
+    s_wait(loop, s_is_closed, &cli, 100); /* nothing queued: nothing to tell */
+    assert_int_equal(cli.drained, drained);
 
     /* Frames over the limits are refused at the sender. */
     assert_int_equal(rb_tconn_send_frame(cli.c, RB_FRAME_DATA, 0, 1, chunk, sizeof chunk + 1), -1);
