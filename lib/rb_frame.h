@@ -15,7 +15,9 @@
 #include "tunnel.pb-c.h"
 
 #define RB_TUNNEL_VERSION 2
-#define RB_LINK_VERSION 3 /* 3: a forwarder keeps what a device sends before its connect */
+/* 3: a forwarder keeps what a device sends before its connect; 4: Relayed,
+ * the session's credit (RB_SESSION_WINDOW) */
+#define RB_LINK_VERSION 4
 #define RB_FRAME_HEADER 12
 #define RB_FRAME_MAX_CONTROL (16u * 1024)
 #define RB_FRAME_MAX_DATA (64u * 1024)
@@ -24,6 +26,11 @@ enum { RB_FRAME_CONTROL = 1, RB_FRAME_DATA = 2, RB_FRAME_DATAGRAM = 3, RB_FRAME_
 /* Every stream starts with this much credit in each direction, on every hop:
  * a sender may have this many bytes unacknowledged by WINDOW frames. */
 #define RB_STREAM_WINDOW (2048u * 1024)
+/* What a forwarder may have sent towards one session's device and not yet
+ * heard taken by its tunnel (Relayed, proto/edge_forwarder.proto), all
+ * streams together: a device that stops reading makes its edge hold at
+ * most this, not a window per stream. */
+#define RB_SESSION_WINDOW (8u * 1024 * 1024)
 /* DATA flags */
 #define RB_FRAME_FIN 0x01u
 #define RB_FRAME_RST 0x02u

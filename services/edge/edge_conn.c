@@ -759,7 +759,13 @@ static void s_on_idle_check(rb_loop_t *loop, void *arg)
     }
 }
 
-static const rb_tconn_handlers_t s_handlers = {s_on_open, s_on_frame, s_on_close, NULL};
+static void s_on_drained(rb_tconn_t *t, void *arg)
+{
+    edge_conn_t *c = arg;
+    edge_link_drained(c->tun);
+}
+
+static const rb_tconn_handlers_t s_handlers = {s_on_open, s_on_frame, s_on_close, s_on_drained};
 
 edge_conn_t *edge_conn_new(edge_ctx_t *ctx, int fd, const char *peer)
 {

@@ -33,6 +33,13 @@
 /* Datagrams are dropped (UDP may lose them) rather than queued behind this
  * much TLS output. */
 #define DATAGRAM_BACKLOG (4u << 20)
+/* A tunnel is told about (Relayed) once this much of its DATA is out. */
+#define RELAYED_BATCH (RB_SESSION_WINDOW / 8)
+/* A device's forwarder stops at RB_SESSION_WINDOW until the tunnel
+ * drains; past this, DATA comes only because streams that ended gave
+ * their credit back (a device resetting streams it never read): further
+ * DATA resets its stream instead of growing the queue. */
+#define TUNNEL_BACKLOG_MAX ((size_t)4 * RB_SESSION_WINDOW)
 
 typedef struct estream estream_t;
 
@@ -63,6 +70,7 @@ struct edge_tunnel {
     fwd_t *fwd;         /* the forwarder serving the session's address */
     rb_imap_t *streams; /* tunnel id -> estream_t */
     uint32_t next_id;   /* even */
+    uint64_t relayed;   /* DATA queued to the device, not yet told (Relayed) */
 };
 
 struct estream {
@@ -72,6 +80,7 @@ struct estream {
     bool udp, by_device, fin_up, fin_down;
     uint32_t up_left;   /* bytes the device may still send */
     uint32_t down_left; /* bytes the forwarder may still send */
+    uint32_t relayed;   /* this stream's share of tun->relayed */
 };
 
 struct edge_link {
@@ -86,6 +95,7 @@ struct edge_link {
     uint64_t instance; /* this start of the edge, in every Hello */
     size_t nstreams;
     rb_metric_t *m_streams, *m_opened_device, *m_opened_server, *m_overruns, *m_dropped;
+    rb_metric_t *m_backlog_resets;
     rb_metric_t *m_link_errors;
 };
 
@@ -192,6 +202,7 @@ static void s_stream_free(estream_t *s, bool rst_device, bool rst_fwd)
     if (rst_device && s->tun)
         rb_tconn_send_frame(s->tun->t, RB_FRAME_DATA, RB_FRAME_RST, s->tid, NULL, 0);
     if (rst_fwd && s->fwd) s_fwd_frame(s->fwd, RB_FRAME_DATA, RB_FRAME_RST, s->lid, NULL, 0);
+    if (s->tun) s->tun->relayed -= s->relayed; /* the forwarder gives it back itself */
     if (s->tun && rb_imap_get(s->tun->streams, s->tid) == s) rb_imap_del(s->tun->streams, s->tid);
     if (s->fwd && rb_imap_get(s->fwd->streams, s->lid) == s) rb_imap_del(s->fwd->streams, s->lid);
     edge_link_t *l = s->tun ? s->tun->l : s->fwd->l;
@@ -383,8 +394,18 @@ static void s_fwd_data(fwd_t *f, const rb_frame_t *fr)
             s_stream_free(s, true, true);
             return;
         }
+        if (fr->len && rb_tconn_output_pending(s->tun->t) > TUNNEL_BACKLOG_MAX) {
+            rb_metric_inc(l->m_backlog_resets);
+            rb_info("tunnel_backlog", "session %s: %zu bytes wait for a device that does not "
+                    "read; stream %u reset", s->tun->session_id,
+                    rb_tconn_output_pending(s->tun->t), s->tid);
+            s_stream_free(s, true, true);
+            return;
+        }
         s->down_left -= fr->len;
         rb_tconn_send_frame(s->tun->t, RB_FRAME_DATA, fr->flags, s->tid, fr->payload, fr->len);
+        s->relayed += fr->len;
+        s->tun->relayed += fr->len;
         if (fr->flags & RB_FRAME_RST) {
             s_stream_free(s, false, false);
             return;
@@ -725,6 +746,63 @@ int edge_link_frame(edge_tunnel_t *tun, const rb_frame_t *f, const char **why)
     return -1;
 }
 
+/* Relayed: the streams' bytes the device's connection has taken, to the
+ * forwarder each stream goes through (one, unless the session moved). */
+typedef struct {
+    uint32_t *ids, *bytes;
+    fwd_t **fwds;
+    size_t n;
+} relayed_t;
+
+static void s_collect_relayed(void *arg, uint64_t key, void *value)
+{
+    relayed_t *r = arg;
+    estream_t *s = value;
+    if (!s->relayed) return;
+    r->ids[r->n] = s->lid;
+    r->bytes[r->n] = s->relayed;
+    r->fwds[r->n] = s->fwd;
+    r->n++;
+    s->tun->relayed -= s->relayed;
+    s->relayed = 0;
+}
+
+void edge_link_drained(edge_tunnel_t *tun)
+{
+    if (!tun || tun->relayed < RELAYED_BATCH) return;
+    size_t max = rb_imap_count(tun->streams);
+    relayed_t r = {calloc(max, sizeof *r.ids), calloc(max, sizeof *r.bytes),
+                   calloc(max, sizeof *r.fwds), 0};
+    uint32_t *ids = calloc(max, sizeof *ids), *bytes = calloc(max, sizeof *bytes);
+    if (r.ids && r.bytes && r.fwds && ids && bytes) {
+        rb_imap_each(tun->streams, s_collect_relayed, &r);
+        for (size_t i = 0; i < r.n; i++) {
+            fwd_t *f = r.fwds[i];
+            if (!f) continue;
+            size_t k = 0;
+            for (size_t j = i; j < r.n; j++) {
+                if (r.fwds[j] != f) continue;
+                ids[k] = r.ids[j];
+                bytes[k++] = r.bytes[j];
+                r.fwds[j] = NULL;
+            }
+            Rb__Fwd__LinkControl c = RB__FWD__LINK_CONTROL__INIT;
+            Rb__Fwd__Relayed m = RB__FWD__RELAYED__INIT;
+            m.n_link_ids = m.n_bytes = k;
+            m.link_ids = ids;
+            m.bytes = bytes;
+            c.msg_case = RB__FWD__LINK_CONTROL__MSG_RELAYED;
+            c.relayed = &m;
+            s_fwd_control(f, &c);
+        }
+    }
+    free(r.ids);
+    free(r.bytes);
+    free(r.fwds);
+    free(ids);
+    free(bytes);
+}
+
 /* ------------------------------------------------------------------ */
 /* The link                                                            */
 
@@ -747,6 +825,8 @@ edge_link_t *edge_link_new(rb_loop_t *loop, const edge_link_config_t *cfg)
                               "Datagrams dropped (tunnel backlog, forwarder unreachable)");
     l->m_link_errors = rb_counter("reachback_edge_link_errors_total", NULL,
                                   "Malformed or out-of-place messages from forwarders");
+    l->m_backlog_resets = rb_counter("reachback_edge_backlog_resets_total", NULL,
+                                     "Streams reset because their device let too much wait");
     if (cfg->endpoints && *cfg->endpoints) {
         char *copy = strdup(cfg->endpoints), *save = NULL;
         if (!copy) goto fail;

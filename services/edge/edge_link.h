@@ -55,6 +55,10 @@ int edge_link_stream_result(edge_tunnel_t *tun, const Rb__Tunnel__StreamResult *
                             const char **why);
 /* DATA, DATAGRAM and WINDOW frames. */
 int edge_link_frame(edge_tunnel_t *tun, const rb_frame_t *f, const char **why);
+/* The tunnel's connection has taken all that was queued: its forwarder
+ * hears, in batches, how much of each stream's DATA went out (Relayed),
+ * which gives the session's credit back. Accepts NULL. */
+void edge_link_drained(edge_tunnel_t *tun);
 
 /* Forwarders that answered within the last 3 s, and all configured. */
 size_t edge_link_forwarders_up(const edge_link_t *l);

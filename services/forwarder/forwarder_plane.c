@@ -81,6 +81,8 @@ struct attach {
     stream_t *streams;
     size_t nstreams;
     size_t ndenied; /* of nstreams: denied UDP flows */
+    uint64_t down_out; /* sent towards the device, not yet Relayed by its edge */
+    bool down_held;    /* down_out reached RB_SESSION_WINDOW: no stream reads */
 };
 
 typedef enum { K_INBOUND, K_OUTBOUND } kind_t;
@@ -107,6 +109,7 @@ struct stream {
     uint16_t target_port;
     uint64_t start_ms, last_ms;
     uint64_t to_device, from_device, dropped;
+    uint64_t down_out; /* this stream's share of a->down_out */
     char peer_desc[64]; /* "ip:port" of the internal side */
     char src_user[NAME_MAX_LEN + 1];
     char target[NAME_MAX_LEN + 8];
@@ -229,6 +232,31 @@ static void s_audit(stream_t *s, const char *verdict, const char *why)
 /* ------------------------------------------------------------------ */
 /* Streams                                                             */
 
+/* The session's credit towards its device (RB_SESSION_WINDOW): once that
+ * much is out and not Relayed, no stream of the session reads its socket,
+ * so a device that stops reading its tunnel makes its edge hold at most
+ * that, not a window per stream. */
+static void s_hold_session(attach_t *a, bool hold)
+{
+    a->down_held = hold;
+    for (stream_t *s = a->streams; s; s = s->next)
+        if (s->pump) rb_pump_hold_input(s->pump, hold);
+}
+
+static void s_down_spent(stream_t *s, size_t n)
+{
+    s->down_out += n;
+    s->a->down_out += n;
+    if (!s->a->down_held && s->a->down_out >= RB_SESSION_WINDOW) s_hold_session(s->a, true);
+}
+
+static void s_down_relayed(stream_t *s, uint64_t n)
+{
+    s->down_out -= n;
+    s->a->down_out -= n;
+    if (s->a->down_held && s->a->down_out < RB_SESSION_WINDOW) s_hold_session(s->a, false);
+}
+
 static stream_t *s_stream_new(plane_t *p, attach_t *a, peer_t *peer, uint32_t id, kind_t kind,
                               int proto)
 {
@@ -271,6 +299,9 @@ static void s_stream_free(stream_t *s, const char *verdict, const char *why)
         s->from_device = rb_pump_bytes_written(s->pump);
         rb_pump_destroy(&s->pump);
     }
+    /* What the edge never reported is given back: it dropped it, or it
+     * will write it out without a stream to report it for. */
+    s_down_relayed(s, s->down_out);
     if (s->fd >= 0) {
         rb_loop_del_fd(p->loop, s->fd);
         close(s->fd);
@@ -321,7 +352,9 @@ static void s_stream_end(stream_t *s, const char *why, bool reset)
 static int s_pump_data(void *arg, uint8_t flags, const uint8_t *buf, size_t len)
 {
     stream_t *s = arg;
-    return s_send_frame(s->p, s->peer, RB_FRAME_DATA, flags, s->id, buf, len);
+    if (s_send_frame(s->p, s->peer, RB_FRAME_DATA, flags, s->id, buf, len) < 0) return -1;
+    s_down_spent(s, len);
+    return 0;
 }
 
 static int s_pump_window(void *arg, uint32_t inc)
@@ -511,6 +544,7 @@ static void s_outbound_connect(stream_t *s, uint32_t ip)
         s_outbound_fail(s, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, "out of memory");
         return;
     }
+    if (s->a->down_held) rb_pump_hold_input(s->pump, true);
     s->connect_timer =
         rb_loop_add_timer(p->loop, p->cfg->connect_timeout_ms, false, s_connect_timeout, s);
     rb_imap_put(p->by_serial, s->serial, s);
@@ -701,6 +735,7 @@ static void s_on_accept(rb_loop_t *loop, int lfd, unsigned events, void *arg)
         s_stream_free(s, "failed", "out of memory");
         return;
     }
+    if (a->down_held) rb_pump_hold_input(s->pump, true);
     rb_metric_inc(p->m_inbound_allowed);
     char ip[INET_ADDRSTRLEN];
     inet_ntop(AF_INET, &src.sin_addr, ip, sizeof ip);
@@ -709,10 +744,13 @@ static void s_on_accept(rb_loop_t *loop, int lfd, unsigned events, void *arg)
      * writes them as soon as its local connect completes (sent after the
      * Open, they waited for every process on the way to take its turn). */
     uint8_t early[RB_LINK_EARLY_MAX];
-    ssize_t n = recv(fd, early, sizeof early, MSG_DONTWAIT);
+    ssize_t n = a->down_held ? -1 : recv(fd, early, sizeof early, MSG_DONTWAIT);
     size_t early_len = n > 0 ? (size_t)n : 0;
     s_open_to_device(s, l->port, ip, ntohs(src.sin_port), early, early_len);
-    if (early_len) rb_pump_note_sent(s->pump, early_len, false);
+    if (early_len) {
+        rb_pump_note_sent(s->pump, early_len, false);
+        s_down_spent(s, early_len);
+    }
 }
 
 /* ---- UDP: one flow per internal (address, port) per exposed port ---- */
@@ -1071,6 +1109,28 @@ static void s_on_open_result(plane_t *p, peer_t *peer, const Rb__Fwd__OpenResult
     s_stream_free(s, "refused", why);
 }
 
+static void s_on_relayed(plane_t *p, peer_t *peer, const Rb__Fwd__Relayed *m)
+{
+    if (m->n_link_ids != m->n_bytes) {
+        rb_metric_inc(p->m_bad_link);
+        rb_warn("bad_relayed", "edge %s: Relayed with %zu ids and %zu counts", peer->name,
+                m->n_link_ids, m->n_bytes);
+        return;
+    }
+    for (size_t i = 0; i < m->n_link_ids; i++) {
+        stream_t *s = rb_imap_get(peer->streams, m->link_ids[i]);
+        if (!s) continue; /* ended meanwhile: its bytes were given back then */
+        uint64_t n = m->bytes[i];
+        if (n > s->down_out) {
+            rb_metric_inc(p->m_bad_link);
+            rb_warn("bad_relayed", "edge %s: stream %u relayed %llu bytes of %llu sent", peer->name,
+                    s->id, (unsigned long long)n, (unsigned long long)s->down_out);
+            n = s->down_out;
+        }
+        s_down_relayed(s, n);
+    }
+}
+
 static void s_peer_drop(plane_t *p, peer_t *peer, const char *why);
 static peer_t *s_peer(plane_t *p, const rb_link_msg_t *m);
 
@@ -1271,6 +1331,9 @@ static void s_on_link(rb_loop_t *loop, void *sock, void *arg)
             break;
         case RB__FWD__LINK_CONTROL__MSG_OPEN_RESULT:
             s_on_open_result(p, peer, c->open_result);
+            break;
+        case RB__FWD__LINK_CONTROL__MSG_RELAYED:
+            s_on_relayed(p, peer, c->relayed);
             break;
         default:
             rb_metric_inc(p->m_bad_link);

@@ -3,7 +3,10 @@
 # rules (overruns its window, uses the edge's stream ids, sends datagrams on
 # a TCP stream) is closed with SessionClosed{PROTOCOL}; frames for streams
 # that do not exist are dropped; garbage, malformed frames and opens for
-# closed sessions on the forwarder's data link are refused and logged. Every
+# closed sessions on the forwarder's data link are refused and logged. A
+# device that never reads its tunnel while it resets stream after stream
+# (each reset gives its credit back at the forwarder) does not make the
+# edge queue without end: past the cap its streams are reset. Every
 # service keeps serving everyone else.
 . "$(dirname "$0")/lib.sh"
 lab_start
@@ -12,6 +15,9 @@ ECHO_PORT=$(free_port); SINK_PORT=$(free_port)
 echo_server "$ECHO_PORT"
 bg python3 "$PEER" sink "$SINK_PORT"
 wait_until 5000 listening "$SINK_PORT" || fail "sink did not start"
+ZERO_PORT=$(free_port)   # sends zeros to whoever connects
+bg socat -u OPEN:/dev/zero TCP-LISTEN:"$ZERO_PORT",bind=127.0.0.1,reuseaddr,fork
+wait_until 5000 listening "$ZERO_PORT" || fail "the zero source did not start"
 client_start alice alice --expose tcp:7003=127.0.0.1:$ECHO_PORT
 wait_until 10000 test -s "$LAB/alice.json" || fail "alice did not log on: $(cat "$LAB/alice.out")"
 ip=$(json_field "$LAB/alice.json" ip)
@@ -34,6 +40,17 @@ ok "a device sending stream bytes on its own UDP flow: $out"
 out=$($RAW "$EDGE_ADDR" "$CA" bob "$USER_BOB_PASSWORD_FILE" bad-proto) || fail "unknown proto: $out"
 [[ $out == "refused 6: unknown protocol, alive" ]] || fail "unknown proto: $out"
 ok "a device opening a stream of an unknown protocol: $out"
+EDGE_PID=$(cat "$LAB/run/edge1.pid")
+echo 5 >"/proc/$EDGE_PID/clear_refs"   # peak RSS from now on
+hwm0=$(awk '/^VmHWM/ { print $2 }' "/proc/$EDGE_PID/status")   # peak RSS
+out=$($RAW "$EDGE_ADDR" "$CA" bob "$USER_BOB_PASSWORD_FILE" churn 127.0.0.1 "$ZERO_PORT") || fail "churn: $out"
+hwm1=$(awk '/^VmHWM/ { print $2 }' "/proc/$EDGE_PID/status")
+resets=$(metric "$EDGE_STATUS_URL" reachback_edge_backlog_resets_total)
+[[ ${resets%.*} -ge 1 ]] || fail "a device resetting 40 streams it never read: no backlog reset ($out)"
+# (Under ASan a reallocated queue's old and new blocks both count: the
+# reset count above is the check there.)
+[[ -n ${ASAN_OPTIONS:-} ]] || (( hwm1 - hwm0 < 48 * 1024 )) || fail "the edge's peak grew by $(( hwm1 - hwm0 )) KiB for a device that does not read"
+ok "a device that never reads and resets stream after stream: $out, $resets stream(s) reset at the edge's backlog cap, edge peak +$(( hwm1 - hwm0 )) KiB"
 out=$($RAW "$EDGE_ADDR" "$CA" bob "$USER_BOB_PASSWORD_FILE" stray) || fail "stray frames: $out"
 ok "frames for streams that do not exist are dropped; the tunnel lives ($out)"
 alice_ok || fail "alice's streams broke after bob's misbehaviour"

@@ -4,7 +4,9 @@
 # internal server offers 100 MB, no process's memory grows beyond a few
 # windows, the sender is held back by TCP, and another stream of the same
 # session keeps its speed. A device that stops reading its tunnel entirely
-# (SIGSTOP) does not grow the edge or the forwarder either.
+# (SIGSTOP) does not grow the edge or the forwarder either, however many
+# streams it has: together they get the session's credit (RB_SESSION_WINDOW,
+# 8 MiB), not a window each.
 . "$(dirname "$0")/lib.sh"
 # Under AddressSanitizer freed blocks wait in a 256 MiB quarantine and count
 # as RSS; a small one keeps the measure about our buffers, not ASan's.
@@ -61,3 +63,28 @@ kill -CONT "$DEV_PID"
 ok "device stopped (SIGSTOP): the sender got $(cat "$LAB/source2.out") bytes in, edge and forwarder stayed within 12 MiB"
 wait_until 10000 bash -c "echo again | timeout 2 ncat $ip 7101 | grep -q again" || fail "the session did not recover after SIGCONT"
 ok "after SIGCONT the session carries new streams again"
+
+# Many streams at once while the device is stopped: 12 windows would be
+# 24 MiB at the edge; the session's credit keeps it to 8 MiB.
+# (ASan's redzones and reallocation copies add some.)
+MANY_KB=$LIMIT_KB; [[ -n ${ASAN_OPTIONS:-} ]] && MANY_KB=$((18 * 1024))
+for p in $FWD_PID $EDGE_PID; do before[$p]=$(rss_kb "$p"); done
+kill -STOP "$DEV_PID"
+srcs=()
+for i in $(seq 12); do
+    python3 "$PEER" source "$ip" 7101 20000000 4 >"$LAB/many$i.out" &
+    srcs+=("$!")
+done
+for p in "${srcs[@]}"; do wait "$p" || true; done
+for p in $FWD_PID $EDGE_PID; do
+    grow=$(( $(rss_kb "$p") - ${before[$p]} ))
+    (( grow < MANY_KB )) || { kill -CONT "$DEV_PID"; fail "$(cat /proc/$p/comm) grew by $grow KiB with 12 streams to a stopped device"; }
+    echo "  $(cat /proc/$p/comm): RSS +$grow KiB"
+done
+kill -CONT "$DEV_PID"
+took=$(cat "$LAB"/many*.out | awk '{ s += $1 } END { print s }')
+ok "12 streams to a stopped device: senders got $took bytes in, edge and forwarder stayed within $((MANY_KB / 1024)) MiB"
+wait_until 10000 bash -c "echo again | timeout 2 ncat $ip 7101 | grep -q again" || fail "the session did not recover after the second SIGCONT"
+base2=$(python3 "$PEER" rate "$ip" 7101 2) || fail "rate after the stall"
+(( base2 * 2 > base )) || fail "after the stall the session's streams run at $base2 B/s, before $base B/s"
+ok "after SIGCONT the session's credit is back: a new stream runs at $base2 B/s (before: $base B/s)"

@@ -11,6 +11,10 @@ Modes:
                  without waiting for credit: the edge must close with
                  SessionClosed{PROTOCOL}
   even-id        opens a stream with an even id (the edge's ids): PROTOCOL
+  churn          opens 40 streams to TARGET (a server that sends at once),
+                 one after the other, resetting each after 50 ms, never
+                 reading the tunnel; then reads it and pings: "alive N" (N:
+                 streams the edge reset) or how it ended
   stray          DATA, WINDOW and DATAGRAM on streams never opened, and a
                  StreamResult for one: ignored; a Ping is still answered
   data-flow      DATAGRAM on a TCP stream: PROTOCOL
@@ -202,6 +206,32 @@ def main():
                 break
         print("refused %d: %s, alive" % (r.get(2, 0), r.get(3, b"").decode(errors="replace")))
         return 0
+    elif mode == "churn":
+        import time
+        host, port = target
+        for k in range(40):
+            sid = 2 * k + 1
+            t.send(control(14, field_varint(1, sid) + field_varint(2, 1) + field_bytes(3, host)
+                           + field_varint(4, int(port))))
+            time.sleep(0.05)
+            t.send(frame(DATA, 2, sid, b""))
+        t.send(control(7, field_varint(1, 44)))   # Ping
+        resets = 0
+        while True:
+            f = t.frame()
+            if f is None:
+                print("closed without a word")
+                return 1
+            if f[0] == DATA and f[1] & 2:
+                resets += 1
+            if f[0] == CONTROL:
+                num, _, body = fields(f[3])[0]
+                if num == 9:
+                    print(closed_line(body))
+                    return 1
+                if num == 8:
+                    print("alive %d" % resets)
+                    return 0
     elif mode == "stray":
         t.send(frame(DATA, 0, 99, b"nobody"))
         t.send(frame(DATA, 2, 101, b""))
