@@ -83,6 +83,7 @@ struct attach {
     size_t ndenied; /* of nstreams: denied UDP flows */
     uint64_t down_out; /* sent towards the device, not yet Relayed by its edge */
     bool down_held;    /* down_out reached RB_SESSION_WINDOW: no stream reads */
+    stream_t *rr_next; /* where the next release starts (NULL: the first) */
 };
 
 typedef enum { K_INBOUND, K_OUTBOUND } kind_t;
@@ -235,26 +236,41 @@ static void s_audit(stream_t *s, const char *verdict, const char *why)
 /* The session's credit towards its device (RB_SESSION_WINDOW): once that
  * much is out and not Relayed, no stream of the session reads its socket,
  * so a device that stops reading its tunnel makes its edge hold at most
- * that, not a window per stream. */
+ * that, not a window per stream. Reading resumes at half of it. Streams
+ * whose sockets are readable are served in the order they are released
+ * (epoll queues them so), and the first ones take the credit: each release
+ * starts after the stream that used the last of it, round robin. */
 static void s_hold_session(attach_t *a, bool hold)
 {
     a->down_held = hold;
-    for (stream_t *s = a->streams; s; s = s->next)
-        if (s->pump) rb_pump_hold_input(s->pump, hold);
+    if (hold) {
+        for (stream_t *s = a->streams; s; s = s->next)
+            if (s->pump) rb_pump_hold_input(s->pump, true);
+        return;
+    }
+    stream_t *from = a->rr_next ? a->rr_next : a->streams;
+    for (stream_t *s = from; s; s = s->next)
+        if (s->pump) rb_pump_hold_input(s->pump, false);
+    for (stream_t *s = a->streams; s && s != from; s = s->next)
+        if (s->pump) rb_pump_hold_input(s->pump, false);
 }
 
 static void s_down_spent(stream_t *s, size_t n)
 {
+    attach_t *a = s->a;
     s->down_out += n;
-    s->a->down_out += n;
-    if (!s->a->down_held && s->a->down_out >= RB_SESSION_WINDOW) s_hold_session(s->a, true);
+    a->down_out += n;
+    if (!a->down_held && a->down_out >= RB_SESSION_WINDOW) {
+        a->rr_next = s->next;
+        s_hold_session(a, true);
+    }
 }
 
 static void s_down_relayed(stream_t *s, uint64_t n)
 {
     s->down_out -= n;
     s->a->down_out -= n;
-    if (s->a->down_held && s->a->down_out < RB_SESSION_WINDOW) s_hold_session(s->a, false);
+    if (s->a->down_held && s->a->down_out <= RB_SESSION_WINDOW / 2) s_hold_session(s->a, false);
 }
 
 static stream_t *s_stream_new(plane_t *p, attach_t *a, peer_t *peer, uint32_t id, kind_t kind,
@@ -299,6 +315,7 @@ static void s_stream_free(stream_t *s, const char *verdict, const char *why)
         s->from_device = rb_pump_bytes_written(s->pump);
         rb_pump_destroy(&s->pump);
     }
+    if (s->a->rr_next == s) s->a->rr_next = s->next;
     /* What the edge never reported is given back: it dropped it, or it
      * will write it out without a stream to report it for. */
     s_down_relayed(s, s->down_out);
