@@ -388,9 +388,12 @@ static void s_on_udp_local(rb_loop_t *loop, int fd, unsigned events, void *arg)
             continue;
         }
         uint32_t len = (uint32_t)n;
-        if (s->queued < FLOW_QUEUE_MAX && s->early.len + 4 + len <= FLOW_QUEUE_BYTES &&
-            rb_buf_append(&s->early, &len, 4) == 0 && rb_buf_append(&s->early, buf, len) == 0)
+        size_t before = s->early.len;
+        if (s->queued == FLOW_QUEUE_MAX || before + 4 + len > FLOW_QUEUE_BYTES) continue;
+        if (rb_buf_append(&s->early, &len, 4) == 0 && rb_buf_append(&s->early, buf, len) == 0)
             s->queued++;
+        else
+            s->early.len = before; /* out of memory: this one is dropped whole */
     }
 }
 
