@@ -175,6 +175,11 @@ static void s_lost(client_session_t *s, const char *why);
 static int s_dial(client_session_t *s)
 {
     s->edge_id[0] = '\0';
+    /* An offer belongs to the connection it came on: the next edge makes
+     * its own. */
+    free(s->offer_id);
+    s->offer_id = NULL;
+    s->offer_lapsed = false;
     s->t = rb_tconn_dial(s->loop, s->tls, s->servers[s->cur], s->verify_name, &s_handlers, s);
     if (!s->t) {
         rb_warn("client_dial", "cannot use the server address '%s'", s->servers[s->cur]);

@@ -34,7 +34,14 @@ static int s_teardown(void **state) { return tlsfx_pair_teardown(&s_sctx, &s_cct
 
 /* ---- a stand-in edge ---- */
 
-typedef enum { LOGON_OK, LOGON_OFFER, LOGON_OFFER_LAPSES, LOGON_DROP, LOGON_SHUTDOWN } logon_mode_t;
+typedef enum {
+    LOGON_OK,
+    LOGON_OFFER,
+    LOGON_OFFER_LAPSES,
+    LOGON_OFFER_SHUTDOWN, /* offers, then stops when the offer is accepted */
+    LOGON_DROP,
+    LOGON_SHUTDOWN
+} logon_mode_t;
 
 typedef struct {
     rb_loop_t *loop;
@@ -132,7 +139,10 @@ static void s_edge_frame(rb_tconn_t *c, const rb_frame_t *f, void *arg)
         e->last_accept = m->transfer_answer->accept;
         assert_string_equal(m->transfer_answer->offer_id, "o-1");
         if (e->logon_mode == LOGON_OFFER_LAPSES) break;   /* a real edge drops it */
-        if (m->transfer_answer->accept) s_logon_ok(e, "s-2", "tok-2");
+        if (e->logon_mode == LOGON_OFFER_SHUTDOWN)
+            s_closed(e, RB__TUNNEL__CLOSE_REASON__CLOSE_SHUTDOWN);
+        else if (m->transfer_answer->accept)
+            s_logon_ok(e, "s-2", "tok-2");
         else s_closed(e, RB__TUNNEL__CLOSE_REASON__CLOSE_DECLINED);
         break;
     case RB__TUNNEL__TUNNEL_CONTROL__MSG_RESUME:
@@ -310,6 +320,34 @@ static void test_offer_accept_then_transferred(void **state)
     rb_loop_destroy(&loop);
 }
 
+/* The edge stops right after the offer was accepted: the logon goes on at
+ * the next edge, whose own offer is answered too (an offer belongs to the
+ * connection it came on; the first one's id once made the second offer
+ * look like a protocol error, exit 9). */
+static void test_offer_then_edge_stops(void **state)
+{
+    rb_loop_t *loop = rb_loop_new();
+    edge_t a, b;
+    s_edge_start(&a, loop, "edge-a");
+    s_edge_start(&b, loop, "edge-b");
+    a.logon_mode = LOGON_OFFER_SHUTDOWN;
+    b.logon_mode = LOGON_OFFER;
+    const char *servers[] = {a.addr, b.addr};
+    device_t d;
+    s_dev_start(&d, loop, servers, 2, 1, 60);
+    assert_true(s_wait(loop, s_logged_on, &d, 1, 5000));
+    assert_false(d.ended);
+    assert_int_equal(d.offers, 2);
+    assert_int_equal(a.answers, 1);
+    assert_int_equal(b.answers, 1);
+    assert_string_equal(d.edge_id, "edge-b");
+    assert_string_equal(d.session, "s-2");
+    client_session_destroy(&d.s);
+    s_edge_stop(&a);
+    s_edge_stop(&b);
+    rb_loop_destroy(&loop);
+}
+
 /* The offer runs out while the person thinks: yes -> 15, no -> 10; the
  * late answer is not sent, the edge having said the offer expired. */
 static void test_offer_lapses(void **state)
@@ -446,6 +484,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_offer_accept_then_transferred),
         cmocka_unit_test(test_offer_lapses),
+        cmocka_unit_test(test_offer_then_edge_stops),
         cmocka_unit_test(test_resume_round_robin),
         cmocka_unit_test(test_resume_gives_up),
         cmocka_unit_test(test_backoff),
