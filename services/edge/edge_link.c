@@ -746,11 +746,23 @@ int edge_link_frame(edge_tunnel_t *tun, const rb_frame_t *f, const char **why)
     return -1;
 }
 
-/* Relayed: the streams' bytes the device's connection has taken, to the
- * forwarder each stream goes through (one, unless the session moved). */
+static void s_send_relayed(fwd_t *f, uint32_t *ids, uint32_t *bytes, size_t n)
+{
+    Rb__Fwd__LinkControl c = RB__FWD__LINK_CONTROL__INIT;
+    Rb__Fwd__Relayed m = RB__FWD__RELAYED__INIT;
+    m.n_link_ids = m.n_bytes = n;
+    m.link_ids = ids;
+    m.bytes = bytes;
+    c.msg_case = RB__FWD__LINK_CONTROL__MSG_RELAYED;
+    c.relayed = &m;
+    s_fwd_control(f, &c);
+}
+
+/* Relayed: the streams' bytes the device's connection has taken, in one
+ * message to the session's forwarder. */
 typedef struct {
+    fwd_t *f;
     uint32_t *ids, *bytes;
-    fwd_t **fwds;
     size_t n;
 } relayed_t;
 
@@ -759,10 +771,12 @@ static void s_collect_relayed(void *arg, uint64_t key, void *value)
     relayed_t *r = arg;
     estream_t *s = value;
     if (!s->relayed) return;
-    r->ids[r->n] = s->lid;
-    r->bytes[r->n] = s->relayed;
-    r->fwds[r->n] = s->fwd;
-    r->n++;
+    if (s->fwd == r->f) {
+        r->ids[r->n] = s->lid;
+        r->bytes[r->n++] = s->relayed;
+    } else if (s->fwd) {
+        s_send_relayed(s->fwd, &s->lid, &s->relayed, 1); /* opened by another forwarder */
+    }
     s->tun->relayed -= s->relayed;
     s->relayed = 0;
 }
@@ -771,36 +785,13 @@ void edge_link_drained(edge_tunnel_t *tun)
 {
     if (!tun || tun->relayed < RELAYED_BATCH) return;
     size_t max = rb_imap_count(tun->streams);
-    relayed_t r = {calloc(max, sizeof *r.ids), calloc(max, sizeof *r.bytes),
-                   calloc(max, sizeof *r.fwds), 0};
-    uint32_t *ids = calloc(max, sizeof *ids), *bytes = calloc(max, sizeof *bytes);
-    if (r.ids && r.bytes && r.fwds && ids && bytes) {
+    relayed_t r = {tun->fwd, calloc(max, sizeof *r.ids), calloc(max, sizeof *r.bytes), 0};
+    if (r.ids && r.bytes) {
         rb_imap_each(tun->streams, s_collect_relayed, &r);
-        for (size_t i = 0; i < r.n; i++) {
-            fwd_t *f = r.fwds[i];
-            if (!f) continue;
-            size_t k = 0;
-            for (size_t j = i; j < r.n; j++) {
-                if (r.fwds[j] != f) continue;
-                ids[k] = r.ids[j];
-                bytes[k++] = r.bytes[j];
-                r.fwds[j] = NULL;
-            }
-            Rb__Fwd__LinkControl c = RB__FWD__LINK_CONTROL__INIT;
-            Rb__Fwd__Relayed m = RB__FWD__RELAYED__INIT;
-            m.n_link_ids = m.n_bytes = k;
-            m.link_ids = ids;
-            m.bytes = bytes;
-            c.msg_case = RB__FWD__LINK_CONTROL__MSG_RELAYED;
-            c.relayed = &m;
-            s_fwd_control(f, &c);
-        }
+        if (r.n && r.f) s_send_relayed(r.f, r.ids, r.bytes, r.n);
     }
     free(r.ids);
     free(r.bytes);
-    free(r.fwds);
-    free(ids);
-    free(bytes);
 }
 
 /* ------------------------------------------------------------------ */

@@ -493,6 +493,21 @@ static int s_outbound_socket(stream_t *s, uint32_t ip, int type)
     return fd;
 }
 
+/* A datagram for the device on flow s (dropped and counted when the flow
+ * was denied or refused, or the edge cannot take it). */
+static void s_datagram_to_device(stream_t *s, const uint8_t *buf, size_t n)
+{
+    s->last_ms = rb_now_ms();
+    if (s->denied || s->refused ||
+        s_send_frame(s->p, s->peer, RB_FRAME_DATAGRAM, 0, s->id, buf, n) < 0) {
+        s->dropped++;
+        rb_metric_inc(s->p->m_udp_dropped);
+        return;
+    }
+    s->to_device += n;
+    rb_metric_add(s->p->m_to_device, (double)n);
+}
+
 static void s_on_outbound_datagram(rb_loop_t *loop, int fd, unsigned events, void *arg)
 {
     stream_t *s = arg;
@@ -503,14 +518,7 @@ static void s_on_outbound_datagram(rb_loop_t *loop, int fd, unsigned events, voi
             if (errno == EAGAIN || errno == EWOULDBLOCK) return;
             continue; /* an ICMP error (nobody on that port): UDP goes on */
         }
-        s->last_ms = rb_now_ms();
-        if (s_send_frame(s->p, s->peer, RB_FRAME_DATAGRAM, 0, s->id, buf, (size_t)n) < 0) {
-            s->dropped++;
-            rb_metric_inc(s->p->m_udp_dropped);
-            continue;
-        }
-        s->to_device += (uint64_t)n;
-        rb_metric_add(s->p->m_to_device, (double)n);
+        s_datagram_to_device(s, buf, (size_t)n);
     }
 }
 
@@ -829,15 +837,7 @@ static void s_on_datagram(rb_loop_t *loop, int fd, unsigned events, void *arg)
                 rb_metric_inc(p->m_inbound_denied);
             }
         }
-        s->last_ms = rb_now_ms();
-        if (s->denied || s->refused ||
-            s_send_frame(p, s->peer, RB_FRAME_DATAGRAM, 0, s->id, buf, (size_t)n) < 0) {
-            s->dropped++;
-            rb_metric_inc(p->m_udp_dropped);
-            continue;
-        }
-        s->to_device += (uint64_t)n;
-        rb_metric_add(p->m_to_device, (double)n);
+        s_datagram_to_device(s, buf, (size_t)n);
     }
 }
 
