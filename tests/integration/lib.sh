@@ -23,7 +23,18 @@ cleanup() {
     local rc=$?
     (( rc == 0 )) || echo "$TEST_NAME: exit status $rc (line ${BASH_LINENO[0]:-?})" >&2
     for pid in "${CHILDREN[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${CHILDREN[@]}"; do wait "$pid" 2>/dev/null || true; done
+    # A child that outlives SIGTERM by 10 s is named and killed: the test
+    # fails saying which, instead of hanging until ctest's timeout.
+    local deadline=$(( $(now_ms) + 10000 ))
+    for pid in "${CHILDREN[@]}"; do
+        while proc_running "$pid" && (( $(now_ms) < deadline )); do sleep 0.1; done
+        if proc_running "$pid"; then
+            echo "FAIL [$TEST_NAME]: pid $pid ($(tr '\0' ' ' </proc/$pid/cmdline 2>/dev/null | cut -c1-120)) still running 10 s after SIGTERM" >&2
+            kill -KILL "$pid" 2>/dev/null || true
+            rc=1
+        fi
+        wait "$pid" 2>/dev/null || true
+    done
     # A service that crashed, or a sanitizer report anywhere, fails the test
     # even when every check passed.
     local f
