@@ -51,6 +51,7 @@ cleanup() {
     [[ -f "$LAB/lab.claims" ]] && "$ROOT/scripts/lab" stop --dir "$LAB" >/dev/null 2>&1
     # What a test set up outside the lab (network namespaces, veths).
     for f in "${CLEANUP_HOOKS[@]}"; do eval "$f" || true; done
+    stray_writers || rc=1
     if grep -l -E "ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:" "$LAB"/logs/*.log "$LAB"/*.out 2>/dev/null; then
         echo "FAIL [$TEST_NAME]: sanitizer report in the files above" >&2
         rc=1
@@ -68,6 +69,32 @@ cleanup() {
     exit $rc
 }
 trap cleanup EXIT
+
+# stray_writers: a process the test started indirectly (a server's forked
+# child) that still holds this test's output pipe keeps ctest waiting until
+# its timeout, long after the test ended. Such processes get 10 s, then are
+# named and killed.
+stray_writers() {
+    local out; out=$(readlink /proc/$$/fd/1) || return 0
+    [[ $out == pipe:* ]] || return 0
+    local pat=${out//[/\\[}; pat=${pat//]/\\]}
+    local deadline=$(( $(now_ms) + 10000 )) f pid holders
+    while :; do
+        holders=()
+        for f in $(find /proc/[0-9]*/fd -maxdepth 1 \( -name 1 -o -name 2 \) -lname "$pat" 2>/dev/null); do
+            pid=${f#/proc/}; pid=${pid%%/*}
+            (( pid != $$ )) && proc_running "$pid" && holders+=("$pid")
+        done
+        (( ${#holders[@]} )) || return 0
+        (( $(now_ms) < deadline )) || break
+        sleep 0.1
+    done
+    for pid in $(printf '%s\n' "${holders[@]}" | sort -u); do
+        echo "FAIL [$TEST_NAME]: pid $pid ($(tr '\0' ' ' </proc/$pid/cmdline 2>/dev/null | cut -c1-120)) still holds the test's output" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    return 1
+}
 
 lab_start() {
     "$ROOT/scripts/lab" start --dir "$LAB" "$@"
@@ -202,9 +229,12 @@ bg() {
 listening() { ss -Hltn "sport = :$1" | grep -q .; }
 
 # echo_server PORT: a TCP echo on 127.0.0.1:PORT that answers after a
-# half-close (socat waits 30 s for the other direction).
+# half-close. Each connection's cat owns the socket itself: socat's own PIPE
+# echo deadlocks when its peer stops reading (it blocks writing 8 KiB into a
+# pipe only it drains), and such a child outlives the test holding ctest's
+# output pipe open.
 echo_server() {
-    bg socat -t 30 TCP-LISTEN:"$1",bind=127.0.0.1,reuseaddr,fork,nodelay PIPE
+    bg socat TCP-LISTEN:"$1",bind=127.0.0.1,reuseaddr,fork,nodelay EXEC:/bin/cat,nofork
     wait_until 5000 listening "$1" || fail "echo server on $1 did not start"
 }
 
