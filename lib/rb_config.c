@@ -107,13 +107,20 @@ static int s_load_file(const rb_option_t *opts, void *cfg, const char *path, boo
         s_err(err, errlen, "%s: cannot open: %s", path, strerror(errno));
         return -1;
     }
-    char line[MAX_LINE];
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
     int lineno = 0, rc = 0;
-    while (fgets(line, sizeof line, f)) {
+    while ((n = getline(&line, &cap, f)) >= 0) {
         lineno++;
-        size_t n = strlen(line);
-        if (n == sizeof line - 1 && line[n - 1] != '\n' && !feof(f)) {
-            s_err(err, errlen, "%s:%d: line longer than %d bytes", path, lineno, MAX_LINE - 2);
+        if (n > MAX_LINE) {
+            s_err(err, errlen, "%s:%d: line longer than %d bytes", path, lineno, MAX_LINE);
+            rc = -1;
+            break;
+        }
+        /* A NUL would silently cut the line short: the rest of it unread. */
+        if (memchr(line, '\0', (size_t)n)) {
+            s_err(err, errlen, "%s:%d: NUL byte in line", path, lineno);
             rc = -1;
             break;
         }
@@ -146,6 +153,7 @@ static int s_load_file(const rb_option_t *opts, void *cfg, const char *path, boo
         }
         seen[o - opts] = true;
     }
+    free(line);
     fclose(f);
     return rc;
 }

@@ -119,13 +119,15 @@ edge_users_t *edge_users_load(const char *path, char *err, size_t errlen)
         while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r' ||
                            line[len - 1] == ' ' || line[len - 1] == '\t'))
             line[--len] = '\0';
-        const char *s = line;
-        while (*s == ' ' || *s == '\t') s++;
-        if (*s == '\0' || *s == '#') continue;
-        if (strlen(s) != (size_t)len - (size_t)(s - line)) {
+        /* Even in a comment: a NUL at the start would pass for a blank line. */
+        if (strlen(line) != (size_t)len) {
             why = "NUL byte in line";
             goto fail;
         }
+        const char *s = line;
+        while (*s == ' ' || *s == '\t')
+            s++;
+        if (*s == '\0' || *s == '#') continue;
         const char *colon = strchr(s, ':');
         if (!colon) {
             why = "expected name:$scrypt$...";

@@ -16,13 +16,18 @@
 
 static char s_file[64];
 
-static void s_write(const char *text)
+static void s_write_n(const char *text, size_t len)
 {
     snprintf(s_file, sizeof s_file, "/tmp/rb-users-XXXXXX");
     int fd = mkstemp(s_file);
     assert_true(fd >= 0);
-    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    assert_int_equal(write(fd, text, len), (ssize_t)len);
     close(fd);
+}
+
+static void s_write(const char *text)
+{
+    s_write_n(text, strlen(text));
 }
 
 #define H1 "$scrypt$ln=1,r=8,p=1$c2FsdHNhbHRzYWx0c2FsdA==$a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2U="
@@ -122,6 +127,24 @@ static void test_groups(void **state)
     s_expect_error(longg, ":1: group name too long");
 }
 
+/* A NUL anywhere is an error naming its line; at the start of a line it
+ * would otherwise make the line look blank and hide what follows. */
+static void test_nul_bytes(void **state)
+{
+    static const char lead[] = "bob:" H1 "\n\0mallory:" H1 "\n";
+    static const char inner[] = "bob:" H1 "\nmal\0lory:" H1 "\n";
+    const char *texts[] = {lead, inner};
+    const size_t lens[] = {sizeof lead - 1, sizeof inner - 1};
+    for (int i = 0; i < 2; i++) {
+        s_write_n(texts[i], lens[i]);
+        char err[256] = "";
+        edge_users_t *u = edge_users_load(s_file, err, sizeof err);
+        assert_null(u);
+        if (!strstr(err, ":2: NUL byte in line")) fail_msg("case %d: error '%s'", i, err);
+        unlink(s_file);
+    }
+}
+
 static void test_missing_file(void **state)
 {
     char err[256] = "";
@@ -144,11 +167,9 @@ static void test_empty_file(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_load_and_lookup),
-        cmocka_unit_test(test_bad_lines_name_file_and_line),
-        cmocka_unit_test(test_groups),
-        cmocka_unit_test(test_missing_file),
-        cmocka_unit_test(test_empty_file),
+        cmocka_unit_test(test_load_and_lookup), cmocka_unit_test(test_bad_lines_name_file_and_line),
+        cmocka_unit_test(test_groups),          cmocka_unit_test(test_nul_bytes),
+        cmocka_unit_test(test_missing_file),    cmocka_unit_test(test_empty_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -30,13 +30,18 @@ static const rb_option_t s_opts[] = {
 
 static char s_path[64];
 
-static void s_write(const char *text)
+static void s_write_n(const char *text, size_t len)
 {
     strcpy(s_path, "/tmp/rb-test-config-XXXXXX");
     int fd = mkstemp(s_path);
     assert_true(fd >= 0);
-    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    assert_int_equal(write(fd, text, len), (ssize_t)len);
     close(fd);
+}
+
+static void s_write(const char *text)
+{
+    s_write_n(text, strlen(text));
 }
 
 static void test_file_env_defaults(void **state)
@@ -88,6 +93,20 @@ static void test_errors_name_file_line_key(void **state)
     free(huge);
 }
 
+/* A NUL inside a line is an error, not the end of the line: what follows
+ * it would otherwise be ignored without a word. */
+static void test_nul_byte(void **state)
+{
+    static const char text[] = "ttl = 5\nsuffix = a\0b\n";
+    s_write_n(text, sizeof text - 1);
+    cfg_t c = {0};
+    char err[256] = "";
+    assert_int_equal(rb_config_load(s_opts, &c, "testsvc", s_path, err, sizeof err), -1);
+    if (!strstr(err, ":2: NUL byte in line")) fail_msg("error '%s'", err);
+    rb_config_free(s_opts, &c);
+    unlink(s_path);
+}
+
 static void test_set_and_missing_file(void **state)
 {
     cfg_t c = {0};
@@ -105,6 +124,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_file_env_defaults),
         cmocka_unit_test(test_errors_name_file_line_key),
+        cmocka_unit_test(test_nul_byte),
         cmocka_unit_test(test_set_and_missing_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
