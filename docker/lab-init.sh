@@ -2,9 +2,10 @@
 # Makes the docker-compose lab's secrets and configs in /lab (a shared
 # volume): CURVE keys per service, a CA and edge certificate, demo users with
 # random passwords, an admin token, one config file per service. Runs once;
-# does nothing when /lab/conf exists.
+# does nothing when /lab/conf exists. The directory may be given as the
+# first argument (the tests check what it writes outside a container).
 set -eu
-L=/lab
+L=${1:-/lab}
 [ -d "$L/conf" ] && exit 0
 mkdir -p "$L/keys" "$L/tls" "$L/conf" "$L/secrets"
 for s in broker ipalloc dns forwarder edge; do reachback-ctl keygen "$L/keys" "$s"; done
