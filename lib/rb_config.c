@@ -99,6 +99,24 @@ static char *s_trim(char *s)
     return s;
 }
 
+/* Reads one line without its newline into buf (terminated; *len bytes,
+ * which may include NULs). 0 for a line, -1 at the end of the file, 1 when
+ * the line does not fit in cap - 1 bytes: a file without newlines is not
+ * read into memory whole. */
+static int s_read_line(FILE *f, char *buf, size_t cap, size_t *len)
+{
+    size_t n = 0;
+    int c;
+    while ((c = getc(f)) != EOF && c != '\n') {
+        if (n + 1 == cap) return 1;
+        buf[n++] = (char)c;
+    }
+    if (c == EOF && n == 0) return -1;
+    buf[n] = '\0';
+    *len = n;
+    return 0;
+}
+
 static int s_load_file(const rb_option_t *opts, void *cfg, const char *path, bool *seen,
                        char *err, size_t errlen)
 {
@@ -107,19 +125,18 @@ static int s_load_file(const rb_option_t *opts, void *cfg, const char *path, boo
         s_err(err, errlen, "%s: cannot open: %s", path, strerror(errno));
         return -1;
     }
-    char *line = NULL;
-    size_t cap = 0;
-    ssize_t n;
-    int lineno = 0, rc = 0;
-    while ((n = getline(&line, &cap, f)) >= 0) {
+    char line[MAX_LINE + 1];
+    size_t n;
+    int lineno = 0, rc = 0, r;
+    while ((r = s_read_line(f, line, sizeof line, &n)) >= 0) {
         lineno++;
-        if (n > MAX_LINE) {
+        if (r == 1) {
             s_err(err, errlen, "%s:%d: line longer than %d bytes", path, lineno, MAX_LINE);
             rc = -1;
             break;
         }
         /* A NUL would silently cut the line short: the rest of it unread. */
-        if (memchr(line, '\0', (size_t)n)) {
+        if (memchr(line, '\0', n)) {
             s_err(err, errlen, "%s:%d: NUL byte in line", path, lineno);
             rc = -1;
             break;
@@ -153,7 +170,6 @@ static int s_load_file(const rb_option_t *opts, void *cfg, const char *path, boo
         }
         seen[o - opts] = true;
     }
-    free(line);
     fclose(f);
     return rc;
 }

@@ -9,6 +9,9 @@ CHILDREN=()
 CLEANUP_HOOKS=()
 TEST_NAME=$(basename "$0" .sh)
 CHECKS=0
+# Marks every process the test starts, however far down (a server's forked
+# child keeps it after its parent is gone): stray_writers looks for it.
+export RB_ITEST_LAB=$LAB
 
 fail() {
     echo "FAIL [$TEST_NAME]: $*" >&2
@@ -73,7 +76,8 @@ trap cleanup EXIT
 # stray_writers: a process the test started indirectly (a server's forked
 # child) that still holds this test's output pipe keeps ctest waiting until
 # its timeout, long after the test ended. Such processes get 10 s, then are
-# named and killed.
+# named and killed. Only processes carrying this test's RB_ITEST_LAB count:
+# a shell or wrapper that runs the test shares the pipe too.
 stray_writers() {
     local out; out=$(readlink /proc/$$/fd/1) || return 0
     [[ $out == pipe:* ]] || return 0
@@ -83,7 +87,9 @@ stray_writers() {
         holders=()
         for f in $(find /proc/[0-9]*/fd -maxdepth 1 \( -name 1 -o -name 2 \) -lname "$pat" 2>/dev/null); do
             pid=${f#/proc/}; pid=${pid%%/*}
-            (( pid != $$ )) && proc_running "$pid" && holders+=("$pid")
+            (( pid != $$ )) && proc_running "$pid" \
+                && tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qxF "RB_ITEST_LAB=$LAB" \
+                && holders+=("$pid")
         done
         (( ${#holders[@]} )) || return 0
         (( $(now_ms) < deadline )) || break
@@ -234,13 +240,15 @@ listening() { ss -Hltn "sport = :$1" | grep -q .; }
 # pipe only it drains), and such a child outlives the test holding ctest's
 # output pipe open.
 echo_server() {
-    bg socat TCP-LISTEN:"$1",bind=127.0.0.1,reuseaddr,fork,nodelay EXEC:/bin/cat,nofork
+    bg socat TCP-LISTEN:"$1",bind=127.0.0.1,reuseaddr,fork,nodelay EXEC:/bin/cat,nofork \
+        >>"$LAB/echo-$1.out" 2>&1
     wait_until 5000 listening "$1" || fail "echo server on $1 did not start"
 }
 
 # udp_echo PORT: a UDP echo on 127.0.0.1:PORT.
 udp_echo() {
-    bg socat -T 5 UDP4-RECVFROM:"$1",bind=127.0.0.1,reuseaddr,fork EXEC:/bin/cat
+    bg socat -T 5 UDP4-RECVFROM:"$1",bind=127.0.0.1,reuseaddr,fork EXEC:/bin/cat \
+        >>"$LAB/udp-echo-$1.out" 2>&1
 }
 
 # audit_lines: the forwarder's audit records so far.

@@ -107,6 +107,24 @@ static void test_nul_byte(void **state)
     unlink(s_path);
 }
 
+/* 4096 bytes before the newline are the most a line may have. */
+static void test_longest_line(void **state)
+{
+    char text[4200];
+    int n = snprintf(text, sizeof text, "suffix = ");
+    memset(text + n, 'a', 4096 - (size_t)n);
+    strcpy(text + 4096, "\n");
+    s_write(text);
+    cfg_t c = {0};
+    char err[256] = "";
+    if (rb_config_load(s_opts, &c, "testsvc", s_path, err, sizeof err) != 0) fail_msg("%s", err);
+    assert_int_equal(strlen(c.suffix), 4096 - 9);
+    rb_config_free(s_opts, &c);
+    unlink(s_path);
+    strcpy(text + 4096, "a\n");
+    s_expect_error(text, ":1: line longer than 4096 bytes");
+}
+
 static void test_set_and_missing_file(void **state)
 {
     cfg_t c = {0};
@@ -125,6 +143,7 @@ int main(void)
         cmocka_unit_test(test_file_env_defaults),
         cmocka_unit_test(test_errors_name_file_line_key),
         cmocka_unit_test(test_nul_byte),
+        cmocka_unit_test(test_longest_line),
         cmocka_unit_test(test_set_and_missing_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
