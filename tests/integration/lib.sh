@@ -55,7 +55,14 @@ cleanup() {
     # What a test set up outside the lab (network namespaces, veths).
     for f in "${CLEANUP_HOOKS[@]}"; do eval "$f" || true; done
     stray_writers || rc=1
-    if grep -l -E "ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:" "$LAB"/logs/*.log "$LAB"/*.out 2>/dev/null; then
+    local reports
+    reports=$(grep -l -E "ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:" "$LAB"/logs/*.log "$LAB"/*.out 2>/dev/null || true)
+    if [[ -n $reports ]]; then
+        # The report itself, not the last lines (ASan ends with its legend).
+        for f in $reports; do
+            echo "== sanitizer report in $f" >&2
+            grep -m1 -A60 -E "ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:" "$f" >&2
+        done
         echo "FAIL [$TEST_NAME]: sanitizer report in the files above" >&2
         rc=1
     fi
