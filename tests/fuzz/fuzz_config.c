@@ -37,9 +37,8 @@ static const rb_option_t s_opts[] = {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static FILE *sink;
-    if (!sink) sink = fopen("/dev/null", "w");
+    if (!sink && !(sink = fopen("/dev/null", "w"))) return 0;
     char path[64];
-    if (!sink) return 0;
     int fd = fuzz_file(data, size, path, sizeof path);
     if (fd < 0) return 0;
     cfg_t c = {0};

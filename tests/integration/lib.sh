@@ -55,13 +55,13 @@ cleanup() {
     # What a test set up outside the lab (network namespaces, veths).
     for f in "${CLEANUP_HOOKS[@]}"; do eval "$f" || true; done
     stray_writers || rc=1
-    local reports
-    reports=$(grep -l -E "ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:" "$LAB"/logs/*.log "$LAB"/*.out 2>/dev/null || true)
+    local reports report_re="ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:"
+    reports=$(grep -l -E "$report_re" "$LAB"/logs/*.log "$LAB"/*.out 2>/dev/null || true)
     if [[ -n $reports ]]; then
         # The report itself, not the last lines (ASan ends with its legend).
         for f in $reports; do
             echo "== sanitizer report in $f" >&2
-            grep -m1 -A60 -E "ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:" "$f" >&2
+            grep -m1 -A60 -E "$report_re" "$f" >&2
         done
         echo "FAIL [$TEST_NAME]: sanitizer report in the files above" >&2
         rc=1
