@@ -93,6 +93,15 @@ static rb_metric_t *s_bad(void)
     return m;
 }
 
+static rb_metric_t *s_unsent(void)
+{
+    static rb_metric_t *m;
+    if (!m)
+        m = rb_counter("reachback_rpc_unsent_replies_total", NULL,
+                       "RPC replies not sent: the caller disconnected or its queue was full");
+    return m;
+}
+
 /* Drains the remaining frames of a multipart message; returns how many. */
 static size_t s_drain(void *sock, zmq_msg_t *last)
 {
@@ -541,12 +550,14 @@ int rb_rpc_reply(rb_rpc_req_t *req, const ProtobufCMessage *msg)
          * when its queue is full. */
         rb_warn("rpc_reply_failed", "reply to %s: %s", req->peer,
                 errno == EHOSTUNREACH ? "peer gone" : zmq_strerror(errno));
+        rb_metric_inc(s_unsent());
         zmq_msg_close(&body);
         goto out;
     }
     if (zmq_send(srv->sock, req->reqid, RB_RPC_ID_LEN, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
         zmq_msg_send(&body, srv->sock, ZMQ_DONTWAIT) < 0) {
         rb_warn("rpc_reply_failed", "reply to %s: %s", req->peer, zmq_strerror(errno));
+        rb_metric_inc(s_unsent());
         zmq_msg_close(&body);
         goto out;
     }

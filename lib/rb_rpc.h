@@ -40,7 +40,8 @@ typedef void(rb_rpc_handler_fn)(void *arg, rb_rpc_req_t *req, const uint8_t *bod
 rb_rpc_server_t *rb_rpc_server_new(rb_loop_t *loop, void *router, rb_rpc_handler_fn *fn,
                                    void *arg);
 void rb_rpc_server_destroy(rb_rpc_server_t **srv);
-/* Sends the reply and frees req. 0 or -1 (req is freed either way). */
+/* Sends the reply and frees req. 0, or -1 when it could not be sent (logged
+ * and counted here). req is freed either way: do not touch it afterwards. */
 int rb_rpc_reply(rb_rpc_req_t *req, const ProtobufCMessage *msg);
 void rb_rpc_req_free(rb_rpc_req_t *req);
 /* Printable peer routing id, for logs. */

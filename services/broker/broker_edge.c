@@ -42,8 +42,7 @@ static bool s_copy_field(char *dst, size_t cap, const char *src, bool required)
 static void s_reply(rb_rpc_req_t *req, Rb__Edgebroker__BrokerToEdge *env)
 {
     env->version = RB_PROTO_VERSION;
-    if (rb_rpc_reply(req, &env->base) != 0)
-        rb_warn("reply_failed", "could not answer edge %s", rb_rpc_req_peer(req));
+    rb_rpc_reply(req, &env->base); /* logs a failure itself, and frees req */
 }
 
 /* Answers a LogonReply and frees c. offer: with LOGON_TRANSFER_OFFER. */

@@ -144,8 +144,7 @@ static void s_ctx_free(ipalloc_ctx_t *c)
 static void s_reply(rb_rpc_req_t *req, Rb__Brokeripalloc__IpallocToBroker *env)
 {
     env->version = RB_PROTO_VERSION;
-    if (rb_rpc_reply(req, &env->base) != 0)
-        rb_warn("reply_failed", "could not answer %s", rb_rpc_req_peer(req));
+    rb_rpc_reply(req, &env->base); /* logs a failure itself, and frees req */
 }
 
 static void s_reply_lease(rb_rpc_req_t *req, Rb__Brokeripalloc__LeaseStatus status, const char *ip,

@@ -1,10 +1,10 @@
 /* The ipalloc service object over real ZeroMQ (ipc:// in a temporary
  * directory, no CURVE) and a real redis-server: lease and release through
  * BrokerToIpalloc, exhaustion, bad and unknown requests, version mismatch,
- * garbage frames, readiness and /status fields; take-over through the
- * protocol; an address plan with a group pool, a reservation and a group
- * without addresses; spillover; PoolsRequest; per-pool gauges; config
- * validation. */
+ * garbage frames, a caller gone before its answer, readiness and /status
+ * fields; take-over through the protocol; an address plan with a group pool,
+ * a reservation and a group without addresses; spillover; PoolsRequest;
+ * per-pool gauges; config validation. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,6 +12,7 @@
 #include <hiredis/hiredis.h>
 #include <zmq.h>
 #include "../redis_fixture.h"
+#include "../rpc_fixture.h"
 #include "broker_ipalloc.pb-c.h"
 #include "ipalloc.h"
 #include "rb_log.h"
@@ -271,6 +272,26 @@ static void test_bad_requests(void **state)
     rb_zsock_close(&raw);
 }
 
+/* A caller that disconnects before its answer is sent (a broker restarting
+ * between its ping and the reply): the reply is dropped and counted, and
+ * ipalloc goes on serving. Under ASan this also catches a service touching
+ * the request after rb_rpc_reply has freed it. */
+static void test_caller_gone_before_reply(void **state)
+{
+    fx_t *f = *state;
+    Rb__Brokeripalloc__BrokerToIpalloc env = RB__BROKERIPALLOC__BROKER_TO_IPALLOC__INIT;
+    Rb__Brokeripalloc__PingRequest pr = RB__BROKERIPALLOC__PING_REQUEST__INIT;
+    env.version = RB_PROTO_VERSION;
+    env.body_case = RB__BROKERIPALLOC__BROKER_TO_IPALLOC__BODY_PING;
+    env.ping = &pr;
+    assert_true(rbt_caller_vanishes(f->loop, f->ep, &env.base));
+
+    Rb__Brokeripalloc__IpallocToBroker *r = s_call(f, &env, 2000);
+    assert_non_null(r);
+    assert_int_equal(r->body_case, RB__BROKERIPALLOC__IPALLOC_TO_BROKER__BODY_PING);
+    s_free(r);
+}
+
 static fx_t *g_fx;
 static bool s_rebuilt(void *arg)
 {
@@ -516,6 +537,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_lease_release_exhaust, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_requests, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_caller_gone_before_reply, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pool_rebuilt_after_redis_loses_it, setup, teardown),
         cmocka_unit_test_setup_teardown(test_takeover, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reconcile, setup, teardown),
