@@ -26,14 +26,6 @@ static size_t s_slot(uint64_t k, size_t nb)
     return (size_t)k & (nb - 1);
 }
 
-uint64_t rb_imap_str_key(const char *s)
-{
-    uint64_t h = 1469598103934665603ULL;
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 1099511628211ULL;
-    return h;
-}
-
 rb_imap_t *rb_imap_new(void)
 {
     rb_imap_t *m = calloc(1, sizeof *m);

@@ -8,10 +8,6 @@
 
 typedef struct rb_imap rb_imap_t;
 
-/* A 64-bit key for a string key (FNV-1a): tables keyed by session id hash
- * it and compare the string on lookup. */
-uint64_t rb_imap_str_key(const char *s);
-
 /* NULL when memory runs out. */
 rb_imap_t *rb_imap_new(void);
 /* Accepts NULL; clears the pointer. The values are not freed. */

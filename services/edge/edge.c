@@ -16,7 +16,7 @@
 #include "edge_broker.h"
 #include "edge_conn.h"
 #include "edge_ratelimit.h"
-#include "edge_smap.h"
+#include "rb_smap.h"
 #include "edge_users.h"
 #include "rb_cli.h"
 #include "rb_events.h"
@@ -267,7 +267,7 @@ static void s_on_refresh_reply(void *arg, const Rb__Edgebroker__RefreshReply *r)
     }
     for (size_t i = 0; i < r->n_gone; i++) {
         if (!r->gone[i]) continue;
-        edge_conn_t *c = edge_smap_get(e->ctx.by_session, r->gone[i]);
+        edge_conn_t *c = rb_smap_get(e->ctx.by_session, r->gone[i]);
         if (!c) continue;
         e->refresh_gone++;
         /* The event that ended it did not reach us (a broker restarted, a
@@ -338,7 +338,7 @@ static void s_ev_up(void *arg, const Rb__Events__Session *s)
 {
     edge_t *e = arg;
     if (e->in_snapshot || !s->session_id || !s->edge_id) return;
-    edge_conn_t *c = edge_smap_get(e->ctx.by_session, s->session_id);
+    edge_conn_t *c = rb_smap_get(e->ctx.by_session, s->session_id);
     if (!c || strcmp(s->edge_id, e->edge_id) == 0) return;
     char msg[320];
     snprintf(msg, sizeof msg, "the session resumed on edge %s", s->edge_id);
@@ -349,7 +349,7 @@ static void s_ev_down(void *arg, const Rb__Events__Session *s, const char *reaso
 {
     edge_t *e = arg;
     if (!s->session_id) return;
-    edge_conn_t *c = edge_smap_get(e->ctx.by_session, s->session_id);
+    edge_conn_t *c = rb_smap_get(e->ctx.by_session, s->session_id);
     if (c)
         edge_conn_end(c, reason);
     else
@@ -427,7 +427,7 @@ edge_t *edge_new(rb_loop_t *loop, const edge_config_t *cfg)
         goto fail;
     }
     ctx->users = e->users;
-    ctx->by_session = edge_smap_new();
+    ctx->by_session = rb_smap_new();
     /* Every end seen in the last 10 s, up to 4096: far more than the
      * transfers and resumes that can be in flight at once. */
     ctx->ended = edge_ended_new(4096, 10000);
@@ -531,7 +531,7 @@ void edge_destroy(edge_t **ep)
     edge_link_destroy(&e->ctx.link);
     edge_broker_destroy(&e->ctx.broker);
     edge_rl_destroy(&e->ctx.rl);
-    edge_smap_destroy(&e->ctx.by_session);
+    rb_smap_destroy(&e->ctx.by_session);
     edge_ended_destroy(&e->ctx.ended);
     if (e->ctx.tls) SSL_CTX_free(e->ctx.tls);
     edge_users_destroy(&e->users);

@@ -86,7 +86,7 @@ static void s_detach(edge_conn_t *c)
 {
     edge_link_detach(&c->tun, "the tunnel no longer carries the session");
     if (!c->session_id) return;
-    edge_smap_del(c->ctx->by_session, c->session_id, c);
+    rb_smap_del(c->ctx->by_session, c->session_id, c);
     free(c->session_id);
     c->session_id = NULL;
     c->ctx->sessions--;
@@ -211,7 +211,7 @@ static void s_attach(edge_conn_t *c, const Rb__Edgebroker__LogonReply *r)
         return;
     }
     void *old = NULL;
-    if (edge_smap_put(c->ctx->by_session, c->session_id, c, &old) < 0) {
+    if (rb_smap_put(c->ctx->by_session, c->session_id, c, &old) < 0) {
         free(c->session_id);
         c->session_id = NULL;
         s_broker_failed(c, RB__TUNNEL__FAIL_REASON__FAIL_UNAVAILABLE, "the edge is out of memory");

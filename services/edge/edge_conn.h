@@ -24,7 +24,7 @@
 #include "edge_ratelimit.h"
 #include "edge_ended.h"
 #include "edge_link.h"
-#include "edge_smap.h"
+#include "rb_smap.h"
 #include "edge_users.h"
 #include "rb_buf.h"
 #include "rb_loop.h"
@@ -72,7 +72,7 @@ typedef struct {
     edge_rl_t *rl;
     edge_broker_t *broker;
     const edge_users_t *users;   /* for the groups of a logon */
-    edge_smap_t *by_session;     /* session id -> ACTIVE connection */
+    rb_smap_t *by_session;       /* session id -> ACTIVE connection */
     edge_ended_t *ended;         /* sessions that ended before they attached here */
     edge_link_t *link;           /* the data plane: streams to the forwarders */
     rb_metric_t *m_connections, *m_sessions, *m_protocol_errors, *m_logon_duration;

@@ -16,6 +16,7 @@
 
 #include "rb_cidr.h"
 #include "rb_imap.h"
+#include "rb_smap.h"
 #include "rb_link.h"
 #include "rb_log.h"
 #include "rb_metrics.h"
@@ -89,7 +90,7 @@ struct edge_link {
     fwd_t fwd[MAX_FORWARDERS];
     size_t nfwd;
     edge_tunnel_t *tunnels;
-    rb_imap_t *by_session; /* hash of session id -> edge_tunnel_t */
+    rb_smap_t *by_session; /* session id -> edge_tunnel_t */
     rb_timer_t *hello;
     uint64_t ticks;
     uint64_t instance; /* this start of the edge, in every Hello */
@@ -307,8 +308,7 @@ static void s_on_hello_ack(fwd_t *f, const Rb__Fwd__HelloAck *m)
 
 static edge_tunnel_t *s_tunnel_find(edge_link_t *l, const char *session_id)
 {
-    edge_tunnel_t *t = rb_imap_get(l->by_session, rb_imap_str_key(session_id));
-    return t && strcmp(t->session_id, session_id) == 0 ? t : NULL;
+    return rb_smap_get(l->by_session, session_id);
 }
 
 static void s_fwd_data(fwd_t *f, const rb_frame_t *fr);
@@ -533,7 +533,7 @@ edge_tunnel_t *edge_link_attach(edge_link_t *l, rb_tconn_t *t, const char *sessi
              g = strtok_r(NULL, ",", &save))
             if ((tun->groups[tun->ngroups] = strdup(g))) tun->ngroups++;
     }
-    if (rb_imap_put(l->by_session, rb_imap_str_key(session_id), tun) < 0) goto fail;
+    if (rb_smap_put(l->by_session, tun->session_id, tun, NULL) < 0) goto fail;
     tun->next = l->tunnels;
     if (l->tunnels) l->tunnels->prev = tun;
     l->tunnels = tun;
@@ -570,7 +570,11 @@ void edge_link_detach(edge_tunnel_t **ptun, const char *reason)
     edge_link_t *l = tun->l;
     rb_imap_each(tun->streams, s_drop_stream, NULL);
     rb_imap_destroy(&tun->streams);
-    if (tun->fwd) {
+    /* A tunnel replaced by a newer one of its session (a device resuming
+     * while the old connection still closes) must not detach the session
+     * from the forwarder the newer tunnel uses. */
+    edge_tunnel_t *cur = rb_smap_get(l->by_session, tun->session_id);
+    if (tun->fwd && (cur == tun || !cur || cur->fwd != tun->fwd)) {
         Rb__Fwd__LinkControl m = RB__FWD__LINK_CONTROL__INIT;
         Rb__Fwd__Detach d = RB__FWD__DETACH__INIT;
         d.session_id = tun->session_id;
@@ -579,8 +583,7 @@ void edge_link_detach(edge_tunnel_t **ptun, const char *reason)
         m.detach = &d;
         s_fwd_control(tun->fwd, &m);
     }
-    if (rb_imap_get(l->by_session, rb_imap_str_key(tun->session_id)) == tun)
-        rb_imap_del(l->by_session, rb_imap_str_key(tun->session_id));
+    rb_smap_del(l->by_session, tun->session_id, tun);
     if (tun->prev)
         tun->prev->next = tun->next;
     else
@@ -804,7 +807,7 @@ edge_link_t *edge_link_new(rb_loop_t *loop, const edge_link_config_t *cfg)
     l->loop = loop;
     l->cfg = cfg;
     l->instance = rb_wall_ms() << 16 ^ (uint64_t)getpid();
-    l->by_session = rb_imap_new();
+    l->by_session = rb_smap_new();
     if (!l->by_session) goto fail;
     l->m_streams = rb_gauge("reachback_edge_streams", NULL, "Streams and flows relayed now");
     const char *h = "Streams and flows opened, by who opened them";
@@ -883,7 +886,7 @@ void edge_link_destroy(edge_link_t **pl)
         rb_imap_destroy(&f->streams);
         free(f->endpoint);
     }
-    rb_imap_destroy(&l->by_session);
+    rb_smap_destroy(&l->by_session);
     free(l);
 }
 

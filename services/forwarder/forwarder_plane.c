@@ -27,6 +27,7 @@
 #include "forwarder_resolve.h"
 #include "rb_cidr.h"
 #include "rb_imap.h"
+#include "rb_smap.h"
 #include "rb_link.h"
 #include "rb_log.h"
 #include "rb_metrics.h"
@@ -126,7 +127,7 @@ struct plane {
     policy_t *policy;
     resolve_t *resolve;
     peer_t *peers;
-    rb_imap_t *by_session; /* hash of session id -> attach_t */
+    rb_smap_t *by_session; /* session id -> attach_t */
     rb_imap_t *by_ip;      /* intranet address -> attach_t */
     rb_imap_t *by_serial;  /* streams waiting for a name or a connect */
     uint64_t next_serial;
@@ -622,8 +623,7 @@ static void s_attach_free(plane_t *p, attach_t *a, const char *why)
         a->listeners = l->next;
         s_listener_free(p, l);
     }
-    uint64_t h = rb_imap_str_key(a->session_id);
-    if (rb_imap_get(p->by_session, h) == a) rb_imap_del(p->by_session, h);
+    rb_smap_del(p->by_session, a->session_id, a);
     if (a->ip[0] && rb_imap_get(p->by_ip, a->ip_n) == a) rb_imap_del(p->by_ip, a->ip_n);
     rb_debug("detached", "session %s (user '%s', %s): %s", a->session_id, a->user,
              a->ip[0] ? a->ip : "no address", why);
@@ -633,13 +633,12 @@ static void s_attach_free(plane_t *p, attach_t *a, const char *why)
     free(a->session_id);
     free(a->user);
     free(a);
-    rb_metric_set(p->m_attached, (double)rb_imap_count(p->by_session));
+    rb_metric_set(p->m_attached, (double)rb_smap_count(p->by_session));
 }
 
 static attach_t *s_attach_find(plane_t *p, const char *session_id)
 {
-    attach_t *a = rb_imap_get(p->by_session, rb_imap_str_key(session_id));
-    return a && strcmp(a->session_id, session_id) == 0 ? a : NULL;
+    return rb_smap_get(p->by_session, session_id);
 }
 
 /* The query the policy judges for a connection from src to a's port. */
@@ -988,7 +987,7 @@ static void s_on_attach(plane_t *p, peer_t *peer, const Rb__Fwd__Attach *m)
     if (!a) {
         a = calloc(1, sizeof *a);
         if (!a || !(a->session_id = strdup(sid)) || !(a->user = strdup(user)) ||
-            rb_imap_put(p->by_session, rb_imap_str_key(sid), a) < 0) {
+            rb_smap_put(p->by_session, a->session_id, a, NULL) < 0) {
             if (a) {
                 free(a->session_id);
                 free(a->user);
@@ -1023,7 +1022,7 @@ static void s_on_attach(plane_t *p, peer_t *peer, const Rb__Fwd__Attach *m)
         a->ngroups = n;
     }
     s_set_ports(p, a, m->ports, m->n_ports);
-    rb_metric_set(p->m_attached, (double)rb_imap_count(p->by_session));
+    rb_metric_set(p->m_attached, (double)rb_smap_count(p->by_session));
     rb_debug("attached", "session %s (user '%s', %s) via edge %s, %zu ports", sid, user,
              *ipstr ? ipstr : "no address", peer->name, m->n_ports);
 }
@@ -1266,7 +1265,7 @@ typedef struct {
     const char *why;
 } drop_t;
 
-static void s_drop_attach(void *arg, uint64_t key, void *value)
+static void s_drop_attach(void *arg, const char *key, void *value)
 {
     drop_t *d = arg;
     attach_t *a = value;
@@ -1287,7 +1286,7 @@ static void s_drop_stream(void *arg, uint64_t key, void *value)
 static void s_peer_drop(plane_t *p, peer_t *peer, const char *why)
 {
     drop_t d = {p, peer, why};
-    rb_imap_each(p->by_session, s_drop_attach, &d);
+    rb_smap_each(p->by_session, s_drop_attach, &d);
     rb_imap_each(peer->streams, s_drop_stream, &d);
     for (peer_t **pp = &p->peers; *pp; pp = &(*pp)->next) {
         if (*pp == peer) {
@@ -1371,7 +1370,7 @@ typedef struct {
 } idle_t;
 
 /* Ends the idle UDP flows of one attachment (not the attachment). */
-static void s_expire_flows(void *arg, uint64_t key, void *value)
+static void s_expire_flows(void *arg, const char *key, void *value)
 {
     idle_t *c = arg;
     attach_t *a = value;
@@ -1398,7 +1397,7 @@ static void s_on_tick(rb_loop_t *loop, void *arg)
         }
     }
     idle_t c = {p, now};
-    rb_imap_each(p->by_session, s_expire_flows, &c);
+    rb_smap_each(p->by_session, s_expire_flows, &c);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1456,7 +1455,7 @@ plane_t *plane_new(rb_loop_t *loop, const plane_config_t *cfg)
     /* A restarted forwarder must look new to the edges, so they attach
      * their sessions again. */
     p->instance = rb_wall_ms() << 16 ^ (uint64_t)getpid();
-    p->by_session = rb_imap_new();
+    p->by_session = rb_smap_new();
     p->by_ip = rb_imap_new();
     p->by_serial = rb_imap_new();
     if (!p->by_session || !p->by_ip || !p->by_serial || s_parse_cidrs(p, cfg->serve_cidrs) < 0 ||
@@ -1527,7 +1526,7 @@ void plane_destroy(plane_t **pp)
     }
     resolve_destroy(&p->resolve);
     policy_destroy(&p->policy);
-    rb_imap_destroy(&p->by_session);
+    rb_smap_destroy(&p->by_session);
     rb_imap_destroy(&p->by_ip);
     rb_imap_destroy(&p->by_serial);
     for (size_t i = 0; i < p->ncidrs; i++)
@@ -1549,6 +1548,6 @@ void plane_status_json(const plane_t *p, rb_buf_t *json)
     rb_buf_printf(json,
                   "\"data_link_port\":%d,\"edges_linked\":%zu,\"attached_sessions\":%zu,"
                   "\"streams\":%zu,\"udp_flows\":%zu,\"policy_rules\":%zu",
-                  p->port, edges, rb_imap_count(p->by_session), p->nstreams, p->nflows,
+                  p->port, edges, rb_smap_count(p->by_session), p->nstreams, p->nflows,
                   policy_rule_count(p->policy));
 }

@@ -68,8 +68,9 @@ hexframe() {   # hexframe TYPE FLAGS ID HEXPAYLOAD: header and payload frames
     [[ -n $4 ]] && printf ' %s' "$4"
 }
 ZPOKE=$BIN/rb-zpoke
-# An Open (LinkControl.open) for session "gone" to 127.0.0.1:1, link id 1:
-open_hex=$(python3 -c '
+# pb PYTHON: runs PYTHON with protobuf field encoders: f(num, bytes) for a
+# length-delimited field, i(num, int) for a varint one.
+PB_FIELDS='
 def v(n):
     o=b""
     while True:
@@ -78,7 +79,10 @@ def v(n):
         else: return o+bytes([b])
 def f(num,b): return v(num<<3|2)+v(len(b))+b
 def i(num,x): return v(num<<3)+v(x)
-o=i(1,1)+f(2,b"gone")+i(3,1)+f(4,b"127.0.0.1")+i(5,1)
+'
+pb() { python3 -c "$PB_FIELDS$1" "${@:2}"; }
+# An Open (LinkControl.open) for session "gone" to 127.0.0.1:1, link id 1:
+open_hex=$(pb 'o=i(1,1)+f(2,b"gone")+i(3,1)+f(4,b"127.0.0.1")+i(5,1)
 print(f(5,o).hex())')
 "$ZPOKE" "$link" "$pub" "$key" 3000 $(hexframe 1 0 0 "$open_hex") | grep -q "^reply" \
     || fail "an Open for a closed session got no answer"
@@ -95,3 +99,34 @@ errs=$(metric "$FORWARDER_STATUS_URL" reachback_forwarder_link_errors_total)
 [[ ${errs%.*} -ge 4 ]] || fail "link errors counted: $errs"
 alice_ok || fail "alice's streams broke after garbage on the data link"
 ok "garbage on the data link: $errs errors logged and counted; alice's streams still work"
+
+# --- session ids that collide in a hash ---
+# Two sessions, from two edges, whose ids have the same 64-bit FNV-1a hash
+# (a pair found by a birthday search): the forwarder once kept sessions in a
+# table keyed by that hash alone, so the second Attach pushed the first out
+# of it; when the first's edge fell silent and was freed, the orphaned
+# attachment still listened and used the freed edge on the next datagram.
+attach_hex() {   # attach_hex SESSION IP UDP_PORT: LinkControl{attach}
+    pb '
+import sys
+sid, ip, port = sys.argv[1].encode(), sys.argv[2].encode(), int(sys.argv[3])
+a=f(1,sid)+f(2,b"hashuser")+f(3,ip)+f(5,i(1,2)+i(2,port))
+print(f(3,a).hex())' "$@"
+}
+x=${POOL#127.}; x=${x%%.*}
+IP_A=127.$x.254.5 IP_B=127.$x.254.6 UPORT=$(free_port)
+attached() { metric "$FORWARDER_STATUS_URL" reachback_forwarder_attached_sessions; }
+attached_is() { [[ $(attached) == "$1" ]]; }
+before=$(attached); before=${before%.*}
+"$ZPOKE" "$link" "$pub" "$key" 0 $(hexframe 1 0 0 "$(attach_hex shlkjdaaphmgmcagk "$IP_A" "$UPORT")") >/dev/null
+"$ZPOKE" "$link" "$pub" "$key" 0 $(hexframe 1 0 0 "$(attach_hex smgcjjihomfkdopfj "$IP_B" "$UPORT")") >/dev/null
+wait_until 3000 attached_is $(( before + 2 )) \
+    || fail "two sessions with colliding id hashes: attached went from $before to $(attached), not +2"
+# Their edges (the two pokes) are gone: after 5 s of silence both go.
+wait_until 12000 attached_is "$before" \
+    || fail "the silent edges' sessions were not all detached: $(attached) attached, $before before"
+for ip_ in "$IP_A" "$IP_B"; do echo hello | timeout 3 socat -T 1 - UDP4:"$ip_":"$UPORT" >/dev/null 2>&1 || true; done
+sleep 0.5
+kill -0 "$(cat "$LAB/run/forwarder.pid")" 2>/dev/null || fail "the forwarder died: $(tail -n 5 "$LAB/logs/forwarder.log")"
+alice_ok || fail "alice's streams broke after the colliding sessions"
+ok "two session ids with one hash are two attachments; both go with their silent edges; datagrams after find nothing"

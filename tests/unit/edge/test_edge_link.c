@@ -4,7 +4,8 @@
  * does not carry; and garbage from the forwarder (undecodable control
  * messages, messages only an edge sends, malformed frames, frames for
  * streams that do not exist, an Open with an edge-side id) is logged,
- * counted and dropped while the link keeps working. */
+ * counted and dropped while the link keeps working. A tunnel replaced by a
+ * newer one of the same session does not detach its successor. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -29,6 +30,8 @@ typedef struct {
     char rid[2 * RB_LINK_RID_MAX + 1];
     int hellos;
     int results;
+    int attaches, detaches;
+    char last_detached[64];
     Rb__Tunnel__StreamError last_error;
     uint32_t last_link_id;
     bool (*done)(void *);
@@ -52,6 +55,11 @@ static void s_on_router(rb_loop_t *l, void *sock, void *arg)
                 assert_int_equal(c->hello->version, RB_LINK_VERSION);
                 assert_string_equal(c->hello->edge_id, "edge-t");
                 fk->hellos++;
+            } else if (c->msg_case == RB__FWD__LINK_CONTROL__MSG_ATTACH) {
+                fk->attaches++;
+            } else if (c->msg_case == RB__FWD__LINK_CONTROL__MSG_DETACH) {
+                fk->detaches++;
+                snprintf(fk->last_detached, sizeof fk->last_detached, "%s", c->detach->session_id);
             } else if (c->msg_case == RB__FWD__LINK_CONTROL__MSG_OPEN_RESULT) {
                 fk->results++;
                 fk->last_error = c->open_result->error;
@@ -148,18 +156,18 @@ static bool s_four_results(void *arg)
     return ((fake_t *)arg)->results >= 4;
 }
 
-static void test_edge_link_with_a_stand_in_forwarder(void **state)
+/* Binds the stand-in forwarder and links an edge_link to it. */
+static edge_link_t *s_link_up(fake_t *fk)
 {
-    fake_t fk = {0};
-    fk.loop = rb_loop_new();
-    assert_non_null(fk.loop);
-    fk.router = rb_zsock_bind(ZMQ_ROUTER, "tcp://127.0.0.1:*", NULL);
-    assert_non_null(fk.router);
-    rb_link_setup(fk.router);
+    fk->loop = rb_loop_new();
+    assert_non_null(fk->loop);
+    fk->router = rb_zsock_bind(ZMQ_ROUTER, "tcp://127.0.0.1:*", NULL);
+    assert_non_null(fk->router);
+    rb_link_setup(fk->router);
     char ep[128];
     size_t len = sizeof ep;
-    assert_int_equal(zmq_getsockopt(fk.router, ZMQ_LAST_ENDPOINT, ep, &len), 0);
-    assert_int_equal(rb_loop_add_zsock(fk.loop, fk.router, s_on_router, &fk), 0);
+    assert_int_equal(zmq_getsockopt(fk->router, ZMQ_LAST_ENDPOINT, ep, &len), 0);
+    assert_int_equal(rb_loop_add_zsock(fk->loop, fk->router, s_on_router, fk), 0);
 
     rb_curve_t none = {0};
     edge_link_config_t cfg = {.endpoints = ep,
@@ -167,17 +175,33 @@ static void test_edge_link_with_a_stand_in_forwarder(void **state)
                               .forwarder_public = "",
                               .edge_id = "edge-t",
                               .max_streams = 8};
-    edge_link_t *l = edge_link_new(fk.loop, &cfg);
+    edge_link_t *l = edge_link_new(fk->loop, &cfg);
     assert_non_null(l);
     assert_int_equal(edge_link_forwarders(l), 1);
     assert_int_equal(edge_link_forwarders_up(l), 0);
 
     /* Hello comes (retried until the link is up), with our routing id. */
-    assert_true(s_run_until(&fk, s_hello_seen, 3000));
-    assert_string_equal(fk.rid, "edge-t");
-    s_answer_hello(&fk, 42);
-    s_run_until(&fk, s_up, 200);
+    assert_true(s_run_until(fk, s_hello_seen, 3000));
+    assert_string_equal(fk->rid, "edge-t");
+    s_answer_hello(fk, 42);
+    s_run_until(fk, s_up, 200);
     assert_int_equal(edge_link_forwarders_up(l), 1);
+    return l;
+}
+
+static void s_link_down(fake_t *fk, edge_link_t **l)
+{
+    edge_link_destroy(l);
+    assert_null(*l);
+    rb_loop_del_zsock(fk->loop, fk->router);
+    rb_zsock_close(&fk->router);
+    rb_loop_destroy(&fk->loop);
+}
+
+static void test_edge_link_with_a_stand_in_forwarder(void **state)
+{
+    fake_t fk = {0};
+    edge_link_t *l = s_link_up(&fk);
 
     /* An Open for a session this edge does not carry: answered, not lost. */
     s_send_open(&fk, 2, "no-such-session");
@@ -237,12 +261,40 @@ static void test_edge_link_with_a_stand_in_forwarder(void **state)
     assert_non_null(strstr(json.data, "\"forwarders\":1,\"forwarders_up\":1,\"streams\":0"));
     rb_buf_free(&json);
 
-    edge_link_destroy(&l);
-    assert_null(l);
+    s_link_down(&fk, &l);
     edge_link_destroy(NULL);
-    rb_loop_del_zsock(fk.loop, fk.router);
-    rb_zsock_close(&fk.router);
-    rb_loop_destroy(&fk.loop);
+}
+
+static bool s_one_detach(void *arg)
+{
+    return ((fake_t *)arg)->detaches >= 1;
+}
+static bool s_two_attaches(void *arg)
+{
+    return ((fake_t *)arg)->attaches >= 2;
+}
+
+/* A device resumes its session on a new tunnel while the old one is still
+ * closing: when the old tunnel finally goes, the forwarder must not hear
+ * Detach for the session, or it would drop the new tunnel's attachment. */
+static void test_stale_tunnel_does_not_detach_its_successor(void **state)
+{
+    fake_t fk = {0};
+    edge_link_t *l = s_link_up(&fk);
+    edge_tunnel_t *old = edge_link_attach(l, NULL, "sess-1", "alice", "10.0.0.5", "");
+    edge_tunnel_t *cur = edge_link_attach(l, NULL, "sess-1", "alice", "10.0.0.5", "");
+    assert_non_null(old);
+    assert_non_null(cur);
+    assert_true(s_run_until(&fk, s_two_attaches, 3000));
+    edge_link_detach(&old, "closed");
+    assert_null(old);
+    /* The link keeps order: a Detach from the old tunnel would arrive first. */
+    edge_link_detach(&cur, "logoff");
+    assert_true(s_run_until(&fk, s_one_detach, 3000));
+    s_run_until(&fk, s_up, 100);
+    assert_int_equal(fk.detaches, 1);
+    assert_string_equal(fk.last_detached, "sess-1");
+    s_link_down(&fk, &l);
 }
 
 static void test_edge_link_without_forwarders(void **state)
@@ -265,6 +317,7 @@ int main(void)
     rb_log_init("test", RB_LOG_ERROR);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_edge_link_with_a_stand_in_forwarder),
+        cmocka_unit_test(test_stale_tunnel_does_not_detach_its_successor),
         cmocka_unit_test(test_edge_link_without_forwarders),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,6 +1,6 @@
-/* edge_smap: see edge_smap.h. Chained buckets, a power-of-two count that
+/* rb_smap: see rb_smap.h. Chained buckets, a power-of-two count that
  * doubles when the map holds as many entries as buckets. */
-#include "edge_smap.h"
+#include "rb_smap.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -15,23 +15,24 @@ typedef struct ent {
     uint64_t hash;
 } ent_t;
 
-struct edge_smap {
+struct rb_smap {
     ent_t **b;
     size_t nb, n;
 };
 
-/* FNV-1a: session ids are random from the broker, so no attacker picks
- * them to collide. */
+/* FNV-1a. Session ids are random from the broker; one that a peer makes up
+ * to collide only lengthens a chain, as keys are compared whole. */
 static uint64_t s_hash(const char *s)
 {
     uint64_t h = 1469598103934665603ull;
-    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
     return h;
 }
 
-edge_smap_t *edge_smap_new(void)
+rb_smap_t *rb_smap_new(void)
 {
-    edge_smap_t *m = calloc(1, sizeof *m);
+    rb_smap_t *m = calloc(1, sizeof *m);
     if (!m) return NULL;
     m->nb = INITIAL_BUCKETS;
     m->b = calloc(m->nb, sizeof *m->b);
@@ -42,10 +43,10 @@ edge_smap_t *edge_smap_new(void)
     return m;
 }
 
-void edge_smap_destroy(edge_smap_t **mp)
+void rb_smap_destroy(rb_smap_t **mp)
 {
     if (!mp || !*mp) return;
-    edge_smap_t *m = *mp;
+    rb_smap_t *m = *mp;
     for (size_t i = 0; i < m->nb; i++) {
         ent_t *e = m->b[i];
         while (e) {
@@ -59,15 +60,16 @@ void edge_smap_destroy(edge_smap_t **mp)
     *mp = NULL;
 }
 
-static ent_t **s_slot(const edge_smap_t *m, const char *key, uint64_t h)
+static ent_t **s_slot(const rb_smap_t *m, const char *key, uint64_t h)
 {
     ent_t **pp = &m->b[h & (m->nb - 1)];
-    while (*pp && ((*pp)->hash != h || strcmp((*pp)->key, key) != 0)) pp = &(*pp)->next;
+    while (*pp && ((*pp)->hash != h || strcmp((*pp)->key, key) != 0))
+        pp = &(*pp)->next;
     return pp;
 }
 
 /* Doubling is best effort: a failed one leaves longer chains, not errors. */
-static void s_grow(edge_smap_t *m)
+static void s_grow(rb_smap_t *m)
 {
     size_t nb = m->nb * 2;
     ent_t **b = calloc(nb, sizeof *b);
@@ -86,7 +88,7 @@ static void s_grow(edge_smap_t *m)
     m->nb = nb;
 }
 
-int edge_smap_put(edge_smap_t *m, const char *key, void *val, void **old)
+int rb_smap_put(rb_smap_t *m, const char *key, void *val, void **old)
 {
     uint64_t h = s_hash(key);
     ent_t **pp = s_slot(m, key, h);
@@ -107,13 +109,13 @@ int edge_smap_put(edge_smap_t *m, const char *key, void *val, void **old)
     return 0;
 }
 
-void *edge_smap_get(const edge_smap_t *m, const char *key)
+void *rb_smap_get(const rb_smap_t *m, const char *key)
 {
     ent_t **pp = s_slot(m, key, s_hash(key));
     return *pp ? (*pp)->val : NULL;
 }
 
-void edge_smap_del(edge_smap_t *m, const char *key, const void *val)
+void rb_smap_del(rb_smap_t *m, const char *key, const void *val)
 {
     ent_t **pp = s_slot(m, key, s_hash(key));
     if (!*pp || (*pp)->val != val) return;
@@ -123,4 +125,17 @@ void edge_smap_del(edge_smap_t *m, const char *key, const void *val)
     m->n--;
 }
 
-size_t edge_smap_count(const edge_smap_t *m) { return m->n; }
+size_t rb_smap_count(const rb_smap_t *m)
+{
+    return m->n;
+}
+
+void rb_smap_each(rb_smap_t *m, void (*fn)(void *arg, const char *key, void *val), void *arg)
+{
+    for (size_t i = 0; i < m->nb; i++) {
+        for (ent_t *e = m->b[i], *next; e; e = next) {
+            next = e->next;
+            fn(arg, e->key, e->val);
+        }
+    }
+}
