@@ -42,6 +42,10 @@
 /* A peer that neither finishes the handshake nor goes away would otherwise
  * hold a slot forever. */
 #define HANDSHAKE_MS 10000
+/* How long a closing connection waits for the peer to take what is still
+ * queued: one that stopped reading must not hold its buffers and its slot
+ * for ever. */
+#define FLUSH_MS 10000
 /* How long a closing connection waits for the peer to close its side. */
 #define LINGER_MS 2000
 /* Bytes read per loop event before yielding to other connections. */
@@ -380,7 +384,12 @@ static int s_output(rb_tconn_t *c)
             shutdown(c->fd, SHUT_WR);
             c->wr_shut = true;
         }
-        if (had_output && c->st == ST_OPEN && c->h.on_drained) c->h.on_drained(c, c->arg);
+        if (had_output && c->st == ST_OPEN && c->h.on_drained) {
+            c->h.on_drained(c, c->arg);
+            /* What the owner queued from there leaves now, not at the next
+             * event (we are inside a callback: nothing was deferred). */
+            if (!c->dead && c->st == ST_OPEN && rb_tconn_output_pending(c) > 0) continue;
+        }
         return 0;
     }
 }
@@ -507,6 +516,18 @@ static void s_on_linger_timeout(rb_loop_t *loop, void *arg)
     c->timer = NULL;
     s_enter(c);
     s_end(c, RB_TCONN_LOCAL, "closed");
+    s_leave(c);
+}
+
+static void s_on_flush_timeout(rb_loop_t *loop, void *arg)
+{
+    rb_tconn_t *c = arg;
+    c->timer = NULL;
+    char why[128];
+    snprintf(why, sizeof why, "closed; the peer did not take the last %zu bytes in %d s",
+             rb_tconn_output_pending(c), FLUSH_MS / 1000);
+    s_enter(c);
+    s_end(c, RB_TCONN_LOCAL, why);
     s_leave(c);
 }
 
@@ -722,6 +743,9 @@ void rb_tconn_close_after_flush(rb_tconn_t *c)
     if (!c) return;
     if (c->st == ST_OPEN) {
         c->st = ST_FLUSHING;
+        rb_loop_cancel_timer(c->loop, c->timer);
+        /* Without a timer (no memory) a peer that reads still ends it. */
+        c->timer = rb_loop_add_timer(c->loop, FLUSH_MS, false, s_on_flush_timeout, c);
         /* Inside a callback the loop entry finishes the job (and may be
          * parsing from rbuf right now). */
         if (c->depth > 0) return;

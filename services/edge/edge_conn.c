@@ -55,6 +55,8 @@ struct edge_conn {
     unsigned logons;            /* attempts on this connection */
     uint64_t last_rx_ms;
     uint64_t logon_start_ms;
+    bool pong_owed;             /* a Ping came while its peer read nothing */
+    uint64_t pong_nonce;        /* the latest such Ping's */
     rb_timer_t *idle_timer;
     rb_timer_t *offer_timer;    /* ST_OFFERED: the offer's deadline */
     edge_broker_req_t *breq;    /* request in flight (ST_BROKER) */
@@ -562,14 +564,29 @@ static void s_on_logoff(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m)
     s_close(c, RB__TUNNEL__CLOSE_REASON__CLOSE_LOGOFF, "logged off");
 }
 
-static void s_on_ping(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m)
+static void s_send_pong(edge_conn_t *c, uint64_t nonce)
 {
     Rb__Tunnel__TunnelControl r = RB__TUNNEL__TUNNEL_CONTROL__INIT;
     Rb__Tunnel__Pong p = RB__TUNNEL__PONG__INIT;
-    p.nonce = m->ping->nonce;
+    p.nonce = nonce;
     r.msg_case = RB__TUNNEL__TUNNEL_CONTROL__MSG_PONG;
     r.pong = &p;
     s_send(c, &r);
+}
+
+/* A peer that sends Pings and reads nothing must not grow its queue
+ * without bound: past this backlog only the latest Ping is answered, once
+ * the queue has drained. */
+#define PONG_MAX_BACKLOG (64 * 1024)
+
+static void s_on_ping(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m)
+{
+    if (rb_tconn_output_pending(c->t) > PONG_MAX_BACKLOG) {
+        c->pong_owed = true;
+        c->pong_nonce = m->ping->nonce;
+        return;
+    }
+    s_send_pong(c, m->ping->nonce);
 }
 
 /* The edge does not ping yet; a Pong only proves liveness, which receiving
@@ -681,6 +698,7 @@ static void s_on_open(rb_tconn_t *t, void *arg)
 static void s_on_frame(rb_tconn_t *t, const rb_frame_t *f, void *arg)
 {
     edge_conn_t *c = arg;
+    uint64_t prev_rx_ms = c->last_rx_ms;
     c->last_rx_ms = rb_now_ms();
     if (c->st == ST_CLOSING) return;
     if (f->type != RB_FRAME_CONTROL) {
@@ -697,6 +715,13 @@ static void s_on_frame(rb_tconn_t *t, const rb_frame_t *f, void *arg)
         s_protocol_error(c, "undecodable control message");
         return;
     }
+    /* Before a logon is under way keepalives are not progress: a peer that
+     * only pings must not hold its slot for ever (the idle rule closes it).
+     * A person still deciding on a lapsed transfer offer is let be. */
+    if ((c->st == ST_HELLO || (c->st == ST_LOGON && !c->offer_id)) &&
+        (m->msg_case == RB__TUNNEL__TUNNEL_CONTROL__MSG_PING ||
+         m->msg_case == RB__TUNNEL__TUNNEL_CONTROL__MSG_PONG))
+        c->last_rx_ms = prev_rx_ms;
     s_dispatch_control(c, m);
     /* The Logon's password and the Resume's token are in the unpacked
      * copy: wipe them. */
@@ -762,6 +787,10 @@ static void s_on_idle_check(rb_loop_t *loop, void *arg)
 static void s_on_drained(rb_tconn_t *t, void *arg)
 {
     edge_conn_t *c = arg;
+    if (c->pong_owed && c->st != ST_CLOSING) {
+        c->pong_owed = false;
+        s_send_pong(c, c->pong_nonce);
+    }
     edge_link_drained(c->tun);
 }
 

@@ -6,8 +6,9 @@
 # closed sessions on the forwarder's data link are refused and logged. A
 # device that never reads its tunnel while it resets stream after stream
 # (each reset gives its credit back at the forwarder) does not make the
-# edge queue without end: past the cap its streams are reset. Every
-# service keeps serving everyone else.
+# edge queue without end: past the cap its streams are reset; nor does a
+# peer that floods Pings and never reads. Every service keeps serving
+# everyone else.
 . "$(dirname "$0")/lib.sh"
 lab_start
 RAW="python3 $ROOT/tests/integration/tools/rawdevice.py"
@@ -53,6 +54,15 @@ resets=$(metric "$EDGE_STATUS_URL" reachback_edge_backlog_resets_total)
 ok "a device that never reads and resets stream after stream: $out, $resets stream(s) reset at the edge's backlog cap, edge peak +$(( hwm1 - hwm0 )) KiB"
 out=$($RAW "$EDGE_ADDR" "$CA" bob "$USER_BOB_PASSWORD_FILE" stray) || fail "stray frames: $out"
 ok "frames for streams that do not exist are dropped; the tunnel lives ($out)"
+# A peer that never logs on, sends Pings as fast as it can and reads none of
+# the Pongs: the edge stops answering past a small backlog.
+echo 5 >"/proc/$EDGE_PID/clear_refs"
+hwm0=$(awk '/^VmHWM/ { print $2 }' "/proc/$EDGE_PID/status")
+out=$($RAW "$EDGE_ADDR" "$CA" bob "$USER_BOB_PASSWORD_FILE" ping-flood) || fail "ping flood: $out"
+hwm1=$(awk '/^VmHWM/ { print $2 }' "/proc/$EDGE_PID/status")
+[[ $out == flooded* ]] || fail "ping flood: $out"
+[[ -n ${ASAN_OPTIONS:-} ]] || (( hwm1 - hwm0 < 16 * 1024 )) || fail "the edge's peak grew by $(( hwm1 - hwm0 )) KiB for a peer that pings and never reads ($out)"
+ok "a peer that floods Pings before logging on and reads nothing: $out, edge peak +$(( hwm1 - hwm0 )) KiB"
 alice_ok || fail "alice's streams broke after bob's misbehaviour"
 overruns=$(metric "$EDGE_STATUS_URL" reachback_edge_window_overruns_total)
 [[ ${overruns%.*} -ge 1 ]] || fail "window overrun not counted ($overruns)"

@@ -22,12 +22,16 @@ Modes:
   bad-proto      opens a stream with an unknown proto (7): the edge answers
                  StreamResult FAILED and the tunnel lives ("refused ...",
                  then "alive" after a Ping)
+  ping-flood     before any logon, sends Pings as fast as the edge takes
+                 them for 3 s, reading nothing, then holds the connection
+                 1 s more: "flooded N" (N Pings sent)
 Prints one line: "closed PROTOCOL: <message>", "alive", or what went wrong.
 """
 import socket
 import ssl
 import struct
 import sys
+import time
 
 CONTROL, DATA, DATAGRAM, WINDOW = 1, 2, 3, 4
 
@@ -152,6 +156,19 @@ def main():
     if not m or m[0] != 2:
         print("no HelloAck: %r" % (m,))
         return 1
+    if mode == "ping-flood":
+        batch = control(7, field_varint(1, 7)) * 4096
+        sent, end = 0, time.monotonic() + 3
+        t.s.settimeout(1)
+        while time.monotonic() < end:
+            try:
+                t.send(batch)
+            except (socket.timeout, OSError):
+                break   # the edge stopped reading: fine, that bounds it too
+            sent += 4096
+        time.sleep(1)
+        print("flooded %d" % sent)
+        return 0
     t.send(control(3, field_bytes(1, user) + field_bytes(2, password) + field_bytes(3, "raw")))
     m = t.control()
     if m and m[0] == 11:   # an earlier run's session: take it over
@@ -207,7 +224,6 @@ def main():
         print("refused %d: %s, alive" % (r.get(2, 0), r.get(3, b"").decode(errors="replace")))
         return 0
     elif mode == "churn":
-        import time
         host, port = target
         for k in range(40):
             sid = 2 * k + 1

@@ -634,6 +634,12 @@ static void test_refusals_and_cap(void **state)
 
 /* A dropped connection keeps its session (no logoff); the device comes
  * back with Resume. Then the keepalive rule. */
+static void s_ping_tick(rb_loop_t *loop, void *arg)
+{
+    device_t *d = arg;
+    if (d->c && !d->closed) s_simple(d, RB__TUNNEL__TUNNEL_CONTROL__MSG_PING);
+}
+
 static void test_drop_keeps_session_and_idle(void **state)
 {
     fix_t f;
@@ -672,6 +678,22 @@ static void test_drop_keeps_session_and_idle(void **state)
     assert_int_equal(q.cases[q.n - 1], RB__TUNNEL__TUNNEL_CONTROL__MSG_SESSION_CLOSED);
     assert_int_equal(q.reasons[q.n - 1], RB__TUNNEL__CLOSE_REASON__CLOSE_IDLE);
     assert_int_equal(f.broker.logoffs, 0);
+
+    /* Pings alone are not progress before a logon: a peer that pings and
+     * never logs on is closed like a silent one (each Ping is answered). */
+    device_t pinger;
+    s_dial(&f, &pinger);
+    s_hello(&pinger);
+    rb_timer_t *pt = rb_loop_add_timer(f.loop, 500, true, s_ping_tick, &pinger);
+    assert_non_null(pt);
+    start = rb_now_ms();
+    assert_true(s_wait(f.loop, s_closed, &pinger, 0, 6000));
+    took = rb_now_ms() - start;
+    rb_loop_cancel_timer(f.loop, pt);
+    assert_true(took >= 3000);
+    assert_int_equal(pinger.cases[1], RB__TUNNEL__TUNNEL_CONTROL__MSG_PONG);
+    assert_int_equal(pinger.cases[pinger.n - 1], RB__TUNNEL__TUNNEL_CONTROL__MSG_SESSION_CLOSED);
+    assert_int_equal(pinger.reasons[pinger.n - 1], RB__TUNNEL__CLOSE_REASON__CLOSE_IDLE);
     s_stop(&f);
 }
 

@@ -16,6 +16,7 @@
 #include <netinet/in.h>
 #include <openssl/err.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -303,6 +304,7 @@ typedef struct {
     const uint8_t *bytes;
     size_t len;
     bool saw_eof;
+    atomic_bool stalled; /* after the handshake, read nothing until cleared */
 } raw_t;
 
 static void *s_raw_client(void *arg)
@@ -320,7 +322,9 @@ static void *s_raw_client(void *arg)
         SSL_set_fd(ssl, fd);
         SSL_set1_host(ssl, "edge.test");
         if (SSL_connect(ssl) == 1) {
-            SSL_write(ssl, r->bytes, (int)r->len);
+            if (r->len) SSL_write(ssl, r->bytes, (int)r->len);
+            while (atomic_load(&r->stalled))
+                usleep(10 * 1000);
             int n;
             while ((n = SSL_read(ssl, buf, sizeof buf)) > 0) {
             }
@@ -385,6 +389,35 @@ static void test_oversized_frame_header(void **state)
     s_bad_peer(hdr, sizeof hdr, true, RB_TCONN_PROTOCOL, "too large");
 }
 
+/* A peer that stops reading: a close with output queued for it ends after
+ * the flush deadline instead of holding the buffers for ever. */
+static void test_close_to_a_peer_that_does_not_read(void **state)
+{
+    rb_loop_t *loop = rb_loop_new();
+    srv_t srv;
+    s_srv_start(&srv, loop);
+    raw_t r = {.port = srv.port, .tls = true};
+    atomic_init(&r.stalled, true);
+    pthread_t th;
+    pthread_create(&th, NULL, s_raw_client, &r);
+    side_t *s = &srv.servers[0];
+    assert_true(s_wait(loop, s_is_open, s, 5000));
+    static uint8_t chunk[16384];
+    for (int i = 0; i < 8 * 64; i++) /* 8 MiB, far more than socket buffers take */
+        assert_int_equal(rb_tconn_send_frame(s->c, RB_FRAME_DATA, 0, 1, chunk, sizeof chunk), 0);
+    uint64_t t0 = rb_now_ms();
+    rb_tconn_close_after_flush(s->c);
+    assert_true(s_wait(loop, s_is_closed, s, 15000));
+    uint64_t took = rb_now_ms() - t0;
+    atomic_store(&r.stalled, false);
+    pthread_join(th, NULL);
+    assert_int_equal(s->end, RB_TCONN_LOCAL);
+    assert_non_null(strstr(s->reason, "did not take the last"));
+    assert_true(took >= 9000 && took < 13000);
+    s_srv_stop(&srv);
+    rb_loop_destroy(&loop);
+}
+
 static void test_destroy_inside_on_frame(void **state)
 {
     rb_loop_t *loop = rb_loop_new();
@@ -413,6 +446,7 @@ int main(void)
         cmocka_unit_test(test_connect_refused),
         cmocka_unit_test(test_garbage_before_tls),
         cmocka_unit_test(test_oversized_frame_header),
+        cmocka_unit_test(test_close_to_a_peer_that_does_not_read),
         cmocka_unit_test(test_destroy_inside_on_frame),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
