@@ -141,10 +141,14 @@ int rb_loop_add_fd(rb_loop_t *l, int fd, unsigned events, rb_io_fn *fn, void *ar
 {
     if (fd < 0 || s_fd_slot_grow(l, fd) < 0) return -1;
     fd_slot_t *s = &l->fds[fd];
-    s->gen++;
+    /* The generation moves only when the add succeeds: a refused one (the
+     * fd is already watched) must leave the live registration's events
+     * valid. */
+    uint32_t gen = s->gen + 1;
     struct epoll_event ev = {.events = s_epoll_mask(events),
-                             .data.u64 = (uint64_t)(uint32_t)fd | (uint64_t)s->gen << 32};
+                             .data.u64 = (uint64_t)(uint32_t)fd | (uint64_t)gen << 32};
     if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) return -1;
+    s->gen = gen;
     s->fn = fn;
     s->arg = arg;
     s->active = true;

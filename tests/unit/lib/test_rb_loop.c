@@ -86,6 +86,25 @@ static void test_fd_events_and_delete_in_batch(void **state)
     rb_loop_destroy(&l);
 }
 
+/* Adding an fd that is already watched fails, and leaves the watch that
+ * exists working. */
+static void test_add_twice_keeps_the_first(void **state)
+{
+    rb_loop_t *l = rb_loop_new();
+    int a[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, a), 0);
+    io_t first = {0, -1}, second = {0, -1};
+    assert_int_equal(rb_loop_add_fd(l, a[0], RB_EV_READ, s_on_read, &first), 0);
+    assert_int_equal(rb_loop_add_fd(l, a[0], RB_EV_READ, s_on_read, &second), -1);
+    assert_int_equal(write(a[1], "x", 1), 1);
+    rb_loop_add_timer(l, 50, false, s_stop, NULL);
+    rb_loop_run(l);
+    assert_int_equal(first.reads, 1);
+    assert_int_equal(second.reads, 0);
+    close(a[0]), close(a[1]);
+    rb_loop_destroy(&l);
+}
+
 static void s_on_sig(rb_loop_t *l, int signo, void *arg)
 {
     *(int *)arg = signo;
@@ -310,6 +329,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_timers_fire_in_order_and_cancel),
         cmocka_unit_test(test_fd_events_and_delete_in_batch),
+        cmocka_unit_test(test_add_twice_keeps_the_first),
         cmocka_unit_test(test_pause_fd),
         cmocka_unit_test(test_signal_through_loop),
         cmocka_unit_test(test_zmq_edge_trigger_never_strands_messages),
