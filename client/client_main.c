@@ -275,6 +275,16 @@ static void s_describe_offer(char *out, size_t len, const char *user, const clie
 static void s_on_offer(void *arg, const client_offer_t *o)
 {
     app_t *app = arg;
+    if (!o || app->ask_fd >= 0) {
+        /* The offer we asked about left with its connection; the next
+         * edge's offer, if one comes, is asked anew. */
+        if (app->ask_fd >= 0) {
+            fputs("\n(connection lost; that offer is gone)\n", app->ask_out);
+            fflush(app->ask_out);
+        }
+        s_ask_done(app);
+        if (!o) return;
+    }
     char what[512];
     s_describe_offer(what, sizeof what, app->o->user, o);
     if (app->o->transfer == TRANSFER_YES) {

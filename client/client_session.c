@@ -177,6 +177,7 @@ static int s_dial(client_session_t *s)
     s->edge_id[0] = '\0';
     /* An offer belongs to the connection it came on: the next edge makes
      * its own. */
+    if (s->st == ST_OFFERED && s->h.on_offer) s->h.on_offer(s->arg, NULL);
     free(s->offer_id);
     s->offer_id = NULL;
     s->offer_lapsed = false;

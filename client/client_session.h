@@ -67,7 +67,9 @@ typedef struct {
      * the call. */
     void (*on_logon)(void *arg, const client_logon_info_t *info);
     /* The user has a session already: answer with client_session_answer,
-     * now or later. The offer is only valid during the call. */
+     * now or later. The offer is only valid during the call. offer NULL:
+     * the unanswered offer is gone with its connection (the next edge
+     * makes its own); a question put to the person about it is moot. */
     void (*on_offer)(void *arg, const client_offer_t *offer);
     /* The connection dropped; resuming (for people; may be NULL). */
     void (*on_resuming)(void *arg, const char *why);

@@ -1,7 +1,8 @@
 /* client_session against stand-in edges: real TLS listeners on 127.0.0.1
  * whose side of the dialogue the test scripts (rb_tconn servers in the
  * same loop). Covers answering a transfer offer, an offer that runs out
- * while the person thinks (yes -> 15, no -> 10), close reasons as results,
+ * while the person thinks (yes -> 15, no -> 10), an offer withdrawn when
+ * its edge drops before the next edge offers, close reasons as results,
  * resuming on the next server after a drop and after SHUTDOWN (Resume with
  * the session and token, no Logon), a refused resume (16), giving up after
  * the resume timeout (8), and the backoff schedule. */
@@ -210,6 +211,7 @@ typedef struct {
     rb_loop_t *loop;
     client_session_t *s;
     int logons, offers, resuming;
+    int withdrawn;           /* on_offer(NULL): the pending offer is gone */
     bool resumed, no_address;
     char edge_id[32], session[32];
     int answer;              /* on_offer: 1 accept, 0 decline, -1 later */
@@ -231,6 +233,12 @@ static void s_on_logon(void *arg, const client_logon_info_t *i)
 static void s_on_offer(void *arg, const client_offer_t *o)
 {
     device_t *d = arg;
+    if (!o) {
+        d->withdrawn++;
+        return;
+    }
+    /* A new offer only after the last unanswered one was withdrawn. */
+    if (d->answer < 0) assert_int_equal(d->withdrawn, d->offers);
     d->offers++;
     assert_string_equal(o->device, "laptop");
     assert_int_equal(o->expires_in_s, 120);
@@ -342,6 +350,37 @@ static void test_offer_then_edge_stops(void **state)
     assert_int_equal(b.answers, 1);
     assert_string_equal(d.edge_id, "edge-b");
     assert_string_equal(d.session, "s-2");
+    client_session_destroy(&d.s);
+    s_edge_stop(&a);
+    s_edge_stop(&b);
+    rb_loop_destroy(&loop);
+}
+
+/* The edge drops the connection while the person thinks about its offer:
+ * the question is withdrawn before the next edge asks its own, and the
+ * answer to that one counts. */
+static void test_offer_withdrawn_when_the_edge_drops(void **state)
+{
+    rb_loop_t *loop = rb_loop_new();
+    edge_t a, b;
+    s_edge_start(&a, loop, "edge-a");
+    s_edge_start(&b, loop, "edge-b");
+    a.logon_mode = LOGON_OFFER;
+    b.logon_mode = LOGON_OFFER;
+    const char *servers[] = {a.addr, b.addr};
+    device_t d;
+    s_dev_start(&d, loop, servers, 2, -1, 60);
+    assert_true(s_wait(loop, s_offered, &d, 1, 5000));
+    assert_int_equal(d.withdrawn, 0);
+    rb_tconn_destroy(&a.c); /* edge A vanishes mid-question */
+    assert_true(s_wait(loop, s_offered, &d, 2, 5000));
+    assert_int_equal(d.withdrawn, 1);
+    client_session_answer(d.s, true);
+    assert_true(s_wait(loop, s_logged_on, &d, 1, 5000));
+    assert_false(d.ended);
+    assert_int_equal(a.answers, 0);
+    assert_int_equal(b.answers, 1);
+    assert_string_equal(d.edge_id, "edge-b");
     client_session_destroy(&d.s);
     s_edge_stop(&a);
     s_edge_stop(&b);
@@ -484,6 +523,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_offer_accept_then_transferred),
         cmocka_unit_test(test_offer_lapses),
+        cmocka_unit_test(test_offer_withdrawn_when_the_edge_drops),
         cmocka_unit_test(test_offer_then_edge_stops),
         cmocka_unit_test(test_resume_round_robin),
         cmocka_unit_test(test_resume_gives_up),
