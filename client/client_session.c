@@ -27,6 +27,9 @@
 #define DECLINE_WAIT_MS 2000
 #define BACKOFF_FIRST_MS 100
 #define BACKOFF_MAX_MS 2000
+/* An edge that finished TLS but does not answer Hello (frozen, or not an
+ * edge): the next server, or the next resume attempt, after this long. */
+#define HELLO_TIMEOUT_MS 10000
 
 typedef enum {
     ST_CONNECTING,
@@ -65,6 +68,7 @@ struct client_session {
     uint64_t last_rx_ms;
     uint64_t nonce;
     rb_timer_t *ping_timer;
+    rb_timer_t *hello_timer;    /* from TLS up until the HelloAck */
     rb_timer_t *deadline;       /* logoff/decline wait, or the deferred end */
     rb_timer_t *backoff;
     bool tunnel_up;             /* on_tunnel(t) said, on_tunnel(NULL) not yet */
@@ -117,6 +121,8 @@ static void s_stop_timers(client_session_t *s)
 {
     rb_loop_cancel_timer(s->loop, s->ping_timer);
     s->ping_timer = NULL;
+    rb_loop_cancel_timer(s->loop, s->hello_timer);
+    s->hello_timer = NULL;
     rb_loop_cancel_timer(s->loop, s->deadline);
     s->deadline = NULL;
     rb_loop_cancel_timer(s->loop, s->backoff);
@@ -446,6 +452,8 @@ static void s_on_control(client_session_t *s, const Rb__Tunnel__TunnelControl *m
         snprintf(s->edge_id, sizeof s->edge_id, "%s",
                  m->hello_ack->edge_id && *m->hello_ack->edge_id ? m->hello_ack->edge_id
                                                                  : s->servers[s->cur]);
+        rb_loop_cancel_timer(s->loop, s->hello_timer);
+        s->hello_timer = NULL;
         /* Pings from here on: a person answering an offer takes longer
          * than the edge's idle limit. */
         s_start_pings(s, s->keepalive_s);
@@ -489,10 +497,22 @@ static void s_on_control(client_session_t *s, const Rb__Tunnel__TunnelControl *m
     s_end(s, CLIENT_PROTOCOL, "unexpected message from the edge");
 }
 
+static void s_on_close(rb_tconn_t *t, rb_tconn_end_t end, const char *reason, void *arg);
+
+static void s_on_hello_timeout(rb_loop_t *loop, void *arg)
+{
+    client_session_t *s = arg;
+    s->hello_timer = NULL;
+    /* As a connection that failed before the dialogue began. */
+    s_on_close(s->t, RB_TCONN_TLS_FAILED, "no HelloAck from the edge in time", s);
+}
+
 static void s_on_open(rb_tconn_t *t, void *arg)
 {
     client_session_t *s = arg;
     s->last_rx_ms = rb_now_ms();
+    rb_loop_cancel_timer(s->loop, s->hello_timer);
+    s->hello_timer = rb_loop_add_timer(s->loop, HELLO_TIMEOUT_MS, false, s_on_hello_timeout, s);
     Rb__Tunnel__TunnelControl m = RB__TUNNEL__TUNNEL_CONTROL__INIT;
     Rb__Tunnel__Hello h = RB__TUNNEL__HELLO__INIT;
     h.version = RB_TUNNEL_VERSION;
@@ -531,6 +551,8 @@ static void s_on_frame(rb_tconn_t *t, const rb_frame_t *f, void *arg)
 static void s_on_close(rb_tconn_t *t, rb_tconn_end_t end, const char *reason, void *arg)
 {
     client_session_t *s = arg;
+    rb_loop_cancel_timer(s->loop, s->hello_timer);
+    s->hello_timer = NULL;
     s_tunnel_gone(s);
     rb_tconn_destroy(&s->t);
     if (s->st == ST_DONE) return;

@@ -2,7 +2,8 @@
  * whose side of the dialogue the test scripts (rb_tconn servers in the
  * same loop). Covers answering a transfer offer, an offer that runs out
  * while the person thinks (yes -> 15, no -> 10), an offer withdrawn when
- * its edge drops before the next edge offers, close reasons as results,
+ * its edge drops before the next edge offers, an edge that never answers
+ * Hello, close reasons as results,
  * resuming on the next server after a drop and after SHUTDOWN (Resume with
  * the session and token, no Logon), a refused resume (16), giving up after
  * the resume timeout (8), and the backoff schedule. */
@@ -41,7 +42,8 @@ typedef enum {
     LOGON_OFFER_LAPSES,
     LOGON_OFFER_SHUTDOWN, /* offers, then stops when the offer is accepted */
     LOGON_DROP,
-    LOGON_SHUTDOWN
+    LOGON_SHUTDOWN,
+    MUTE /* finishes TLS, then answers nothing (not even Hello) */
 } logon_mode_t;
 
 typedef struct {
@@ -105,6 +107,7 @@ static void s_edge_frame(rb_tconn_t *c, const rb_frame_t *f, void *arg)
     Rb__Tunnel__TunnelControl r = RB__TUNNEL__TUNNEL_CONTROL__INIT;
     switch (m->msg_case) {
     case RB__TUNNEL__TUNNEL_CONTROL__MSG_HELLO: {
+        if (e->logon_mode == MUTE) break;
         Rb__Tunnel__HelloAck ack = RB__TUNNEL__HELLO_ACK__INIT;
         ack.version = RB_TUNNEL_VERSION;
         ack.edge_id = (char *)e->name;
@@ -387,6 +390,33 @@ static void test_offer_withdrawn_when_the_edge_drops(void **state)
     rb_loop_destroy(&loop);
 }
 
+/* An edge that finishes TLS and then says nothing: after 10 s the device
+ * logs on through the next server. */
+static void test_mute_edge_is_left(void **state)
+{
+    rb_loop_t *loop = rb_loop_new();
+    edge_t a, b;
+    s_edge_start(&a, loop, "edge-a");
+    s_edge_start(&b, loop, "edge-b");
+    a.logon_mode = MUTE;
+    b.logon_mode = LOGON_OK;
+    const char *servers[] = {a.addr, b.addr};
+    device_t d;
+    s_dev_start(&d, loop, servers, 2, 1, 60);
+    uint64_t t0 = rb_now_ms();
+    assert_true(s_wait(loop, s_logged_on, &d, 1, 15000));
+    uint64_t took = rb_now_ms() - t0;
+    assert_true(took >= 9500 && took < 13000);
+    assert_false(d.ended);
+    assert_int_equal(a.logons, 0);
+    assert_int_equal(b.logons, 1);
+    assert_string_equal(d.edge_id, "edge-b");
+    client_session_destroy(&d.s);
+    s_edge_stop(&a);
+    s_edge_stop(&b);
+    rb_loop_destroy(&loop);
+}
+
 /* The offer runs out while the person thinks: yes -> 15, no -> 10; the
  * late answer is not sent, the edge having said the offer expired. */
 static void test_offer_lapses(void **state)
@@ -524,6 +554,7 @@ int main(void)
         cmocka_unit_test(test_offer_accept_then_transferred),
         cmocka_unit_test(test_offer_lapses),
         cmocka_unit_test(test_offer_withdrawn_when_the_edge_drops),
+        cmocka_unit_test(test_mute_edge_is_left),
         cmocka_unit_test(test_offer_then_edge_stops),
         cmocka_unit_test(test_resume_round_robin),
         cmocka_unit_test(test_resume_gives_up),
