@@ -311,8 +311,10 @@ static int s_forward(dns_server_t *s, const uint8_t *pkt, size_t len, const dns_
         id = s_random16(s);
     } while (s->fwd_by_id[id] && ++tries < 64);
     if (s->fwd_by_id[id]) return -1;
-    /* Our copy: id rewritten, and for TCP clients an OPT record so the
-     * upstream can answer in full over UDP (it would truncate at 512). */
+    /* Our copy: id rewritten, and for TCP clients an OPT record asking
+     * for FWD_EDNS_PAYLOAD, so that the upstream answers in full over UDP
+     * (it would truncate at 512, or at the size a client's own OPT names,
+     * which is for UDP and means nothing over TCP). */
     uint8_t out[UDP_RBUF + 16];
     if (len > UDP_RBUF) return -1;
     memcpy(out, pkt, len);
@@ -322,6 +324,9 @@ static int s_forward(dns_server_t *s, const uint8_t *pkt, size_t len, const dns_
     if (tcp && !q->edns) {
         size_t n = dns_wire_add_opt(out, olen, sizeof out, FWD_EDNS_PAYLOAD);
         if (n) olen = n;
+    } else if (tcp && q->edns_size < FWD_EDNS_PAYLOAD && q->edns_size_off + 2u <= olen) {
+        out[q->edns_size_off] = (uint8_t)(FWD_EDNS_PAYLOAD >> 8);
+        out[q->edns_size_off + 1] = (uint8_t)(FWD_EDNS_PAYLOAD & 0xff);
     }
     if (send(s->up_fd, out, olen, MSG_DONTWAIT) < 0) {
         rb_debug("dns_forward_send", "send upstream: %s", strerror(errno));

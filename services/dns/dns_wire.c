@@ -100,6 +100,7 @@ static int s_additional(const uint8_t *pkt, size_t len, rb_cursor_t *c, dns_quer
     if (n < 0) return -1;
     c->pos = pos;
     uint16_t type = rb_cur_u16(c);
+    size_t klass_off = c->pos;
     uint16_t klass = rb_cur_u16(c);
     uint32_t ttl = rb_cur_u32(c);
     uint16_t rdlen = rb_cur_u16(c);
@@ -117,6 +118,7 @@ static int s_additional(const uint8_t *pkt, size_t len, rb_cursor_t *c, dns_quer
     }
     q->edns = true;
     q->edns_size = klass < DNS_UDP_PLAIN ? DNS_UDP_PLAIN : klass;
+    q->edns_size_off = (uint16_t)klass_off;
     q->edns_version = (uint8_t)(ttl >> 16);
     return 0;
 }
@@ -128,6 +130,7 @@ int dns_wire_parse_query(const uint8_t *pkt, size_t len, dns_query_t *q)
     q->has_question = false;
     q->edns = false;
     q->edns_size = 0;
+    q->edns_size_off = 0;
     q->edns_version = 0;
     q->qname_len = 0;
     q->nlabels = 0;

@@ -69,6 +69,7 @@ typedef struct {
     uint16_t qclass;
     bool edns;                     /* an OPT record was present */
     uint16_t edns_size;            /* the client's UDP payload size */
+    uint16_t edns_size_off;        /* where the packet holds it (OPT's class) */
     uint8_t edns_version;
 } dns_query_t;
 

@@ -82,7 +82,8 @@ static void *s_loop_main(void *arg)
 
 static void s_stop(void *arg) { rb_loop_stop(F.loop); }
 
-/* The fake upstream: 40 A records for any question. */
+/* The fake upstream: 40 A records for any question, truncated (TC, no
+ * records) when they exceed what the query's EDNS size allows over UDP. */
 static void s_fake_read(rb_loop_t *loop, int fd, unsigned events, void *arg)
 {
     uint8_t in[2048], out[4096];
@@ -97,6 +98,8 @@ static void s_fake_read(rb_loop_t *loop, int fd, unsigned events, void *arg)
     for (uint32_t i = 0; i < 40; i++)
         dns_writer_a(&w, DNS_SEC_ANSWER, q.qname, q.qname_len, 60, 0x0a000001 + i);
     size_t len = dns_writer_finish(&w);
+    if (len > dns_wire_max_response(&q, false))
+        len = dns_wire_truncate(out, len, dns_wire_max_response(&q, false));
     sendto(fd, out, len, 0, (struct sockaddr *)&from, fl);
 }
 
@@ -513,6 +516,10 @@ static void test_truncation_and_tcp(void **state)
     o = s_run(DIG "+noedns many.example A +short", port);
     assert_int_equal(s_lines(o), 40);
     o = s_run(DIG "+tcp many.example A +short", port);
+    assert_int_equal(s_lines(o), 40);
+    /* Over TCP a client's EDNS size (512 here, too small for 40 records)
+     * says nothing: the upstream is asked for a full answer. */
+    o = s_run(DIG "+tcp +bufsize=512 many.example A +short", port);
     assert_int_equal(s_lines(o), 40);
     /* With EDNS (1232) they fit over UDP. */
     o = s_run(DIG "+bufsize=1232 many.example A +short", port);
