@@ -1,5 +1,6 @@
 /* forwarder_resolve: see forwarder_resolve.h. Requests and answers travel in
- * two mutex-protected lists; an eventfd wakes the loop. */
+ * two mutex-protected lists; an eventfd wakes the loop. The per-owner
+ * counts are only touched on the loop's thread. */
 #include "forwarder_resolve.h"
 
 #include <arpa/inet.h>
@@ -11,12 +12,17 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#define WORKERS 2
+#include "rb_imap.h"
+
+/* A lookup of a name whose servers do not answer blocks its worker for
+ * the resolver's whole timeout; workers mostly wait, so there are several,
+ * and one owner (a session) may hold at most RESOLVE_PER_OWNER of them. */
+#define WORKERS 8
 #define QUEUE_MAX 256
 
 typedef struct job {
     struct job *next;
-    uint64_t token;
+    uint64_t token, owner;
     int err;
     uint32_t ip;
     char host[256];
@@ -34,7 +40,17 @@ struct resolve {
     bool stop;
     pthread_t th[WORKERS];
     int nth;
+    rb_imap_t *per_owner; /* owner -> lookups queued or running */
 };
+
+static void s_owner_add(resolve_t *r, uint64_t owner, int d)
+{
+    uintptr_t n = (uintptr_t)rb_imap_get(r->per_owner, owner) + (uintptr_t)(intptr_t)d;
+    if (n)
+        rb_imap_put(r->per_owner, owner, (void *)n);
+    else
+        rb_imap_del(r->per_owner, owner);
+}
 
 static void *s_worker(void *arg)
 {
@@ -82,6 +98,7 @@ static void s_on_event(rb_loop_t *loop, int fd, unsigned events, void *arg)
         pthread_mutex_lock(&r->mu);
         r->queued--;
         pthread_mutex_unlock(&r->mu);
+        s_owner_add(r, j->owner, -1);
         r->fn(r->arg, j->token, j->err, j->ip);
         free(j);
     }
@@ -97,7 +114,7 @@ resolve_t *resolve_new(rb_loop_t *loop, resolve_fn *fn, void *arg)
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cv, NULL);
     r->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (r->efd < 0 || rb_loop_add_fd(loop, r->efd, RB_EV_READ, s_on_event, r) < 0) {
+    if (r->efd < 0 || !(r->per_owner = rb_imap_new()) || rb_loop_add_fd(loop, r->efd, RB_EV_READ, s_on_event, r) < 0) {
         resolve_destroy(&r);
         return NULL;
     }
@@ -136,17 +153,19 @@ void resolve_destroy(resolve_t **pr)
     }
     s_free_list(r->todo);
     s_free_list(r->done);
+    rb_imap_destroy(&r->per_owner);
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
     free(r);
 }
 
-int resolve_start(resolve_t *r, const char *host, uint64_t token)
+int resolve_start(resolve_t *r, const char *host, uint64_t token, uint64_t owner)
 {
-    if (strlen(host) > 255) return -1;
+    if (strlen(host) > 255 || resolve_pending(r, owner) >= RESOLVE_PER_OWNER) return -1;
     job_t *j = calloc(1, sizeof *j);
     if (!j) return -1;
     j->token = token;
+    j->owner = owner;
     strcpy(j->host, host);
     pthread_mutex_lock(&r->mu);
     if (r->queued >= QUEUE_MAX) {
@@ -155,6 +174,7 @@ int resolve_start(resolve_t *r, const char *host, uint64_t token)
         return -1;
     }
     r->queued++;
+    s_owner_add(r, owner, 1);
     if (r->todo_tail)
         r->todo_tail->next = j;
     else
@@ -163,4 +183,9 @@ int resolve_start(resolve_t *r, const char *host, uint64_t token)
     pthread_cond_signal(&r->cv);
     pthread_mutex_unlock(&r->mu);
     return 0;
+}
+
+size_t resolve_pending(const resolve_t *r, uint64_t owner)
+{
+    return (size_t)(uintptr_t)rb_imap_get(r->per_owner, owner);
 }

@@ -5,6 +5,7 @@
  * session table. */
 #ifndef FORWARDER_RESOLVE_H
 #define FORWARDER_RESOLVE_H
+#include <stddef.h>
 #include <stdint.h>
 #include "rb_loop.h"
 
@@ -19,8 +20,15 @@ resolve_t *resolve_new(rb_loop_t *loop, resolve_fn *fn, void *arg);
 /* Accepts NULL; clears the pointer. Waits for lookups in progress;
  * answers not yet delivered are dropped. */
 void resolve_destroy(resolve_t **r);
-/* Queues a lookup (host at most 255 bytes). 0, or -1 when the queue is full
- * (256) or memory runs out. */
-int resolve_start(resolve_t *r, const char *host, uint64_t token);
+/* Most lookups one owner may have queued or running at once. */
+#define RESOLVE_PER_OWNER 4
+
+/* Queues a lookup (host at most 255 bytes) for owner (the caller's id of
+ * whom it is for: a session). 0, or -1 when the owner has
+ * RESOLVE_PER_OWNER lookups already, the queue is full (256) or memory
+ * runs out. */
+int resolve_start(resolve_t *r, const char *host, uint64_t token, uint64_t owner);
+/* The owner's lookups queued or running; an answer delivered ends one. */
+size_t resolve_pending(const resolve_t *r, uint64_t owner);
 
 #endif
