@@ -386,9 +386,12 @@ static int s_output(rb_tconn_t *c)
         }
         if (had_output && c->st == ST_OPEN && c->h.on_drained) {
             c->h.on_drained(c, c->arg);
-            /* What the owner queued from there leaves now, not at the next
-             * event (we are inside a callback: nothing was deferred). */
-            if (!c->dead && c->st == ST_OPEN && rb_tconn_output_pending(c) > 0) continue;
+            /* What the owner queued from there, or a close it asked for,
+             * goes ahead now, not at the next event (we are inside a
+             * callback: nothing was deferred). */
+            if (!c->dead && ((c->st == ST_OPEN && rb_tconn_output_pending(c) > 0) ||
+                             c->st == ST_FLUSHING))
+                continue;
         }
         return 0;
     }

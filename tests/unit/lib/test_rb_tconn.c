@@ -46,6 +46,7 @@ typedef struct {
     bool echo_ping;          /* answer Ping with Pong */
     bool close_on_ping;      /* answer Ping with Pong, then close_after_flush */
     bool destroy_on_frame;   /* destroy the connection inside on_frame */
+    bool close_on_drained;   /* in on_drained: queue a Ping, then close_after_flush */
     int drained;             /* on_drained calls */
     size_t left_at_drain;    /* output pending at any of them (must be 0) */
 } side_t;
@@ -109,6 +110,11 @@ static void s_on_drained(rb_tconn_t *c, void *arg)
     side_t *s = arg;
     s->drained++;
     s->left_at_drain += rb_tconn_output_pending(c);
+    if (s->close_on_drained) {
+        s->close_on_drained = false;
+        assert_int_equal(s_send_ping(c, 77), 0);
+        rb_tconn_close_after_flush(c);
+    }
 }
 
 static const rb_tconn_handlers_t s_handlers = {s_on_open, s_on_frame, s_on_close, s_on_drained};
@@ -418,6 +424,30 @@ static void test_close_to_a_peer_that_does_not_read(void **state)
     rb_loop_destroy(&loop);
 }
 
+/* A close asked for from on_drained, with a last frame queued there: both
+ * go out at once, close_notify included. */
+static void test_close_from_on_drained(void **state)
+{
+    rb_loop_t *loop = rb_loop_new();
+    srv_t srv;
+    s_srv_start(&srv, loop);
+    srv.tmpl.echo_ping = true;
+    srv.tmpl.close_on_drained = true;
+    side_t cli = {0};
+    assert_non_null(s_dial(loop, &srv, "edge.test", &cli));
+    assert_true(s_wait(loop, s_is_open, &cli, 3000));
+    assert_int_equal(s_send_ping(cli.c, 5), 0);
+    uint64_t t0 = rb_now_ms();
+    assert_true(s_wait(loop, s_is_closed, &cli, 5000));
+    assert_true(rb_now_ms() - t0 < 2000);
+    assert_int_equal(cli.last_nonce, 77); /* the Pong (5), then the last Ping */
+    assert_int_equal(cli.controls, 2);
+    assert_int_equal(cli.end, RB_TCONN_PEER_CLOSED);
+    assert_null(strstr(cli.reason, "without"));
+    s_srv_stop(&srv);
+    rb_loop_destroy(&loop);
+}
+
 static void test_destroy_inside_on_frame(void **state)
 {
     rb_loop_t *loop = rb_loop_new();
@@ -447,6 +477,7 @@ int main(void)
         cmocka_unit_test(test_garbage_before_tls),
         cmocka_unit_test(test_oversized_frame_header),
         cmocka_unit_test(test_close_to_a_peer_that_does_not_read),
+        cmocka_unit_test(test_close_from_on_drained),
         cmocka_unit_test(test_destroy_inside_on_frame),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
