@@ -39,6 +39,8 @@ struct rb_status {
     route_t routes[MAX_ROUTES];
     size_t nroutes;
     rb_metric_t *requests;
+    rb_defer_t kick; /* MHD_run soon: a resumed connection has its answer */
+    unsigned kicks;  /* in a row, while MHD has work at once */
     /* While a route handler runs: its connection, and the deferral it asked
      * for, if any. */
     struct MHD_Connection *current_conn;
@@ -234,6 +236,20 @@ static void s_tick(rb_loop_t *loop, void *arg)
     MHD_run(st->mhd);
 }
 
+/* A resumed connection is only served by a later MHD_run, which takes more
+ * than one pass (the handler is called again, then the answer is sent):
+ * run again while MHD says it has work at once, a few times. */
+static void s_on_kick(rb_loop_t *loop, void *arg)
+{
+    rb_status_t *st = arg;
+    MHD_run(st->mhd);
+    MHD_UNSIGNED_LONG_LONG ms = 1;
+    if (++st->kicks < 4 && MHD_get_timeout(st->mhd, &ms) == MHD_YES && ms == 0)
+        rb_loop_defer(loop, &st->kick, s_on_kick, st);
+    else
+        st->kicks = 0;
+}
+
 static int s_parse_listen(const char *listen, struct sockaddr_in *sa)
 {
     const char *colon = strrchr(listen, ':');
@@ -277,6 +293,9 @@ rb_status_t *rb_status_new(rb_loop_t *loop, const char *listen, const char *serv
                                MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
                                MHD_OPTION_NOTIFY_COMPLETED, s_done, st,
                                MHD_OPTION_CONNECTION_LIMIT, (unsigned)128,
+                               /* Slow clients from one address must not take
+                                * the probes' connections. */
+                               MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)16,
                                MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
                                MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(128 * 1024),
                                MHD_OPTION_END);
@@ -308,6 +327,7 @@ void rb_status_destroy(rb_status_t **stp)
     /* libmicrohttpd must not be stopped with suspended connections. */
     while (st->waiting)
         rb_status_finish(st->waiting, 503, "text/plain", "shutting down\n", 14);
+    rb_loop_undefer(st->loop, &st->kick);
     if (st->mhd) MHD_stop_daemon(st->mhd);
     for (size_t i = 0; i < st->nroutes; i++) free(st->routes[i].prefix);
     free(st->service);
@@ -382,6 +402,8 @@ void rb_status_finish(rb_status_pending_t *p, int code, const char *ctype, const
         }
         /* MHD calls the handler again for this request, which sends it. */
         MHD_resume_connection(p->conn);
+        p->st->kicks = 0;
+        rb_loop_defer(p->st->loop, &p->st->kick, s_on_kick, p->st);
     }
     free(p);
 }
