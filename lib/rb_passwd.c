@@ -22,12 +22,19 @@
 #define R_MAX 32
 #define P_MAX 16
 
+/* Each parameter alone in range is not enough: ln=20, r=32 takes 4 GiB
+ * for every check, and p multiplies the time. */
+#define MEM_MAX ((uint64_t)1 << 30)  /* 128 * r * N: ln=20, r=8 at most */
+#define WORK_MAX ((uint64_t)1 << 24) /* r * p * N: twice ln=20, r=8, p=1 */
+
 /* RFC 7914 requires N < 2^(128 * r / 8); OpenSSL refuses the rest, so
  * refuse it here with the other range checks. */
-static bool s_cost_ok(unsigned ln, unsigned r, unsigned p)
+bool rb_passwd_cost_ok(unsigned ln, unsigned r, unsigned p)
 {
-    return ln >= LN_MIN && ln <= LN_MAX && r >= 1 && r <= R_MAX && p >= 1 && p <= P_MAX &&
-           ln < 16 * r;
+    if (ln < LN_MIN || ln > LN_MAX || r < 1 || r > R_MAX || p < 1 || p > P_MAX || ln >= 16 * r)
+        return false;
+    uint64_t n = (uint64_t)1 << ln;
+    return 128 * r * n <= MEM_MAX && (uint64_t)r * p * n <= WORK_MAX;
 }
 
 static int s_scrypt(const char *password, const uint8_t *salt, size_t saltlen, unsigned ln,
@@ -94,7 +101,7 @@ static int s_b64_decode(uint8_t *dst, size_t want, const char *src, size_t n)
 int rb_passwd_hash(const char *password, unsigned ln, unsigned r, unsigned p,
                    char out[RB_PASSWD_MAX])
 {
-    if (!password || !s_cost_ok(ln, r, p)) return -1;
+    if (!password || !rb_passwd_cost_ok(ln, r, p)) return -1;
     uint8_t salt[SALT_LEN], key[KEY_LEN];
     if (RAND_bytes(salt, sizeof salt) != 1) return -1;
     if (s_scrypt(password, salt, sizeof salt, ln, r, p, key) != 0) {
@@ -146,7 +153,7 @@ int rb_passwd_verify(const char *password, const char *entry)
     if (s_expect(&s, "$scrypt$ln=") || s_read_uint(&s, &ln) || s_expect(&s, ",r=") ||
         s_read_uint(&s, &r) || s_expect(&s, ",p=") || s_read_uint(&s, &p) || s_expect(&s, "$"))
         return -1;
-    if (!s_cost_ok(ln, r, p)) return -1;
+    if (!rb_passwd_cost_ok(ln, r, p)) return -1;
 
     const char *salt64 = s;
     const char *dollar = strchr(salt64, '$');

@@ -75,7 +75,7 @@ static const char *s_check_hash(const char *h)
     if (strlen(h) >= RB_PASSWD_MAX) return "hash too long";
     if (sscanf(h, "$scrypt$ln=%u,r=%u,p=%u$%n", &ln, &r, &p, &end) != 3 || end == 0)
         return "hash is not $scrypt$ln=N,r=R,p=P$salt$key";
-    if (ln < 1 || ln > 20 || r < 1 || r > 32 || p < 1 || p > 16) return "hash cost out of range";
+    if (!rb_passwd_cost_ok(ln, r, p)) return "hash cost out of range";
     const char *salt = h + end;
     const char *d = strchr(salt, '$');
     if (!d || !s_b64ish(salt, (size_t)(d - salt)) || !s_b64ish(d + 1, strlen(d + 1)))

@@ -84,6 +84,8 @@ static void test_bad_lines_name_file_and_line(void **state)
     s_expect_error("alice:" H1 "\n:" H1 "\n", ":2: empty user name");
     s_expect_error("alice:plaintext\n", ":1: hash is not");
     s_expect_error("alice:$scrypt$ln=40,r=8,p=1$c2FsdA==$a2V5\n", ":1: hash cost out of range");
+    /* Each in range, but 4 GiB and minutes for every check. */
+    s_expect_error("alice:$scrypt$ln=20,r=32,p=16$c2FsdA==$a2V5\n", ":1: hash cost out of range");
     s_expect_error("alice:$scrypt$ln=1,r=8,p=1$c2F*dA==$a2V5\n", ":1: hash salt or key");
     s_expect_error("alice:$scrypt$ln=1,r=8,p=1$c2FsdA==\n", ":1: hash salt or key");
     s_expect_error("al\tice:" H1 "\n", ":1: control character");

@@ -9,6 +9,7 @@
 
 #include <cmocka.h>
 
+#include "rb_loop.h"
 #include "rb_passwd.h"
 
 static void test_default_cost_roundtrip(void **state)
@@ -86,6 +87,28 @@ static void test_hash_bad_cost(void **state)
     assert_int_equal(rb_passwd_hash(NULL, 4, 8, 1, e), -1);
 }
 
+/* Each parameter in range is not enough: memory (128 r N) and work
+ * (r p N) are bounded together. */
+static void test_cost_products(void **state)
+{
+    (void)state;
+    assert_true(rb_passwd_cost_ok(15, 8, 1));  /* the default */
+    assert_true(rb_passwd_cost_ok(20, 8, 1));  /* 1 GiB, the most memory */
+    assert_true(rb_passwd_cost_ok(20, 8, 2));  /* work 2^24 */
+    assert_true(rb_passwd_cost_ok(14, 32, 16));
+    assert_false(rb_passwd_cost_ok(20, 16, 1)); /* 2 GiB */
+    assert_false(rb_passwd_cost_ok(20, 32, 16)); /* 4 GiB, 2^29 work */
+    assert_false(rb_passwd_cost_ok(20, 8, 4));   /* work 2^25 */
+    assert_false(rb_passwd_cost_ok(16, 32, 16)); /* 256 MiB but work 2^25 */
+    assert_false(rb_passwd_cost_ok(21, 8, 1));
+    /* Refused before any work: a verify of such an entry returns at once. */
+    uint64_t t0 = rb_now_ms();
+    assert_int_equal(rb_passwd_verify("pw", "$scrypt$ln=20,r=32,p=16$c2FsdHNhbHRzYWx0c2FsdA==$"
+                                            "a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2U="),
+                     -1);
+    assert_true(rb_now_ms() - t0 < 100);
+}
+
 /* Rewrites a valid entry's cost text and checks the result is refused. */
 static void s_bad_cost(const char *valid, const char *cost)
 {
@@ -161,6 +184,7 @@ int main(void)
         cmocka_unit_test(test_format_and_salt),
         cmocka_unit_test(test_verify_low_costs),
         cmocka_unit_test(test_hash_bad_cost),
+        cmocka_unit_test(test_cost_products),
         cmocka_unit_test(test_verify_malformed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
