@@ -437,10 +437,10 @@ static void s_on_end(void *arg, int found, uint64_t seq, const broker_session_t 
         return;
     }
     if (found == 0) {
-        /* Perhaps a first attempt ended it and its answer was lost before
-         * the release: releasing by session id is harmless when there is
-         * nothing to release, and otherwise frees a lease nobody holds. */
-        broker_send_release(b, "", c->session_id, NULL, NULL);
+        /* Nothing to release here: the session may have been transferred,
+         * its address now the new session's while ipalloc's lease still
+         * names the old one until the move. A release lost after an
+         * earlier attempt ended it is the reconcile's to find. */
         s_reply_logoff(c, false);
         return;
     }

@@ -11,7 +11,8 @@
  *                               since (Unix ms), token_sha256 (never the
  *                               token), state (pending | live), via_transfer
  *                               (1 when made by accepting an offer), groups
- *                               (comma-separated)
+ *                               (comma-separated), origin (the session the
+ *                               accepted offer named)
  *   rb:sessions:live     SET    ids of live sessions (snapshots, gauge)
  *   rb:sessions:seen     ZSET   live session id -> last seen (Unix ms):
  *                               logon, transfer, resume and edge refreshes;
@@ -141,16 +142,20 @@ static const char LUA_ABORT[] =
 
 /* ARGV: offer id, user, new sid, device, edge, source, now, token_sha256,
  * groups.
- * The offer is checked and consumed, then the user's CURRENT session (not
- * necessarily the one offered: the last accept wins) ends and the new one
- * takes its address and name. Returns {1, down seq, reason, up seq, old
- * session...}, {0} (no such offer for user), {2} (no session), {3} (a logon
- * in flight). */
+ * The offer is checked and consumed. The user's current session ends and
+ * the new one takes its address and name when the current session is the
+ * one offered ("transferred"), or came from an accept of that same offer's
+ * session (concurrent accepts: the last wins, "replaced"). A current
+ * session the offer never named (the offered one ended and the user logged
+ * on afresh) is not touched: the offer no longer applies. Returns {1, down
+ * seq, reason, up seq, old session...}, {0} (no such offer for user, or it
+ * no longer applies), {2} (no session), {3} (a logon in flight). */
 static const char LUA_TRANSFER[] =
     LUA_PRELUDE
     "local oid, user, sid, now = ARGV[1], ARGV[2], ARGV[3], ARGV[7]\n"
     "local okey = 'rb:offer:' .. oid\n"
     "if redis.call('HGET', okey, 'user') ~= user then return {0} end\n"
+    "local offered = redis.call('HGET', okey, 'session')\n"
     "redis.call('DEL', okey)\n"
     "local ukey = 'rb:user:' .. user\n"
     "local cur = redis.call('GET', ukey)\n"
@@ -158,12 +163,15 @@ static const char LUA_TRANSFER[] =
     "local s = sess_get(cur)\n"
     "if not s then return {3} end\n"
     "local reason = 'transferred'\n"
-    "if s[10] == '1' then reason = 'replaced' end\n"
+    "if cur ~= offered then\n"
+    "  if redis.call('HGET', 'rb:session:' .. cur, 'origin') ~= offered then return {0} end\n"
+    "  reason = 'replaced'\n"
+    "end\n"
     "local down = sess_drop(s, reason)\n"
     "redis.call('HSET', 'rb:session:' .. sid, 'user', user, 'label', s[3], 'fqdn', s[4],\n"
     "           'ip', s[5], 'device', ARGV[4], 'edge', ARGV[5], 'source', ARGV[6],\n"
     "           'since', now, 'token_sha256', ARGV[8], 'state', 'live', 'via_transfer', '1',\n"
-    "           'groups', ARGV[9])\n"
+    "           'groups', ARGV[9], 'origin', offered)\n"
     "redis.call('SET', ukey, sid)\n"
     "sess_live(sid, now, now, s[5])\n"
     "local out = {1, down, reason, redis.call('INCR', K_SEQ)}\n"

@@ -681,6 +681,73 @@ static void test_transfer_flow(void **state)
     assert_int_equal(rbt_cmd_int(&f->rs, "SISMEMBER rb:ip:free %s", ip), 1);
 }
 
+/* An offer for a session that has ended, accepted after the user logged
+ * on afresh elsewhere: the newer session was never offered, so it stays,
+ * and the accept is told the offer no longer applies. */
+static void test_stale_offer_leaves_a_newer_session(void **state)
+{
+    fx_t *f = *state;
+    if (!f) skip();
+    Rb__Edgebroker__BrokerToEdge *r = s_logon(f, "olga");
+    assert_int_equal(r->logon->status, RB__EDGEBROKER__LOGON_STATUS__LOGON_OK);
+    char sid0[64];
+    snprintf(sid0, sizeof(sid0), "%s", r->logon->session_id);
+    s_free(r);
+    r = s_logon(f, "olga");
+    assert_int_equal(r->logon->status, RB__EDGEBROKER__LOGON_STATUS__LOGON_TRANSFER_OFFER);
+    char offer[64];
+    snprintf(offer, sizeof(offer), "%s", r->logon->offer->offer_id);
+    s_free(r);
+    r = s_logoff(f, sid0);
+    assert_true(r->logoff->found);
+    s_free(r);
+    r = s_logon(f, "olga");
+    assert_int_equal(r->logon->status, RB__EDGEBROKER__LOGON_STATUS__LOGON_OK);
+    char sid1[64];
+    snprintf(sid1, sizeof(sid1), "%s", r->logon->session_id);
+    s_free(r);
+    Rb__Edgebroker__EdgeToBroker env;
+    Rb__Edgebroker__TransferRequest tr;
+    s_transfer_env(&env, &tr, offer, "olga", "edge-2");
+    r = s_call(f, &env);
+    assert_int_equal(r->logon->status, RB__EDGEBROKER__LOGON_STATUS__LOGON_OFFER_EXPIRED);
+    s_free(r);
+    redisReply *rep = rbt_cmd(&f->rs, "GET rb:user:olga");
+    assert_string_equal(rep->str, sid1);
+    freeReplyObject(rep);
+    assert_int_equal(rbt_cmd_int(&f->rs, "SISMEMBER rb:sessions:live %s", sid1), 1);
+    s_logoff_all(f, "olga");
+}
+
+/* A logoff that finds its session gone (transferred by another broker,
+ * while ipalloc still names the old session on the lease until the move)
+ * releases nothing: the address belongs to whoever holds it now. */
+static void test_late_logoff_keeps_the_lease(void **state)
+{
+    fx_t *f = *state;
+    if (!f) skip();
+    Rb__Edgebroker__BrokerToEdge *r = s_logon(f, "ivan");
+    assert_int_equal(r->logon->status, RB__EDGEBROKER__LOGON_STATUS__LOGON_OK);
+    char sid[64], ip[16];
+    snprintf(sid, sizeof(sid), "%s", r->logon->session_id);
+    snprintf(ip, sizeof(ip), "%s", r->logon->ip);
+    s_free(r);
+    lease_q_t q = {f, ip, sid};
+    assert_true(rbt_wait(f->loop, s_leased_to, &q, 3000));
+    /* The session ends behind this broker's back, its lease not yet moved. */
+    freeReplyObject(rbt_cmd(&f->rs, "DEL rb:session:%s rb:user:ivan", sid));
+    freeReplyObject(rbt_cmd(&f->rs, "SREM rb:sessions:live %s", sid));
+    freeReplyObject(rbt_cmd(&f->rs, "ZREM rb:sessions:seen %s", sid));
+    freeReplyObject(rbt_cmd(&f->rs, "ZREM rb:sessions:since %s", sid));
+    freeReplyObject(rbt_cmd(&f->rs, "HDEL rb:sessions:by_ip %s", ip));
+    r = s_logoff(f, sid);
+    assert_false(r->logoff->found);
+    s_free(r);
+    rbt_wait(f->loop, s_never, NULL, 500);
+    assert_true(s_leased_to(&q));
+    assert_int_equal(rbt_cmd_int(&f->rs, "SISMEMBER rb:ip:free %s", ip), 0);
+}
+
 /* Three accepts of three offers at once, through two brokers sharing Redis
  * and ipalloc: one live session at the end, the last, and the address
  * leased to it alone. */
@@ -1095,6 +1162,8 @@ int main(void)
         cmocka_unit_test(test_admin_http),
         cmocka_unit_test(test_reconcile_lost_takeover),
         cmocka_unit_test(test_reconcile_lost_release),
+        cmocka_unit_test(test_stale_offer_leaves_a_newer_session),
+        cmocka_unit_test(test_late_logoff_keeps_the_lease),
         cmocka_unit_test(test_ipalloc_down_unwinds), /* last: stops ipalloc */
     };
     return cmocka_run_group_tests(tests, setup, teardown);
