@@ -26,6 +26,11 @@
 #define BROKER_REFRESH_IDS_MAX 20000
 /* Leases are idempotent per session, so one resend is safe: 2 x 1 s. */
 #define BROKER_LEASE_RETRIES 1
+/* The edge gives a logon 5 s (edge_broker.c's LOGON_TIMEOUT_MS) and drops a
+ * later answer. A commit takes up to 2 s (the Redis timeout), so one not
+ * started 2.5 s after the request could land after the edge gave up: a
+ * live session, with an address, that nobody holds. Past this, abort. */
+#define BROKER_COMMIT_DEADLINE_MS 2500
 
 typedef Rb__Edgebroker__LogonStatus status_t;
 #define ST(x) RB__EDGEBROKER__LOGON_STATUS__LOGON_##x
@@ -162,6 +167,12 @@ static void s_on_lease(void *arg, const uint8_t *body, size_t len)
                (!lr->ip || rb_ip_parse(lr->ip, &addr) != 0)) {
         rb_warn("lease_failed", "ipalloc answered OK without a valid address");
         s_logon_fail(c, ST(UNAVAILABLE), "the address allocator is unavailable");
+    } else if (rb_now_ms() - c->start_ms > BROKER_COMMIT_DEADLINE_MS) {
+        snprintf(c->ip, sizeof(c->ip), "%s", lr->ip ? lr->ip : "");
+        rb_warn("logon_too_slow", "user %s: %llu ms since the request; not committing a session "
+                "the edge may no longer wait for", c->user,
+                (unsigned long long)(rb_now_ms() - c->start_ms));
+        s_logon_fail(c, ST(UNAVAILABLE), "the session service is too slow; try again");
     } else {
         /* LEASE_NO_ADDRESS: spillover or a group without addresses; the
          * session has neither address nor DNS name. */

@@ -748,6 +748,40 @@ static void test_late_logoff_keeps_the_lease(void **state)
     assert_int_equal(rbt_cmd_int(&f->rs, "SISMEMBER rb:ip:free %s", ip), 0);
 }
 
+static void s_cont(rb_loop_t *l, void *arg) { kill((pid_t)(intptr_t)arg, SIGCONT); }
+
+/* Redis and ipalloc both slow: the lease comes back later than a commit
+ * could still reach the edge in time, so the broker gives up cleanly (no
+ * live session, the lease given back) instead of making a session nobody
+ * waits for. */
+static void test_slow_logon_is_not_committed(void **state)
+{
+    fx_t *f = *state;
+    if (!f) skip();
+    kill(f->rs.pid, SIGSTOP);
+    kill(f->ipalloc_pid, SIGSTOP);
+    rb_loop_add_timer(f->loop, 1300, false, s_cont, (void *)(intptr_t)f->rs.pid);
+    rb_loop_add_timer(f->loop, 2700, false, s_cont, (void *)(intptr_t)f->ipalloc_pid);
+    Rb__Edgebroker__BrokerToEdge *r = s_logon(f, "slow");
+    assert_int_equal(r->logon->status, RB__EDGEBROKER__LOGON_STATUS__LOGON_UNAVAILABLE);
+    s_free(r);
+    assert_int_equal(rbt_cmd_int(&f->rs, "EXISTS rb:user:slow"), 0);
+    /* The lease made for it goes back to the pool. */
+    rbt_wait(f->loop, s_never, NULL, 500);
+    redisReply *rep = rbt_cmd(&f->rs, "KEYS rb:ip:lease:*");
+    for (size_t i = 0; rep && i < rep->elements; i++) {
+        redisReply *u = rbt_cmd(&f->rs, "HGET %s user", rep->element[i]->str);
+        assert_false(u && u->type == REDIS_REPLY_STRING && strcmp(u->str, "slow") == 0);
+        freeReplyObject(u);
+    }
+    freeReplyObject(rep);
+    /* And the next logon, with nothing slow, works. */
+    r = s_logon(f, "slow");
+    assert_int_equal(r->logon->status, RB__EDGEBROKER__LOGON_STATUS__LOGON_OK);
+    s_free(r);
+    s_logoff_all(f, "slow");
+}
+
 /* Three accepts of three offers at once, through two brokers sharing Redis
  * and ipalloc: one live session at the end, the last, and the address
  * leased to it alone. */
@@ -1164,6 +1198,7 @@ int main(void)
         cmocka_unit_test(test_reconcile_lost_release),
         cmocka_unit_test(test_stale_offer_leaves_a_newer_session),
         cmocka_unit_test(test_late_logoff_keeps_the_lease),
+        cmocka_unit_test(test_slow_logon_is_not_committed),
         cmocka_unit_test(test_ipalloc_down_unwinds), /* last: stops ipalloc */
     };
     return cmocka_run_group_tests(tests, setup, teardown);
