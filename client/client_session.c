@@ -181,6 +181,9 @@ static void s_lost(client_session_t *s, const char *why);
 static int s_dial(client_session_t *s)
 {
     s->edge_id[0] = '\0';
+    /* The last connection's Hello deadline is not this one's. */
+    rb_loop_cancel_timer(s->loop, s->hello_timer);
+    s->hello_timer = NULL;
     /* An offer belongs to the connection it came on: the next edge makes
      * its own. */
     if (s->st == ST_OFFERED && s->h.on_offer) s->h.on_offer(s->arg, NULL);
@@ -209,6 +212,8 @@ static void s_on_backoff(rb_loop_t *loop, void *arg)
  * short of a verdict): wait, then try the next server. */
 static void s_lost(client_session_t *s, const char *why)
 {
+    rb_loop_cancel_timer(s->loop, s->hello_timer);
+    s->hello_timer = NULL;
     s_tunnel_gone(s);
     rb_loop_cancel_timer(s->loop, s->ping_timer);
     s->ping_timer = NULL;

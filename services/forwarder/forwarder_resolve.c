@@ -43,13 +43,13 @@ struct resolve {
     rb_imap_t *per_owner; /* owner -> lookups queued or running */
 };
 
-static void s_owner_add(resolve_t *r, uint64_t owner, int d)
+/* -1 when memory runs out (the count is unchanged then). */
+static int s_owner_add(resolve_t *r, uint64_t owner, int d)
 {
     uintptr_t n = (uintptr_t)rb_imap_get(r->per_owner, owner) + (uintptr_t)(intptr_t)d;
-    if (n)
-        rb_imap_put(r->per_owner, owner, (void *)n);
-    else
-        rb_imap_del(r->per_owner, owner);
+    if (n) return rb_imap_put(r->per_owner, owner, (void *)n);
+    rb_imap_del(r->per_owner, owner);
+    return 0;
 }
 
 static void *s_worker(void *arg)
@@ -173,8 +173,12 @@ int resolve_start(resolve_t *r, const char *host, uint64_t token, uint64_t owner
         free(j);
         return -1;
     }
+    if (s_owner_add(r, owner, 1) < 0) {
+        pthread_mutex_unlock(&r->mu);
+        free(j);
+        return -1;
+    }
     r->queued++;
-    s_owner_add(r, owner, 1);
     if (r->todo_tail)
         r->todo_tail->next = j;
     else

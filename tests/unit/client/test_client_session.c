@@ -43,7 +43,8 @@ typedef enum {
     LOGON_OFFER_SHUTDOWN, /* offers, then stops when the offer is accepted */
     LOGON_DROP,
     LOGON_SHUTDOWN,
-    MUTE /* finishes TLS, then answers nothing (not even Hello) */
+    MUTE,         /* finishes TLS, then answers nothing (not even Hello) */
+    HELLO_SHUTDOWN /* answers Hello with SessionClosed{SHUTDOWN} */
 } logon_mode_t;
 
 typedef struct {
@@ -108,6 +109,10 @@ static void s_edge_frame(rb_tconn_t *c, const rb_frame_t *f, void *arg)
     switch (m->msg_case) {
     case RB__TUNNEL__TUNNEL_CONTROL__MSG_HELLO: {
         if (e->logon_mode == MUTE) break;
+        if (e->logon_mode == HELLO_SHUTDOWN) {
+            s_closed(e, RB__TUNNEL__CLOSE_REASON__CLOSE_SHUTDOWN);
+            break;
+        }
         Rb__Tunnel__HelloAck ack = RB__TUNNEL__HELLO_ACK__INIT;
         ack.version = RB_TUNNEL_VERSION;
         ack.edge_id = (char *)e->name;
@@ -215,6 +220,7 @@ typedef struct {
     client_session_t *s;
     int logons, offers, resuming;
     int withdrawn;           /* on_offer(NULL): the pending offer is gone */
+    char end_msg[256];
     bool resumed, no_address;
     char edge_id[32], session[32];
     int answer;              /* on_offer: 1 accept, 0 decline, -1 later */
@@ -255,6 +261,7 @@ static void s_on_end(void *arg, client_result_t r, const char *msg)
     device_t *d = arg;
     d->ended = true;
     d->result = r;
+    snprintf(d->end_msg, sizeof d->end_msg, "%s", msg);
     d->ended_at = rb_now_ms();
 }
 
@@ -417,6 +424,35 @@ static void test_mute_edge_is_left(void **state)
     rb_loop_destroy(&loop);
 }
 
+/* An edge that stops at Hello, then one that never finishes TLS: the first
+ * connection's Hello deadline must not cut the second attempt short (it
+ * ends on its own handshake deadline, with its own reason). */
+static void test_hello_deadline_belongs_to_its_connection(void **state)
+{
+    rb_loop_t *loop = rb_loop_new();
+    edge_t a;
+    s_edge_start(&a, loop, "edge-a");
+    a.logon_mode = HELLO_SHUTDOWN;
+    int lfd = socket(AF_INET, SOCK_STREAM, 0); /* accepts TCP, never speaks TLS */
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(listen(lfd, 4), 0);
+    socklen_t sl = sizeof sa;
+    getsockname(lfd, (struct sockaddr *)&sa, &sl);
+    char b_addr[32];
+    snprintf(b_addr, sizeof b_addr, "127.0.0.1:%d", ntohs(sa.sin_port));
+    const char *servers[] = {a.addr, b_addr};
+    device_t d;
+    s_dev_start(&d, loop, servers, 2, 1, 60);
+    assert_true(s_wait(loop, s_ended, &d, 1, 15000));
+    assert_int_equal(d.result, CLIENT_CONNECT_FAILED);
+    assert_null(strstr(d.end_msg, "HelloAck"));
+    client_session_destroy(&d.s);
+    close(lfd);
+    s_edge_stop(&a);
+    rb_loop_destroy(&loop);
+}
+
 /* The offer runs out while the person thinks: yes -> 15, no -> 10; the
  * late answer is not sent, the edge having said the offer expired. */
 static void test_offer_lapses(void **state)
@@ -555,6 +591,7 @@ int main(void)
         cmocka_unit_test(test_offer_lapses),
         cmocka_unit_test(test_offer_withdrawn_when_the_edge_drops),
         cmocka_unit_test(test_mute_edge_is_left),
+        cmocka_unit_test(test_hello_deadline_belongs_to_its_connection),
         cmocka_unit_test(test_offer_then_edge_stops),
         cmocka_unit_test(test_resume_round_robin),
         cmocka_unit_test(test_resume_gives_up),
