@@ -117,12 +117,19 @@ static void s_wipe(char **p)
     *p = NULL;
 }
 
+/* The Hello deadline belongs to one connection: ended with it, or by the
+ * HelloAck. */
+static void s_hello_done(client_session_t *s)
+{
+    rb_loop_cancel_timer(s->loop, s->hello_timer);
+    s->hello_timer = NULL;
+}
+
 static void s_stop_timers(client_session_t *s)
 {
     rb_loop_cancel_timer(s->loop, s->ping_timer);
     s->ping_timer = NULL;
-    rb_loop_cancel_timer(s->loop, s->hello_timer);
-    s->hello_timer = NULL;
+    s_hello_done(s);
     rb_loop_cancel_timer(s->loop, s->deadline);
     s->deadline = NULL;
     rb_loop_cancel_timer(s->loop, s->backoff);
@@ -181,9 +188,7 @@ static void s_lost(client_session_t *s, const char *why);
 static int s_dial(client_session_t *s)
 {
     s->edge_id[0] = '\0';
-    /* The last connection's Hello deadline is not this one's. */
-    rb_loop_cancel_timer(s->loop, s->hello_timer);
-    s->hello_timer = NULL;
+    s_hello_done(s); /* the last connection's */
     /* An offer belongs to the connection it came on: the next edge makes
      * its own. */
     if (s->st == ST_OFFERED && s->h.on_offer) s->h.on_offer(s->arg, NULL);
@@ -212,8 +217,7 @@ static void s_on_backoff(rb_loop_t *loop, void *arg)
  * short of a verdict): wait, then try the next server. */
 static void s_lost(client_session_t *s, const char *why)
 {
-    rb_loop_cancel_timer(s->loop, s->hello_timer);
-    s->hello_timer = NULL;
+    s_hello_done(s);
     s_tunnel_gone(s);
     rb_loop_cancel_timer(s->loop, s->ping_timer);
     s->ping_timer = NULL;
@@ -457,8 +461,7 @@ static void s_on_control(client_session_t *s, const Rb__Tunnel__TunnelControl *m
         snprintf(s->edge_id, sizeof s->edge_id, "%s",
                  m->hello_ack->edge_id && *m->hello_ack->edge_id ? m->hello_ack->edge_id
                                                                  : s->servers[s->cur]);
-        rb_loop_cancel_timer(s->loop, s->hello_timer);
-        s->hello_timer = NULL;
+        s_hello_done(s);
         /* Pings from here on: a person answering an offer takes longer
          * than the edge's idle limit. */
         s_start_pings(s, s->keepalive_s);
@@ -516,7 +519,6 @@ static void s_on_open(rb_tconn_t *t, void *arg)
 {
     client_session_t *s = arg;
     s->last_rx_ms = rb_now_ms();
-    rb_loop_cancel_timer(s->loop, s->hello_timer);
     s->hello_timer = rb_loop_add_timer(s->loop, HELLO_TIMEOUT_MS, false, s_on_hello_timeout, s);
     Rb__Tunnel__TunnelControl m = RB__TUNNEL__TUNNEL_CONTROL__INIT;
     Rb__Tunnel__Hello h = RB__TUNNEL__HELLO__INIT;
@@ -556,8 +558,6 @@ static void s_on_frame(rb_tconn_t *t, const rb_frame_t *f, void *arg)
 static void s_on_close(rb_tconn_t *t, rb_tconn_end_t end, const char *reason, void *arg)
 {
     client_session_t *s = arg;
-    rb_loop_cancel_timer(s->loop, s->hello_timer);
-    s->hello_timer = NULL;
     s_tunnel_gone(s);
     rb_tconn_destroy(&s->t);
     if (s->st == ST_DONE) return;

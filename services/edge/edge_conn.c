@@ -698,10 +698,9 @@ static void s_on_open(rb_tconn_t *t, void *arg)
 static void s_on_frame(rb_tconn_t *t, const rb_frame_t *f, void *arg)
 {
     edge_conn_t *c = arg;
-    uint64_t prev_rx_ms = c->last_rx_ms;
-    c->last_rx_ms = rb_now_ms();
     if (c->st == ST_CLOSING) return;
     if (f->type != RB_FRAME_CONTROL) {
+        c->last_rx_ms = rb_now_ms();
         if (c->st != ST_ACTIVE) {
             s_protocol_error(c, "stream frames before the session is active");
             return;
@@ -718,10 +717,10 @@ static void s_on_frame(rb_tconn_t *t, const rb_frame_t *f, void *arg)
     /* Before a logon is under way keepalives are not progress: a peer that
      * only pings must not hold its slot for ever (the idle rule closes it).
      * A person still deciding on a lapsed transfer offer is let be. */
-    if ((c->st == ST_HELLO || (c->st == ST_LOGON && !c->offer_id)) &&
-        (m->msg_case == RB__TUNNEL__TUNNEL_CONTROL__MSG_PING ||
-         m->msg_case == RB__TUNNEL__TUNNEL_CONTROL__MSG_PONG))
-        c->last_rx_ms = prev_rx_ms;
+    bool keepalive = m->msg_case == RB__TUNNEL__TUNNEL_CONTROL__MSG_PING ||
+                     m->msg_case == RB__TUNNEL__TUNNEL_CONTROL__MSG_PONG;
+    if (!keepalive || !(c->st == ST_HELLO || (c->st == ST_LOGON && !c->offer_id)))
+        c->last_rx_ms = rb_now_ms();
     s_dispatch_control(c, m);
     /* The Logon's password and the Resume's token are in the unpacked
      * copy: wipe them. */

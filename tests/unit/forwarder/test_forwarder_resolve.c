@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <string.h>
 
+#include "../redis_fixture.h" /* rbt_wait */
 #include "forwarder_resolve.h"
 #include "rb_loop.h"
 
@@ -18,6 +19,7 @@ typedef struct {
     int answers, failures;
     uint32_t last_ip;
     uint64_t tokens; /* bit t set when token t was answered */
+    int want;        /* s_wait's goal */
 } seen_t;
 
 static void s_on_answer(void *arg, uint64_t token, int err, uint32_t ip)
@@ -29,26 +31,13 @@ static void s_on_answer(void *arg, uint64_t token, int err, uint32_t ip)
     s->tokens |= 1ull << token;
 }
 
-typedef struct {
-    seen_t *seen;
-    int want;
-    uint64_t deadline;
-} wait_t;
-
-static void s_tick(rb_loop_t *l, void *arg)
-{
-    wait_t *w = arg;
-    if (w->seen->answers >= w->want || rb_now_ms() >= w->deadline) rb_loop_stop(l);
-}
+static bool s_answered(void *arg) { return ((seen_t *)arg)->answers >= ((seen_t *)arg)->want; }
 
 /* Runs the loop until want answers came, or 5 s passed. */
 static bool s_wait(rb_loop_t *loop, seen_t *seen, int want)
 {
-    wait_t w = {seen, want, rb_now_ms() + 5000};
-    rb_timer_t *t = rb_loop_add_timer(loop, 5, true, s_tick, &w);
-    rb_loop_run(loop);
-    rb_loop_cancel_timer(loop, t);
-    return seen->answers >= want;
+    seen->want = want;
+    return rbt_wait(loop, s_answered, seen, 5000);
 }
 
 static void test_per_owner_cap(void **state)
