@@ -27,7 +27,8 @@ typedef struct {
     char rid_text[2 * RB_LINK_RID_MAX + 1]; /* printable: as is, or hex */
 } rb_link_msg_t;
 
-/* Sets the link's socket options (no HWM either way, no linger). */
+/* Sets the link's socket options (no HWM either way, no linger); for
+ * rb_zsock_bind_with / rb_zsock_connect_as, before the socket has pipes. */
 void rb_link_setup(void *sock);
 /* Sends one frame; rid is NULL (rid_len 0) on a DEALER. Routing ids are
  * bytes (libzmq makes binary ones for peers that set none). 0, or -1 with

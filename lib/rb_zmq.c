@@ -332,6 +332,12 @@ static void *s_socket(int type, const char *endpoint)
 
 void *rb_zsock_bind(int type, const char *endpoint, const rb_curve_t *curve)
 {
+    return rb_zsock_bind_with(type, endpoint, curve, NULL);
+}
+
+void *rb_zsock_bind_with(int type, const char *endpoint, const rb_curve_t *curve,
+                         rb_zsock_setup_t *setup)
+{
     if (!endpoint || !*endpoint) {
         rb_error("zmq_bind", "empty endpoint");
         return NULL;
@@ -355,6 +361,7 @@ void *rb_zsock_bind(int type, const char *endpoint, const rb_curve_t *curve)
         rb_error("zmq_sockopt", "%s: setting ZMQ_ZAP_DOMAIN: %s", endpoint, zmq_strerror(errno));
         goto fail;
     }
+    if (setup) setup(s);
     if (zmq_bind(s, endpoint) < 0) {
         rb_error("zmq_bind", "%s: %s", endpoint, zmq_strerror(errno));
         goto fail;
@@ -368,11 +375,12 @@ fail:
 void *rb_zsock_connect(int type, const char *endpoint, const rb_curve_t *curve,
                        const char *server_public)
 {
-    return rb_zsock_connect_as(type, endpoint, curve, server_public, NULL);
+    return rb_zsock_connect_as(type, endpoint, curve, server_public, NULL, NULL);
 }
 
 void *rb_zsock_connect_as(int type, const char *endpoint, const rb_curve_t *curve,
-                          const char *server_public, const char *routing_id)
+                          const char *server_public, const char *routing_id,
+                          rb_zsock_setup_t *setup)
 {
     if (!endpoint || !*endpoint) {
         rb_error("zmq_connect", "empty endpoint");
@@ -398,6 +406,7 @@ void *rb_zsock_connect_as(int type, const char *endpoint, const rb_curve_t *curv
                  zmq_strerror(errno));
         goto fail;
     }
+    if (setup) setup(s);
     if (zmq_connect(s, endpoint) < 0) {
         rb_error("zmq_connect", "%s: %s", endpoint, zmq_strerror(errno));
         goto fail;

@@ -40,14 +40,23 @@ int rb_curve_generate(const char *dir, const char *name);
  * get ZMQ_ROUTER_MANDATORY, so an unroutable reply is an error, not a silent
  * drop. Returns NULL (logged) on error. */
 void *rb_zsock_bind(int type, const char *endpoint, const rb_curve_t *curve);
+/* Sets options of a new socket before it binds or connects: libzmq copies
+ * a socket's options into each endpoint then, so options set afterwards
+ * (high-water marks) never reach the endpoint's pipes. */
+typedef void rb_zsock_setup_t(void *sock);
+/* rb_zsock_bind with setup (may be NULL) called before the bind. */
+void *rb_zsock_bind_with(int type, const char *endpoint, const rb_curve_t *curve,
+                         rb_zsock_setup_t *setup);
 /* Creates a socket and connects it. server_public is the peer's public key
  * (Z85) when curve->enabled. Returns NULL (logged) on error. */
 void *rb_zsock_connect(int type, const char *endpoint, const rb_curve_t *curve,
                        const char *server_public);
 /* rb_zsock_connect with a routing id (1..255 bytes) the peer's ROUTER sees,
- * or NULL for a random one. */
+ * or NULL for a random one, and setup (may be NULL) called before the
+ * connect. */
 void *rb_zsock_connect_as(int type, const char *endpoint, const rb_curve_t *curve,
-                          const char *server_public, const char *routing_id);
+                          const char *server_public, const char *routing_id,
+                          rb_zsock_setup_t *setup);
 void rb_zsock_close(void **sock);
 
 /* Starts the ZAP handler on loop. allowed_files is a comma-separated list of

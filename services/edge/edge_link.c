@@ -844,12 +844,11 @@ edge_link_t *edge_link_new(rb_loop_t *loop, const edge_link_config_t *cfg)
              * there would only cost (see forwarder_plane.c). */
             bool ipc = strncmp(ep, "ipc://", 6) == 0;
             f->sock = rb_zsock_connect_as(ZMQ_DEALER, ep, ipc ? NULL : cfg->curve,
-                                          cfg->forwarder_public, cfg->edge_id);
+                                          cfg->forwarder_public, cfg->edge_id, rb_link_setup);
             if (!f->sock) {
                 free(copy);
                 goto fail;
             }
-            rb_link_setup(f->sock);
             if (rb_loop_add_zsock(loop, f->sock, s_on_fwd, f) < 0) {
                 free(copy);
                 goto fail;

@@ -1494,9 +1494,8 @@ plane_t *plane_new(rb_loop_t *loop, const plane_config_t *cfg)
     /* ipc:// lives in a directory only the service user can open: as strong
      * a boundary as CURVE, without its cost on every byte (DESIGN §2). */
     bool ipc = strncmp(cfg->endpoint, "ipc://", 6) == 0;
-    p->sock = rb_zsock_bind(ZMQ_ROUTER, cfg->endpoint, ipc ? NULL : cfg->curve);
+    p->sock = rb_zsock_bind_with(ZMQ_ROUTER, cfg->endpoint, ipc ? NULL : cfg->curve, rb_link_setup);
     if (!p->sock) goto fail;
-    rb_link_setup(p->sock);
     /* An edge that restarts reconnects with the same routing id before the
      * old connection is noticed dead: the new one must win. */
     int one = 1;

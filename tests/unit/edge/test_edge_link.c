@@ -161,9 +161,8 @@ static edge_link_t *s_link_up(fake_t *fk)
 {
     fk->loop = rb_loop_new();
     assert_non_null(fk->loop);
-    fk->router = rb_zsock_bind(ZMQ_ROUTER, "tcp://127.0.0.1:*", NULL);
+    fk->router = rb_zsock_bind_with(ZMQ_ROUTER, "tcp://127.0.0.1:*", NULL, rb_link_setup);
     assert_non_null(fk->router);
-    rb_link_setup(fk->router);
     char ep[128];
     size_t len = sizeof ep;
     assert_int_equal(zmq_getsockopt(fk->router, ZMQ_LAST_ENDPOINT, ep, &len), 0);
