@@ -16,8 +16,9 @@
 
 #define RB_TUNNEL_VERSION 2
 /* 3: a forwarder keeps what a device sends before its connect; 4: Relayed,
- * the session's credit (RB_SESSION_WINDOW) */
-#define RB_LINK_VERSION 4
+ * the session's credit (RB_SESSION_WINDOW); 5: datagrams under credit too
+ * (RB_LINK_DATAGRAM_WINDOW, Relayed from the forwarder) */
+#define RB_LINK_VERSION 5
 #define RB_FRAME_HEADER 12
 #define RB_FRAME_MAX_CONTROL (16u * 1024)
 #define RB_FRAME_MAX_DATA (64u * 1024)

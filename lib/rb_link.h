@@ -2,8 +2,10 @@
  * A ZeroMQ message is [routing id, on a ROUTER][12-byte header][payload];
  * the header is the tunnel's (rb_frame.h) and is judged by the same rules,
  * and the payload part must be exactly as long as the header says. The
- * link's sockets have no high-water mark: the streams' credit windows bound
- * what can be queued, and a ROUTER never drops (ZMQ_ROUTER_MANDATORY). */
+ * link's sockets have no high-water mark: credit bounds what can be queued
+ * (the streams' windows, the session's RB_SESSION_WINDOW towards the device
+ * for DATA and datagrams alike, RB_LINK_DATAGRAM_WINDOW for the device's
+ * datagrams), and a ROUTER never drops (ZMQ_ROUTER_MANDATORY). */
 #ifndef RB_LINK_H
 #define RB_LINK_H
 #include <stdbool.h>
@@ -18,6 +20,11 @@
 /* Bytes an Open may carry as early data (it is a control message, at most
  * RB_FRAME_MAX_CONTROL with everything else). */
 #define RB_LINK_EARLY_MAX 4096
+/* A session's datagrams from its device that its edge may have on the link
+ * before the forwarder reports them taken (Relayed): past it the edge drops
+ * them, so a forwarder that falls behind, or stops, costs the edge at most
+ * this per session. The forwarder reports every eighth of it. */
+#define RB_LINK_DATAGRAM_WINDOW (1024u * 1024)
 
 typedef struct {
     zmq_msg_t part[3];

@@ -72,6 +72,7 @@ struct edge_tunnel {
     rb_imap_t *streams; /* tunnel id -> estream_t */
     uint32_t next_id;   /* even */
     uint64_t relayed;   /* DATA queued to the device, not yet told (Relayed) */
+    uint64_t dgram_up;  /* the device's datagrams on the link, not yet Relayed */
 };
 
 struct estream {
@@ -82,6 +83,7 @@ struct estream {
     uint32_t up_left;   /* bytes the device may still send */
     uint32_t down_left; /* bytes the forwarder may still send */
     uint32_t relayed;   /* this stream's share of tun->relayed */
+    uint32_t dgram_up;  /* this flow's share of tun->dgram_up */
 };
 
 struct edge_link {
@@ -203,7 +205,10 @@ static void s_stream_free(estream_t *s, bool rst_device, bool rst_fwd)
     if (rst_device && s->tun)
         rb_tconn_send_frame(s->tun->t, RB_FRAME_DATA, RB_FRAME_RST, s->tid, NULL, 0);
     if (rst_fwd && s->fwd) s_fwd_frame(s->fwd, RB_FRAME_DATA, RB_FRAME_RST, s->lid, NULL, 0);
-    if (s->tun) s->tun->relayed -= s->relayed; /* the forwarder gives it back itself */
+    if (s->tun) { /* the forwarder gives its side back itself */
+        s->tun->relayed -= s->relayed;
+        s->tun->dgram_up -= s->dgram_up;
+    }
     if (s->tun && rb_imap_get(s->tun->streams, s->tid) == s) rb_imap_del(s->tun->streams, s->tid);
     if (s->fwd && rb_imap_get(s->fwd->streams, s->lid) == s) rb_imap_del(s->fwd->streams, s->lid);
     edge_link_t *l = s->tun ? s->tun->l : s->fwd->l;
@@ -380,6 +385,30 @@ static void s_on_open_result(fwd_t *f, const Rb__Fwd__OpenResult *m)
     if (m->error != RB__TUNNEL__STREAM_ERROR__STREAM_OK) s_stream_free(s, false, false);
 }
 
+/* The forwarder took these flows' datagrams off the link. */
+static void s_on_relayed(fwd_t *f, const Rb__Fwd__Relayed *m)
+{
+    if (m->n_link_ids != m->n_bytes) {
+        rb_metric_inc(f->l->m_link_errors);
+        rb_warn("bad_link_message", "forwarder %s: Relayed with %zu ids and %zu counts",
+                f->endpoint, m->n_link_ids, m->n_bytes);
+        return;
+    }
+    for (size_t i = 0; i < m->n_link_ids; i++) {
+        estream_t *s = rb_imap_get(f->streams, m->link_ids[i]);
+        if (!s || !s->tun) continue; /* ended meanwhile: given back then */
+        uint32_t n = m->bytes[i];
+        if (n > s->dgram_up) {
+            rb_metric_inc(f->l->m_link_errors);
+            rb_warn("bad_link_message", "forwarder %s: stream %u took %u datagram bytes of %u sent",
+                    f->endpoint, s->lid, n, s->dgram_up);
+            n = s->dgram_up;
+        }
+        s->dgram_up -= n;
+        s->tun->dgram_up -= n;
+    }
+}
+
 static void s_fwd_data(fwd_t *f, const rb_frame_t *fr)
 {
     edge_link_t *l = f->l;
@@ -418,6 +447,9 @@ static void s_fwd_data(fwd_t *f, const rb_frame_t *fr)
         rb_tconn_send_frame(s->tun->t, RB_FRAME_WINDOW, 0, s->tid, fr->payload, fr->len);
         return;
     case RB_FRAME_DATAGRAM:
+        /* Taken off the link either way: the session's credit comes back. */
+        s->relayed += fr->len;
+        s->tun->relayed += fr->len;
         if (!s->udp || rb_tconn_output_pending(s->tun->t) > DATAGRAM_BACKLOG) {
             rb_metric_inc(l->m_dropped);
             return;
@@ -466,6 +498,9 @@ static void s_on_fwd(rb_loop_t *loop, void *sock, void *arg)
             break;
         case RB__FWD__LINK_CONTROL__MSG_OPEN_RESULT:
             s_on_open_result(f, c->open_result);
+            break;
+        case RB__FWD__LINK_CONTROL__MSG_RELAYED:
+            s_on_relayed(f, c->relayed);
             break;
         default:
             rb_metric_inc(l->m_link_errors);
@@ -741,8 +776,13 @@ int edge_link_frame(edge_tunnel_t *tun, const rb_frame_t *f, const char **why)
             *why = "DATAGRAM on a TCP stream";
             return -1;
         }
-        if (s_fwd_frame(s->fwd, RB_FRAME_DATAGRAM, 0, s->lid, f->payload, f->len) < 0)
+        if (tun->dgram_up + f->len > RB_LINK_DATAGRAM_WINDOW ||
+            s_fwd_frame(s->fwd, RB_FRAME_DATAGRAM, 0, s->lid, f->payload, f->len) < 0) {
             rb_metric_inc(tun->l->m_dropped);
+            return 0;
+        }
+        s->dgram_up += f->len;
+        tun->dgram_up += f->len;
         return 0;
     }
     *why = "unexpected frame";
@@ -815,8 +855,9 @@ edge_link_t *edge_link_new(rb_loop_t *loop, const edge_link_config_t *cfg)
     l->m_opened_server = rb_counter("reachback_edge_streams_total", "opened_by=\"forwarder\"", h);
     l->m_overruns = rb_counter("reachback_edge_window_overruns_total", NULL,
                                "Streams whose sender broke its credit window");
-    l->m_dropped = rb_counter("reachback_edge_datagrams_dropped_total", NULL,
-                              "Datagrams dropped (tunnel backlog, forwarder unreachable)");
+    l->m_dropped =
+        rb_counter("reachback_edge_datagrams_dropped_total", NULL,
+                   "Datagrams dropped (tunnel backlog; forwarder behind or unreachable)");
     l->m_link_errors = rb_counter("reachback_edge_link_errors_total", NULL,
                                   "Malformed or out-of-place messages from forwarders");
     l->m_backlog_resets = rb_counter("reachback_edge_backlog_resets_total", NULL,

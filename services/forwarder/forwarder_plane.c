@@ -85,6 +85,7 @@ struct attach {
     uint64_t serial;   /* whose name lookups these are, for the resolver */
     uint64_t down_out; /* sent towards the device, not yet Relayed by its edge */
     bool down_held;    /* down_out reached RB_SESSION_WINDOW: no stream reads */
+    uint64_t up_taken; /* the device's datagrams taken off the link, not yet Relayed */
     stream_t *rr_next; /* where the next release starts (NULL: the first) */
 };
 
@@ -113,6 +114,7 @@ struct stream {
     uint64_t start_ms, last_ms;
     uint64_t to_device, from_device, dropped;
     uint64_t down_out; /* this stream's share of a->down_out */
+    uint32_t up_taken; /* this flow's share of a->up_taken */
     char peer_desc[64]; /* "ip:port" of the internal side */
     char src_user[NAME_MAX_LEN + 1];
     char target[NAME_MAX_LEN + 8];
@@ -321,6 +323,7 @@ static void s_stream_free(stream_t *s, const char *verdict, const char *why)
     /* What the edge never reported is given back: it dropped it, or it
      * will write it out without a stream to report it for. */
     s_down_relayed(s, s->down_out);
+    s->a->up_taken -= s->up_taken; /* the edge gives its side back itself */
     if (s->fd >= 0) {
         rb_loop_del_fd(p->loop, s->fd);
         close(s->fd);
@@ -496,16 +499,20 @@ static int s_outbound_socket(stream_t *s, uint32_t ip, int type)
 }
 
 /* A datagram for the device on flow s (dropped and counted when the flow
- * was denied or refused, or the edge cannot take it). */
+ * was denied or refused, the session's credit is spent, or the edge cannot
+ * take it). Datagrams spend the session's credit as DATA does, so a device
+ * that does not read, or an edge that falls behind, holds at most
+ * RB_SESSION_WINDOW of them on the link. */
 static void s_datagram_to_device(stream_t *s, const uint8_t *buf, size_t n)
 {
     s->last_ms = rb_now_ms();
-    if (s->denied || s->refused ||
+    if (s->denied || s->refused || s->a->down_held ||
         s_send_frame(s->p, s->peer, RB_FRAME_DATAGRAM, 0, s->id, buf, n) < 0) {
         s->dropped++;
         rb_metric_inc(s->p->m_udp_dropped);
         return;
     }
+    s_down_spent(s, n);
     s->to_device += n;
     rb_metric_add(s->p->m_to_device, (double)n);
 }
@@ -1187,6 +1194,45 @@ static peer_t *s_on_hello(plane_t *p, peer_t *peer, const rb_link_msg_t *lm,
     return peer;
 }
 
+static void s_send_relayed(plane_t *p, peer_t *peer, uint32_t *ids, uint32_t *bytes, size_t n)
+{
+    Rb__Fwd__LinkControl c = RB__FWD__LINK_CONTROL__INIT;
+    Rb__Fwd__Relayed m = RB__FWD__RELAYED__INIT;
+    m.n_link_ids = m.n_bytes = n;
+    m.link_ids = ids;
+    m.bytes = bytes;
+    c.msg_case = RB__FWD__LINK_CONTROL__MSG_RELAYED;
+    c.relayed = &m;
+    s_send_control(p, peer, &c);
+}
+
+/* The device's datagram on flow s is off the link (sent on or dropped):
+ * its edge hears so per eighth of RB_LINK_DATAGRAM_WINDOW, for the whole
+ * session at once, and sends more. */
+static void s_up_taken(stream_t *s, size_t n)
+{
+    attach_t *a = s->a;
+    s->up_taken += (uint32_t)n;
+    a->up_taken += n;
+    if (a->up_taken < RB_LINK_DATAGRAM_WINDOW / 8) return;
+    uint32_t *ids = calloc(a->nstreams, sizeof *ids), *bytes = calloc(a->nstreams, sizeof *bytes);
+    size_t k = 0;
+    for (stream_t *x = a->streams; x && ids && bytes; x = x->next) {
+        if (!x->up_taken) continue;
+        if (x->peer == s->peer) {
+            ids[k] = x->id;
+            bytes[k++] = x->up_taken;
+        } else {
+            s_send_relayed(s->p, x->peer, &x->id, &x->up_taken, 1); /* left by its edge */
+        }
+        a->up_taken -= x->up_taken;
+        x->up_taken = 0;
+    }
+    if (k) s_send_relayed(s->p, s->peer, ids, bytes, k);
+    free(ids);
+    free(bytes);
+}
+
 static void s_on_frame(plane_t *p, peer_t *peer, const rb_frame_t *f)
 {
     stream_t *s = rb_imap_get(peer->streams, f->stream_id);
@@ -1236,12 +1282,14 @@ static void s_on_frame(plane_t *p, peer_t *peer, const rb_frame_t *f)
         if (s->pump) rb_pump_peer_window(s->pump, rb_frame_window(f));
         return;
     case RB_FRAME_DATAGRAM:
-        if ((s->l && !s->denied) || s->fd >= 0)
+        if (s->proto != POLICY_UDP) return;
+        if ((s->l && !s->denied) || s->fd >= 0) {
             s_datagram_from_device(s, f->payload, f->len);
-        else if (s->proto == POLICY_UDP) {
+        } else {
             s->dropped++; /* a flow whose name is still being looked up */
             rb_metric_inc(p->m_udp_dropped);
         }
+        s_up_taken(s, f->len);
         return;
     }
 }
@@ -1483,8 +1531,9 @@ plane_t *plane_new(rb_loop_t *loop, const plane_config_t *cfg)
     h = "Outbound connections made for devices";
     p->m_outbound_ok = rb_counter("reachback_forwarder_outbound_total", "result=\"ok\"", h);
     p->m_outbound_failed = rb_counter("reachback_forwarder_outbound_total", "result=\"failed\"", h);
-    p->m_udp_dropped = rb_counter("reachback_forwarder_udp_dropped_total", NULL,
-                                  "Datagrams dropped (denied, refused, no edge, full)");
+    p->m_udp_dropped =
+        rb_counter("reachback_forwarder_udp_dropped_total", NULL,
+                   "Datagrams dropped (denied, refused, no edge, session credit spent, full)");
     p->m_overruns = rb_counter("reachback_forwarder_window_overruns_total", NULL,
                                "Streams reset because an edge sent more than the window");
     p->m_bad_link = rb_counter("reachback_forwarder_link_errors_total", NULL,

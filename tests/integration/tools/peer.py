@@ -19,6 +19,10 @@ the peer behaved as the mode expects, 1 otherwise.
                                       lines GAP seconds apart
   peer.py rate HOST PORT SECS         client: echoes 16 KiB blocks for SECS,
                                       prints bytes/s
+  peer.py udp-blast HOST PORT SIZE SECS [SRCPORT]
+                                      UDP: sends SIZE-byte datagrams from one
+                                      socket (bound to SRCPORT) as fast as it
+                                      can for SECS; prints the datagrams sent
 """
 import socket
 import struct
@@ -159,11 +163,30 @@ def rate(host, port, secs):
     return 0
 
 
+def udp_blast(host, port, size, secs, srcport="0"):
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    u.bind(("127.0.0.1", int(srcport)))
+    u.connect((host, int(port)))
+    u.setblocking(False)
+    d = b"u" * int(size)
+    sent, deadline = 0, time.time() + float(secs)
+    while time.time() < deadline:
+        for _ in range(64):
+            try:
+                u.send(d)
+                sent += 1
+            except (BlockingIOError, ConnectionRefusedError):
+                pass
+    print(sent)
+    return 0
+
+
 MODES = {
     "whoami": whoami, "halfclose-server": halfclose_server,
     "halfclose-client": halfclose_client, "reset-server": reset_server,
     "expect-reset": expect_reset, "sink": sink, "source": source,
-    "pinger": pinger, "rate": rate,
+    "pinger": pinger, "rate": rate, "udp-blast": udp_blast,
 }
 
 if __name__ == "__main__":

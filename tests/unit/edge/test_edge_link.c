@@ -155,6 +155,10 @@ static bool s_four_results(void *arg)
 {
     return ((fake_t *)arg)->results >= 4;
 }
+static bool s_five_results(void *arg)
+{
+    return ((fake_t *)arg)->results >= 5;
+}
 
 /* Binds the stand-in forwarder and links an edge_link to it. */
 static edge_link_t *s_link_up(fake_t *fk)
@@ -249,6 +253,28 @@ static void test_edge_link_with_a_stand_in_forwarder(void **state)
     assert_int_equal(fk.last_link_id, 8);
     assert_int_equal(fk.last_error, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED);
     assert_true(rb_metric_value(errs) - before == 2);
+
+    /* Relayed from the forwarder (its datagrams taken): ids and counts
+     * that do not pair up are an error; a flow this edge does not know is
+     * not (it ended meanwhile). */
+    before = rb_metric_value(errs);
+    uint32_t ids[] = {5}, bytes[] = {1, 2}, unknown[] = {99}, count[] = {100};
+    Rb__Fwd__Relayed rel = RB__FWD__RELAYED__INIT;
+    rel.n_link_ids = 1;
+    rel.link_ids = ids;
+    rel.n_bytes = 2;
+    rel.bytes = bytes;
+    m.msg_case = RB__FWD__LINK_CONTROL__MSG_RELAYED;
+    m.relayed = &rel;
+    s_send_ctl(&fk, &m);
+    rel.link_ids = unknown;
+    rel.n_bytes = 1;
+    rel.bytes = count;
+    s_send_ctl(&fk, &m);
+    s_send_open(&fk, 10, "still-none");
+    assert_true(s_run_until(&fk, s_five_results, 3000));
+    assert_int_equal(fk.last_link_id, 10);
+    assert_true(rb_metric_value(errs) - before == 1);
 
     /* A restarted forwarder (a new instance) is noticed and linked again. */
     s_answer_hello(&fk, 43);
