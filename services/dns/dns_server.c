@@ -51,6 +51,7 @@ typedef struct {
 typedef struct {
     bool used;
     bool tcp;
+    bool strip_opt;               /* we added the OPT: the client must not see it */
     uint16_t client_id;
     uint16_t up_id;
     uint16_t flags;
@@ -321,9 +322,11 @@ static int s_forward(dns_server_t *s, const uint8_t *pkt, size_t len, const dns_
     out[0] = (uint8_t)(id >> 8);
     out[1] = (uint8_t)id;
     size_t olen = len;
+    bool added = false;
     if (tcp && !q->edns) {
         size_t n = dns_wire_add_opt(out, olen, sizeof out, FWD_EDNS_PAYLOAD);
         if (n) olen = n;
+        added = n != 0;
     } else if (tcp && q->edns_size < FWD_EDNS_PAYLOAD && q->edns_size_off + 2u <= olen) {
         out[q->edns_size_off] = (uint8_t)(FWD_EDNS_PAYLOAD >> 8);
         out[q->edns_size_off + 1] = (uint8_t)(FWD_EDNS_PAYLOAD & 0xff);
@@ -337,6 +340,7 @@ static int s_forward(dns_server_t *s, const uint8_t *pkt, size_t len, const dns_
     s->fwd_free = f->next;
     f->used = true;
     f->tcp = tcp;
+    f->strip_opt = added;
     f->client_id = q->id;
     f->up_id = id;
     f->flags = q->flags;
@@ -386,6 +390,14 @@ static void s_upstream_read(rb_loop_t *loop, int fd, unsigned events, void *arg)
         size_t out = (size_t)len;
         s->scratch[0] = (uint8_t)(f->client_id >> 8);
         s->scratch[1] = (uint8_t)f->client_id;
+        if (f->strip_opt && !(out = dns_wire_strip_opt(s->scratch, out))) {
+            rb_metric_inc(s->m_dropped);
+            s_ratelog(&s->log_bad, "dns_upstream_malformed",
+                      "an upstream answer does not parse; SERVFAIL", NULL, 0);
+            s_fwd_fail(s, f);
+            s_fwd_unlink(s, slot - 1);
+            continue;
+        }
         if (out > f->max) out = dns_wire_truncate(s->scratch, out, f->max);
         if (out) {
             s_count(s, s->scratch[3] & 0xfu);

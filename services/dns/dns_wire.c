@@ -470,6 +470,37 @@ size_t dns_wire_add_opt(uint8_t *pkt, size_t len, size_t cap, uint16_t payload)
     return len + 11;
 }
 
+size_t dns_wire_strip_opt(uint8_t *pkt, size_t len)
+{
+    if (len < DNS_HEADER_LEN) return 0;
+    unsigned qd = (unsigned)pkt[4] << 8 | pkt[5];
+    unsigned rrs = ((unsigned)pkt[6] << 8 | pkt[7]) + ((unsigned)pkt[8] << 8 | pkt[9]);
+    unsigned ar = (unsigned)pkt[10] << 8 | pkt[11];
+    size_t pos = DNS_HEADER_LEN;
+    uint8_t name[DNS_NAME_MAX];
+    for (unsigned i = 0; i < qd; i++) {
+        if (dns_wire_read_name(pkt, len, &pos, name) < 0 || pos + 4 > len) return 0;
+        pos += 4;
+    }
+    dns_rr_t rr;
+    for (unsigned i = 0; i < rrs; i++)
+        if (dns_wire_read_rr(pkt, len, &pos, &rr) < 0) return 0;
+    unsigned kept = 0;
+    for (unsigned i = 0; i < ar; i++) {
+        size_t at = pos;
+        if (dns_wire_read_rr(pkt, len, &pos, &rr) < 0) return 0;
+        if (rr.type != DNS_TYPE_OPT) {
+            kept++;
+            continue;
+        }
+        memmove(pkt + at, pkt + pos, len - pos);
+        len -= pos - at;
+        pos = at;
+    }
+    s_put16(pkt + 10, (uint16_t)kept);
+    return len;
+}
+
 size_t dns_wire_build_query(uint8_t *buf, size_t cap, uint16_t id, const char *name,
                             uint16_t qtype, uint16_t edns_size)
 {

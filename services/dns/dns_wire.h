@@ -163,6 +163,11 @@ size_t dns_wire_truncate(uint8_t *pkt, size_t len, size_t max);
  * none (ARCOUNT 0), in a buffer of cap bytes. Returns the new length or 0. */
 size_t dns_wire_add_opt(uint8_t *pkt, size_t len, size_t cap, uint16_t payload);
 
+/* Removes the OPT records of a relayed response in place (for a client
+ * whose query had none: RFC 6891 6.1.1 forbids sending it one). Returns
+ * the new length, or 0 when the response does not parse. */
+size_t dns_wire_strip_opt(uint8_t *pkt, size_t len);
+
 /* Builds a query for name (text, case kept) and qtype, with RD set and an
  * OPT record advertising edns_size unless it is 0. Returns the length, or 0
  * when the name is bad or cap too small. (Clients, tests and benchmarks.) */

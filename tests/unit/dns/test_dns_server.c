@@ -521,6 +521,11 @@ static void test_truncation_and_tcp(void **state)
      * says nothing: the upstream is asked for a full answer. */
     o = s_run(DIG "+tcp +bufsize=512 many.example A +short", port);
     assert_int_equal(s_lines(o), 40);
+    /* A client that sent no OPT gets none back (RFC 6891 6.1.1), though
+     * the upstream was asked with ours and answered with its own. */
+    o = s_run(DIG "+tcp +noedns many.example A", port);
+    assert_non_null(strstr(o, "ANSWER: 40"));
+    assert_null(strstr(o, "OPT PSEUDOSECTION"));
     /* With EDNS (1232) they fit over UDP. */
     o = s_run(DIG "+bufsize=1232 many.example A +short", port);
     assert_int_equal(s_lines(o), 40);

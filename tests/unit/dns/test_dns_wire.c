@@ -320,13 +320,37 @@ static void test_writer_truncates(void **state)
     assert_int_equal(big[11], 0);
 }
 
+/* The OPT we added for the upstream leaves the answer; every other record
+ * stays, in order, and so does a response without OPT. */
+static void test_strip_opt(void **state)
+{
+    uint8_t pkt[512], out[512];
+    size_t n = dns_wire_build_query(pkt, sizeof pkt, 9, "www.example.org", DNS_TYPE_A, 4096);
+    dns_query_t q;
+    assert_int_equal(dns_wire_parse_query(pkt, n, &q), 0);
+    dns_writer_t w;
+    assert_int_equal(dns_writer_begin(&w, out, sizeof out, &q, 0, false), 0);
+    assert_int_equal(dns_writer_a(&w, DNS_SEC_ANSWER, q.qname, q.qname_len, 30, 0x0a000001), 0);
+    assert_int_equal(dns_writer_a(&w, DNS_SEC_ADDITIONAL, q.qname, q.qname_len, 30, 0x0a000002), 0);
+    size_t len = dns_writer_finish(&w);
+    s_check_response(out, len, 0, 1, 0, 2);
+    size_t m = dns_wire_strip_opt(out, len);
+    assert_int_equal(m, len - 11);
+    s_check_response(out, m, 0, 1, 0, 1);
+    assert_memory_equal(out + m - 4, "\x0a\x00\x00\x02", 4);
+    assert_int_equal(dns_wire_strip_opt(out, m), m); /* nothing left to strip */
+    /* Records that run past the end: refused. */
+    assert_int_equal(dns_wire_strip_opt(out, m - 3), 0);
+    assert_int_equal(dns_wire_strip_opt(out, 5), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse_good),         cmocka_unit_test(test_parse_truncated),
-        cmocka_unit_test(test_parse_bad_names),    cmocka_unit_test(test_parse_counts_and_flags),
-        cmocka_unit_test(test_parse_edns),         cmocka_unit_test(test_writer),
-        cmocka_unit_test(test_writer_truncates),
+        cmocka_unit_test(test_parse_good),       cmocka_unit_test(test_parse_truncated),
+        cmocka_unit_test(test_parse_bad_names),  cmocka_unit_test(test_parse_counts_and_flags),
+        cmocka_unit_test(test_parse_edns),       cmocka_unit_test(test_writer),
+        cmocka_unit_test(test_writer_truncates), cmocka_unit_test(test_strip_opt),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
