@@ -33,8 +33,6 @@ wait_until 5000 answers "$ip" 5353 in-before || fail "alice's exposed udp:5353 d
 rss_kb() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 FWD_PID=$(cat "$LAB/run/forwarder.pid"); EDGE_PID=$(cat "$LAB/run/edge1.pid")
 LIMIT_KB=$((16 * 1024))
-STOPPED=""
-trap '[[ -n $STOPPED ]] && kill -CONT "$STOPPED" 2>/dev/null' EXIT
 
 # 1. The device floods its forward while the forwarder is stopped: from a
 # flow that is open already (a new one waits for its open's answer).
@@ -46,12 +44,12 @@ wait_until 3000 bash -c "(( \$(curl -sf $FORWARDER_STATUS_URL/metrics | awk '\$1
     || fail "the forwarder shows no new flow (before: $flows_before, now: $(flows))"
 edge_drops=$(metric "$EDGE_STATUS_URL" reachback_edge_datagrams_dropped_total)
 edge_before=$(rss_kb "$EDGE_PID")
-kill -STOP "$FWD_PID"; STOPPED=$FWD_PID
+kill -STOP "$FWD_PID"
 sent=$(python3 "$PEER" udp-blast 127.0.0.1 "$TO_SINK" 60000 2 "$SRC")
 sleep 0.5   # what the device still holds reaches the edge
 grow=$(( $(rss_kb "$EDGE_PID") - edge_before ))
 edge_drops=$(( $(metric "$EDGE_STATUS_URL" reachback_edge_datagrams_dropped_total) - edge_drops ))
-kill -CONT "$FWD_PID"; STOPPED=""
+kill -CONT "$FWD_PID"
 echo "  device sent $sent datagrams of 60000 bytes; edge RSS +$grow KiB, $edge_drops dropped"
 (( grow < LIMIT_KB )) || fail "the edge grew by $grow KiB holding datagrams for a stopped forwarder"
 (( edge_drops > 0 )) || fail "the edge counted no dropped datagrams ($sent sent to a stopped forwarder)"
@@ -62,10 +60,10 @@ ok "after SIGCONT the device's datagrams get through again (the forwarder gave t
 # 2. Internal senders flood the device's exposed port while the edge is stopped.
 fwd_drops=$(metric "$FORWARDER_STATUS_URL" reachback_forwarder_udp_dropped_total)
 fwd_before=$(rss_kb "$FWD_PID")
-kill -STOP "$EDGE_PID"; STOPPED=$EDGE_PID
+kill -STOP "$EDGE_PID"
 sent=$(python3 "$PEER" udp-blast "$ip" 5354 60000 2)
 grow=$(( $(rss_kb "$FWD_PID") - fwd_before ))
-kill -CONT "$EDGE_PID"; STOPPED=""
+kill -CONT "$EDGE_PID"
 fwd_drops=$(( $(metric "$FORWARDER_STATUS_URL" reachback_forwarder_udp_dropped_total) - fwd_drops ))
 echo "  internal sender sent $sent datagrams of 60000 bytes; forwarder RSS +$grow KiB, $fwd_drops dropped"
 (( grow < LIMIT_KB )) || fail "the forwarder grew by $grow KiB holding datagrams for a stopped edge"
