@@ -6,7 +6,7 @@
 # session keeps its speed. A device that stops reading its tunnel entirely
 # (SIGSTOP) does not grow the edge or the forwarder either, however many
 # streams it has: together they get the session's credit (RB_SESSION_WINDOW,
-# 8 MiB), not a window each.
+# 4 MiB), not a window each.
 . "$(dirname "$0")/lib.sh"
 # Under AddressSanitizer freed blocks wait in a 256 MiB quarantine and count
 # as RSS; a small one keeps the measure about our buffers, not ASan's.
@@ -83,7 +83,7 @@ wait_until 10000 bash -c "echo again | timeout 2 ncat $ip 7101 | grep -q again" 
 ok "after SIGCONT the session carries new streams again"
 
 # Many streams at once while the device is stopped: 24 windows would be
-# 48 MiB at the edge; the session's credit keeps its queue to 8 MiB (the
+# 48 MiB at the edge; the session's credit keeps its queue to 4 MiB (the
 # heap's own slack, from one malloc arena per thread, comes on top).
 MANY_KB=$((24 * 1024))
 fwd_streams() { metric "$FORWARDER_STATUS_URL" reachback_forwarder_streams; }

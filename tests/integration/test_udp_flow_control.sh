@@ -4,7 +4,7 @@
 # its edge at most RB_LINK_DATAGRAM_WINDOW (1 MiB) per session; past it the
 # edge drops and counts them. Internal senders' datagrams to a device's
 # exposed UDP port while its edge has stopped spend the session's credit
-# (RB_SESSION_WINDOW, 8 MiB) as DATA does; past it the forwarder drops and
+# (RB_SESSION_WINDOW, 4 MiB) as DATA does; past it the forwarder drops and
 # counts them. When the stopped process runs again the credit comes back
 # and datagrams get through both ways.
 . "$(dirname "$0")/lib.sh"
