@@ -58,6 +58,7 @@ typedef struct peer {
     uint64_t instance;  /* the edge's start, from its Hello */
     rb_imap_t *streams; /* link id -> stream_t */
     uint32_t next_id;   /* even ids for server-initiated streams */
+    uint32_t reset_id;  /* the unknown flow last reset (see s_on_frame) */
 } peer_t;
 
 typedef struct listener {
@@ -906,6 +907,12 @@ static listener_t *s_listen(plane_t *p, attach_t *a, int proto, uint16_t port)
 
 /* Makes a's listeners the set the device exposes: closes the ports no
  * longer exposed (with their flows), opens the new ones. */
+/* How a UDP flow's audit line ends. */
+static const char *s_flow_verdict(const stream_t *s)
+{
+    return s->denied ? "denied" : s->refused ? "refused" : "allowed";
+}
+
 static void s_set_ports(plane_t *p, attach_t *a, Rb__Tunnel__ExposedPort **ports, size_t n)
 {
     for (listener_t **pp = &a->listeners; *pp;) {
@@ -922,8 +929,10 @@ static void s_set_ports(plane_t *p, attach_t *a, Rb__Tunnel__ExposedPort **ports
         *pp = l->next;
         for (stream_t *s = a->streams, *next; s; s = next) {
             next = s->next;
-            if (s->l == l)
-                s_stream_free(s, s->denied ? "denied" : "allowed", "port no longer exposed");
+            if (s->l != l) continue;
+            if (!s->denied && !s->refused) /* the edge forgets its side too */
+                s_send_frame(p, s->peer, RB_FRAME_DATA, RB_FRAME_RST, s->id, NULL, 0);
+            s_stream_free(s, s_flow_verdict(s), "port no longer exposed");
         }
         s_listener_free(p, l);
     }
@@ -1131,6 +1140,8 @@ static void s_on_open_result(plane_t *p, peer_t *peer, const Rb__Fwd__OpenResult
     snprintf(why, sizeof why, "the device refused: %.120s", m->message ? m->message : "");
     if (s->proto == POLICY_UDP) {
         s->refused = true; /* dropped until it idles out */
+        /* The edge has no stream to report its datagrams for. */
+        s_down_relayed(s, s->down_out);
         return;
     }
     s_count_bytes(s);
@@ -1194,7 +1205,7 @@ static peer_t *s_on_hello(plane_t *p, peer_t *peer, const rb_link_msg_t *lm,
     return peer;
 }
 
-static void s_send_relayed(plane_t *p, peer_t *peer, uint32_t *ids, uint32_t *bytes, size_t n)
+static int s_send_relayed(plane_t *p, peer_t *peer, uint32_t *ids, uint32_t *bytes, size_t n)
 {
     Rb__Fwd__LinkControl c = RB__FWD__LINK_CONTROL__INIT;
     Rb__Fwd__Relayed m = RB__FWD__RELAYED__INIT;
@@ -1203,12 +1214,14 @@ static void s_send_relayed(plane_t *p, peer_t *peer, uint32_t *ids, uint32_t *by
     m.bytes = bytes;
     c.msg_case = RB__FWD__LINK_CONTROL__MSG_RELAYED;
     c.relayed = &m;
-    s_send_control(p, peer, &c);
+    return s_send_control(p, peer, &c);
 }
 
 /* The device's datagram on flow s is off the link (sent on or dropped):
  * its edge hears so per eighth of RB_LINK_DATAGRAM_WINDOW, for the whole
- * session at once, and sends more. */
+ * session at once, and sends more. (An attachment's streams all have its
+ * edge: one from another edge replaces it with its streams.) What could not
+ * be sent is told with the next datagram. */
 static void s_up_taken(stream_t *s, size_t n)
 {
     attach_t *a = s->a;
@@ -1219,16 +1232,15 @@ static void s_up_taken(stream_t *s, size_t n)
     size_t k = 0;
     for (stream_t *x = a->streams; x && ids && bytes; x = x->next) {
         if (!x->up_taken) continue;
-        if (x->peer == s->peer) {
-            ids[k] = x->id;
-            bytes[k++] = x->up_taken;
-        } else {
-            s_send_relayed(s->p, x->peer, &x->id, &x->up_taken, 1); /* left by its edge */
-        }
-        a->up_taken -= x->up_taken;
-        x->up_taken = 0;
+        ids[k] = x->id;
+        bytes[k++] = x->up_taken;
     }
-    if (k) s_send_relayed(s->p, s->peer, ids, bytes, k);
+    if (k && s_send_relayed(s->p, s->peer, ids, bytes, k) == 0) {
+        for (stream_t *x = a->streams; x; x = x->next) {
+            a->up_taken -= x->up_taken;
+            x->up_taken = 0;
+        }
+    }
     free(ids);
     free(bytes);
 }
@@ -1236,7 +1248,16 @@ static void s_up_taken(stream_t *s, size_t n)
 static void s_on_frame(plane_t *p, peer_t *peer, const rb_frame_t *f)
 {
     stream_t *s = rb_imap_get(peer->streams, f->stream_id);
-    if (!s) return; /* ended here already; the edge hears or heard why */
+    if (!s) {
+        /* Ended here already; the edge hears or heard why. A flow the
+         * edge still sends on is reset (once): its datagrams would hold
+         * the session's datagram window there for good. */
+        if (f->type == RB_FRAME_DATAGRAM && peer->reset_id != f->stream_id) {
+            s_send_frame(p, peer, RB_FRAME_DATA, RB_FRAME_RST, f->stream_id, NULL, 0);
+            peer->reset_id = f->stream_id;
+        }
+        return;
+    }
     switch (f->type) {
     case RB_FRAME_DATA:
         if (!s->pump) {
@@ -1433,7 +1454,7 @@ static void s_expire_flows(void *arg, const char *key, void *value)
             continue;
         if (!s->denied && !s->refused)
             s_send_frame(c->p, s->peer, RB_FRAME_DATA, RB_FRAME_RST, s->id, NULL, 0);
-        s_stream_free(s, s->denied ? "denied" : s->refused ? "refused" : "allowed", "idle");
+        s_stream_free(s, s_flow_verdict(s), "idle");
     }
 }
 
