@@ -485,19 +485,16 @@ size_t dns_wire_strip_opt(uint8_t *pkt, size_t len)
     dns_rr_t rr;
     for (unsigned i = 0; i < rrs; i++)
         if (dns_wire_read_rr(pkt, len, &pos, &rr) < 0) return 0;
-    unsigned kept = 0;
+    /* The message ends at the OPT: what follows it (nothing, from any
+     * server we know; TSIG would) could point into it by compression. */
     for (unsigned i = 0; i < ar; i++) {
         size_t at = pos;
         if (dns_wire_read_rr(pkt, len, &pos, &rr) < 0) return 0;
-        if (rr.type != DNS_TYPE_OPT) {
-            kept++;
-            continue;
-        }
-        memmove(pkt + at, pkt + pos, len - pos);
-        len -= pos - at;
-        pos = at;
+        if (rr.type != DNS_TYPE_OPT) continue;
+        if (rr.ttl >> 24) return 0; /* an extended rcode: not expressible without OPT */
+        s_put16(pkt + 10, (uint16_t)i);
+        return at;
     }
-    s_put16(pkt + 10, (uint16_t)kept);
     return len;
 }
 

@@ -163,9 +163,10 @@ size_t dns_wire_truncate(uint8_t *pkt, size_t len, size_t max);
  * none (ARCOUNT 0), in a buffer of cap bytes. Returns the new length or 0. */
 size_t dns_wire_add_opt(uint8_t *pkt, size_t len, size_t cap, uint16_t payload);
 
-/* Removes the OPT records of a relayed response in place (for a client
- * whose query had none: RFC 6891 6.1.1 forbids sending it one). Returns
- * the new length, or 0 when the response does not parse. */
+/* Removes the OPT record of a relayed response in place, and any record
+ * after it (for a client whose query had none: RFC 6891 6.1.1 forbids
+ * sending it one). Returns the new length, or 0 when the response does not
+ * parse or its rcode needs the OPT (extended rcode, e.g. BADVERS). */
 size_t dns_wire_strip_opt(uint8_t *pkt, size_t len);
 
 /* Builds a query for name (text, case kept) and qtype, with RD set and an

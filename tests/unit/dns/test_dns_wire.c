@@ -342,6 +342,12 @@ static void test_strip_opt(void **state)
     /* Records that run past the end: refused. */
     assert_int_equal(dns_wire_strip_opt(out, m - 3), 0);
     assert_int_equal(dns_wire_strip_opt(out, 5), 0);
+    /* BADVERS (16) lives in the OPT: without it the client would read 0. */
+    pkt[n - 5] = 1;
+    assert_int_equal(dns_wire_parse_query(pkt, n, &q), DNS_RCODE_BADVERS);
+    assert_int_equal(dns_writer_begin(&w, out, sizeof out, &q, DNS_RCODE_BADVERS, false), 0);
+    len = dns_writer_finish(&w);
+    assert_int_equal(dns_wire_strip_opt(out, len), 0);
 }
 
 int main(void)
