@@ -495,6 +495,20 @@ static void test_malformed_refused(void **state)
 }
 
 /* rb_link_send_control refuses what the peer would refuse. */
+/* Reads whole messages from sock until n have come or none comes for 5 s;
+ * returns how many came. */
+static int s_drain_frames(void *sock, int n)
+{
+    int timeout = 5000, got = 0;
+    zmq_setsockopt(sock, ZMQ_RCVTIMEO, &timeout, sizeof timeout);
+    zmq_msg_t part;
+    zmq_msg_init(&part);
+    while (got < n && zmq_msg_recv(&part, sock, 0) >= 0)
+        if (!zmq_msg_more(&part)) got++;
+    zmq_msg_close(&part);
+    return got;
+}
+
 /* The link has no high-water mark either way (credit bounds it): with
  * libzmq's 100,000-message marks a peer that is not reading makes sends
  * fail after about 270,000 messages (both sides' pipes and the kernel). */
@@ -507,7 +521,11 @@ static void test_no_high_water_mark(void **state)
         assert_int_equal(rb_link_send(k->dealer, NULL, 0, RB_FRAME_DATA, 0, 1, "x", 1), 0);
     for (int i = 0; i < N; i++)
         assert_int_equal(rb_link_send(k->router, g->rid, g->rid_len, RB_FRAME_DATA, 0, 1, "y", 1),
-                         0);
+                         0); /* Every frame arrives; and the link closes empty: libzmq 4.3 asserts
+                              * in session_base's clean_pipes when a connection goes down with half
+                              * a multipart message read (libzmq issue 3442). */
+    assert_int_equal(s_drain_frames(k->router, N), N);
+    assert_int_equal(s_drain_frames(k->dealer, N), N);
 }
 
 static void test_send_control_limits(void **state)
