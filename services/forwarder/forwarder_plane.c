@@ -59,6 +59,7 @@ typedef struct peer {
     rb_imap_t *streams; /* link id -> stream_t */
     uint32_t next_id;   /* even ids for server-initiated streams */
     uint32_t reset_id;  /* the unknown flow last reset (see s_on_frame) */
+    uint64_t epoch;     /* which of this edge's links since we started */
 } peer_t;
 
 typedef struct listener {
@@ -135,6 +136,7 @@ struct plane {
     rb_imap_t *by_ip;      /* intranet address -> attach_t */
     rb_imap_t *by_serial;  /* streams waiting for a name or a connect */
     uint64_t next_serial;
+    uint64_t next_epoch;
     rb_timer_t *tick;
     rb_cidr_t cidrs[MAX_CIDRS];
     char *cidr_text[MAX_CIDRS];
@@ -1196,7 +1198,11 @@ static peer_t *s_on_hello(plane_t *p, peer_t *peer, const rb_link_msg_t *lm,
     Rb__Fwd__HelloAck ack = RB__FWD__HELLO_ACK__INIT;
     ack.version = RB_LINK_VERSION;
     ack.forwarder_id = (char *)p->cfg->forwarder_id;
-    ack.instance = p->instance;
+    /* What the edge must attach again after: our restart, or our dropping
+     * it (silent for PEER_SILENCE_MS), which it may not have noticed (a
+     * pause, a partition: its own messages arrive first and say it is
+     * heard). */
+    ack.instance = p->instance + peer->epoch;
     ack.n_cidrs = p->ncidrs;
     ack.cidrs = p->cidr_text;
     r.msg_case = RB__FWD__LINK_CONTROL__MSG_HELLO_ACK;
@@ -1327,6 +1333,7 @@ static peer_t *s_peer(plane_t *p, const rb_link_msg_t *m)
     memcpy(x->rid, m->rid, m->rid_len);
     x->rid_len = m->rid_len;
     snprintf(x->name, sizeof x->name, "%s", m->rid_text);
+    x->epoch = ++p->next_epoch;
     x->next = p->peers;
     p->peers = x;
     rb_info("edge_linked", "edge %s is on the data link", x->name);
