@@ -393,7 +393,9 @@ static void s_upstream_read(rb_loop_t *loop, int fd, unsigned events, void *arg)
         if (f->strip_opt && !(out = dns_wire_strip_opt(s->scratch, out))) {
             rb_metric_inc(s->m_dropped);
             s_ratelog(&s->log_bad, "dns_upstream_malformed",
-                      "an upstream answer does not parse; SERVFAIL", NULL, 0);
+                      "an upstream answer does not parse, or its rcode needs the OPT a client "
+                      "without EDNS cannot get; SERVFAIL",
+                      NULL, 0);
             s_fwd_fail(s, f);
             s_fwd_unlink(s, slot - 1);
             continue;

@@ -269,11 +269,13 @@ static fwd_t *s_route(edge_link_t *l, uint32_t ip, bool has_ip)
 static void s_reset_one(void *arg, uint64_t key, void *value)
 {
     /* Frees the entry it is given (and one in the tunnel's table). */
-    s_stream_free(value, true, false);
+    s_stream_free(value, true, true);
 }
 
-/* The forwarder lost its streams (restart or silence): reset them at the
- * devices. */
+/* The forwarder lost its streams (restart, silence, or it dropped us): reset
+ * them at the devices, and at the forwarder, which may have taken Opens of
+ * ours before its new HelloAck reached us (it ignores ids it does not
+ * know). */
 static void s_fwd_reset_streams(fwd_t *f)
 {
     rb_imap_each(f->streams, s_reset_one, NULL);

@@ -57,7 +57,6 @@ typedef struct peer {
     uint64_t heard_ms;
     uint64_t instance;  /* the edge's start, from its Hello */
     rb_imap_t *streams; /* link id -> stream_t */
-    uint32_t next_id;   /* even ids for server-initiated streams */
     uint32_t reset_id;  /* the unknown flow last reset (see s_on_frame) */
     uint64_t epoch;     /* which of this edge's links since we started */
 } peer_t;
@@ -137,6 +136,7 @@ struct plane {
     rb_imap_t *by_serial;  /* streams waiting for a name or a connect */
     uint64_t next_serial;
     uint64_t next_epoch;
+    uint32_t next_id; /* even ids for server-initiated streams (s_next_id) */
     rb_timer_t *tick;
     rb_cidr_t cidrs[MAX_CIDRS];
     char *cidr_text[MAX_CIDRS];
@@ -696,13 +696,17 @@ static void s_open_to_device(stream_t *s, uint16_t port, const char *peer_ip, un
     s_send_control(s->p, s->peer, &m);
 }
 
-static uint32_t s_next_id(peer_t *peer)
+/* Even ids are counted for the whole forwarder, not per edge link: an
+ * edge we dropped (silence) may still hold streams of its old link until
+ * our HelloAck makes it reset them, and a new stream must not take one of
+ * their ids. */
+static uint32_t s_next_id(plane_t *p, peer_t *peer)
 {
     do {
-        peer->next_id += 2;
-        if (peer->next_id == 0) peer->next_id = 2;
-    } while (rb_imap_get(peer->streams, peer->next_id));
-    return peer->next_id;
+        p->next_id += 2;
+        if (p->next_id == 0) p->next_id = 2;
+    } while (rb_imap_get(peer->streams, p->next_id));
+    return p->next_id;
 }
 
 static void s_on_accept(rb_loop_t *loop, int lfd, unsigned events, void *arg)
@@ -756,7 +760,7 @@ static void s_on_accept(rb_loop_t *loop, int lfd, unsigned events, void *arg)
         s_audit(&tmp, ok ? "refused" : "denied", reason);
         return;
     }
-    stream_t *s = s_stream_new(p, a, a->peer, s_next_id(a->peer), K_INBOUND, POLICY_TCP);
+    stream_t *s = s_stream_new(p, a, a->peer, s_next_id(p, a->peer), K_INBOUND, POLICY_TCP);
     if (!s) {
         close(fd);
         return;
@@ -820,7 +824,7 @@ static void s_on_datagram(rb_loop_t *loop, int fd, unsigned events, void *arg)
                 rb_metric_inc(p->m_udp_dropped);
                 continue;
             }
-            s = s_stream_new(p, a, a->peer, s_next_id(a->peer), K_INBOUND, POLICY_UDP);
+            s = s_stream_new(p, a, a->peer, s_next_id(p, a->peer), K_INBOUND, POLICY_UDP);
             if (!s) continue;
             if (rb_imap_put(l->flows, key, s) < 0) {
                 s_stream_free(s, NULL, NULL);
@@ -1268,9 +1272,8 @@ static void s_on_frame(plane_t *p, peer_t *peer, const rb_frame_t *f)
     case RB_FRAME_DATA:
         if (!s->pump) {
             if (f->flags & RB_FRAME_RST) {
-                s_stream_free(
-                    s, s->proto == POLICY_UDP ? (s->denied ? "denied" : "allowed") : "failed",
-                    "closed by the device");
+                s_stream_free(s, s->proto == POLICY_UDP ? s_flow_verdict(s) : "failed",
+                              "closed by the device");
                 return;
             }
             /* A connect still waiting for its name: a device may send

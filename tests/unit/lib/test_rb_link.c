@@ -494,7 +494,6 @@ static void test_malformed_refused(void **state)
     s_link_free(k);
 }
 
-/* rb_link_send_control refuses what the peer would refuse. */
 /* Reads whole messages from sock until n have come or none comes for 5 s;
  * returns how many came. */
 static int s_drain_frames(void *sock, int n)
@@ -521,13 +520,15 @@ static void test_no_high_water_mark(void **state)
         assert_int_equal(rb_link_send(k->dealer, NULL, 0, RB_FRAME_DATA, 0, 1, "x", 1), 0);
     for (int i = 0; i < N; i++)
         assert_int_equal(rb_link_send(k->router, g->rid, g->rid_len, RB_FRAME_DATA, 0, 1, "y", 1),
-                         0); /* Every frame arrives; and the link closes empty: libzmq 4.3 asserts
-                              * in session_base's clean_pipes when a connection goes down with half
-                              * a multipart message read (libzmq issue 3442). */
+                         0);
+    /* Every frame arrives; and the link closes empty: libzmq 4.3 asserts in
+     * session_base's clean_pipes when a connection goes down with half a
+     * multipart message read (libzmq issue 3442). */
     assert_int_equal(s_drain_frames(k->router, N), N);
     assert_int_equal(s_drain_frames(k->dealer, N), N);
 }
 
+/* rb_link_send_control refuses what the peer would refuse. */
 static void test_send_control_limits(void **state)
 {
     link_t *k = s_link_new(EDGE);
