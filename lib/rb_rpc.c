@@ -347,7 +347,9 @@ rb_rpc_client_t *rb_rpc_client_new(rb_loop_t *loop, void *dealer, const char *pe
     if (f && fread(seed, 1, sizeof seed, f) == sizeof seed) memcpy(&cli->next_id, seed, 8);
     if (f) fclose(f);
     if (rb_loop_add_zsock(loop, dealer, s_client_readable, cli) < 0) goto fail;
+    /* In /metrics from the start, at 0, not from their first count. */
     s_late();
+    s_bad();
     return cli;
 fail:
     rb_error("rpc_client", "%s: cannot create the RPC client", peer_name ? peer_name : "rpc");
@@ -513,6 +515,7 @@ rb_rpc_server_t *rb_rpc_server_new(rb_loop_t *loop, void *router, rb_rpc_handler
     srv->arg = arg;
     if (rb_loop_add_zsock(loop, router, s_server_readable, srv) < 0) goto fail;
     s_bad();
+    s_unsent();
     return srv;
 fail:
     rb_error("rpc_server", "cannot create the RPC server");

@@ -150,6 +150,22 @@ static int s_call(rb_rpc_client_t *cli, uint64_t seq, unsigned timeout, unsigned
     return rb_rpc_call(cli, &m.base, timeout, retries, s_on_reply, r);
 }
 
+/* Runs first: the counters are in /metrics as soon as a client and a
+ * server exist, at 0, not only after their first count. */
+static void test_counters_from_the_start(void **state)
+{
+    pair_t p;
+    s_pair(&p, "tcp://127.0.0.1:*");
+    rb_buf_t out = RB_BUF_INIT;
+    rb_metrics_render(&out);
+    s_unpair(&p); /* before any assertion: open sockets would hang the exit */
+    assert_non_null(out.data);
+    assert_non_null(strstr(out.data, "\nreachback_rpc_late_replies_total 0\n"));
+    assert_non_null(strstr(out.data, "\nreachback_rpc_bad_messages_total 0\n"));
+    assert_non_null(strstr(out.data, "\nreachback_rpc_unsent_replies_total 0\n"));
+    rb_buf_free(&out);
+}
+
 static void test_round_trip(void **state)
 {
     pair_t p;
@@ -504,6 +520,7 @@ static int s_teardown(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_counters_from_the_start),
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_thousand_concurrent_calls),
         cmocka_unit_test(test_timeout_without_server),
