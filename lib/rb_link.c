@@ -39,6 +39,18 @@ int rb_link_send_control(void *sock, const void *rid, size_t rid_len, const Rb__
     return rb_link_send(sock, rid, rid_len, RB_FRAME_CONTROL, 0, 0, buf, n);
 }
 
+void rb_link_relayed(Rb__Fwd__LinkControl *c, Rb__Fwd__Relayed *m, uint32_t *ids, uint32_t *bytes,
+                     size_t n)
+{
+    rb__fwd__link_control__init(c);
+    rb__fwd__relayed__init(m);
+    m->n_link_ids = m->n_bytes = n;
+    m->link_ids = ids;
+    m->bytes = bytes;
+    c->msg_case = RB__FWD__LINK_CONTROL__MSG_RELAYED;
+    c->relayed = m;
+}
+
 void rb_link_msg_close(rb_link_msg_t *m)
 {
     for (int i = 0; i < m->nparts; i++)

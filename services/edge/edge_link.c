@@ -793,13 +793,9 @@ int edge_link_frame(edge_tunnel_t *tun, const rb_frame_t *f, const char **why)
 
 static void s_send_relayed(fwd_t *f, uint32_t *ids, uint32_t *bytes, size_t n)
 {
-    Rb__Fwd__LinkControl c = RB__FWD__LINK_CONTROL__INIT;
-    Rb__Fwd__Relayed m = RB__FWD__RELAYED__INIT;
-    m.n_link_ids = m.n_bytes = n;
-    m.link_ids = ids;
-    m.bytes = bytes;
-    c.msg_case = RB__FWD__LINK_CONTROL__MSG_RELAYED;
-    c.relayed = &m;
+    Rb__Fwd__LinkControl c;
+    Rb__Fwd__Relayed m;
+    rb_link_relayed(&c, &m, ids, bytes, n);
     s_fwd_control(f, &c);
 }
 

@@ -1217,13 +1217,9 @@ static peer_t *s_on_hello(plane_t *p, peer_t *peer, const rb_link_msg_t *lm,
 
 static int s_send_relayed(plane_t *p, peer_t *peer, uint32_t *ids, uint32_t *bytes, size_t n)
 {
-    Rb__Fwd__LinkControl c = RB__FWD__LINK_CONTROL__INIT;
-    Rb__Fwd__Relayed m = RB__FWD__RELAYED__INIT;
-    m.n_link_ids = m.n_bytes = n;
-    m.link_ids = ids;
-    m.bytes = bytes;
-    c.msg_case = RB__FWD__LINK_CONTROL__MSG_RELAYED;
-    c.relayed = &m;
+    Rb__Fwd__LinkControl c;
+    Rb__Fwd__Relayed m;
+    rb_link_relayed(&c, &m, ids, bytes, n);
     return s_send_control(p, peer, &c);
 }
 
