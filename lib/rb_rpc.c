@@ -23,6 +23,7 @@
 #include "rb_log.h"
 #include "rb_metrics.h"
 #include "rb_pb.h"
+#include "rb_smap.h"
 
 #define RB_RPC_ID_LEN 8
 #define RB_RPC_TICK_MS 50
@@ -56,12 +57,21 @@ struct rb_rpc_client {
     bool dead;         /* destroyed during a callback; freed on the way out */
 };
 
+/* What one caller (routing id) has in flight at a server. */
+typedef struct rpc_peer {
+    char key[2 * RB_RPC_ROUTING_MAX + 1]; /* the whole routing id, in hex */
+    size_t reqs, bytes;
+    uint64_t shed; /* in the current episode */
+} rpc_peer_t;
+
 struct rb_rpc_server {
     rb_loop_t *loop;
     void *sock;
     rb_rpc_handler_fn *fn;
     void *arg;
     rb_rpc_req_t *reqs;   /* outstanding requests, so destroy can orphan them */
+    rb_smap_t *peers;     /* key -> rpc_peer_t, while it has requests in flight */
+    size_t peer_max_reqs, peer_max_bytes;
     int depth;
     bool dead;
 };
@@ -69,6 +79,8 @@ struct rb_rpc_server {
 struct rb_rpc_req {
     rb_rpc_req_t *prev, *next;
     rb_rpc_server_t *srv;   /* NULL once the server is gone */
+    rpc_peer_t *caller;     /* its count; NULL once the server is gone */
+    size_t body_len;
     uint8_t rid[RB_RPC_ROUTING_MAX];
     size_t rid_len;
     uint8_t reqid[RB_RPC_ID_LEN];
@@ -99,6 +111,15 @@ static rb_metric_t *s_unsent(void)
     if (!m)
         m = rb_counter("reachback_rpc_unsent_replies_total", NULL,
                        "RPC replies not sent: the caller disconnected or its queue was full");
+    return m;
+}
+
+static rb_metric_t *s_shed(void)
+{
+    static rb_metric_t *m;
+    if (!m)
+        m = rb_counter("reachback_rpc_shed_requests_total", NULL,
+                       "RPC requests dropped unanswered: their caller had too many in flight");
     return m;
 }
 
@@ -432,9 +453,69 @@ size_t rb_rpc_pending(const rb_rpc_client_t *cli) { return cli ? cli->count : 0;
 
 /* ---- server ---- */
 
+/* A request is counted against its caller from arrival until it is
+ * answered or dropped; the caller's entry lives only while it counts. */
+static void s_peer_release(rb_rpc_server_t *srv, rb_rpc_req_t *req)
+{
+    rpc_peer_t *c = req->caller;
+    if (!c) return;
+    req->caller = NULL;
+    c->reqs--;
+    c->bytes -= req->body_len;
+    if (c->reqs) return;
+    if (c->shed)
+        rb_info("rpc_shed_end", "%s: nothing in flight now; %llu requests were dropped", req->peer,
+                (unsigned long long)c->shed);
+    rb_smap_del(srv->peers, c->key, c);
+    free(c);
+}
+
+static void s_free_peer(void *arg, const char *key, void *val)
+{
+    rb_smap_del(arg, key, val);
+    free(val);
+}
+
+/* Takes len bytes of the caller's allowance for req; false when its
+ * caller is over its limits (the request is dropped then, unanswered:
+ * the caller's deadline answers it, and every other caller keeps its
+ * share of the server). */
+static bool s_peer_admit(rb_rpc_server_t *srv, rb_rpc_req_t *req, size_t len)
+{
+    char key[sizeof((rpc_peer_t *)0)->key];
+    for (size_t i = 0; i < req->rid_len; i++)
+        snprintf(key + 2 * i, 3, "%02x", req->rid[i]);
+    rpc_peer_t *c = rb_smap_get(srv->peers, key);
+    if (!c) {
+        if (!(c = calloc(1, sizeof *c))) return false;
+        memcpy(c->key, key, sizeof key);
+        if (rb_smap_put(srv->peers, c->key, c, NULL) < 0) {
+            free(c);
+            return false;
+        }
+    }
+    /* One request is always let through, however large (the protobuf
+     * limits of the handler judge its size). */
+    if (c->reqs && (c->reqs >= srv->peer_max_reqs || c->bytes + len > srv->peer_max_bytes)) {
+        if (!c->shed++)
+            rb_warn("rpc_shed",
+                    "%s has %zu requests (%zu bytes) in flight; dropping more until "
+                    "some are answered",
+                    req->peer, c->reqs, c->bytes);
+        rb_metric_inc(s_shed());
+        return false;
+    }
+    c->reqs++;
+    c->bytes += len;
+    req->caller = c;
+    req->body_len = len;
+    return true;
+}
+
 static void s_req_unlink(rb_rpc_req_t *req)
 {
     if (!req->srv) return;
+    s_peer_release(req->srv, req);
     if (req->prev)
         req->prev->next = req->next;
     else
@@ -445,7 +526,12 @@ static void s_req_unlink(rb_rpc_req_t *req)
 
 static void s_server_free(rb_rpc_server_t *srv)
 {
-    for (rb_rpc_req_t *r = srv->reqs; r; r = r->next) r->srv = NULL;
+    for (rb_rpc_req_t *r = srv->reqs; r; r = r->next) {
+        r->srv = NULL;
+        r->caller = NULL;
+    }
+    rb_smap_each(srv->peers, s_free_peer, srv->peers);
+    rb_smap_destroy(&srv->peers);
     rb_loop_del_zsock(srv->loop, srv->sock);
     zmq_close(srv->sock);
     free(srv);
@@ -490,6 +576,10 @@ static void s_server_readable(rb_loop_t *loop, void *sock, void *arg)
                 snprintf(req->peer + 2 * i, 3, "%02x", req->rid[i]);
             if (shown < req->rid_len) strcat(req->peer, "...");
         }
+        if (!s_peer_admit(srv, req, zmq_msg_size(&body))) {
+            free(req);
+            goto next;
+        }
         req->next = srv->reqs;
         if (srv->reqs) srv->reqs->prev = req;
         srv->reqs = req;
@@ -513,15 +603,26 @@ rb_rpc_server_t *rb_rpc_server_new(rb_loop_t *loop, void *router, rb_rpc_handler
     srv->sock = router;
     srv->fn = fn;
     srv->arg = arg;
+    srv->peer_max_reqs = RB_RPC_PEER_MAX_REQS;
+    srv->peer_max_bytes = RB_RPC_PEER_MAX_BYTES;
+    if (!(srv->peers = rb_smap_new())) goto fail;
     if (rb_loop_add_zsock(loop, router, s_server_readable, srv) < 0) goto fail;
     s_bad();
     s_unsent();
+    s_shed();
     return srv;
 fail:
     rb_error("rpc_server", "cannot create the RPC server");
+    if (srv) rb_smap_destroy(&srv->peers);
     free(srv);
     zmq_close(router);
     return NULL;
+}
+
+void rb_rpc_server_limit(rb_rpc_server_t *srv, size_t max_reqs, size_t max_bytes)
+{
+    srv->peer_max_reqs = max_reqs;
+    srv->peer_max_bytes = max_bytes;
 }
 
 void rb_rpc_server_destroy(rb_rpc_server_t **psrv)

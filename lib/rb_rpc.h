@@ -40,6 +40,14 @@ typedef void(rb_rpc_handler_fn)(void *arg, rb_rpc_req_t *req, const uint8_t *bod
 rb_rpc_server_t *rb_rpc_server_new(rb_loop_t *loop, void *router, rb_rpc_handler_fn *fn,
                                    void *arg);
 void rb_rpc_server_destroy(rb_rpc_server_t **srv);
+/* A caller (one routing id) may have this many requests, of this many body
+ * bytes, waiting for their answers; past that the server drops its requests
+ * unanswered (logged, counted in reachback_rpc_shed_requests_total) until
+ * some are answered, so one flooding peer cannot take the server's memory
+ * or its backend from the others. */
+#define RB_RPC_PEER_MAX_REQS 8192
+#define RB_RPC_PEER_MAX_BYTES (16u << 20)
+void rb_rpc_server_limit(rb_rpc_server_t *srv, size_t max_reqs, size_t max_bytes);
 /* Sends the reply and frees req. 0, or -1 when it could not be sent (logged
  * and counted here). req is freed either way: do not touch it afterwards. */
 int rb_rpc_reply(rb_rpc_req_t *req, const ProtobufCMessage *msg);

@@ -60,6 +60,10 @@ static void s_endpoint(void *sock, char *out, size_t len)
 typedef struct {
     int requests;
     int drop_first;   /* drop this many requests unanswered */
+    bool hold_odd;    /* keep requests with an odd seq, unanswered */
+    rb_rpc_req_t *held[64];
+    uint64_t held_seq[64];
+    int nheld;
 } server_t;
 
 static void s_echo(void *arg, rb_rpc_req_t *req, const uint8_t *body, size_t len)
@@ -75,6 +79,13 @@ static void s_echo(void *arg, rb_rpc_req_t *req, const uint8_t *body, size_t len
                                     rb_rpc_req_peer(req));
     if (!in) {
         rb_rpc_req_free(req);
+        return;
+    }
+    if (s->hold_odd && in->seq % 2) {
+        assert_true(s->nheld < 64);
+        s->held_seq[s->nheld] = in->seq;
+        s->held[s->nheld++] = req;
+        protobuf_c_message_free_unpacked(&in->base, NULL);
         return;
     }
     hb_t out = RB__EVENTS__HEARTBEAT__INIT;
@@ -163,6 +174,7 @@ static void test_counters_from_the_start(void **state)
     assert_non_null(strstr(out.data, "\nreachback_rpc_late_replies_total 0\n"));
     assert_non_null(strstr(out.data, "\nreachback_rpc_bad_messages_total 0\n"));
     assert_non_null(strstr(out.data, "\nreachback_rpc_unsent_replies_total 0\n"));
+    assert_non_null(strstr(out.data, "\nreachback_rpc_shed_requests_total 0\n"));
     rb_buf_free(&out);
 }
 
@@ -441,6 +453,107 @@ static void test_garbage_to_server_is_dropped(void **state)
     s_unpair(&p);
 }
 
+/* ---- one flooding caller ---- */
+
+static void s_answer_held(server_t *s)
+{
+    for (int i = 0; i < s->nheld; i++) {
+        hb_t out = RB__EVENTS__HEARTBEAT__INIT;
+        out.seq = s->held_seq[i] + 1;
+        out.broker_id = "echo";
+        assert_int_equal(rb_rpc_reply(s->held[i], &out.base), 0);
+    }
+    s->nheld = 0;
+}
+
+static bool s_five_called(void *arg)
+{
+    for (int i = 0; i < 5; i++)
+        if (!((result_t *)arg)[i].calls) return false;
+    return true;
+}
+
+/* A caller past its share is dropped, counted, and served again once its
+ * requests are answered; another caller is served all along. */
+static void test_flooding_caller_is_shed(void **state)
+{
+    pair_t p;
+    s_pair(&p, "tcp://127.0.0.1:*");
+    rb_rpc_server_limit(p.srv, 10, 1u << 20);
+    p.state.hold_odd = true;
+    rb_metric_t *shed = rb_counter("reachback_rpc_shed_requests_total", NULL, "");
+    double before = rb_metric_value(shed);
+
+    static result_t flood[30];
+    memset(flood, 0, sizeof flood);
+    for (int i = 0; i < 30; i++)
+        assert_int_equal(s_call(p.cli, (uint64_t)(2 * i + 1), 800, 0, &flood[i]), 0);
+    s_run(p.loop, s_never, NULL, 300);
+    assert_int_equal(p.state.nheld, 10);
+    assert_true(rb_metric_value(shed) - before == 20.0);
+
+    /* Another caller (its own routing id) is answered at once. */
+    rb_rpc_client_t *other =
+        rb_rpc_client_new(p.loop, rb_zsock_connect(ZMQ_DEALER, p.ep, NULL, NULL), "other");
+    assert_non_null(other);
+    result_t r = {0};
+    assert_int_equal(s_call(other, 1000, 2000, 0, &r), 0);
+    s_run(p.loop, s_called, &r, 3000);
+    assert_int_equal(r.nulls, 0);
+    assert_int_equal(r.seq, 1001);
+
+    /* The 20 dropped calls time out; the 10 held are answered late. */
+    s_run(p.loop, s_never, NULL, 700);
+    s_answer_held(&p.state);
+    s_run(p.loop, s_never, NULL, 200);
+    int nulls = 0;
+    for (int i = 0; i < 30; i++)
+        nulls += flood[i].nulls;
+    assert_int_equal(nulls, 30); /* held past 800 ms: late replies, dropped */
+
+    /* Answered, the flooding caller has its share back. */
+    static result_t again[5];
+    memset(again, 0, sizeof again);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(s_call(p.cli, (uint64_t)(2 * i), 2000, 0, &again[i]), 0);
+    s_run(p.loop, s_five_called, again, 3000);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(again[i].seq, (uint64_t)(2 * i + 1));
+    assert_true(rb_metric_value(shed) - before == 20.0);
+
+    rb_rpc_client_destroy(&other);
+    s_unpair(&p);
+}
+
+/* The bytes a caller has in flight are bounded too, but one request of any
+ * size always gets through. */
+static void test_bytes_in_flight_are_bounded(void **state)
+{
+    pair_t p;
+    s_pair(&p, "tcp://127.0.0.1:*");
+    rb_rpc_server_limit(p.srv, 1000, 10);
+    p.state.hold_odd = true;
+    rb_metric_t *shed = rb_counter("reachback_rpc_shed_requests_total", NULL, "");
+    double before = rb_metric_value(shed);
+    /* Calls made before the link is up go out later, in any order. */
+    result_t warm = {0};
+    assert_int_equal(s_call(p.cli, 0, 2000, 0, &warm), 0);
+    s_run(p.loop, s_called, &warm, 3000);
+    assert_int_equal(warm.seq, 1);
+    static result_t r[5];
+    memset(r, 0, sizeof r);
+    /* Each body is 9 bytes (seq 1..9 and broker_id "test"): one fits. */
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(s_call(p.cli, (uint64_t)(2 * i + 1), 2000, 0, &r[i]), 0);
+    s_run(p.loop, s_never, NULL, 300);
+    assert_int_equal(p.state.nheld, 1);
+    assert_true(rb_metric_value(shed) - before == 4.0);
+    s_answer_held(&p.state);
+    s_run(p.loop, s_called, &r[0], 2000);
+    assert_int_equal(r[0].seq, 2);
+    s_unpair(&p);
+}
+
 /* ---- the edge-trigger hazard ---- */
 
 /* Each reply triggers the next call from inside the reply callback: the
@@ -528,6 +641,9 @@ int main(void)
         cmocka_unit_test(test_retry_same_id_and_late_reply_dropped),
         cmocka_unit_test(test_garbage_to_server_is_dropped),
         cmocka_unit_test(test_calls_from_reply_callbacks_never_stall),
+        cmocka_unit_test(test_flooding_caller_is_shed),
+        cmocka_unit_test(test_bytes_in_flight_are_bounded),
+
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
