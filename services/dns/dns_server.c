@@ -35,6 +35,7 @@
 #define FWD_MAX_PENDING 2048
 #define FWD_TIMEOUT_MS 2000
 #define FWD_EDNS_PAYLOAD 4096     /* asked of upstream for TCP clients */
+#define UP_TCP_MAX 32             /* upstream TCP connections open at once (retries) */
 #define SAMPLE_EVERY 16           /* batches between duration samples */
 
 typedef struct {
@@ -63,8 +64,23 @@ typedef struct {
     uint64_t deadline;
     uint8_t qname[DNS_NAME_MAX];
     uint16_t qname_len, qtype, qclass;
+    uint8_t *query;               /* tcp: what we sent, kept for a retry over TCP */
+    uint16_t query_len;
+    int up_conn;                  /* >= 0: being retried on this upstream TCP slot */
     int prev, next;               /* FIFO in deadline order; -1 ends */
 } fwd_t;
+
+/* A forward retried to the upstream over TCP (RFC 7766) because its UDP
+ * answer came back truncated. One connection per query: it is the rare
+ * case, and a connection that owns one query cannot mix up answers. */
+typedef struct {
+    dns_server_t *srv;
+    int fd;                       /* -1: free slot */
+    int fwd;                      /* the forward it serves */
+    uint8_t *buf;                 /* the query going out, then 2 + 65535 bytes coming in */
+    size_t len, off;              /* sending: bytes to send, sent; reading: bytes read */
+    bool reading;
+} uptcp_t;
 
 typedef struct {
     struct mmsghdr in[UDP_BATCH];
@@ -101,11 +117,16 @@ struct dns_server {
     int fwd_free;                  /* free list through next */
     int fwd_head, fwd_tail;
     size_t fwd_pending;
+    struct sockaddr_storage up_addr; /* for retries over TCP */
+    socklen_t up_addrlen;
+    uptcp_t uptcp[UP_TCP_MAX];
+    size_t nuptcp;
     uint64_t rng;
     uint64_t batches;
-    ratelog_t log_bad, log_fwd_full, log_tcp_full;
+    ratelog_t log_bad, log_fwd_full, log_tcp_full, log_up_tcp;
     rb_metric_t *m_rcode[RC_N];
     rb_metric_t *m_forwarded, *m_records, *m_duration, *m_dropped;
+    rb_metric_t *m_tcp_retries, *m_tcp_failures;
 };
 
 /* ---- helpers ---- */
@@ -250,11 +271,46 @@ int dns_config_validate(void *cfgp, char *err, size_t errlen)
 
 /* ---- forwarding ---- */
 
-static void s_fwd_unlink(dns_server_t *s, int i)
+/* The pending list is kept in deadline order: every deadline is now plus
+ * the same timeout, so appending is enough. */
+static void s_fwd_append(dns_server_t *s, int i)
+{
+    fwd_t *f = &s->fwd[i];
+    f->deadline = rb_now_ms() + FWD_TIMEOUT_MS;
+    f->prev = s->fwd_tail;
+    f->next = -1;
+    if (s->fwd_tail >= 0) s->fwd[s->fwd_tail].next = i; else s->fwd_head = i;
+    s->fwd_tail = i;
+}
+
+static void s_fwd_detach(dns_server_t *s, int i)
 {
     fwd_t *f = &s->fwd[i];
     if (f->prev >= 0) s->fwd[f->prev].next = f->next; else s->fwd_head = f->next;
     if (f->next >= 0) s->fwd[f->next].prev = f->prev; else s->fwd_tail = f->prev;
+}
+
+static void s_uptcp_close(dns_server_t *s, int ui)
+{
+    uptcp_t *u = &s->uptcp[ui];
+    if (u->fd < 0) return;
+    rb_loop_del_fd(s->loop, u->fd);
+    close(u->fd);
+    u->fd = -1;
+    free(u->buf);
+    u->buf = NULL;
+    if (u->fwd >= 0) s->fwd[u->fwd].up_conn = -1;
+    u->fwd = -1;
+    s->nuptcp--;
+}
+
+static void s_fwd_unlink(dns_server_t *s, int i)
+{
+    fwd_t *f = &s->fwd[i];
+    s_fwd_detach(s, i);
+    if (f->up_conn >= 0) s_uptcp_close(s, f->up_conn);
+    free(f->query);
+    f->query = NULL;
     s->fwd_by_id[f->up_id] = 0;
     f->used = false;
     f->next = s->fwd_free;
@@ -331,14 +387,23 @@ static int s_forward(dns_server_t *s, const uint8_t *pkt, size_t len, const dns_
         out[q->edns_size_off] = (uint8_t)(FWD_EDNS_PAYLOAD >> 8);
         out[q->edns_size_off + 1] = (uint8_t)(FWD_EDNS_PAYLOAD & 0xff);
     }
+    /* A TCP client's answer may come back truncated, and only we can
+     * retry it over TCP: keep what we sent. */
+    uint8_t *copy = NULL;
+    if (tcp && !(copy = malloc(olen))) return -1;
+    if (copy) memcpy(copy, out, olen);
     if (send(s->up_fd, out, olen, MSG_DONTWAIT) < 0) {
         rb_debug("dns_forward_send", "send upstream: %s", strerror(errno));
+        free(copy);
         return -1;
     }
     int i = s->fwd_free;
     fwd_t *f = &s->fwd[i];
     s->fwd_free = f->next;
     f->used = true;
+    f->query = copy;
+    f->query_len = (uint16_t)olen;
+    f->up_conn = -1;
     f->tcp = tcp;
     f->strip_opt = added;
     f->client_id = q->id;
@@ -351,19 +416,154 @@ static int s_forward(dns_server_t *s, const uint8_t *pkt, size_t len, const dns_
         memcpy(&f->addr, from, fromlen);
         f->addrlen = fromlen;
     }
-    f->deadline = rb_now_ms() + FWD_TIMEOUT_MS;
     memcpy(f->qname, q->qname, q->qname_len);
     f->qname_len = q->qname_len;
     f->qtype = q->qtype;
     f->qclass = q->qclass;
-    f->prev = s->fwd_tail;
-    f->next = -1;
-    if (s->fwd_tail >= 0) s->fwd[s->fwd_tail].next = i; else s->fwd_head = i;
-    s->fwd_tail = i;
+    s_fwd_append(s, i);
     s->fwd_by_id[id] = (uint16_t)(i + 1);
     s->fwd_pending++;
     rb_metric_inc(s->m_forwarded);
     return 0;
+}
+
+/* Relays an upstream answer (msg is ours to rewrite) to the client of
+ * forward i, within the client's limits, and ends the forward. Returns -1
+ * when the client got SERVFAIL instead. */
+static int s_fwd_answer(dns_server_t *s, int i, uint8_t *msg, size_t len)
+{
+    fwd_t *f = &s->fwd[i];
+    int r = 0;
+    msg[0] = (uint8_t)(f->client_id >> 8);
+    msg[1] = (uint8_t)f->client_id;
+    if (f->strip_opt && !(len = dns_wire_strip_opt(msg, len))) {
+        rb_metric_inc(s->m_dropped);
+        s_ratelog(&s->log_bad, "dns_upstream_malformed",
+                  "an upstream answer does not parse, or its rcode needs the OPT a client "
+                  "without EDNS cannot get; SERVFAIL",
+                  NULL, 0);
+        s_fwd_fail(s, f);
+        r = -1;
+    } else {
+        if (len > f->max) len = dns_wire_truncate(msg, len, f->max);
+        if (len) {
+            s_count(s, msg[3] & 0xfu);
+            s_fwd_deliver(s, f, msg, len);
+        }
+    }
+    s_fwd_unlink(s, i);
+    return r;
+}
+
+/* Ends a retry over TCP that got no usable answer: SERVFAIL to that one
+ * client. */
+static void s_uptcp_fail(dns_server_t *s, int i, const char *why)
+{
+    rb_metric_inc(s->m_tcp_failures);
+    s_ratelog(&s->log_up_tcp, "dns_upstream_tcp_failed", why, (const struct sockaddr *)&s->up_addr,
+              s->up_addrlen);
+    s_fwd_fail(s, &s->fwd[i]);
+    s_fwd_unlink(s, i);
+}
+
+static bool s_matches(const fwd_t *f, const dns_query_t *rq)
+{
+    return rq->qtype == f->qtype && rq->qclass == f->qclass &&
+           dns_wire_name_equal(rq->qname, rq->qname_len, f->qname, f->qname_len);
+}
+
+/* Sends the query, then reads one length-prefixed answer. The upstream is
+ * not trusted with anything: every length is checked against the buffer,
+ * and anything short of a whole answer to our query ends in SERVFAIL (or,
+ * when it just stalls, in the forward's timeout). */
+static void s_uptcp_io(rb_loop_t *loop, int fd, unsigned events, void *arg)
+{
+    uptcp_t *u = arg;
+    dns_server_t *s = u->srv;
+    int i = u->fwd;
+    if (!u->reading) {
+        ssize_t n = send(fd, u->buf + u->off, u->len - u->off, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+        if (n < 0) {
+            s_uptcp_fail(s, i, "a TCP retry could not connect or send; SERVFAIL");
+            return;
+        }
+        u->off += (size_t)n;
+        if (u->off < u->len) return;
+        u->reading = true;
+        u->len = 0;
+        rb_loop_mod_fd(loop, fd, RB_EV_READ);
+        return;
+    }
+    ssize_t n = recv(fd, u->buf + u->len, 2 + DNS_TCP_MAX - u->len, MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (n <= 0) {
+        s_uptcp_fail(s, i, "a TCP retry was closed before a whole answer; SERVFAIL");
+        return;
+    }
+    u->len += (size_t)n;
+    if (u->len < 2) return;
+    size_t mlen = (size_t)u->buf[0] << 8 | u->buf[1];
+    if (mlen < DNS_HEADER_LEN) {
+        s_uptcp_fail(s, i, "a TCP retry got a length shorter than a header; SERVFAIL");
+        return;
+    }
+    if (u->len < 2 + mlen) return;
+    /* Bytes after the answer are ignored: the connection ends here. */
+    dns_query_t rq;
+    if (dns_wire_parse_response_question(u->buf + 2, mlen, &rq) < 0) {
+        s_uptcp_fail(s, i, "a TCP retry got an answer that does not parse; SERVFAIL");
+        return;
+    }
+    if (rq.id != s->fwd[i].up_id || !s_matches(&s->fwd[i], &rq)) {
+        s_uptcp_fail(s, i, "a TCP retry got an answer to another query; SERVFAIL");
+        return;
+    }
+    /* The buffer is freed with the forward, after the client has its copy. */
+    if (s_fwd_answer(s, i, u->buf + 2, mlen) < 0) rb_metric_inc(s->m_tcp_failures);
+}
+
+/* The upstream's UDP answer for a TCP client is truncated. That client is
+ * on TCP already and cannot be told to retry there, so we do, on our own
+ * connection, with the query we sent and a fresh timeout. */
+static void s_uptcp_start(dns_server_t *s, int i)
+{
+    fwd_t *f = &s->fwd[i];
+    rb_metric_inc(s->m_tcp_retries);
+    int ui = -1;
+    for (int k = 0; k < UP_TCP_MAX && f->query && s->nuptcp < UP_TCP_MAX; k++)
+        if (s->uptcp[k].fd < 0) {
+            ui = k;
+            break;
+        }
+    if (ui < 0) {
+        s_uptcp_fail(s, i, "too many TCP retries open; SERVFAIL for a truncated answer");
+        return;
+    }
+    uptcp_t *u = &s->uptcp[ui];
+    int fd = socket(s->up_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    uint8_t *buf = fd >= 0 ? malloc(2 + DNS_TCP_MAX) : NULL;
+    if (!buf ||
+        (connect(fd, (const struct sockaddr *)&s->up_addr, s->up_addrlen) < 0 &&
+         errno != EINPROGRESS) ||
+        rb_loop_add_fd(s->loop, fd, RB_EV_WRITE, s_uptcp_io, u) < 0) {
+        free(buf);
+        if (fd >= 0) close(fd);
+        s_uptcp_fail(s, i, "a TCP retry could not connect; SERVFAIL");
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    buf[0] = (uint8_t)(f->query_len >> 8);
+    buf[1] = (uint8_t)f->query_len;
+    memcpy(buf + 2, f->query, f->query_len);
+    free(f->query);
+    f->query = NULL;
+    *u = (uptcp_t){.srv = s, .fd = fd, .fwd = i, .buf = buf, .len = 2u + f->query_len};
+    s->nuptcp++;
+    f->up_conn = ui;
+    s_fwd_detach(s, i);
+    s_fwd_append(s, i);
 }
 
 /* Answers from upstream: the socket is connected, so only the upstream's
@@ -382,30 +582,15 @@ static void s_upstream_read(rb_loop_t *loop, int fd, unsigned events, void *arg)
         uint16_t slot = s->fwd_by_id[rq.id];
         if (!slot) continue;   /* late answer to a query we gave up on */
         fwd_t *f = &s->fwd[slot - 1];
-        if (rq.qtype != f->qtype || rq.qclass != f->qclass ||
-            !dns_wire_name_equal(rq.qname, rq.qname_len, f->qname, f->qname_len)) {
+        /* A second UDP answer while the TCP retry runs is not the answer. */
+        if (f->up_conn >= 0 || !s_matches(f, &rq)) {
             rb_metric_inc(s->m_dropped);
             continue;
         }
-        size_t out = (size_t)len;
-        s->scratch[0] = (uint8_t)(f->client_id >> 8);
-        s->scratch[1] = (uint8_t)f->client_id;
-        if (f->strip_opt && !(out = dns_wire_strip_opt(s->scratch, out))) {
-            rb_metric_inc(s->m_dropped);
-            s_ratelog(&s->log_bad, "dns_upstream_malformed",
-                      "an upstream answer does not parse, or its rcode needs the OPT a client "
-                      "without EDNS cannot get; SERVFAIL",
-                      NULL, 0);
-            s_fwd_fail(s, f);
-            s_fwd_unlink(s, slot - 1);
-            continue;
-        }
-        if (out > f->max) out = dns_wire_truncate(s->scratch, out, f->max);
-        if (out) {
-            s_count(s, s->scratch[3] & 0xfu);
-            s_fwd_deliver(s, f, s->scratch, out);
-        }
-        s_fwd_unlink(s, slot - 1);
+        if (f->tcp && (rq.flags & DNS_FLAG_TC))
+            s_uptcp_start(s, slot - 1);
+        else
+            s_fwd_answer(s, slot - 1, s->scratch, (size_t)len);
     }
 }
 
@@ -413,6 +598,10 @@ static void s_fwd_expire(dns_server_t *s, uint64_t now)
 {
     while (s->fwd_head >= 0 && s->fwd[s->fwd_head].deadline <= now) {
         int i = s->fwd_head;
+        if (s->fwd[i].up_conn >= 0) {
+            s_uptcp_fail(s, i, "a TCP retry got no whole answer in time; SERVFAIL");
+            continue;
+        }
         s_fwd_fail(s, &s->fwd[i]);
         s_fwd_unlink(s, i);
     }
@@ -705,11 +894,11 @@ static void s_info(void *arg, rb_buf_t *json)
     rb_buf_printf(json,
                   "\"records\":%zu,\"serial\":%u,\"events_seq\":%llu,\"snapshots\":%llu,"
                   "\"port\":%d,\"tcp_connections\":%zu,\"forwards_pending\":%zu,"
-                  "\"reverse_zones\":%zu",
+                  "\"reverse_zones\":%zu,\"upstream_tcp_connections\":%zu",
                   dns_zone_records(s->zone), dns_zone_serial(s->zone),
                   (unsigned long long)rb_events_seq(s->events),
                   (unsigned long long)rb_events_snapshots(s->events), s->port, s->nconns,
-                  s->fwd_pending, dns_zone_reverse_count(s->zone));
+                  s->fwd_pending, dns_zone_reverse_count(s->zone), s->nuptcp);
 }
 
 /* ---- set-up ---- */
@@ -761,6 +950,8 @@ static int s_upstream(dns_server_t *s, const char *upstream)
         rb_error("dns_upstream_invalid", "upstream '%s' is not host:port", upstream);
         return -1;
     }
+    memcpy(&s->up_addr, &ss, sl);
+    s->up_addrlen = sl;
     s->up_fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (s->up_fd < 0 || connect(s->up_fd, (struct sockaddr *)&ss, sl) < 0) {
         rb_error("dns_upstream_failed", "cannot reach upstream %s: %s", upstream, strerror(errno));
@@ -815,6 +1006,11 @@ static void s_metrics(dns_server_t *s)
                                 "Queries forwarded to the upstream server");
     s->m_dropped = rb_counter("reachback_dns_dropped_total", NULL,
                               "Packets dropped unanswered (malformed, responses, send failures)");
+    s->m_tcp_retries = rb_counter("reachback_dns_upstream_tcp_retries_total", NULL,
+                                  "Truncated upstream answers for TCP clients, retried over TCP");
+    s->m_tcp_failures =
+        rb_counter("reachback_dns_upstream_tcp_failures_total", NULL,
+                   "Retries over TCP that ended in SERVFAIL (cap, error, garbage, timeout)");
     s->m_records = rb_gauge("reachback_dns_records", NULL, "User records in the zone");
     s->m_duration = rb_histogram("reachback_dns_query_duration_seconds", NULL,
                                  "Time to answer a UDP query (sampled per batch)");
@@ -833,6 +1029,7 @@ dns_server_t *dns_server_new(rb_loop_t *loop, const dns_config_t *cfg)
     s->udp_fd = s->tcp_fd = s->up_fd = -1;
     s->fwd_head = s->fwd_tail = s->fwd_free = -1;
     for (int i = 0; i < TCP_MAX_CONNS; i++) s->conns[i].fd = -1;
+    for (int i = 0; i < UP_TCP_MAX; i++) s->uptcp[i].fd = s->uptcp[i].fwd = -1;
     if (getrandom(&s->rng, sizeof s->rng, 0) != sizeof s->rng || s->rng == 0)
         s->rng = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull | 1;
     s_metrics(s);
@@ -892,6 +1089,8 @@ void dns_server_destroy(dns_server_t **sp)
     for (int i = 0; i < TCP_MAX_CONNS; i++)
         if (s->conns[i].fd >= 0) s_tcp_close(s, i);
     if (s->tick) rb_loop_cancel_timer(s->loop, s->tick);
+    for (int i = 0; i < UP_TCP_MAX; i++) s_uptcp_close(s, i);
+    for (int i = 0; s->fwd && i < FWD_MAX_PENDING; i++) free(s->fwd[i].query);
     int *fds[] = {&s->udp_fd, &s->tcp_fd, &s->up_fd};
     for (size_t i = 0; i < 3; i++)
         if (*fds[i] >= 0) {

@@ -1,9 +1,10 @@
 /* dns_server: the reachback-dns service object. It serves the zones of
  * dns_zone over UDP (batched with recvmmsg/sendmmsg) and TCP (RFC 7766:
  * length-prefixed, many queries per connection, idle timeout, a cap on
- * connections), forwards names outside its zones to an upstream server (or
- * refuses them), follows the session event stream to keep the zone current,
- * and runs the status HTTP server (/readyz, /metrics, /status).
+ * connections), forwards names outside its zones to an upstream server over
+ * UDP (or refuses them), asking again over TCP when a TCP client's answer
+ * comes back truncated, follows the session event stream to keep the zone
+ * current, and runs the status HTTP server (/readyz, /metrics, /status).
  * Everything runs on one rb_loop thread. */
 #ifndef DNS_SERVER_H
 #define DNS_SERVER_H

@@ -8,7 +8,9 @@
  * to a fake upstream (a socket on the same loop) that answers with 40 A
  * records, too many for 512 bytes, "dead" forwards to a silent socket, and
  * "evs" follows a fake broker's event stream (snapshot ROUTER + XPUB, raw
- * ZeroMQ on the same loop). */
+ * ZeroMQ on the same loop). Two more are made by their tests: "txt"
+ * forwards to a real dnsmasq whose UDP answers are truncated, "hostile" to
+ * an upstream thread that truncates over UDP and misbehaves over TCP. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,10 +22,16 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdatomic.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <zmq.h>
@@ -41,10 +49,16 @@ typedef struct {
     pthread_t thread;
     int cmd[2], done[2];
     int fake_fd, silent_fd;
-    dns_server_t *srv, *corp, *fwd, *big, *dead, *evs;
+    dns_server_t *srv, *corp, *fwd, *big, *dead, *evs, *txt, *hostile;
     void *xpub, *router;          /* the fake broker */
     rb_timer_t *hb;
     uint64_t seq;
+    pid_t dnsmasq;                /* > 0 while one runs */
+    pthread_t hostile_thread;
+    bool hostile_running;
+    int hostile_udp, hostile_tcp, hostile_stop[2];
+    atomic_int hostile_mode;
+    atomic_bool hostile_refusing; /* its TCP listener is closed */
 } fixture_t;
 
 static fixture_t F;
@@ -289,12 +303,17 @@ static int s_setup(void **state)
     return 0;
 }
 
+static void s_dnsmasq_stop(void);
+static void s_hostile_stop(void);
+
 static int s_teardown(void **state)
 {
+    s_dnsmasq_stop();
+    s_hostile_stop();
     s_in_loop(s_stop, NULL);
     pthread_join(F.thread, NULL);
-    dns_server_t **all[] = {&F.srv, &F.corp, &F.fwd, &F.big, &F.dead, &F.evs};
-    for (size_t i = 0; i < 6; i++) dns_server_destroy(all[i]);
+    dns_server_t **all[] = {&F.srv, &F.corp, &F.fwd, &F.big, &F.dead, &F.evs, &F.txt, &F.hostile};
+    for (size_t i = 0; i < 8; i++) dns_server_destroy(all[i]);
     assert_null(F.srv);
     rb_loop_cancel_timer(F.loop, F.hb);
     rb_loop_del_zsock(F.loop, F.xpub);
@@ -655,6 +674,432 @@ static void test_event_stream(void **state)
     assert_string_equal(s_run(DIG "frank.vpn.lab +short", port), "127.77.0.10\n");
 }
 
+/* ---- truncated upstream answers for TCP clients ---- */
+
+static double s_metric(const char *name)
+{
+    return rb_metric_value(rb_counter(name, NULL, ""));
+}
+#define RETRIES "reachback_dns_upstream_tcp_retries_total"
+#define FAILURES "reachback_dns_upstream_tcp_failures_total"
+
+static uint64_t s_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* dig's header flags ("qr aa tc rd ra"), from its ";; flags:" line. */
+static const char *s_flags(const char *dig_out)
+{
+    static char flags[64];
+    const char *p = strstr(dig_out, ";; flags:");
+    assert_non_null(p);
+    p += strlen(";; flags:");
+    size_t n = strcspn(p, ";");
+    assert_true(n < sizeof flags);
+    memcpy(flags, p, n);
+    flags[n] = '\0';
+    return flags;
+}
+
+typedef struct {
+    dns_server_t **out;
+    const char *upstream;
+} new_server_t;
+
+static void s_new_server(void *arg)
+{
+    new_server_t *n = arg;
+    *n->out = s_server("vpn.lab", "", n->upstream);
+}
+
+/* A port free for both UDP and TCP on 127.0.0.1 (for a moment). */
+static int s_free_port(void)
+{
+    for (int i = 0; i < 16; i++) {
+        int port;
+        int u = s_udp_socket(&port);
+        int t = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET,
+                                .sin_port = htons((uint16_t)port),
+                                .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        int ok = bind(t, (struct sockaddr *)&a, sizeof a) == 0;
+        close(u);
+        close(t);
+        if (ok) return port;
+    }
+    fail_msg("no free port");
+    return -1;
+}
+
+#define DNSMASQ "/usr/sbin/dnsmasq"
+#define TXT_RECORDS 24
+
+/* Starts dnsmasq with TXT_RECORDS TXT records of 240 bytes for big.example
+ * (about 6 KB): --edns-packet-max=512 makes its UDP answers truncated (TC,
+ * a few records), while over TCP it answers in full. Returns its port. */
+static int s_dnsmasq_start(void)
+{
+    static char txt[TXT_RECORDS][300], port_opt[32];
+    char *argv[16 + TXT_RECORDS];
+    for (int attempt = 0; attempt < 5; attempt++) {
+        int port = s_free_port();
+        int n = 0;
+        snprintf(port_opt, sizeof port_opt, "--port=%d", port);
+        argv[n++] = DNSMASQ;
+        argv[n++] = "--no-daemon";
+        argv[n++] = "--conf-file=/dev/null";
+        argv[n++] = "--no-resolv";
+        argv[n++] = "--no-hosts";
+        argv[n++] = port_opt;
+        argv[n++] = "--listen-address=127.0.0.1";
+        argv[n++] = "--bind-interfaces";
+        argv[n++] = "--edns-packet-max=512";
+        argv[n++] = "--pid-file=";
+        argv[n++] = "--log-facility=-";
+        for (int i = 0; i < TXT_RECORDS; i++) {
+            snprintf(txt[i], sizeof txt[i], "--txt-record=big.example,r%02d-%0236d", i, i);
+            argv[n++] = txt[i];
+        }
+        argv[n] = NULL;
+        posix_spawn_file_actions_t fa;
+        posix_spawn_file_actions_init(&fa);
+        posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+        posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+        extern char **environ;
+        int rc = posix_spawn(&F.dnsmasq, DNSMASQ, &fa, NULL, argv, environ);
+        posix_spawn_file_actions_destroy(&fa);
+        assert_int_equal(rc, 0);
+        /* Ready when it answers; gone when the port was taken after all. */
+        uint8_t r[1500];
+        for (int i = 0; i < 50; i++) {
+            int st;
+            if (waitpid(F.dnsmasq, &st, WNOHANG) == F.dnsmasq) {
+                F.dnsmasq = 0;
+                break;
+            }
+            if (s_ask(port, 1, "big.example", DNS_TYPE_TXT, 0, r, sizeof r) > 12) return port;
+            usleep(100 * 1000);
+        }
+        s_dnsmasq_stop();
+    }
+    fail_msg("dnsmasq did not start");
+    return -1;
+}
+
+static void s_dnsmasq_stop(void)
+{
+    if (F.dnsmasq <= 0) return;
+    kill(F.dnsmasq, SIGTERM);
+    waitpid(F.dnsmasq, NULL, 0);
+    F.dnsmasq = 0;
+}
+
+/* Writes one length-prefixed query for name/type with id. */
+static void s_tcp_query(int fd, uint16_t id, const char *name, uint16_t type)
+{
+    uint8_t buf[600];
+    size_t n = dns_wire_build_query(buf + 2, sizeof buf - 2, id, name, type, 0);
+    assert_true(n > 0);
+    buf[0] = (uint8_t)(n >> 8);
+    buf[1] = (uint8_t)n;
+    assert_int_equal(send(fd, buf, n + 2, 0), (ssize_t)n + 2);
+}
+
+static void test_upstream_tcp_retry(void **state)
+{
+    if (access(DNSMASQ, X_OK) != 0) fail_msg("%s is missing: scripts/install-deps installs dnsmasq-base", DNSMASQ);
+    int up = s_dnsmasq_start();
+    char upstream[64];
+    snprintf(upstream, sizeof upstream, "127.0.0.1:%d", up);
+    new_server_t ns = {&F.txt, upstream};
+    s_in_loop(s_new_server, &ns);
+    int port = dns_server_port(F.txt);
+    double retries = s_metric(RETRIES), failures = s_metric(FAILURES);
+
+    /* The set-up: dnsmasq itself truncates over UDP, even when asked for
+     * 4096 bytes as we ask it. */
+    const char *o = s_run(DIG "+notcp +ignore +bufsize=4096 big.example TXT", up);
+    assert_non_null(strstr(s_flags(o), " tc"));
+
+    /* Over TCP through us: every record, no TC. */
+    o = s_run(DIG "+tcp big.example TXT", port);
+    assert_non_null(strstr(o, "status: NOERROR"));
+    assert_non_null(strstr(o, "ANSWER: 24,"));
+    assert_null(strstr(s_flags(o), " tc"));
+    o = s_run(DIG "+tcp big.example TXT +short", port);
+    assert_int_equal(s_lines(o), TXT_RECORDS);
+    for (int i = 0; i < TXT_RECORDS; i++) {
+        char want[16];
+        snprintf(want, sizeof want, "\"r%02d-", i);
+        assert_non_null(strstr(o, want));
+    }
+    /* A TCP client without EDNS: the whole answer, and not our OPT. */
+    o = s_run(DIG "+tcp +noedns big.example TXT", port);
+    assert_non_null(strstr(o, "ANSWER: 24,"));
+    assert_null(strstr(s_flags(o), " tc"));
+    assert_null(strstr(o, "OPT PSEUDOSECTION"));
+    /* A UDP client gets the truncated answer as before, and its own retry
+     * over TCP (dig's fallback) then gets everything. */
+    o = s_run(DIG "+notcp +ignore big.example TXT", port);
+    assert_non_null(strstr(s_flags(o), " tc"));
+    o = s_run(DIG "+notcp big.example TXT +short", port);
+    assert_int_equal(s_lines(o), TXT_RECORDS);
+    assert_true(s_metric(RETRIES) - retries == 4);
+
+    /* Many pipelined on one connection: each answer whole, to its id. */
+    int fd = s_tcp_connect(port);
+    for (int i = 0; i < 10; i++)
+        s_tcp_query(fd, (uint16_t)(500 + i), "big.example", DNS_TYPE_TXT);
+    bool seen[10] = {false};
+    static uint8_t r[65536];
+    for (int i = 0; i < 10; i++) {
+        ssize_t n = s_tcp_read(fd, r, sizeof r);
+        assert_true(n > 4096);
+        int id = r[0] << 8 | r[1];
+        assert_true(id >= 500 && id < 510 && !seen[id - 500]);
+        seen[id - 500] = true;
+        assert_int_equal(r[2] & 0x02, 0); /* no TC */
+        assert_int_equal(r[3] & 0xf, 0);
+        assert_int_equal(r[6] << 8 | r[7], TXT_RECORDS);
+    }
+    close(fd);
+    assert_true(s_metric(RETRIES) - retries == 14);
+    assert_true(s_metric(FAILURES) == failures);
+    s_dnsmasq_stop();
+}
+
+/* The hostile upstream: over UDP every answer is TC without records; over
+ * TCP it does what hostile_mode says. */
+enum { H_GOOD, H_GARBAGE, H_TINY, H_SHORT, H_CLOSE, H_BADID, H_OTHERQ, H_STALL };
+
+/* Blocking, and the messages are small: one send writes it all. */
+static void s_send_all(int fd, const void *p, size_t n)
+{
+    (void)!send(fd, p, n, MSG_NOSIGNAL);
+}
+
+/* Answers one accepted connection; returns true when it keeps it open. */
+static bool s_hostile_conn(int fd)
+{
+    struct timeval tv = {2, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    uint8_t in[1024], out[1024];
+    ssize_t n = s_tcp_read(fd, in, sizeof in);
+    dns_query_t q;
+    if (n < 12 || dns_wire_parse_query(in, (size_t)n, &q) != 0) return false;
+    dns_writer_t w;
+    dns_writer_begin(&w, out + 2, sizeof out - 2, &q, 0, false);
+    dns_writer_a(&w, DNS_SEC_ANSWER, q.qname, q.qname_len, 60, 0x0a090807);
+    size_t len = dns_writer_finish(&w);
+    out[0] = (uint8_t)(len >> 8);
+    out[1] = (uint8_t)len;
+    switch (atomic_load(&F.hostile_mode)) {
+    case H_GOOD:
+        break;
+    case H_GARBAGE:
+        memset(out + 2, 0xff, 64);
+        out[0] = 0;
+        out[1] = 64;
+        len = 64;
+        break;
+    case H_TINY:
+        out[0] = 0;
+        out[1] = 5;
+        memcpy(out + 2, "abcde", 5);
+        len = 5;
+        break;
+    case H_SHORT: /* claims 4096, sends less, closes */
+        out[0] = 0x10;
+        out[1] = 0;
+        break;
+    case H_CLOSE:
+        return false;
+    case H_BADID:
+        out[3] ^= 1;
+        break;
+    case H_OTHERQ:
+        out[2 + 13] = out[2 + 13] == 'x' ? 'y' : 'x';
+        break;
+    case H_STALL: /* claims more, sends less, stays */
+        out[0] = 0x01;
+        s_send_all(fd, out, 2 + 12);
+        return true;
+    }
+    s_send_all(fd, out, 2 + len);
+    return false;
+}
+
+static void *s_hostile_main(void *arg)
+{
+    int held[128], nheld = 0;
+    for (;;) {
+        struct pollfd p[3] = {
+            {F.hostile_stop[0], POLLIN, 0}, {F.hostile_udp, POLLIN, 0}, {F.hostile_tcp, POLLIN, 0}};
+        if (poll(p, 3, -1) < 0) continue;
+        if (p[0].revents) {
+            /* "r": close the listener (connections are refused), else stop. */
+            char c = 0;
+            if (read(F.hostile_stop[0], &c, 1) == 1 && c == 'r' && F.hostile_tcp >= 0) {
+                close(F.hostile_tcp);
+                F.hostile_tcp = -1;
+                atomic_store(&F.hostile_refusing, true);
+                continue;
+            }
+            break;
+        }
+        if (p[1].revents) {
+            uint8_t in[2048];
+            struct sockaddr_storage from;
+            socklen_t fl = sizeof from;
+            ssize_t n = recvfrom(F.hostile_udp, in, sizeof in, 0, (struct sockaddr *)&from, &fl);
+            dns_query_t q;
+            if (n > 0 && dns_wire_parse_query(in, (size_t)n, &q) == 0) {
+                /* Header and question only: QR and TC, no records. */
+                size_t len = 12u + q.qname_len + 4u;
+                in[2] |= 0x82;
+                memset(in + 6, 0, 6);
+                sendto(F.hostile_udp, in, len, 0, (struct sockaddr *)&from, fl);
+            }
+        }
+        if (p[2].revents) {
+            int fd = accept(F.hostile_tcp, NULL, NULL);
+            if (fd < 0) continue;
+            if (s_hostile_conn(fd) && nheld < 128)
+                held[nheld++] = fd;
+            else
+                close(fd);
+        }
+    }
+    for (int i = 0; i < nheld; i++)
+        close(held[i]);
+    return NULL;
+}
+
+static int s_hostile_start(void)
+{
+    int port = 0;
+    for (int i = 0; i < 16; i++) {
+        F.hostile_udp = s_udp_socket(&port);
+        fcntl(F.hostile_udp, F_SETFL, 0);
+        F.hostile_tcp = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET,
+                                .sin_port = htons((uint16_t)port),
+                                .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        if (bind(F.hostile_tcp, (struct sockaddr *)&a, sizeof a) == 0 &&
+            listen(F.hostile_tcp, 128) == 0)
+            break;
+        close(F.hostile_udp);
+        close(F.hostile_tcp);
+        port = 0;
+    }
+    assert_true(port > 0);
+    assert_int_equal(pipe(F.hostile_stop), 0);
+    atomic_store(&F.hostile_mode, H_GOOD);
+    assert_int_equal(pthread_create(&F.hostile_thread, NULL, s_hostile_main, NULL), 0);
+    F.hostile_running = true;
+    return port;
+}
+
+static void s_hostile_stop(void)
+{
+    if (!F.hostile_running) return;
+    assert_int_equal(write(F.hostile_stop[1], "x", 1), 1);
+    pthread_join(F.hostile_thread, NULL);
+    F.hostile_running = false;
+    close(F.hostile_udp);
+    if (F.hostile_tcp >= 0) close(F.hostile_tcp);
+    close(F.hostile_stop[0]);
+    close(F.hostile_stop[1]);
+}
+
+/* Asks hostile.example over TCP on fd; returns the rcode and how long the
+ * answer took. */
+static int s_hostile_ask(int fd, uint16_t id, uint64_t *ms)
+{
+    static uint8_t r[65536];
+    uint64_t t0 = s_ms();
+    s_tcp_query(fd, id, "hostile.example", DNS_TYPE_A);
+    ssize_t n = s_tcp_read(fd, r, sizeof r);
+    *ms = s_ms() - t0;
+    assert_true(n >= 12);
+    assert_int_equal(r[0] << 8 | r[1], id);
+    return r[3] & 0xf;
+}
+
+static void test_upstream_tcp_hostile(void **state)
+{
+    int up = s_hostile_start();
+    char upstream[64];
+    snprintf(upstream, sizeof upstream, "127.0.0.1:%d", up);
+    new_server_t ns = {&F.hostile, upstream};
+    s_in_loop(s_new_server, &ns);
+    int port = dns_server_port(F.hostile);
+    double retries = s_metric(RETRIES), failures = s_metric(FAILURES);
+
+    /* A good TCP answer first: the retry path works with this upstream. */
+    const char *o = s_run(DIG "+tcp hostile.example A +short", port);
+    assert_string_equal(o, "10.9.8.7\n");
+    /* Each kind of bad answer: SERVFAIL to the client at once (well before
+     * the 2 s forward timeout), on a connection that keeps working. */
+    int fd = s_tcp_connect(port);
+    const int modes[] = {H_GARBAGE, H_TINY, H_SHORT, H_CLOSE, H_BADID, H_OTHERQ};
+    uint64_t ms;
+    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
+        atomic_store(&F.hostile_mode, modes[i]);
+        assert_int_equal(s_hostile_ask(fd, (uint16_t)(100 + i), &ms), DNS_RCODE_SERVFAIL);
+        assert_true(ms < 1500);
+        atomic_store(&F.hostile_mode, H_GOOD);
+        assert_int_equal(s_hostile_ask(fd, (uint16_t)(200 + i), &ms), DNS_RCODE_NOERROR);
+    }
+    /* A length larger than what comes, on a connection left open: the
+     * forward timeout answers. */
+    atomic_store(&F.hostile_mode, H_STALL);
+    assert_int_equal(s_hostile_ask(fd, 300, &ms), DNS_RCODE_SERVFAIL);
+    assert_true(ms >= 1500);
+    assert_true(s_metric(RETRIES) - retries == 14);
+    assert_true(s_metric(FAILURES) - failures == 7);
+
+    /* The cap: 34 stalled retries at once; the 2 over 32 get SERVFAIL at
+     * once, the others at their timeout. */
+    uint64_t t0 = s_ms();
+    for (int i = 0; i < 34; i++)
+        s_tcp_query(fd, (uint16_t)(400 + i), "hostile.example", 1);
+    static uint8_t r[65536];
+    int quick = 0;
+    for (int i = 0; i < 34; i++) {
+        ssize_t n = s_tcp_read(fd, r, sizeof r);
+        assert_true(n >= 12);
+        assert_int_equal(r[3] & 0xf, DNS_RCODE_SERVFAIL);
+        if (s_ms() - t0 < 1000) quick++;
+    }
+    assert_int_equal(quick, 2);
+    assert_true(s_metric(FAILURES) - failures == 7 + 34);
+
+    /* And afterwards the server still serves: the retry path, and UDP
+     * clients still see the TC answer. */
+    atomic_store(&F.hostile_mode, H_GOOD);
+    assert_int_equal(s_hostile_ask(fd, 500, &ms), DNS_RCODE_NOERROR);
+    o = s_run(DIG "+notcp +ignore hostile.example A", port);
+    assert_non_null(strstr(s_flags(o), " tc"));
+    o = s_run(DIG "+tcp hostile.example A +short", port);
+    assert_string_equal(o, "10.9.8.7\n");
+
+    /* An upstream that answers over UDP only: the refused connection is
+     * SERVFAIL at once. */
+    assert_int_equal(write(F.hostile_stop[1], "r", 1), 1);
+    for (int i = 0; i < 100 && !atomic_load(&F.hostile_refusing); i++)
+        usleep(10 * 1000);
+    assert_true(atomic_load(&F.hostile_refusing));
+    assert_int_equal(s_hostile_ask(fd, 600, &ms), DNS_RCODE_SERVFAIL);
+    assert_true(ms < 1500);
+    assert_true(s_metric(FAILURES) - failures == 7 + 34 + 1);
+    close(fd);
+    s_hostile_stop();
+}
+
 static void test_metrics(void **state)
 {
     /* Counters are process-wide, shared by the servers of this test. */
@@ -671,10 +1116,11 @@ static void test_metrics(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_a_ptr_and_case),   cmocka_unit_test(test_negative_answers),
-        cmocka_unit_test(test_updates_visible),  cmocka_unit_test(test_forwarding),
-        cmocka_unit_test(test_truncation_and_tcp), cmocka_unit_test(test_malformed),
-        cmocka_unit_test(test_event_stream),     cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_a_ptr_and_case),       cmocka_unit_test(test_negative_answers),
+        cmocka_unit_test(test_updates_visible),      cmocka_unit_test(test_forwarding),
+        cmocka_unit_test(test_truncation_and_tcp),   cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_event_stream),         cmocka_unit_test(test_upstream_tcp_retry),
+        cmocka_unit_test(test_upstream_tcp_hostile), cmocka_unit_test(test_metrics),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
