@@ -64,7 +64,7 @@ typedef struct {
     uint64_t deadline;
     uint8_t qname[DNS_NAME_MAX];
     uint16_t qname_len, qtype, qclass;
-    uint8_t *query;               /* tcp: what we sent, kept for a retry over TCP */
+    uint8_t *query; /* tcp: what we sent, kept for a retry over TCP */
     uint16_t query_len;
     int up_conn;                  /* >= 0: being retried on this upstream TCP slot */
     int prev, next;               /* FIFO in deadline order; -1 ends */
@@ -75,10 +75,10 @@ typedef struct {
  * case, and a connection that owns one query cannot mix up answers. */
 typedef struct {
     dns_server_t *srv;
-    int fd;                       /* -1: free slot */
-    int fwd;                      /* the forward it serves */
-    uint8_t *buf;                 /* the query going out, then 2 + 65535 bytes coming in */
-    size_t len, off;              /* sending: bytes to send, sent; reading: bytes read */
+    int fd;          /* -1: free slot */
+    int fwd;         /* the forward it serves */
+    uint8_t *buf;    /* the query going out, then 2 + 65535 bytes coming in */
+    size_t len, off; /* sending: bytes to send, sent; reading: bytes read */
     bool reading;
 } uptcp_t;
 
@@ -279,7 +279,10 @@ static void s_fwd_append(dns_server_t *s, int i)
     f->deadline = rb_now_ms() + FWD_TIMEOUT_MS;
     f->prev = s->fwd_tail;
     f->next = -1;
-    if (s->fwd_tail >= 0) s->fwd[s->fwd_tail].next = i; else s->fwd_head = i;
+    if (s->fwd_tail >= 0)
+        s->fwd[s->fwd_tail].next = i;
+    else
+        s->fwd_head = i;
     s->fwd_tail = i;
 }
 
@@ -1029,7 +1032,8 @@ dns_server_t *dns_server_new(rb_loop_t *loop, const dns_config_t *cfg)
     s->udp_fd = s->tcp_fd = s->up_fd = -1;
     s->fwd_head = s->fwd_tail = s->fwd_free = -1;
     for (int i = 0; i < TCP_MAX_CONNS; i++) s->conns[i].fd = -1;
-    for (int i = 0; i < UP_TCP_MAX; i++) s->uptcp[i].fd = s->uptcp[i].fwd = -1;
+    for (int i = 0; i < UP_TCP_MAX; i++)
+        s->uptcp[i].fd = s->uptcp[i].fwd = -1;
     if (getrandom(&s->rng, sizeof s->rng, 0) != sizeof s->rng || s->rng == 0)
         s->rng = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull | 1;
     s_metrics(s);
@@ -1089,8 +1093,10 @@ void dns_server_destroy(dns_server_t **sp)
     for (int i = 0; i < TCP_MAX_CONNS; i++)
         if (s->conns[i].fd >= 0) s_tcp_close(s, i);
     if (s->tick) rb_loop_cancel_timer(s->loop, s->tick);
-    for (int i = 0; i < UP_TCP_MAX; i++) s_uptcp_close(s, i);
-    for (int i = 0; s->fwd && i < FWD_MAX_PENDING; i++) free(s->fwd[i].query);
+    for (int i = 0; i < UP_TCP_MAX; i++)
+        s_uptcp_close(s, i);
+    for (int i = 0; s->fwd && i < FWD_MAX_PENDING; i++)
+        free(s->fwd[i].query);
     int *fds[] = {&s->udp_fd, &s->tcp_fd, &s->up_fd};
     for (size_t i = 0; i < 3; i++)
         if (*fds[i] >= 0) {

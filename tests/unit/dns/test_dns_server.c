@@ -53,7 +53,7 @@ typedef struct {
     void *xpub, *router;          /* the fake broker */
     rb_timer_t *hb;
     uint64_t seq;
-    pid_t dnsmasq;                /* > 0 while one runs */
+    pid_t dnsmasq; /* > 0 while one runs */
     pthread_t hostile_thread;
     bool hostile_running;
     int hostile_udp, hostile_tcp, hostile_stop[2];
@@ -313,7 +313,8 @@ static int s_teardown(void **state)
     s_in_loop(s_stop, NULL);
     pthread_join(F.thread, NULL);
     dns_server_t **all[] = {&F.srv, &F.corp, &F.fwd, &F.big, &F.dead, &F.evs, &F.txt, &F.hostile};
-    for (size_t i = 0; i < 8; i++) dns_server_destroy(all[i]);
+    for (size_t i = 0; i < 8; i++)
+        dns_server_destroy(all[i]);
     assert_null(F.srv);
     rb_loop_cancel_timer(F.loop, F.hb);
     rb_loop_del_zsock(F.loop, F.xpub);
@@ -810,7 +811,8 @@ static void s_tcp_query(int fd, uint16_t id, const char *name, uint16_t type)
 
 static void test_upstream_tcp_retry(void **state)
 {
-    if (access(DNSMASQ, X_OK) != 0) fail_msg("%s is missing: scripts/install-deps installs dnsmasq-base", DNSMASQ);
+    if (access(DNSMASQ, X_OK) != 0)
+        fail_msg("%s is missing: scripts/install-deps installs dnsmasq-base", DNSMASQ);
     int up = s_dnsmasq_start();
     char upstream[64];
     snprintf(upstream, sizeof upstream, "127.0.0.1:%d", up);
