@@ -109,7 +109,7 @@ static void s_apply(rb_events_t *ev, const ev_msg_t *m)
 {
     const Rb__Events__SessionEvent *e = m->event;
     if (e->kind == RB__EVENTS__EVENT_KIND__SESSION_UP) {
-        if (ev->h->up) ev->h->up(ev->arg, e->session);
+        if (ev->h->up) ev->h->up(ev->arg, e->seq, e->session);
     } else {
         if (ev->h->down) ev->h->down(ev->arg, e->session, e->reason ? e->reason : "");
     }
@@ -194,7 +194,7 @@ static void s_on_snapshot(void *arg, const uint8_t *body, size_t len)
     ev->last_heard = rb_now_ms();
     if (ev->h->reset) ev->h->reset(ev->arg);
     for (size_t i = 0; i < s->n_sessions; i++)
-        if (ev->h->up) ev->h->up(ev->arg, s->sessions[i]);
+        if (ev->h->up) ev->h->up(ev->arg, s->seq, s->sessions[i]);
     ev->last = s->seq;
     ev->have_snapshot = true;
     ev->snap_wanted = false;

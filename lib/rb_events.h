@@ -17,7 +17,8 @@ typedef struct rb_events rb_events_t;
 typedef struct {
     /* A snapshot is about to be applied: forget every session. */
     void (*reset)(void *arg);
-    void (*up)(void *arg, const Rb__Events__Session *s);
+    /* seq: the event's; for a snapshot's sessions, the snapshot's. */
+    void (*up)(void *arg, uint64_t seq, const Rb__Events__Session *s);
     void (*down)(void *arg, const Rb__Events__Session *s, const char *reason);
 } rb_events_handlers_t;
 

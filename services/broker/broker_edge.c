@@ -65,6 +65,7 @@ static void s_answer(broker_ctx_t *c, status_t status, const char *message,
         lr.resume_token = c->token;
         lr.no_address = !c->ip[0];
         lr.user = c->user;
+        lr.up_seq = c->up_seq;
     }
     lr.offer = (Rb__Edgebroker__TransferOfferInfo *)offer;
     env.body_case = RB__EDGEBROKER__BROKER_TO_EDGE__BODY_LOGON;
@@ -131,6 +132,7 @@ static void s_on_commit(void *arg, int rc, uint64_t seq)
                           .groups = c->groups_csv};
     broker_events_publish(b->events, seq, true, &s, "");
     if (seq > b->seq) b->seq = seq;
+    c->up_seq = seq;
     rb_metric_inc(b->m_ok);
     rb_metric_observe(b->m_duration, (double)(rb_now_ms() - c->start_ms) / 1000.0);
     rb_info("logon_ok", "user %s from %s via %s: session %.8s, %s, %s (seq %llu)", c->user,
@@ -316,6 +318,7 @@ static void s_on_transfer(void *arg, const broker_transfer_t *t)
     broker_events_publish(b->events, t->down_seq, false, &t->old, t->reason);
     broker_events_publish(b->events, t->up_seq, true, &t->cur, "");
     if (t->up_seq > b->seq) b->seq = t->up_seq;
+    c->up_seq = t->up_seq;
     snprintf(c->session_id, sizeof(c->session_id), "%s", t->cur.session_id);
     snprintf(c->ip, sizeof(c->ip), "%s", t->cur.ip);
     snprintf(c->fqdn, sizeof(c->fqdn), "%s", t->cur.fqdn);
@@ -377,6 +380,7 @@ static void s_on_resume(void *arg, int rc, const char *why, uint64_t seq,
     rb_metric_inc(b->m_resume_ok);
     broker_events_publish(b->events, seq, true, s, "");
     if (seq > b->seq) b->seq = seq;
+    c->up_seq = seq;
     snprintf(c->ip, sizeof(c->ip), "%s", s->ip);
     snprintf(c->fqdn, sizeof(c->fqdn), "%s", s->fqdn);
     snprintf(c->user, sizeof(c->user), "%s", s->user);

@@ -43,6 +43,7 @@ typedef struct broker_ctx {
     char fqdn[RB_LABEL_MAX + 200];
     char token[BROKER_TOKEN_BYTES * 2 + 1];
     uint64_t since_ms;
+    uint64_t up_seq;                   /* the SESSION_UP this call published */
     char reason[BROKER_FIELD_MAX + 1]; /* logoff */
     char *groups[BROKER_MAX_GROUPS];   /* owned */
     size_t ngroups;

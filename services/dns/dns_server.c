@@ -869,7 +869,7 @@ void dns_server_reset(dns_server_t *s)
 }
 
 static void s_ev_reset(void *arg) { dns_server_reset(arg); }
-static void s_ev_up(void *arg, const Rb__Events__Session *sess)
+static void s_ev_up(void *arg, uint64_t seq, const Rb__Events__Session *sess)
 {
     dns_server_session_up(arg, sess);
 }

@@ -333,13 +333,24 @@ static void s_ev_reset(void *arg)
 /* A session carried here that comes UP on another edge resumed there (its
  * device moved before this connection was noticed dead): close ours, as
  * REPLACED. Not while a snapshot is applied: a snapshot may be older than
- * a resume that just landed here, and would close a live tunnel. */
-static void s_ev_up(void *arg, const Rb__Events__Session *s)
+ * a resume that just landed here, and would close a live tunnel. Nor for
+ * an UP older than our own: events and RPC replies travel apart, so a
+ * device that left and came back quickly has its resume here answered
+ * before the event of its visit elsewhere arrives. */
+static void s_ev_up(void *arg, uint64_t seq, const Rb__Events__Session *s)
 {
     edge_t *e = arg;
     if (e->in_snapshot || !s->session_id || !s->edge_id) return;
     edge_conn_t *c = rb_smap_get(e->ctx.by_session, s->session_id);
     if (!c || strcmp(s->edge_id, e->edge_id) == 0) return;
+    if (seq <= edge_conn_up_seq(c)) {
+        rb_info("stale_up_ignored",
+                "session %s: UP on edge %s (seq %llu) is older than ours (seq "
+                "%llu)",
+                s->session_id, s->edge_id, (unsigned long long)seq,
+                (unsigned long long)edge_conn_up_seq(c));
+        return;
+    }
     char msg[320];
     snprintf(msg, sizeof msg, "the session resumed on edge %s", s->edge_id);
     edge_conn_kick(c, RB__TUNNEL__CLOSE_REASON__CLOSE_REPLACED, msg);

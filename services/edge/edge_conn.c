@@ -64,6 +64,7 @@ struct edge_conn {
     char *user, *device;        /* from the Logon or Resume being handled */
     char *offer_id;             /* the last offer made on this connection */
     char *session_id;           /* ST_ACTIVE (and in by_session) */
+    uint64_t up_seq;            /* ST_ACTIVE: the SESSION_UP our logon or resume made */
     edge_tunnel_t *tun;         /* ST_ACTIVE: the data plane's view */
     char peer[64];
     char addr[64];              /* peer without the port, for rate limits */
@@ -220,6 +221,7 @@ static void s_attach(edge_conn_t *c, const Rb__Edgebroker__LogonReply *r)
         return;
     }
     c->st = ST_ACTIVE;
+    c->up_seq = r->up_seq;
     c->ctx->sessions++;
     rb_metric_set(c->ctx->m_sessions, (double)c->ctx->sessions);
     /* A resume over a connection we still hold for the session (its device
@@ -901,6 +903,11 @@ void edge_conn_end(edge_conn_t *c, const char *event_reason)
 const char *edge_conn_session_id(const edge_conn_t *c)
 {
     return c->st == ST_ACTIVE ? c->session_id : NULL;
+}
+
+uint64_t edge_conn_up_seq(const edge_conn_t *c)
+{
+    return c->up_seq;
 }
 
 edge_conn_t *edge_conn_next(const edge_conn_t *c) { return c->next; }

@@ -105,6 +105,9 @@ void edge_conn_kick(edge_conn_t *c, Rb__Tunnel__CloseReason reason, const char *
 void edge_conn_end(edge_conn_t *c, const char *event_reason);
 /* The session id of an ACTIVE connection, else NULL. */
 const char *edge_conn_session_id(const edge_conn_t *c);
+/* The seq of the SESSION_UP event the broker published for this
+ * connection's logon, resume or transfer (0: the broker did not say). */
+uint64_t edge_conn_up_seq(const edge_conn_t *c);
 /* The next connection in ctx's table, for walking it. */
 edge_conn_t *edge_conn_next(const edge_conn_t *c);
 

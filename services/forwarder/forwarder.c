@@ -287,7 +287,10 @@ void forwarder_session_down(forwarder_t *fw, const Rb__Events__Session *in, cons
 }
 
 static void s_on_reset(void *arg) { forwarder_reset(arg); }
-static void s_on_up(void *arg, const Rb__Events__Session *s) { forwarder_session_up(arg, s); }
+static void s_on_up(void *arg, uint64_t seq, const Rb__Events__Session *s)
+{
+    forwarder_session_up(arg, s);
+}
 static void s_on_down(void *arg, const Rb__Events__Session *s, const char *reason)
 {
     forwarder_session_down(arg, s, reason);

@@ -323,6 +323,7 @@ static void test_logon_logoff(void **state)
     char sid[64], ip[16];
     snprintf(sid, sizeof(sid), "%s", lr->session_id);
     snprintf(ip, sizeof(ip), "%s", lr->ip);
+    uint64_t up_seq = lr->up_seq;
 
     /* Only the token's SHA-256 is stored. */
     unsigned char md[32];
@@ -343,6 +344,7 @@ static void test_logon_logoff(void **state)
     assert_string_equal(up->fqdn, "alice.vpn.test");
     redisReply *seq = rbt_cmd(&f->rs, "GET rb:events:seq");
     assert_int_equal(strtoull(seq->str, NULL, 10), up->seq);
+    assert_int_equal(up_seq, up->seq); /* the edge tells older UPs by it */
     freeReplyObject(seq);
 
     /* One session per user: a second logon gets a transfer offer. */
@@ -651,6 +653,7 @@ static void test_transfer_flow(void **state)
     assert_false(r->logon->no_address);
     char sid1[64];
     snprintf(sid1, sizeof(sid1), "%s", r->logon->session_id);
+    uint64_t up_seq = r->logon->up_seq;
     s_free(r);
     const ev_t *down = s_find_event(f, base, sid0, RB__EVENTS__EVENT_KIND__SESSION_DOWN);
     assert_non_null(down);
@@ -658,6 +661,7 @@ static void test_transfer_flow(void **state)
     const ev_t *up = s_find_event(f, base, sid1, RB__EVENTS__EVENT_KIND__SESSION_UP);
     assert_non_null(up);
     assert_int_equal(up->seq, down->seq + 1);
+    assert_int_equal(up_seq, up->seq);
     assert_string_equal(up->ip, ip);
     assert_string_equal(up->edge, "edge-2");
     assert_string_equal(up->source, "127.0.0.2:40000");
@@ -894,9 +898,11 @@ static void test_resume_refresh(void **state)
     assert_string_equal(r->logon->ip, ip);
     assert_string_equal(r->logon->fqdn, "erin.vpn.test");
     assert_string_equal(r->logon->resume_token, tok);
+    uint64_t up_seq = r->logon->up_seq;
     s_free(r);
     const ev_t *up = s_find_event(f, base, sid, RB__EVENTS__EVENT_KIND__SESSION_UP);
     assert_non_null(up);
+    assert_int_equal(up_seq, up->seq);
     assert_string_equal(up->edge, "edge-7");
     assert_string_equal(up->source, "127.0.0.7:1234");
     /* A wrong token, and a token of the wrong size. */

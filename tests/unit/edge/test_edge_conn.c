@@ -71,6 +71,7 @@ typedef struct {
     unsigned offer_ttl;         /* expires_in_s of carol's offers */
     bool expire_offers;         /* answer transfers with OFFER_EXPIRED */
     const char *gone;           /* answer refreshes with this id gone */
+    uint64_t up_seq;            /* LogonReply.up_seq of alice's logons */
 } broker_t;
 
 static void s_join(char *out, size_t len, char **v, size_t n)
@@ -122,6 +123,7 @@ static void s_broker_handle(void *arg, rb_rpc_req_t *req, const uint8_t *body, s
             lr.ip = "127.77.0.2";
             lr.fqdn = "alice.vpn.lab";
             lr.resume_token = "tok";
+            lr.up_seq = b->up_seq;
         }
         break;
     case RB__EDGEBROKER__EDGE_TO_BROKER__BODY_TRANSFER:
@@ -946,6 +948,33 @@ static void test_event_closes(void **state)
     s_stop(&f);
 }
 
+/* alice's device visited edge-9 and came back: the broker answered its
+ * logon here with up_seq N, and the UP of the visit (seq N - 1) arrives
+ * only now. It is older than ours and must not close the live tunnel; an
+ * UP elsewhere after ours still does. */
+static void test_stale_up_event_ignored(void **state)
+{
+    fix_t f;
+    s_start_with(&f, "15", NULL, true);
+    f.broker.up_seq = f.events.seq + 2;
+    device_t d;
+    s_dial(&f, &d);
+    s_hello(&d);
+    s_logon(&d, "alice", "secret");
+    assert_true(s_wait(f.loop, s_msgs, &d, 2, 3000));
+    assert_int_equal(d.cases[1], RB__TUNNEL__TUNNEL_CONTROL__MSG_LOGON_OK);
+    s_ev_event(&f.events, true, "s-1", "edge-9", NULL); /* the visit: older */
+    s_ev_event(&f.events, true, "s-1", "edge-t", NULL); /* ours */
+    assert_int_equal(f.events.seq, f.broker.up_seq);
+    s_wait(f.loop, s_never, NULL, 0, 300);
+    assert_int_equal(d.closed, 0);
+    s_ev_event(&f.events, true, "s-1", "edge-9", NULL); /* newer: it moved */
+    assert_true(s_wait(f.loop, s_closed, &d, 0, 3000));
+    assert_int_equal(d.cases[d.n - 1], RB__TUNNEL__TUNNEL_CONTROL__MSG_SESSION_CLOSED);
+    assert_int_equal(d.reasons[d.n - 1], RB__TUNNEL__CLOSE_REASON__CLOSE_REPLACED);
+    s_stop(&f);
+}
+
 /* SIGTERM: SessionClosed{SHUTDOWN} to every device, no logoffs. */
 static void test_shutdown_keeps_sessions(void **state)
 {
@@ -980,6 +1009,7 @@ int main(void)
         cmocka_unit_test(test_no_address),
         cmocka_unit_test(test_refresh_gone),
         cmocka_unit_test(test_event_closes),
+        cmocka_unit_test(test_stale_up_event_ignored),
         cmocka_unit_test(test_shutdown_keeps_sessions),
     };
     /* No rb_zmq_term: after a failed test sockets stay open, and

@@ -241,6 +241,7 @@ typedef struct {
     int nrows;
     int resets, ups, downs;
     char order[MAXS][32];   /* users of applied events, in order */
+    uint64_t up_seq;        /* the seq the last up() was given */
     int norder;
 } view_t;
 
@@ -251,9 +252,10 @@ static void s_reset(void *arg)
     v->resets++;
 }
 
-static void s_up(void *arg, const Rb__Events__Session *s)
+static void s_up(void *arg, uint64_t seq, const Rb__Events__Session *s)
 {
     view_t *v = arg;
+    v->up_seq = seq;
     int i;
     for (i = 0; i < v->nrows && strcmp(v->rows[i].user, s->user) != 0; i++) {}
     assert_true(i < MAXS);
@@ -388,6 +390,7 @@ static void test_snapshot_then_updates(void **state)
     assert_int_equal(rb_events_seq(f.ev), 3);
     assert_true(s_same(&f.b, &f.v));
     assert_int_equal(f.v.resets, 1);
+    assert_int_equal(f.v.up_seq, 3); /* a snapshot's sessions carry its seq */
 
     /* Wait until the SUB side is connected, then live updates flow. */
     s_run(f.loop, s_listening, &f, 3000);
@@ -396,6 +399,7 @@ static void test_snapshot_then_updates(void **state)
     s_pub(&f.b, true, "bob", "10.0.0.22");   /* moved */
     s_run(f.loop, s_caught_up, &f, 3000);
     assert_int_equal(rb_events_seq(f.ev), 6);
+    assert_int_equal(f.v.up_seq, 6); /* bob's move */
     assert_true(s_same(&f.b, &f.v));
     assert_int_equal(rb_events_snapshots(f.ev), 1);
     s_fix_stop(&f);
@@ -503,6 +507,7 @@ static void test_duplicates_and_reordering(void **state)
     assert_string_equal(f.v.order[0], "+alice");
     assert_string_equal(f.v.order[1], "+bob");
     assert_string_equal(f.v.order[2], "-alice");
+    assert_int_equal(f.v.up_seq, 2); /* bob's, applied after alice's */
     assert_true(s_same(&f.b, &f.v));
 
     /* An old sequence number with other content is ignored too. */
