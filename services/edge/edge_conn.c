@@ -63,6 +63,8 @@ struct edge_conn {
     bk_t bkind;
     char *user, *device;        /* from the Logon or Resume being handled */
     char *offer_id;             /* the last offer made on this connection */
+    bool rl_held;               /* a check counted in flight by the rate limiter */
+    bool rl_user;               /* ... for user too (a logon, not a resume) */
     char *session_id;           /* ST_ACTIVE (and in by_session) */
     uint64_t up_seq;            /* ST_ACTIVE: the SESSION_UP our logon or resume made */
     edge_tunnel_t *tun;         /* ST_ACTIVE: the data plane's view */
@@ -73,6 +75,36 @@ struct edge_conn {
 typedef void(handler_fn)(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m);
 
 static const char *s_user(const edge_conn_t *c) { return c->user ? c->user : "?"; }
+
+/* Ends the rate limiter's count of our check in flight (its outcome, if
+ * any, is recorded after this). */
+static void s_rl_release(edge_conn_t *c)
+{
+    if (!c->rl_held) return;
+    c->rl_held = false;
+    edge_rl_end(c->ctx->rl, c->rl_user ? c->user : NULL, c->addr);
+}
+
+/* Counts a logon (user set) or a resume from our address in flight, or
+ * answers the refusal through fail and returns false. */
+static bool s_rl_begin(edge_conn_t *c, const char *user)
+{
+    switch (edge_rl_begin(c->ctx->rl, user, c->addr, c->logon_start_ms)) {
+    case EDGE_RL_GO:
+        c->rl_held = true;
+        c->rl_user = user != NULL;
+        return true;
+    case EDGE_RL_LOCKED:
+        break;
+    case EDGE_RL_BUSY:
+        rb_info("ratelimit_busy",
+                "peer %s (user '%s'): recent failures and checks in flight "
+                "reach the limit",
+                c->peer, user ? user : "-");
+        break;
+    }
+    return false;
+}
 
 /* ------------------------------------------------------------------ */
 /* Sending and closing                                                 */
@@ -117,6 +149,7 @@ static void s_close(edge_conn_t *c, Rb__Tunnel__CloseReason reason, const char *
     s_cancel_offer(c);
     /* Answers still on their way would act on a closing connection. */
     edge_auth_cancel(c->ctx->auth, c);
+    s_rl_release(c);
     edge_broker_abandon(c->ctx->broker, c->breq);
     c->breq = NULL;
     rb_tconn_close_after_flush(c->t);
@@ -332,6 +365,7 @@ static void s_on_broker_reply(void *arg, const Rb__Edgebroker__LogonReply *r)
 {
     edge_conn_t *c = arg;
     c->breq = NULL;
+    s_rl_release(c); /* a resume's check ends here */
     if (!r) {
         s_broker_failed(c, RB__TUNNEL__FAIL_REASON__FAIL_UNAVAILABLE,
                         "the session service did not answer; try again later");
@@ -397,6 +431,7 @@ static void s_on_auth(void *arg, bool ok)
     edge_conn_t *c = arg;
     uint64_t now = rb_now_ms();
     c->bkind = BK_LOGON;
+    s_rl_release(c);
     if (!ok) {
         edge_rl_failure(c->ctx->rl, c->user, c->addr, now);
         s_logon_failed(c, EDGE_LOGON_BAD_CREDENTIALS, RB__TUNNEL__FAIL_REASON__FAIL_BAD_CREDENTIALS,
@@ -471,12 +506,13 @@ static void s_on_logon(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m)
     }
     c->logons++;
     c->logon_start_ms = rb_now_ms();
-    if (edge_rl_blocked(c->ctx->rl, c->user, c->addr, c->logon_start_ms)) {
+    if (!s_rl_begin(c, c->user)) {
         s_logon_failed(c, EDGE_LOGON_RATE_LIMITED, RB__TUNNEL__FAIL_REASON__FAIL_RATE_LIMITED,
                        "too many failed logons; wait a minute and try again");
         return;
     }
     if (edge_auth_check(c->ctx->auth, c->user, pw, s_on_auth, c) < 0) {
+        s_rl_release(c);
         s_logon_failed(c, EDGE_LOGON_UNAVAILABLE, RB__TUNNEL__FAIL_REASON__FAIL_UNAVAILABLE,
                        "the edge is out of memory");
         return;
@@ -543,7 +579,7 @@ static void s_on_resume(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m)
     c->bkind = BK_RESUME;
     c->logons++;
     c->logon_start_ms = rb_now_ms();
-    if (edge_rl_blocked(c->ctx->rl, NULL, c->addr, c->logon_start_ms)) {
+    if (!s_rl_begin(c, NULL)) {
         s_resume_failed(c, EDGE_RESUME_RATE_LIMITED, RB__TUNNEL__FAIL_REASON__FAIL_RATE_LIMITED,
                         "too many failed attempts from your address; wait a minute");
         return;
@@ -551,6 +587,7 @@ static void s_on_resume(edge_conn_t *c, const Rb__Tunnel__TunnelControl *m)
     c->breq = edge_broker_resume(c->ctx->broker, sid, tok, c->device, c->peer,
                                  s_on_broker_reply, c);
     if (!c->breq) {
+        s_rl_release(c);
         s_resume_failed(c, EDGE_RESUME_UNAVAILABLE, RB__TUNNEL__FAIL_REASON__FAIL_UNAVAILABLE,
                         "the session service is unreachable; try again later");
         return;
@@ -738,6 +775,7 @@ static void s_free(edge_conn_t *c)
     edge_ctx_t *ctx = c->ctx;
     rb_loop_cancel_timer(ctx->loop, c->idle_timer);
     edge_auth_cancel(ctx->auth, c);
+    s_rl_release(c);
     rb_loop_cancel_timer(ctx->loop, c->offer_timer);
     /* A logon still at the broker may yet create a session: end it then. */
     edge_broker_abandon(ctx->broker, c->breq);

@@ -8,10 +8,12 @@
  * always the next to expire, and also the one to evict when full. */
 #include "edge_ratelimit.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "rb_log.h"
+#include "rb_smap.h"
 
 typedef struct ent {
     struct ent *hnext;               /* hash chain */
@@ -33,9 +35,17 @@ typedef struct {
     ent_t *oldest, *newest;
 } table_t;
 
+/* Checks in flight for one key; exists only while n > 0, so the map is
+ * bounded by the checks running, not by history. */
+typedef struct {
+    unsigned n;
+    char key[];
+} flight_t;
+
 struct edge_rl {
     uint64_t window_ms, lockout_ms, keep_ms;
     table_t users, addrs;
+    rb_smap_t *flights; /* "u:" user or "a:" address -> flight_t */
 };
 
 /* FNV-1a: keys are short and the table is not exposed to a hash-flooding
@@ -156,6 +166,54 @@ static void s_fail(edge_rl_t *rl, table_t *t, const char *key, uint64_t now)
     }
 }
 
+/* Failures of key younger than the window. */
+static unsigned s_recent(const edge_rl_t *rl, table_t *t, const char *key, uint64_t now)
+{
+    ent_t *e = s_find(t, key);
+    unsigned n = 0;
+    for (unsigned i = 0; e && i < e->count; i++)
+        if (now - e->ring[(e->head + i) % t->max] < rl->window_ms) n++;
+    return n;
+}
+
+static void s_flight_key(char *out, size_t len, char kind, const char *key)
+{
+    snprintf(out, len, "%c:%s", kind, key);
+}
+
+static unsigned s_flying(const edge_rl_t *rl, char kind, const char *key)
+{
+    char k[320];
+    s_flight_key(k, sizeof k, kind, key);
+    flight_t *f = rb_smap_get(rl->flights, k);
+    return f ? f->n : 0;
+}
+
+static bool s_fly(edge_rl_t *rl, char kind, const char *key, int delta)
+{
+    char k[320];
+    s_flight_key(k, sizeof k, kind, key);
+    flight_t *f = rb_smap_get(rl->flights, k);
+    if (delta < 0) {
+        if (f && --f->n == 0) {
+            rb_smap_del(rl->flights, f->key, f);
+            free(f);
+        }
+        return true;
+    }
+    if (!f) {
+        size_t klen = strlen(k);
+        if (!(f = calloc(1, sizeof *f + klen + 1))) return false;
+        memcpy(f->key, k, klen + 1);
+        if (rb_smap_put(rl->flights, f->key, f, NULL) < 0) {
+            free(f);
+            return false;
+        }
+    }
+    f->n++;
+    return true;
+}
+
 edge_rl_t *edge_rl_new(const edge_rl_config_t *cfg)
 {
     if (cfg->max_user == 0 || cfg->max_user > EDGE_RL_MAX_FAILURES || cfg->max_addr == 0 ||
@@ -168,11 +226,18 @@ edge_rl_t *edge_rl_new(const edge_rl_config_t *cfg)
     rl->keep_ms = rl->window_ms > rl->lockout_ms ? rl->window_ms : rl->lockout_ms;
     size_t cap = cfg->cap ? cfg->cap : EDGE_RL_DEFAULT_CAP;
     if (s_table_init(&rl->users, "user", cfg->max_user, cap) < 0 ||
-        s_table_init(&rl->addrs, "address", cfg->max_addr, cap) < 0) {
+        s_table_init(&rl->addrs, "address", cfg->max_addr, cap) < 0 ||
+        !(rl->flights = rb_smap_new())) {
         edge_rl_destroy(&rl);
         return NULL;
     }
     return rl;
+}
+
+static void s_flight_free(void *arg, const char *key, void *val)
+{
+    rb_smap_del(arg, key, val);
+    free(val);
 }
 
 void edge_rl_destroy(edge_rl_t **rlp)
@@ -181,6 +246,8 @@ void edge_rl_destroy(edge_rl_t **rlp)
     edge_rl_t *rl = *rlp;
     if (rl->users.buckets) s_table_free(&rl->users);
     if (rl->addrs.buckets) s_table_free(&rl->addrs);
+    rb_smap_each(rl->flights, s_flight_free, rl->flights);
+    rb_smap_destroy(&rl->flights);
     free(rl);
     *rlp = NULL;
 }
@@ -207,3 +274,30 @@ void edge_rl_success(edge_rl_t *rl, const char *user, uint64_t now_ms)
 
 size_t edge_rl_users(const edge_rl_t *rl) { return rl->users.n; }
 size_t edge_rl_addrs(const edge_rl_t *rl) { return rl->addrs.n; }
+
+edge_rl_verdict_t edge_rl_begin(edge_rl_t *rl, const char *user, const char *addr, uint64_t now_ms)
+{
+    if (edge_rl_blocked(rl, user, addr, now_ms)) return EDGE_RL_LOCKED;
+    if ((user &&
+         s_recent(rl, &rl->users, user, now_ms) + s_flying(rl, 'u', user) >= rl->users.max) ||
+        s_recent(rl, &rl->addrs, addr, now_ms) + s_flying(rl, 'a', addr) >= rl->addrs.max)
+        return EDGE_RL_BUSY;
+    /* Out of memory: refused, since edge_rl_end must undo exactly this. */
+    if (user && !s_fly(rl, 'u', user, 1)) return EDGE_RL_BUSY;
+    if (!s_fly(rl, 'a', addr, 1)) {
+        if (user) s_fly(rl, 'u', user, -1);
+        return EDGE_RL_BUSY;
+    }
+    return EDGE_RL_GO;
+}
+
+void edge_rl_end(edge_rl_t *rl, const char *user, const char *addr)
+{
+    if (user) s_fly(rl, 'u', user, -1);
+    s_fly(rl, 'a', addr, -1);
+}
+
+unsigned edge_rl_in_flight(const edge_rl_t *rl, const char *key)
+{
+    return s_flying(rl, 'u', key) + s_flying(rl, 'a', key);
+}

@@ -8,7 +8,12 @@
  * once its last failure is older than both the window and the lockout, and
  * when a table is full the least recently failed key is evicted (logged).
  * Evicting could shorten a lockout, but filling a table takes cap distinct
- * keys, which the per-address limit makes slow from any one address. */
+ * keys, which the per-address limit makes slow from any one address.
+ *
+ * A check in flight counts like a failure until it ends: password checks
+ * take tens of milliseconds each on a few threads, and without this an
+ * address could queue a thousand guesses before the first failure was
+ * counted, and all would be checked. */
 #ifndef EDGE_RATELIMIT_H
 #define EDGE_RATELIMIT_H
 #include <stdbool.h>
@@ -33,9 +38,25 @@ typedef struct {
 edge_rl_t *edge_rl_new(const edge_rl_config_t *cfg);
 void edge_rl_destroy(edge_rl_t **rl);
 
-/* True when an attempt for user from addr must be refused now. user may be
- * NULL (a resume, which names no user): the address alone decides. */
+/* True when an attempt for user from addr must be refused now (locked
+ * out). user may be NULL (a resume, which names no user): the address alone
+ * decides. */
 bool edge_rl_blocked(edge_rl_t *rl, const char *user, const char *addr, uint64_t now_ms);
+
+typedef enum {
+    EDGE_RL_GO,     /* counted in flight: call edge_rl_end when it ends */
+    EDGE_RL_LOCKED, /* locked out */
+    EDGE_RL_BUSY,   /* recent failures and checks in flight reach a limit */
+} edge_rl_verdict_t;
+
+/* Whether an attempt may be checked now; EDGE_RL_GO counts it in flight
+ * for user (may be NULL) and addr. */
+edge_rl_verdict_t edge_rl_begin(edge_rl_t *rl, const char *user, const char *addr, uint64_t now_ms);
+/* The attempt edge_rl_begin let go has ended (record its failure or
+ * success after this, or nothing when it was abandoned). */
+void edge_rl_end(edge_rl_t *rl, const char *user, const char *addr);
+/* Checks in flight, for tests. */
+unsigned edge_rl_in_flight(const edge_rl_t *rl, const char *key);
 /* Records a failed password check (or, with user NULL, a refused resume:
  * it counts against the address, like a failed logon). */
 void edge_rl_failure(edge_rl_t *rl, const char *user, const char *addr, uint64_t now_ms);

@@ -744,6 +744,46 @@ static void test_resume_refused_and_rate_limited(void **state)
     s_stop(&f);
 }
 
+/* Eight wrong logons from one address at once, with 3 failures allowed
+ * per address: checks in flight count like failures, so exactly 3 are
+ * checked (unknown users: the dummy hash's full cost, so all 8 arrive
+ * before the first answer) and the other 5 are refused at once. */
+static void test_parallel_logons_get_no_extra_guesses(void **state)
+{
+    fix_t f;
+    s_start_with(&f, "15", "auth_max_failures_per_addr = 3\n", false);
+    const char *m_bad = "reachback_logons_total{result=\"bad_credentials\"} ";
+    const char *m_limited = "reachback_logons_total{result=\"rate_limited\"} ";
+    double bad0 = s_metric(m_bad), limited0 = s_metric(m_limited);
+    static device_t d[8];
+    for (int i = 0; i < 8; i++) {
+        s_dial(&f, &d[i]);
+        s_hello(&d[i]);
+    }
+    for (int i = 0; i < 8; i++) {
+        char user[16];
+        snprintf(user, sizeof user, "nobody%d", i);
+        s_logon(&d[i], user, "guess");
+    }
+    int bad = 0, limited = 0;
+    for (int i = 0; i < 8; i++) {
+        assert_true(s_wait(f.loop, s_msgs, &d[i], 2, 5000));
+        assert_int_equal(d[i].cases[1], RB__TUNNEL__TUNNEL_CONTROL__MSG_LOGON_FAILED);
+        if (d[i].reasons[1] == RB__TUNNEL__FAIL_REASON__FAIL_BAD_CREDENTIALS) bad++;
+        if (d[i].reasons[1] == RB__TUNNEL__FAIL_REASON__FAIL_RATE_LIMITED) limited++;
+    }
+    assert_int_equal(bad, 3);
+    assert_int_equal(limited, 5);
+    assert_true(s_metric(m_bad) - bad0 == 3);
+    assert_true(s_metric(m_limited) - limited0 == 5);
+    /* The address is locked now, even for the right password. */
+    s_logon(&d[0], "alice", "secret");
+    assert_true(s_wait(f.loop, s_msgs, &d[0], 3, 3000));
+    assert_int_equal(d[0].reasons[2], RB__TUNNEL__FAIL_REASON__FAIL_RATE_LIMITED);
+    assert_int_equal(f.broker.logons, 0);
+    s_stop(&f);
+}
+
 /* carol has a session elsewhere: the logon gets an offer; accepting gets
  * the session (groups go with both requests). */
 static void test_offer_accept(void **state)
@@ -1004,6 +1044,7 @@ int main(void)
         cmocka_unit_test(test_refusals_and_cap),
         cmocka_unit_test(test_drop_keeps_session_and_idle),
         cmocka_unit_test(test_resume_refused_and_rate_limited),
+        cmocka_unit_test(test_parallel_logons_get_no_extra_guesses),
         cmocka_unit_test(test_offer_accept),
         cmocka_unit_test(test_offer_decline_and_expiry),
         cmocka_unit_test(test_no_address),

@@ -135,15 +135,75 @@ static void test_bad_config(void **state)
     assert_null(edge_rl_new(&cfg));
 }
 
+/* Checks in flight count like failures until they end; ending one without
+ * a failure gives its place back; nothing stays counted. */
+static void test_checks_in_flight(void **state)
+{
+    edge_rl_t *rl = s_new(0);
+    uint64_t t = 1000 * S;
+    char user[16];
+    for (int i = 0; i < 20; i++) {
+        snprintf(user, sizeof user, "u%d", i);
+        assert_int_equal(edge_rl_begin(rl, user, "10.0.0.1", t), EDGE_RL_GO);
+    }
+    assert_int_equal(edge_rl_in_flight(rl, "10.0.0.1"), 20);
+    /* The address has 20 in flight: a 21st waits, another address not. */
+    assert_int_equal(edge_rl_begin(rl, "x", "10.0.0.1", t), EDGE_RL_BUSY);
+    assert_int_equal(edge_rl_begin(rl, "x", "10.0.0.2", t), EDGE_RL_GO);
+    edge_rl_end(rl, "x", "10.0.0.2");
+    /* One fails: 19 in flight + 1 failure is still the limit. */
+    edge_rl_end(rl, "u0", "10.0.0.1");
+    edge_rl_failure(rl, "u0", "10.0.0.1", t);
+    assert_int_equal(edge_rl_begin(rl, "x", "10.0.0.1", t), EDGE_RL_BUSY);
+    /* One succeeds: its place is free again. */
+    edge_rl_end(rl, "u1", "10.0.0.1");
+    edge_rl_success(rl, "u1", t);
+    assert_int_equal(edge_rl_begin(rl, "x", "10.0.0.1", t), EDGE_RL_GO);
+    edge_rl_end(rl, "x", "10.0.0.1");
+    for (int i = 2; i < 20; i++) {
+        snprintf(user, sizeof user, "u%d", i);
+        edge_rl_end(rl, user, "10.0.0.1");
+    }
+    assert_int_equal(edge_rl_in_flight(rl, "10.0.0.1"), 0);
+    assert_int_equal(edge_rl_in_flight(rl, "u5"), 0);
+    /* Per user too: five of alice's at once, from five addresses. */
+    char addr[32];
+    for (int i = 0; i < 5; i++) {
+        snprintf(addr, sizeof addr, "10.1.0.%d", i);
+        assert_int_equal(edge_rl_begin(rl, "alice", addr, t), EDGE_RL_GO);
+    }
+    assert_int_equal(edge_rl_begin(rl, "alice", "10.1.0.9", t), EDGE_RL_BUSY);
+    /* A resume names no user: only its address counts. */
+    assert_int_equal(edge_rl_begin(rl, NULL, "10.1.0.9", t), EDGE_RL_GO);
+    edge_rl_end(rl, NULL, "10.1.0.9");
+    assert_int_equal(edge_rl_in_flight(rl, "10.1.0.9"), 0);
+    /* Failures older than the window no longer count. */
+    for (int i = 0; i < 5; i++) {
+        snprintf(addr, sizeof addr, "10.1.0.%d", i);
+        edge_rl_end(rl, "alice", addr);
+    }
+    for (int i = 0; i < 4; i++)
+        edge_rl_failure(rl, "bob", "10.2.0.1", t);
+    assert_int_equal(edge_rl_begin(rl, "bob", "10.2.0.1", t), EDGE_RL_GO);
+    assert_int_equal(edge_rl_begin(rl, "bob", "10.2.0.2", t), EDGE_RL_BUSY);
+    assert_int_equal(edge_rl_begin(rl, "bob", "10.2.0.2", t + 61 * S), EDGE_RL_GO);
+    edge_rl_end(rl, "bob", "10.2.0.1");
+    edge_rl_end(rl, "bob", "10.2.0.2");
+    /* A lockout is LOCKED, not BUSY. */
+    edge_rl_failure(rl, "bob", "10.2.0.1", t + 62 * S);
+    for (int i = 0; i < 4; i++)
+        edge_rl_failure(rl, "bob", "10.2.0.1", t + 62 * S);
+    assert_int_equal(edge_rl_begin(rl, "bob", "10.2.0.3", t + 63 * S), EDGE_RL_LOCKED);
+    edge_rl_destroy(&rl);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_window_and_lockout),
-        cmocka_unit_test(test_window_slides),
-        cmocka_unit_test(test_per_address),
-        cmocka_unit_test(test_success_forgets_user_only),
-        cmocka_unit_test(test_expiry_and_cap),
-        cmocka_unit_test(test_bad_config),
+        cmocka_unit_test(test_window_and_lockout), cmocka_unit_test(test_window_slides),
+        cmocka_unit_test(test_per_address),        cmocka_unit_test(test_success_forgets_user_only),
+        cmocka_unit_test(test_expiry_and_cap),     cmocka_unit_test(test_bad_config),
+        cmocka_unit_test(test_checks_in_flight),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
