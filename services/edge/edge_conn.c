@@ -63,6 +63,7 @@ struct edge_conn {
     bk_t bkind;
     char *user, *device;        /* from the Logon or Resume being handled */
     char *offer_id;             /* the last offer made on this connection */
+    bool deciding;              /* its offer lapsed unanswered: a person may be deciding */
     bool rl_held;               /* a check counted in flight by the rate limiter */
     bool rl_user;               /* ... for user too (a logon, not a resume) */
     char *session_id;           /* ST_ACTIVE (and in by_session) */
@@ -318,6 +319,7 @@ static void s_on_offer_deadline(rb_loop_t *loop, void *arg)
      * asks. A late answer naming this offer is ignored (see the handler). */
     s_transfer_failed(c, EDGE_TRANSFER_EXPIRED, RB__TUNNEL__FAIL_REASON__FAIL_TRANSFER_EXPIRED,
                       "transfer offer expired");
+    c->deciding = true;
 }
 
 static void s_offer(edge_conn_t *c, const Rb__Edgebroker__TransferOfferInfo *o)
@@ -755,10 +757,12 @@ static void s_on_frame(rb_tconn_t *t, const rb_frame_t *f, void *arg)
     }
     /* Before a logon is under way keepalives are not progress: a peer that
      * only pings must not hold its slot for ever (the idle rule closes it).
-     * A person still deciding on a lapsed transfer offer is let be. */
+     * A person still deciding on a lapsed transfer offer is let be, until
+     * the device says anything else. */
     bool keepalive = m->msg_case == RB__TUNNEL__TUNNEL_CONTROL__MSG_PING ||
                      m->msg_case == RB__TUNNEL__TUNNEL_CONTROL__MSG_PONG;
-    if (!keepalive || !(c->st == ST_HELLO || (c->st == ST_LOGON && !c->offer_id)))
+    if (!keepalive) c->deciding = false;
+    if (!keepalive || !(c->st == ST_HELLO || (c->st == ST_LOGON && !c->deciding)))
         c->last_rx_ms = rb_now_ms();
     s_dispatch_control(c, m);
     /* The Logon's password and the Resume's token are in the unpacked

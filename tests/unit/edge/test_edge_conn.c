@@ -313,8 +313,8 @@ typedef struct {
     bool open;
     int closed;
     int n;                 /* control messages received */
-    int cases[16];
-    int reasons[16];       /* LogonFailed.reason / SessionClosed.reason */
+    int cases[64];
+    int reasons[64]; /* LogonFailed.reason / SessionClosed.reason */
     char ip[32];
     char session[32];
     bool no_address;
@@ -331,7 +331,7 @@ static void s_dev_frame(rb_tconn_t *c, const rb_frame_t *f, void *arg)
     device_t *d = arg;
     Rb__Tunnel__TunnelControl *m = rb_frame_control(f);
     assert_non_null(m);
-    if (d->n < 16) {
+    if (d->n < 64) {
         d->cases[d->n] = m->msg_case;
         if (m->msg_case == RB__TUNNEL__TUNNEL_CONTROL__MSG_LOGON_FAILED)
             d->reasons[d->n] = m->logon_failed->reason;
@@ -894,6 +894,34 @@ static void test_offer_decline_and_expiry(void **state)
     s_stop(&f);
 }
 
+/* A lapsed offer lets a device that only pings stay (a person may be
+ * deciding); once it says anything else (here a wrong logon), pings alone
+ * are no longer progress and the idle rule closes it. */
+static void test_deciding_ends_with_the_next_message(void **state)
+{
+    fix_t f;
+    s_start(&f, "1");
+    f.broker.offer_ttl = 1;
+    device_t g;
+    s_dial(&f, &g);
+    s_hello(&g);
+    s_logon(&g, "carol", "secret");
+    assert_true(s_wait(f.loop, s_msgs, &g, 3, 3000));
+    assert_int_equal(g.reasons[2], RB__TUNNEL__FAIL_REASON__FAIL_TRANSFER_EXPIRED);
+    rb_timer_t *pt = rb_loop_add_timer(f.loop, 400, true, s_ping_tick, &g);
+    assert_non_null(pt);
+    s_wait(f.loop, s_never, NULL, 0, 4500); /* past 3 x keepalive_s */
+    assert_int_equal(g.closed, 0);
+    s_logon(&g, "carol", "wrong");
+    uint64_t start = rb_now_ms();
+    assert_true(s_wait(f.loop, s_closed, &g, 0, 8000));
+    rb_loop_cancel_timer(f.loop, pt);
+    assert_true(rb_now_ms() - start >= 2500);
+    assert_int_equal(g.cases[g.n - 1], RB__TUNNEL__TUNNEL_CONTROL__MSG_SESSION_CLOSED);
+    assert_int_equal(g.reasons[g.n - 1], RB__TUNNEL__CLOSE_REASON__CLOSE_IDLE);
+    s_stop(&f);
+}
+
 /* LogonOk without an address (spillover): ip and fqdn empty, flag set. */
 static void test_no_address(void **state)
 {
@@ -1047,6 +1075,7 @@ int main(void)
         cmocka_unit_test(test_parallel_logons_get_no_extra_guesses),
         cmocka_unit_test(test_offer_accept),
         cmocka_unit_test(test_offer_decline_and_expiry),
+        cmocka_unit_test(test_deciding_ends_with_the_next_message),
         cmocka_unit_test(test_no_address),
         cmocka_unit_test(test_refresh_gone),
         cmocka_unit_test(test_event_closes),
