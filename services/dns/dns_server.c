@@ -32,10 +32,12 @@
 #define TCP_MAX_CONNS 256
 #define TCP_IDLE_MS 10000         /* RFC 7766 6.2.3 suggests seconds, not minutes */
 #define TCP_WBUF_HIGH (256 * 1024)/* stop reading a client that does not read */
+#define TCP_WBUF_MAX (1024 * 1024) /* and close it when answers in flight pile up past this */
 #define FWD_MAX_PENDING 2048
 #define FWD_TIMEOUT_MS 2000
 #define FWD_EDNS_PAYLOAD 4096     /* asked of upstream for TCP clients */
 #define UP_TCP_MAX 32             /* upstream TCP connections open at once (retries) */
+#define UP_TCP_PER_CLIENT 4       /* of which one client connection may hold */
 #define SAMPLE_EVERY 16           /* batches between duration samples */
 
 typedef struct {
@@ -47,6 +49,7 @@ typedef struct {
     rb_buf_t wbuf;
     uint64_t last_ms;
     unsigned events;              /* what the loop watches for */
+    unsigned retries;             /* its forwards being retried over TCP upstream */
 } tconn_t;
 
 typedef struct {
@@ -67,6 +70,7 @@ typedef struct {
     uint8_t *query; /* tcp: what we sent, kept for a retry over TCP */
     uint16_t query_len;
     int up_conn;                  /* >= 0: being retried on this upstream TCP slot */
+    bool wants_tcp;               /* waiting for a retry connection of its own */
     int prev, next;               /* FIFO in deadline order; -1 ends */
 } fwd_t;
 
@@ -77,6 +81,8 @@ typedef struct {
     dns_server_t *srv;
     int fd;          /* -1: free slot */
     int fwd;         /* the forward it serves */
+    int conn;        /* its client's connection slot, and that slot's gen then */
+    uint32_t gen;
     uint8_t *buf;    /* the query going out, then 2 + 65535 bytes coming in */
     size_t len, off; /* sending: bytes to send, sent; reading: bytes read */
     bool reading;
@@ -123,7 +129,7 @@ struct dns_server {
     size_t nuptcp;
     uint64_t rng;
     uint64_t batches;
-    ratelog_t log_bad, log_fwd_full, log_tcp_full, log_up_tcp;
+    ratelog_t log_bad, log_fwd_full, log_tcp_full, log_tcp_slow, log_up_tcp;
     rb_metric_t *m_rcode[RC_N];
     rb_metric_t *m_forwarded, *m_records, *m_duration, *m_dropped;
     rb_metric_t *m_tcp_retries, *m_tcp_failures;
@@ -304,6 +310,8 @@ static void s_uptcp_close(dns_server_t *s, int ui)
     u->buf = NULL;
     if (u->fwd >= 0) s->fwd[u->fwd].up_conn = -1;
     u->fwd = -1;
+    /* A slot closed meanwhile has a new gen, and its count started over. */
+    if (s->conns[u->conn].gen == u->gen) s->conns[u->conn].retries--;
     s->nuptcp--;
 }
 
@@ -316,6 +324,7 @@ static void s_fwd_unlink(dns_server_t *s, int i)
     f->query = NULL;
     s->fwd_by_id[f->up_id] = 0;
     f->used = false;
+    f->wants_tcp = false;
     f->next = s->fwd_free;
     s->fwd_free = i;
     s->fwd_pending--;
@@ -407,6 +416,7 @@ static int s_forward(dns_server_t *s, const uint8_t *pkt, size_t len, const dns_
     f->query = copy;
     f->query_len = (uint16_t)olen;
     f->up_conn = -1;
+    f->wants_tcp = false;
     f->tcp = tcp;
     f->strip_opt = added;
     f->client_id = q->id;
@@ -479,9 +489,8 @@ static bool s_matches(const fwd_t *f, const dns_query_t *rq)
  * not trusted with anything: every length is checked against the buffer,
  * and anything short of a whole answer to our query ends in SERVFAIL (or,
  * when it just stalls, in the forward's timeout). */
-static void s_uptcp_io(rb_loop_t *loop, int fd, unsigned events, void *arg)
+static void s_uptcp_step(uptcp_t *u, int fd)
 {
-    uptcp_t *u = arg;
     dns_server_t *s = u->srv;
     int i = u->fwd;
     if (!u->reading) {
@@ -495,7 +504,7 @@ static void s_uptcp_io(rb_loop_t *loop, int fd, unsigned events, void *arg)
         if (u->off < u->len) return;
         u->reading = true;
         u->len = 0;
-        rb_loop_mod_fd(loop, fd, RB_EV_READ);
+        rb_loop_mod_fd(s->loop, fd, RB_EV_READ);
         return;
     }
     ssize_t n = recv(fd, u->buf + u->len, 2 + DNS_TCP_MAX - u->len, MSG_DONTWAIT);
@@ -526,23 +535,32 @@ static void s_uptcp_io(rb_loop_t *loop, int fd, unsigned events, void *arg)
     if (s_fwd_answer(s, i, u->buf + 2, mlen) < 0) rb_metric_inc(s->m_tcp_failures);
 }
 
-/* The upstream's UDP answer for a TCP client is truncated. That client is
- * on TCP already and cannot be told to retry there, so we do, on our own
- * connection, with the query we sent and a fresh timeout. */
-static void s_uptcp_start(dns_server_t *s, int i)
+static void s_uptcp_pump(dns_server_t *s);
+
+static void s_uptcp_io(rb_loop_t *loop, int fd, unsigned events, void *arg)
+{
+    uptcp_t *u = arg;
+    dns_server_t *s = u->srv;
+    s_uptcp_step(u, fd);
+    s_uptcp_pump(s); /* a connection may have closed: the next one's turn */
+}
+
+/* Opens forward i's retry connection when one may be opened now (at most
+ * UP_TCP_MAX, UP_TCP_PER_CLIENT for one client); otherwise it keeps
+ * waiting (wants_tcp) for one to close, within its deadline. */
+static void s_uptcp_try(dns_server_t *s, int i)
 {
     fwd_t *f = &s->fwd[i];
-    rb_metric_inc(s->m_tcp_retries);
-    int ui = -1;
-    for (int k = 0; k < UP_TCP_MAX && f->query && s->nuptcp < UP_TCP_MAX; k++)
-        if (s->uptcp[k].fd < 0) {
-            ui = k;
-            break;
-        }
-    if (ui < 0) {
-        s_uptcp_fail(s, i, "too many TCP retries open; SERVFAIL for a truncated answer");
+    /* A forward is only retried for a TCP client: f->conn is its slot. */
+    tconn_t *client = &s->conns[f->conn];
+    if (client->fd < 0 || client->gen != f->gen) {
+        s_fwd_unlink(s, i); /* the client is gone: nobody to answer */
         return;
     }
+    if (s->nuptcp >= UP_TCP_MAX || client->retries >= UP_TCP_PER_CLIENT) return;
+    int ui = 0;
+    while (s->uptcp[ui].fd >= 0)
+        ui++; /* nuptcp < UP_TCP_MAX: there is one */
     uptcp_t *u = &s->uptcp[ui];
     int fd = socket(s->up_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     uint8_t *buf = fd >= 0 ? malloc(2 + DNS_TCP_MAX) : NULL;
@@ -562,11 +580,46 @@ static void s_uptcp_start(dns_server_t *s, int i)
     memcpy(buf + 2, f->query, f->query_len);
     free(f->query);
     f->query = NULL;
-    *u = (uptcp_t){.srv = s, .fd = fd, .fwd = i, .buf = buf, .len = 2u + f->query_len};
+    f->wants_tcp = false;
+    *u = (uptcp_t){.srv = s,
+                   .fd = fd,
+                   .fwd = i,
+                   .conn = f->conn,
+                   .gen = f->gen,
+                   .buf = buf,
+                   .len = 2u + f->query_len};
+    client->retries++;
     s->nuptcp++;
     f->up_conn = ui;
+}
+
+/* Starts waiting retries, oldest first, while connections may be opened.
+ * Called from the top of a callback only: it may end forwards. */
+static void s_uptcp_pump(dns_server_t *s)
+{
+    for (int i = s->fwd_head; i >= 0 && s->nuptcp < UP_TCP_MAX;) {
+        int next = s->fwd[i].next;
+        if (s->fwd[i].wants_tcp) s_uptcp_try(s, i);
+        i = next;
+    }
+}
+
+/* The upstream's UDP answer for a TCP client is truncated. That client is
+ * on TCP already and cannot be told to retry there, so we do, on our own
+ * connection, with the query we sent and a fresh timeout for the wait and
+ * the retry together. */
+static void s_uptcp_start(dns_server_t *s, int i)
+{
+    fwd_t *f = &s->fwd[i];
+    rb_metric_inc(s->m_tcp_retries);
+    if (!f->query) {
+        s_uptcp_fail(s, i, "a TCP retry has no query to send; SERVFAIL");
+        return;
+    }
+    f->wants_tcp = true;
     s_fwd_detach(s, i);
     s_fwd_append(s, i);
+    s_uptcp_try(s, i);
 }
 
 /* Answers from upstream: the socket is connected, so only the upstream's
@@ -586,7 +639,7 @@ static void s_upstream_read(rb_loop_t *loop, int fd, unsigned events, void *arg)
         if (!slot) continue;   /* late answer to a query we gave up on */
         fwd_t *f = &s->fwd[slot - 1];
         /* A second UDP answer while the TCP retry runs is not the answer. */
-        if (f->up_conn >= 0 || !s_matches(f, &rq)) {
+        if (f->up_conn >= 0 || f->wants_tcp || !s_matches(f, &rq)) {
             rb_metric_inc(s->m_dropped);
             continue;
         }
@@ -601,13 +654,17 @@ static void s_fwd_expire(dns_server_t *s, uint64_t now)
 {
     while (s->fwd_head >= 0 && s->fwd[s->fwd_head].deadline <= now) {
         int i = s->fwd_head;
-        if (s->fwd[i].up_conn >= 0) {
-            s_uptcp_fail(s, i, "a TCP retry got no whole answer in time; SERVFAIL");
+        if (s->fwd[i].up_conn >= 0 || s->fwd[i].wants_tcp) {
+            s_uptcp_fail(s, i,
+                         s->fwd[i].wants_tcp
+                             ? "a TCP retry waited too long for a connection; SERVFAIL"
+                             : "a TCP retry got no whole answer in time; SERVFAIL");
             continue;
         }
         s_fwd_fail(s, &s->fwd[i]);
         s_fwd_unlink(s, i);
     }
+    s_uptcp_pump(s);
 }
 
 /* ---- answering ---- */
@@ -713,6 +770,7 @@ static void s_tcp_close(dns_server_t *s, int ci)
     close(c->fd);
     c->fd = -1;
     c->gen++;
+    c->retries = 0;
     free(c->rbuf);
     c->rbuf = NULL;
     rb_buf_free(&c->wbuf);
@@ -746,6 +804,14 @@ static void s_tcp_send(dns_server_t *s, int ci, const uint8_t *msg, size_t len)
 {
     tconn_t *c = &s->conns[ci];
     uint8_t pre[2] = {(uint8_t)(len >> 8), (uint8_t)len};
+    /* Reading stopped at TCP_WBUF_HIGH, but answers to queries already
+     * taken keep coming (up to 64 KiB each over TCP). */
+    if (c->wbuf.len + 2 + len > TCP_WBUF_MAX) {
+        s_ratelog(&s->log_tcp_slow, "dns_tcp_not_reading",
+                  "a TCP client does not read its answers; closed", NULL, 0);
+        s_tcp_close(s, ci);
+        return;
+    }
     if (rb_buf_append(&c->wbuf, pre, 2) < 0 || rb_buf_append(&c->wbuf, msg, len) < 0) {
         s_tcp_close(s, ci);
         return;

@@ -59,6 +59,7 @@ typedef struct {
     int hostile_udp, hostile_tcp, hostile_stop[2];
     atomic_int hostile_mode;
     atomic_bool hostile_refusing; /* its TCP listener is closed */
+    atomic_int hostile_held;      /* stalled connections it holds open */
 } fixture_t;
 
 static fixture_t F;
@@ -875,7 +876,8 @@ static void test_upstream_tcp_retry(void **state)
 
 /* The hostile upstream: over UDP every answer is TC without records; over
  * TCP it does what hostile_mode says. */
-enum { H_GOOD, H_GARBAGE, H_TINY, H_SHORT, H_CLOSE, H_BADID, H_OTHERQ, H_STALL };
+enum { H_GOOD, H_GARBAGE, H_TINY, H_SHORT, H_CLOSE, H_BADID, H_OTHERQ, H_STALL, H_BIG };
+#define H_BIG_LEN 60000 /* the answer's length in H_BIG: padded with zeros */
 
 /* Blocking, and the messages are small: one send writes it all. */
 static void s_send_all(int fd, const void *p, size_t n)
@@ -929,6 +931,19 @@ static bool s_hostile_conn(int fd)
         out[0] = 0x01;
         s_send_all(fd, out, 2 + 12);
         return true;
+    case H_BIG: {
+        static uint8_t big[2 + H_BIG_LEN];
+        memset(big, 0, sizeof big);
+        memcpy(big, out, 2 + len);
+        big[0] = (uint8_t)(H_BIG_LEN >> 8);
+        big[1] = (uint8_t)H_BIG_LEN;
+        for (size_t off = 0; off < sizeof big;) {
+            ssize_t k = send(fd, big + off, sizeof big - off, MSG_NOSIGNAL);
+            if (k <= 0) break;
+            off += (size_t)k;
+        }
+        return false;
+    }
     }
     s_send_all(fd, out, 2 + len);
     return false;
@@ -969,9 +984,10 @@ static void *s_hostile_main(void *arg)
         if (p[2].revents) {
             int fd = accept(F.hostile_tcp, NULL, NULL);
             if (fd < 0) continue;
-            if (s_hostile_conn(fd) && nheld < 128)
+            if (s_hostile_conn(fd) && nheld < 128) {
                 held[nheld++] = fd;
-            else
+                atomic_store(&F.hostile_held, nheld);
+            } else
                 close(fd);
         }
     }
@@ -1064,21 +1080,89 @@ static void test_upstream_tcp_hostile(void **state)
     assert_true(s_metric(RETRIES) - retries == 14);
     assert_true(s_metric(FAILURES) - failures == 7);
 
-    /* The cap: 34 stalled retries at once; the 2 over 32 get SERVFAIL at
-     * once, the others at their timeout. */
-    uint64_t t0 = s_ms();
-    for (int i = 0; i < 34; i++)
-        s_tcp_query(fd, (uint16_t)(400 + i), "hostile.example", 1);
+    /* One client may have 4 retries open: its fifth waits for one of them
+     * to end (here: the stalled ones time out), and is then answered
+     * within its own deadline; another client is served at once. */
     static uint8_t r[65536];
-    int quick = 0;
-    for (int i = 0; i < 34; i++) {
+    int held0 = atomic_load(&F.hostile_held);
+    for (int i = 0; i < 4; i++)
+        s_tcp_query(fd, (uint16_t)(400 + i), "hostile.example", 1);
+    for (int i = 0; i < 200 && atomic_load(&F.hostile_held) < held0 + 4; i++)
+        usleep(10 * 1000);
+    assert_int_equal(atomic_load(&F.hostile_held), held0 + 4);
+    atomic_store(&F.hostile_mode, H_GOOD);
+    usleep(500 * 1000);
+    uint64_t t0 = s_ms();
+    s_tcp_query(fd, 404, "hostile.example", 1);
+    int other = s_tcp_connect(port);
+    assert_int_equal(s_hostile_ask(other, 405, &ms), DNS_RCODE_NOERROR);
+    assert_true(ms < 1000);
+    for (int i = 0; i < 5; i++) {
         ssize_t n = s_tcp_read(fd, r, sizeof r);
         assert_true(n >= 12);
-        assert_int_equal(r[3] & 0xf, DNS_RCODE_SERVFAIL);
-        if (s_ms() - t0 < 1000) quick++;
+        int id = r[0] << 8 | r[1];
+        assert_int_equal(r[3] & 0xf, id == 404 ? DNS_RCODE_NOERROR : DNS_RCODE_SERVFAIL);
+        if (id == 404) assert_true(s_ms() - t0 >= 1000); /* it waited its turn */
     }
-    assert_int_equal(quick, 2);
-    assert_true(s_metric(FAILURES) - failures == 7 + 34);
+    close(other);
+    assert_true(s_metric(FAILURES) - failures == 7 + 4);
+
+    /* At most 32 at once over all clients: eight clients with 4 stalled
+     * each hold them all, and a ninth client's query waits its turn. */
+    int busy[8];
+    held0 = atomic_load(&F.hostile_held);
+    atomic_store(&F.hostile_mode, H_STALL);
+    for (int c = 0; c < 8; c++) {
+        busy[c] = s_tcp_connect(port);
+        for (int i = 0; i < 4; i++)
+            s_tcp_query(busy[c], (uint16_t)(700 + 4 * c + i), "hostile.example", 1);
+    }
+    for (int i = 0; i < 300 && atomic_load(&F.hostile_held) < held0 + 32; i++)
+        usleep(10 * 1000);
+    assert_int_equal(atomic_load(&F.hostile_held), held0 + 32);
+    atomic_store(&F.hostile_mode, H_GOOD);
+    usleep(500 * 1000);
+    int ninth = s_tcp_connect(port);
+    assert_int_equal(s_hostile_ask(ninth, 800, &ms), DNS_RCODE_NOERROR);
+    assert_true(ms >= 1000);
+    close(ninth);
+    for (int c = 0; c < 8; c++) {
+        for (int i = 0; i < 4; i++) {
+            assert_true(s_tcp_read(busy[c], r, sizeof r) >= 12);
+            assert_int_equal(r[3] & 0xf, DNS_RCODE_SERVFAIL);
+        }
+        close(busy[c]);
+    }
+    assert_true(s_metric(FAILURES) - failures == 7 + 4 + 32);
+
+    /* A client that asks for big answers and does not read them: answers
+     * to queries already taken pile up past what reading stops at; past
+     * 1 MiB (and the kernel's buffers) the client is closed, not kept. */
+    atomic_store(&F.hostile_mode, H_BIG);
+    int slow = socket(AF_INET, SOCK_STREAM, 0);
+    int small = 4096;
+    setsockopt(slow, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(connect(slow, (struct sockaddr *)&sa, sizeof sa), 0);
+    const int nbig = 150; /* 9 MB of answers */
+    for (int i = 0; i < nbig; i++) {
+        uint8_t qb[600];
+        size_t qn = dns_wire_build_query(qb + 2, sizeof qb - 2, (uint16_t)(900 + i),
+                                         "hostile.example", DNS_TYPE_A, 4096);
+        qb[0] = (uint8_t)(qn >> 8);
+        qb[1] = (uint8_t)qn;
+        assert_int_equal(send(slow, qb, qn + 2, 0), (ssize_t)qn + 2);
+    }
+    usleep(3000 * 1000); /* every retry is done well within its 2 s */
+    struct timeval rtv = {2, 0};
+    setsockopt(slow, SOL_SOCKET, SO_RCVTIMEO, &rtv, sizeof rtv);
+    int got = 0;
+    while (got < nbig && s_tcp_read(slow, r, sizeof r) == H_BIG_LEN)
+        got++;
+    assert_true(got < nbig);
+    close(slow);
 
     /* And afterwards the server still serves: the retry path, and UDP
      * clients still see the TC answer. */
@@ -1097,7 +1181,7 @@ static void test_upstream_tcp_hostile(void **state)
     assert_true(atomic_load(&F.hostile_refusing));
     assert_int_equal(s_hostile_ask(fd, 600, &ms), DNS_RCODE_SERVFAIL);
     assert_true(ms < 1500);
-    assert_true(s_metric(FAILURES) - failures == 7 + 34 + 1);
+    assert_true(s_metric(FAILURES) - failures == 7 + 4 + 32 + 1);
     close(fd);
     s_hostile_stop();
 }
