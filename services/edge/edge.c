@@ -129,6 +129,7 @@ struct edge {
     rb_timer_t *snapshot_done;    /* clears in_snapshot after a reset */
     rb_events_t *events;
     bool in_snapshot;             /* applying a snapshot (see s_ev_up) */
+    uint64_t seq_before_snapshot; /* the event seq when it began */
     uint64_t refresh_rounds, refresh_failures, refresh_gone;
     rb_heap_follow_t heap; /* connections: memory goes back after many end */
     rb_status_t *status;
@@ -317,6 +318,19 @@ static void s_snapshot_done(rb_loop_t *loop, void *arg)
     edge_t *e = arg;
     e->snapshot_done = NULL;
     e->in_snapshot = false;
+    /* The sequence went backwards (Redis lost or reset its data): the
+     * up_seq our tunnels got are of the old numbering and would make every
+     * new UP look older than them. Forget them; the stale-UP rule then
+     * simply does not apply to these tunnels. */
+    if (e->events && rb_events_seq(e->events) < e->seq_before_snapshot) {
+        rb_info("events_seq_backwards",
+                "event sequence went from %llu to %llu; forgetting our "
+                "tunnels' UP seqs",
+                (unsigned long long)e->seq_before_snapshot,
+                (unsigned long long)rb_events_seq(e->events));
+        for (edge_conn_t *c = e->ctx.head; c; c = edge_conn_next(c))
+            edge_conn_forget_up_seq(c);
+    }
 }
 
 /* A snapshot is applied in one go (reset, then every session, then the
@@ -325,6 +339,7 @@ static void s_snapshot_done(rb_loop_t *loop, void *arg)
 static void s_ev_reset(void *arg)
 {
     edge_t *e = arg;
+    if (!e->in_snapshot) e->seq_before_snapshot = e->events ? rb_events_seq(e->events) : 0;
     e->in_snapshot = true;
     if (!e->snapshot_done) e->snapshot_done = rb_loop_add_timer(e->loop, 0, false, s_snapshot_done, e);
     if (!e->snapshot_done) e->in_snapshot = false;

@@ -21,6 +21,9 @@
  * closed: retrying on a new connection costs a TLS handshake, which slows
  * guessing down. */
 #define MAX_LOGONS_PER_CONN 3
+/* How long pings alone keep a connection whose offer lapsed: a person
+ * reading the dialogue, not a slot held for ever. */
+#define DECIDING_MAX_MS (5 * 60 * 1000)
 #define USER_MAX 256
 #define PASSWORD_MAX 1024
 #define DEVICE_MAX 128
@@ -63,7 +66,8 @@ struct edge_conn {
     bk_t bkind;
     char *user, *device;        /* from the Logon or Resume being handled */
     char *offer_id;             /* the last offer made on this connection */
-    bool deciding;              /* its offer lapsed unanswered: a person may be deciding */
+    uint64_t deciding_ms;       /* its offer lapsed unanswered then: a person may be
+                                 * deciding (0: no) */
     bool rl_held;               /* a check counted in flight by the rate limiter */
     bool rl_user;               /* ... for user too (a logon, not a resume) */
     char *session_id;           /* ST_ACTIVE (and in by_session) */
@@ -319,7 +323,7 @@ static void s_on_offer_deadline(rb_loop_t *loop, void *arg)
      * asks. A late answer naming this offer is ignored (see the handler). */
     s_transfer_failed(c, EDGE_TRANSFER_EXPIRED, RB__TUNNEL__FAIL_REASON__FAIL_TRANSFER_EXPIRED,
                       "transfer offer expired");
-    c->deciding = true;
+    c->deciding_ms = rb_now_ms();
 }
 
 static void s_offer(edge_conn_t *c, const Rb__Edgebroker__TransferOfferInfo *o)
@@ -532,6 +536,8 @@ static void s_on_transfer_answer(edge_conn_t *c, const Rb__Tunnel__TunnelControl
          * already. Anything else here is out of order. */
         if (ours) {
             rb_debug("transfer_late", "peer %s: answer to expired offer %s ignored", c->peer, id);
+            /* Accepted a moment too late: the person now reads why. */
+            c->deciding_ms = rb_now_ms();
             return;
         }
         s_protocol_error(c, "TransferAnswer without an offer");
@@ -758,12 +764,13 @@ static void s_on_frame(rb_tconn_t *t, const rb_frame_t *f, void *arg)
     /* Before a logon is under way keepalives are not progress: a peer that
      * only pings must not hold its slot for ever (the idle rule closes it).
      * A person still deciding on a lapsed transfer offer is let be, until
-     * the device says anything else. */
+     * the device says anything else or DECIDING_MAX_MS pass. */
     bool keepalive = m->msg_case == RB__TUNNEL__TUNNEL_CONTROL__MSG_PING ||
                      m->msg_case == RB__TUNNEL__TUNNEL_CONTROL__MSG_PONG;
-    if (!keepalive) c->deciding = false;
-    if (!keepalive || !(c->st == ST_HELLO || (c->st == ST_LOGON && !c->deciding)))
-        c->last_rx_ms = rb_now_ms();
+    uint64_t now = rb_now_ms();
+    bool deciding = c->deciding_ms && now - c->deciding_ms < DECIDING_MAX_MS;
+    if (!keepalive) c->deciding_ms = 0;
+    if (!keepalive || !(c->st == ST_HELLO || (c->st == ST_LOGON && !deciding))) c->last_rx_ms = now;
     s_dispatch_control(c, m);
     /* The Logon's password and the Resume's token are in the unpacked
      * copy: wipe them. */
@@ -950,6 +957,11 @@ const char *edge_conn_session_id(const edge_conn_t *c)
 uint64_t edge_conn_up_seq(const edge_conn_t *c)
 {
     return c->up_seq;
+}
+
+void edge_conn_forget_up_seq(edge_conn_t *c)
+{
+    c->up_seq = 0;
 }
 
 edge_conn_t *edge_conn_next(const edge_conn_t *c) { return c->next; }

@@ -108,6 +108,8 @@ const char *edge_conn_session_id(const edge_conn_t *c);
 /* The seq of the SESSION_UP event the broker published for this
  * connection's logon, resume or transfer (0: the broker did not say). */
 uint64_t edge_conn_up_seq(const edge_conn_t *c);
+/* After the event sequence restarted: 0, so no UP counts as older. */
+void edge_conn_forget_up_seq(edge_conn_t *c);
 /* The next connection in ctx's table, for walking it. */
 edge_conn_t *edge_conn_next(const edge_conn_t *c);
 

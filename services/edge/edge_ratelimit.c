@@ -246,7 +246,7 @@ void edge_rl_destroy(edge_rl_t **rlp)
     edge_rl_t *rl = *rlp;
     if (rl->users.buckets) s_table_free(&rl->users);
     if (rl->addrs.buckets) s_table_free(&rl->addrs);
-    rb_smap_each(rl->flights, s_flight_free, rl->flights);
+    if (rl->flights) rb_smap_each(rl->flights, s_flight_free, rl->flights);
     rb_smap_destroy(&rl->flights);
     free(rl);
     *rlp = NULL;

@@ -459,6 +459,16 @@ static bool s_closed(void *arg, int want) { return ((device_t *)arg)->closed > 0
 static bool s_logoffs(void *arg, int want) { return ((broker_t *)arg)->logoffs >= want; }
 static bool s_refreshes(void *arg, int want) { return ((broker_t *)arg)->refreshes >= want; }
 static bool s_never(void *arg, int want) { return false; }
+/* The edge's event stream has applied seq want (from its status). */
+static bool s_events_at(void *arg, int want)
+{
+    rb_buf_t b = RB_BUF_INIT;
+    edge_status_json(arg, &b);
+    const char *p = b.data ? strstr(b.data, "\"events_seq\":") : NULL;
+    long long seq = p ? atoll(p + strlen("\"events_seq\":")) : -1;
+    rb_buf_free(&b);
+    return seq == want;
+}
 static bool s_subscribed(void *arg, int want) { return ((events_t *)arg)->subscribed > 0; }
 static bool s_ready(void *arg, int want)
 {
@@ -1034,11 +1044,40 @@ static void test_stale_up_event_ignored(void **state)
     s_ev_event(&f.events, true, "s-1", "edge-9", NULL); /* the visit: older */
     s_ev_event(&f.events, true, "s-1", "edge-t", NULL); /* ours */
     assert_int_equal(f.events.seq, f.broker.up_seq);
-    s_wait(f.loop, s_never, NULL, 0, 300);
+    /* Applied, both: only then does "not closed" mean anything. */
+    assert_true(s_wait(f.loop, s_events_at, f.edge, (int)f.events.seq, 3000));
+    s_wait(f.loop, s_never, NULL, 0, 100);
     assert_int_equal(d.closed, 0);
     s_ev_event(&f.events, true, "s-1", "edge-9", NULL); /* newer: it moved */
     assert_true(s_wait(f.loop, s_closed, &d, 0, 3000));
     assert_int_equal(d.cases[d.n - 1], RB__TUNNEL__TUNNEL_CONTROL__MSG_SESSION_CLOSED);
+    assert_int_equal(d.reasons[d.n - 1], RB__TUNNEL__CLOSE_REASON__CLOSE_REPLACED);
+    s_stop(&f);
+}
+
+/* Redis lost its data and the event sequence starts again low: the seq
+ * alice's logon got (1000) is of the old numbering, and an UP elsewhere
+ * in the new one must still close her tunnel. */
+static void test_stale_up_rule_after_the_sequence_restarts(void **state)
+{
+    fix_t f;
+    s_start_with(&f, "15", NULL, true);
+    f.broker.up_seq = 1000;
+    device_t d;
+    s_dial(&f, &d);
+    s_hello(&d);
+    s_logon(&d, "alice", "secret");
+    assert_true(s_wait(f.loop, s_msgs, &d, 2, 3000));
+    assert_int_equal(d.cases[1], RB__TUNNEL__TUNNEL_CONTROL__MSG_LOGON_OK);
+    s_ev_event(&f.events, true, "s-1", "edge-9", NULL); /* below 1000: ignored */
+    assert_true(s_wait(f.loop, s_events_at, f.edge, (int)f.events.seq, 3000));
+    s_wait(f.loop, s_never, NULL, 0, 100);
+    assert_int_equal(d.closed, 0);
+    /* The brokers' heartbeats now say 0: after 3 s behind, a snapshot. */
+    f.events.seq = 0;
+    assert_true(s_wait(f.loop, s_events_at, f.edge, 0, 8000));
+    s_ev_event(&f.events, true, "s-1", "edge-9", NULL); /* seq 1, new numbering */
+    assert_true(s_wait(f.loop, s_closed, &d, 0, 3000));
     assert_int_equal(d.reasons[d.n - 1], RB__TUNNEL__CLOSE_REASON__CLOSE_REPLACED);
     s_stop(&f);
 }
@@ -1080,6 +1119,7 @@ int main(void)
         cmocka_unit_test(test_refresh_gone),
         cmocka_unit_test(test_event_closes),
         cmocka_unit_test(test_stale_up_event_ignored),
+        cmocka_unit_test(test_stale_up_rule_after_the_sequence_restarts),
         cmocka_unit_test(test_shutdown_keeps_sessions),
     };
     /* No rb_zmq_term: after a failed test sockets stay open, and
