@@ -531,7 +531,7 @@ static void test_bytes_in_flight_are_bounded(void **state)
 {
     pair_t p;
     s_pair(&p, "tcp://127.0.0.1:*");
-    rb_rpc_server_limit(p.srv, 1000, 10);
+    rb_rpc_server_limit(p.srv, 1000, 5);
     p.state.hold_odd = true;
     rb_metric_t *shed = rb_counter("reachback_rpc_shed_requests_total", NULL, "");
     double before = rb_metric_value(shed);
@@ -542,7 +542,8 @@ static void test_bytes_in_flight_are_bounded(void **state)
     assert_int_equal(warm.seq, 1);
     static result_t r[5];
     memset(r, 0, sizeof r);
-    /* Each body is 9 bytes (seq 1..9 and broker_id "test"): one fits. */
+    /* Each body is 9 bytes (seq 1..9 and broker_id "test"), over the 5
+     * allowed: the first is admitted all the same, the others not. */
     for (int i = 0; i < 5; i++)
         assert_int_equal(s_call(p.cli, (uint64_t)(2 * i + 1), 2000, 0, &r[i]), 0);
     s_run(p.loop, s_never, NULL, 300);
