@@ -1079,7 +1079,7 @@ static void s_metrics(dns_server_t *s)
                                   "Truncated upstream answers for TCP clients, retried over TCP");
     s->m_tcp_failures =
         rb_counter("reachback_dns_upstream_tcp_failures_total", NULL,
-                   "Retries over TCP that ended in SERVFAIL (cap, error, garbage, timeout)");
+                   "Retries over TCP that ended in SERVFAIL (error, garbage, timeout)");
     s->m_records = rb_gauge("reachback_dns_records", NULL, "User records in the zone");
     s->m_duration = rb_histogram("reachback_dns_query_duration_seconds", NULL,
                                  "Time to answer a UDP query (sampled per batch)");
