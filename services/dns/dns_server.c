@@ -891,13 +891,28 @@ static void s_tcp_accept(rb_loop_t *loop, int fd, unsigned events, void *arg)
     }
 }
 
+/* Retries whose client has gone answer nobody: they give their
+ * connection back now, or a client that closes and comes back could hold
+ * every one of them (its new connection starts a fresh count). Not done
+ * in s_tcp_close, which runs inside the delivery of a retry's answer. */
+static void s_uptcp_reap(dns_server_t *s)
+{
+    for (int k = 0; k < UP_TCP_MAX; k++) {
+        uptcp_t *u = &s->uptcp[k];
+        if (u->fd < 0 || u->fwd < 0) continue;
+        const tconn_t *client = &s->conns[u->conn];
+        if (client->fd < 0 || client->gen != u->gen) s_fwd_unlink(s, u->fwd);
+    }
+}
+
 static void s_tick(rb_loop_t *loop, void *arg)
 {
     dns_server_t *s = arg;
     uint64_t now = rb_now_ms();
-    s_fwd_expire(s, now);
     for (int i = 0; i < TCP_MAX_CONNS; i++)
         if (s->conns[i].fd >= 0 && now - s->conns[i].last_ms > TCP_IDLE_MS) s_tcp_close(s, i);
+    s_uptcp_reap(s);
+    s_fwd_expire(s, now); /* and starts retries waiting for a connection */
 }
 
 /* ---- events and status ---- */

@@ -536,8 +536,12 @@ static void s_on_transfer_answer(edge_conn_t *c, const Rb__Tunnel__TunnelControl
          * already. Anything else here is out of order. */
         if (ours) {
             rb_debug("transfer_late", "peer %s: answer to expired offer %s ignored", c->peer, id);
-            /* Accepted a moment too late: the person now reads why. */
+            /* Accepted a moment too late: the person now reads why. Once:
+             * a second answer is out of order (and would otherwise renew
+             * the exemption for ever). */
             c->deciding_ms = rb_now_ms();
+            free(c->offer_id);
+            c->offer_id = NULL;
             return;
         }
         s_protocol_error(c, "TransferAnswer without an offer");

@@ -899,6 +899,10 @@ static void test_offer_decline_and_expiry(void **state)
     assert_true(s_wait(f.loop, s_msgs, &g, 4, 3000));
     assert_int_equal(g.cases[3], RB__TUNNEL__TUNNEL_CONTROL__MSG_PONG);
     assert_int_equal(g.closed, 0);
+    /* Once: a second answer to the lapsed offer is out of order. */
+    s_answer(&g, "o-1", true);
+    assert_true(s_wait(f.loop, s_closed, &g, 0, 3000));
+    assert_int_equal(g.reasons[g.n - 1], RB__TUNNEL__CLOSE_REASON__CLOSE_PROTOCOL);
     assert_int_equal(f.broker.transfers, 1);   /* only e's */
     assert_true(s_metric("reachback_edge_transfers_total{result=\"expired\"} ") == 2);
     s_stop(&f);
