@@ -90,8 +90,8 @@ static void s_rl_release(edge_conn_t *c)
     edge_rl_end(c->ctx->rl, c->rl_user ? c->user : NULL, c->addr);
 }
 
-/* Counts a logon (user set) or a resume from our address in flight, or
- * answers the refusal through fail and returns false. */
+/* Counts a logon (user set) or a resume from our address in flight; false
+ * when the limiter refuses it (the caller answers the device). */
 static bool s_rl_begin(edge_conn_t *c, const char *user)
 {
     switch (edge_rl_begin(c->ctx->rl, user, c->addr, c->logon_start_ms)) {
