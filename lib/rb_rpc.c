@@ -87,40 +87,28 @@ struct rb_rpc_req {
     char peer[2 * 16 + 4];
 };
 
-static rb_metric_t *s_late(void)
-{
-    static rb_metric_t *m;
-    if (!m)
-        m = rb_counter("reachback_rpc_late_replies_total", NULL,
-                       "RPC replies that arrived after their call timed out or was answered");
-    return m;
-}
+/* The counters are the process's, shared by every client and server;
+ * each is registered by the first that needs it, so /metrics shows it at
+ * 0 from then on. */
+enum { M_LATE, M_BAD, M_UNSENT, M_SHED, M_COUNT };
 
-static rb_metric_t *s_bad(void)
+static rb_metric_t *s_counter(int which)
 {
-    static rb_metric_t *m;
-    if (!m)
-        m = rb_counter("reachback_rpc_bad_messages_total", NULL,
-                       "RPC messages dropped for a wrong frame count or size");
-    return m;
-}
-
-static rb_metric_t *s_unsent(void)
-{
-    static rb_metric_t *m;
-    if (!m)
-        m = rb_counter("reachback_rpc_unsent_replies_total", NULL,
-                       "RPC replies not sent: the caller disconnected or its queue was full");
-    return m;
-}
-
-static rb_metric_t *s_shed(void)
-{
-    static rb_metric_t *m;
-    if (!m)
-        m = rb_counter("reachback_rpc_shed_requests_total", NULL,
-                       "RPC requests dropped unanswered: their caller had too many in flight");
-    return m;
+    static const struct {
+        const char *name, *help;
+    } defs[M_COUNT] = {
+        [M_LATE] = {"reachback_rpc_late_replies_total",
+                    "RPC replies that arrived after their call timed out or was answered"},
+        [M_BAD] = {"reachback_rpc_bad_messages_total",
+                   "RPC messages dropped for a wrong frame count or size"},
+        [M_UNSENT] = {"reachback_rpc_unsent_replies_total",
+                      "RPC replies not sent: the caller disconnected or its queue was full"},
+        [M_SHED] = {"reachback_rpc_shed_requests_total",
+                    "RPC requests dropped unanswered: their caller had too many in flight"},
+    };
+    static rb_metric_t *m[M_COUNT];
+    if (!m[which]) m[which] = rb_counter(defs[which].name, NULL, defs[which].help);
+    return m[which];
 }
 
 /* Drains the remaining frames of a multipart message; returns how many. */
@@ -320,7 +308,7 @@ static void s_client_readable(rb_loop_t *loop, void *sock, void *arg)
         if (!ok || extra || zmq_msg_size(&id) != RB_RPC_ID_LEN) {
             rb_warn("rpc_bad_reply", "%s: dropped a reply with %s", cli->peer,
                     !ok ? "one frame" : extra ? "too many frames" : "a bad request id");
-            rb_metric_inc(s_bad());
+            rb_metric_inc(s_counter(M_BAD));
             zmq_msg_close(&id);
             zmq_msg_close(&body);
             continue;
@@ -333,7 +321,7 @@ static void s_client_readable(rb_loop_t *loop, void *sock, void *arg)
         if (!c) {
             rb_debug("rpc_late_reply", "%s: reply to %016llx after its call ended", cli->peer,
                      (unsigned long long)rid);
-            rb_metric_inc(s_late());
+            rb_metric_inc(s_counter(M_LATE));
             zmq_msg_close(&body);
             continue;
         }
@@ -369,8 +357,8 @@ rb_rpc_client_t *rb_rpc_client_new(rb_loop_t *loop, void *dealer, const char *pe
     if (f) fclose(f);
     if (rb_loop_add_zsock(loop, dealer, s_client_readable, cli) < 0) goto fail;
     /* In /metrics from the start, at 0, not from their first count. */
-    s_late();
-    s_bad();
+    s_counter(M_LATE);
+    s_counter(M_BAD);
     return cli;
 fail:
     rb_error("rpc_client", "%s: cannot create the RPC client", peer_name ? peer_name : "rpc");
@@ -502,7 +490,7 @@ static bool s_peer_admit(rb_rpc_server_t *srv, rb_rpc_req_t *req, size_t len)
                     "%s has %zu requests (%zu bytes) in flight; dropping more until "
                     "some are answered",
                     req->peer, c->reqs, c->bytes);
-        rb_metric_inc(s_shed());
+        rb_metric_inc(s_counter(M_SHED));
         return false;
     }
     c->reqs++;
@@ -562,7 +550,7 @@ static void s_server_readable(rb_loop_t *loop, void *sock, void *arg)
                     frames != 3 || extra ? "a wrong frame count"
                     : zmq_msg_size(&id) != RB_RPC_ID_LEN ? "a bad request id"
                                                          : "a bad routing id");
-            rb_metric_inc(s_bad());
+            rb_metric_inc(s_counter(M_BAD));
             goto next;
         }
         req->srv = srv;
@@ -607,9 +595,9 @@ rb_rpc_server_t *rb_rpc_server_new(rb_loop_t *loop, void *router, rb_rpc_handler
     srv->peer_max_bytes = RB_RPC_PEER_MAX_BYTES;
     if (!(srv->peers = rb_smap_new())) goto fail;
     if (rb_loop_add_zsock(loop, router, s_server_readable, srv) < 0) goto fail;
-    s_bad();
-    s_unsent();
-    s_shed();
+    s_counter(M_BAD);
+    s_counter(M_UNSENT);
+    s_counter(M_SHED);
     return srv;
 fail:
     rb_error("rpc_server", "cannot create the RPC server");
@@ -654,14 +642,14 @@ int rb_rpc_reply(rb_rpc_req_t *req, const ProtobufCMessage *msg)
          * when its queue is full. */
         rb_warn("rpc_reply_failed", "reply to %s: %s", req->peer,
                 errno == EHOSTUNREACH ? "peer gone" : zmq_strerror(errno));
-        rb_metric_inc(s_unsent());
+        rb_metric_inc(s_counter(M_UNSENT));
         zmq_msg_close(&body);
         goto out;
     }
     if (zmq_send(srv->sock, req->reqid, RB_RPC_ID_LEN, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
         zmq_msg_send(&body, srv->sock, ZMQ_DONTWAIT) < 0) {
         rb_warn("rpc_reply_failed", "reply to %s: %s", req->peer, zmq_strerror(errno));
-        rb_metric_inc(s_unsent());
+        rb_metric_inc(s_counter(M_UNSENT));
         zmq_msg_close(&body);
         goto out;
     }

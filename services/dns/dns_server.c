@@ -127,6 +127,7 @@ struct dns_server {
     socklen_t up_addrlen;
     uptcp_t uptcp[UP_TCP_MAX];
     size_t nuptcp;
+    size_t nwaiting; /* forwards with wants_tcp: the pump's work */
     uint64_t rng;
     uint64_t batches;
     ratelog_t log_bad, log_fwd_full, log_tcp_full, log_tcp_slow, log_up_tcp;
@@ -315,6 +316,16 @@ static void s_uptcp_close(dns_server_t *s, int ui)
     s->nuptcp--;
 }
 
+static void s_set_waiting(dns_server_t *s, fwd_t *f, bool waiting)
+{
+    if (f->wants_tcp == waiting) return;
+    f->wants_tcp = waiting;
+    if (waiting)
+        s->nwaiting++;
+    else
+        s->nwaiting--;
+}
+
 static void s_fwd_unlink(dns_server_t *s, int i)
 {
     fwd_t *f = &s->fwd[i];
@@ -324,7 +335,7 @@ static void s_fwd_unlink(dns_server_t *s, int i)
     f->query = NULL;
     s->fwd_by_id[f->up_id] = 0;
     f->used = false;
-    f->wants_tcp = false;
+    s_set_waiting(s, f, false);
     f->next = s->fwd_free;
     s->fwd_free = i;
     s->fwd_pending--;
@@ -416,7 +427,6 @@ static int s_forward(dns_server_t *s, const uint8_t *pkt, size_t len, const dns_
     f->query = copy;
     f->query_len = (uint16_t)olen;
     f->up_conn = -1;
-    f->wants_tcp = false;
     f->tcp = tcp;
     f->strip_opt = added;
     f->client_id = q->id;
@@ -580,7 +590,7 @@ static void s_uptcp_try(dns_server_t *s, int i)
     memcpy(buf + 2, f->query, f->query_len);
     free(f->query);
     f->query = NULL;
-    f->wants_tcp = false;
+    s_set_waiting(s, f, false);
     *u = (uptcp_t){.srv = s,
                    .fd = fd,
                    .fwd = i,
@@ -597,7 +607,7 @@ static void s_uptcp_try(dns_server_t *s, int i)
  * Called from the top of a callback only: it may end forwards. */
 static void s_uptcp_pump(dns_server_t *s)
 {
-    for (int i = s->fwd_head; i >= 0 && s->nuptcp < UP_TCP_MAX;) {
+    for (int i = s->fwd_head; i >= 0 && s->nwaiting && s->nuptcp < UP_TCP_MAX;) {
         int next = s->fwd[i].next;
         if (s->fwd[i].wants_tcp) s_uptcp_try(s, i);
         i = next;
@@ -612,11 +622,9 @@ static void s_uptcp_start(dns_server_t *s, int i)
 {
     fwd_t *f = &s->fwd[i];
     rb_metric_inc(s->m_tcp_retries);
-    if (!f->query) {
-        s_uptcp_fail(s, i, "a TCP retry has no query to send; SERVFAIL");
-        return;
-    }
-    f->wants_tcp = true;
+    /* f->query is set: s_forward keeps it for every TCP client, and a
+     * forward gets here once (later UDP answers are dropped). */
+    s_set_waiting(s, f, true);
     s_fwd_detach(s, i);
     s_fwd_append(s, i);
     s_uptcp_try(s, i);

@@ -719,6 +719,17 @@ static void s_new_server(void *arg)
     *n->out = s_server("vpn.lab", "", n->upstream);
 }
 
+/* Starts *out (in the loop) forwarding to an upstream on 127.0.0.1:up;
+ * returns its port. */
+static int s_forwarding_server(dns_server_t **out, int up)
+{
+    char upstream[64];
+    snprintf(upstream, sizeof upstream, "127.0.0.1:%d", up);
+    new_server_t ns = {out, upstream};
+    s_in_loop(s_new_server, &ns);
+    return dns_server_port(*out);
+}
+
 /* A port free for both UDP and TCP on 127.0.0.1 (for a moment). */
 static int s_free_port(void)
 {
@@ -801,15 +812,21 @@ static void s_dnsmasq_stop(void)
     F.dnsmasq = 0;
 }
 
-/* Writes one length-prefixed query for name/type with id. */
-static void s_tcp_query(int fd, uint16_t id, const char *name, uint16_t type)
+/* Writes one length-prefixed query for name/type with id (and an OPT
+ * advertising edns bytes unless it is 0). */
+static void s_tcp_query_edns(int fd, uint16_t id, const char *name, uint16_t type, uint16_t edns)
 {
     uint8_t buf[600];
-    size_t n = dns_wire_build_query(buf + 2, sizeof buf - 2, id, name, type, 0);
+    size_t n = dns_wire_build_query(buf + 2, sizeof buf - 2, id, name, type, edns);
     assert_true(n > 0);
     buf[0] = (uint8_t)(n >> 8);
     buf[1] = (uint8_t)n;
     assert_int_equal(send(fd, buf, n + 2, 0), (ssize_t)n + 2);
+}
+
+static void s_tcp_query(int fd, uint16_t id, const char *name, uint16_t type)
+{
+    s_tcp_query_edns(fd, id, name, type, 0);
 }
 
 static void test_upstream_tcp_retry(void **state)
@@ -817,11 +834,7 @@ static void test_upstream_tcp_retry(void **state)
     if (access(DNSMASQ, X_OK) != 0)
         fail_msg("%s is missing: scripts/install-deps installs dnsmasq-base", DNSMASQ);
     int up = s_dnsmasq_start();
-    char upstream[64];
-    snprintf(upstream, sizeof upstream, "127.0.0.1:%d", up);
-    new_server_t ns = {&F.txt, upstream};
-    s_in_loop(s_new_server, &ns);
-    int port = dns_server_port(F.txt);
+    int port = s_forwarding_server(&F.txt, up);
     double retries = s_metric(RETRIES), failures = s_metric(FAILURES);
 
     /* The set-up: dnsmasq itself truncates over UDP, even when asked for
@@ -1063,11 +1076,7 @@ static int s_hostile_ask(int fd, uint16_t id, uint64_t *ms)
 static void test_upstream_tcp_hostile(void **state)
 {
     int up = s_hostile_start();
-    char upstream[64];
-    snprintf(upstream, sizeof upstream, "127.0.0.1:%d", up);
-    new_server_t ns = {&F.hostile, upstream};
-    s_in_loop(s_new_server, &ns);
-    int port = dns_server_port(F.hostile);
+    int port = s_forwarding_server(&F.hostile, up);
     double retries = s_metric(RETRIES), failures = s_metric(FAILURES);
 
     /* A good TCP answer first: the retry path works with this upstream. */
@@ -1168,14 +1177,8 @@ static void test_upstream_tcp_hostile(void **state)
                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     assert_int_equal(connect(slow, (struct sockaddr *)&sa, sizeof sa), 0);
     const int nbig = 150; /* 9 MB of answers */
-    for (int i = 0; i < nbig; i++) {
-        uint8_t qb[600];
-        size_t qn = dns_wire_build_query(qb + 2, sizeof qb - 2, (uint16_t)(900 + i),
-                                         "hostile.example", DNS_TYPE_A, 4096);
-        qb[0] = (uint8_t)(qn >> 8);
-        qb[1] = (uint8_t)qn;
-        assert_int_equal(send(slow, qb, qn + 2, 0), (ssize_t)qn + 2);
-    }
+    for (int i = 0; i < nbig; i++)
+        s_tcp_query_edns(slow, (uint16_t)(900 + i), "hostile.example", DNS_TYPE_A, 4096);
     usleep(3000 * 1000); /* every retry is over (answered or not) */
     struct timeval rtv = {2, 0};
     setsockopt(slow, SOL_SOCKET, SO_RCVTIMEO, &rtv, sizeof rtv);

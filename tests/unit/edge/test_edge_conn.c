@@ -563,6 +563,16 @@ static double s_metric(const char *name)
     return v;
 }
 
+/* Dials, says Hello and logs on as alice; LogonOk is the second message. */
+static void s_alice_on(fix_t *f, device_t *d)
+{
+    s_dial(f, d);
+    s_hello(d);
+    s_logon(d, "alice", "secret");
+    assert_true(s_wait(f->loop, s_msgs, d, 2, 3000));
+    assert_int_equal(d->cases[1], RB__TUNNEL__TUNNEL_CONTROL__MSG_LOGON_OK);
+}
+
 static void test_logon_ping_logoff(void **state)
 {
     fix_t f;
@@ -657,11 +667,7 @@ static void test_drop_keeps_session_and_idle(void **state)
     fix_t f;
     s_start(&f, "1");
     device_t d;
-    s_dial(&f, &d);
-    s_hello(&d);
-    s_logon(&d, "alice", "secret");
-    assert_true(s_wait(f.loop, s_msgs, &d, 2, 3000));
-    assert_int_equal(d.cases[1], RB__TUNNEL__TUNNEL_CONTROL__MSG_LOGON_OK);
+    s_alice_on(&f, &d);
     rb_tconn_destroy(&d.c);   /* the device vanishes */
     s_wait(f.loop, s_never, NULL, 0, 300);
     assert_int_equal(f.broker.logoffs, 0);
@@ -1002,11 +1008,7 @@ static void test_event_closes(void **state)
     s_start_with(&f, "15", NULL, true);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         device_t d;
-        s_dial(&f, &d);
-        s_hello(&d);
-        s_logon(&d, "alice", "secret");
-        assert_true(s_wait(f.loop, s_msgs, &d, 2, 3000));
-        assert_int_equal(d.cases[1], RB__TUNNEL__TUNNEL_CONTROL__MSG_LOGON_OK);
+        s_alice_on(&f, &d);
         /* Not ours, or ours and still here: nothing happens. */
         s_ev_event(&f.events, false, "s-other", "edge-t", "kicked");
         s_ev_event(&f.events, true, "s-1", "edge-t", NULL);
@@ -1040,11 +1042,7 @@ static void test_stale_up_event_ignored(void **state)
     s_start_with(&f, "15", NULL, true);
     f.broker.up_seq = f.events.seq + 2;
     device_t d;
-    s_dial(&f, &d);
-    s_hello(&d);
-    s_logon(&d, "alice", "secret");
-    assert_true(s_wait(f.loop, s_msgs, &d, 2, 3000));
-    assert_int_equal(d.cases[1], RB__TUNNEL__TUNNEL_CONTROL__MSG_LOGON_OK);
+    s_alice_on(&f, &d);
     s_ev_event(&f.events, true, "s-1", "edge-9", NULL); /* the visit: older */
     s_ev_event(&f.events, true, "s-1", "edge-t", NULL); /* ours */
     assert_int_equal(f.events.seq, f.broker.up_seq);
@@ -1068,11 +1066,7 @@ static void test_stale_up_rule_after_the_sequence_restarts(void **state)
     s_start_with(&f, "15", NULL, true);
     f.broker.up_seq = 1000;
     device_t d;
-    s_dial(&f, &d);
-    s_hello(&d);
-    s_logon(&d, "alice", "secret");
-    assert_true(s_wait(f.loop, s_msgs, &d, 2, 3000));
-    assert_int_equal(d.cases[1], RB__TUNNEL__TUNNEL_CONTROL__MSG_LOGON_OK);
+    s_alice_on(&f, &d);
     s_ev_event(&f.events, true, "s-1", "edge-9", NULL); /* below 1000: ignored */
     assert_true(s_wait(f.loop, s_events_at, f.edge, (int)f.events.seq, 3000));
     s_wait(f.loop, s_never, NULL, 0, 100);

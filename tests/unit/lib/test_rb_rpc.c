@@ -473,16 +473,27 @@ static bool s_five_called(void *arg)
     return true;
 }
 
+/* A pair whose server holds odd seqs unanswered, with these limits per
+ * caller; returns the shed counter's value before. */
+static double s_shed_count(void)
+{
+    return rb_metric_value(rb_counter("reachback_rpc_shed_requests_total", NULL, ""));
+}
+
+static double s_limited_pair(pair_t *p, size_t max_reqs, size_t max_bytes)
+{
+    s_pair(p, "tcp://127.0.0.1:*");
+    rb_rpc_server_limit(p->srv, max_reqs, max_bytes);
+    p->state.hold_odd = true;
+    return s_shed_count();
+}
+
 /* A caller past its share is dropped, counted, and served again once its
  * requests are answered; another caller is served all along. */
 static void test_flooding_caller_is_shed(void **state)
 {
     pair_t p;
-    s_pair(&p, "tcp://127.0.0.1:*");
-    rb_rpc_server_limit(p.srv, 10, 1u << 20);
-    p.state.hold_odd = true;
-    rb_metric_t *shed = rb_counter("reachback_rpc_shed_requests_total", NULL, "");
-    double before = rb_metric_value(shed);
+    double before = s_limited_pair(&p, 10, 1u << 20);
 
     static result_t flood[30];
     memset(flood, 0, sizeof flood);
@@ -490,7 +501,7 @@ static void test_flooding_caller_is_shed(void **state)
         assert_int_equal(s_call(p.cli, (uint64_t)(2 * i + 1), 800, 0, &flood[i]), 0);
     s_run(p.loop, s_never, NULL, 300);
     assert_int_equal(p.state.nheld, 10);
-    assert_true(rb_metric_value(shed) - before == 20.0);
+    assert_true(s_shed_count() - before == 20.0);
 
     /* Another caller (its own routing id) is answered at once. */
     rb_rpc_client_t *other =
@@ -519,7 +530,7 @@ static void test_flooding_caller_is_shed(void **state)
     s_run(p.loop, s_five_called, again, 3000);
     for (int i = 0; i < 5; i++)
         assert_int_equal(again[i].seq, (uint64_t)(2 * i + 1));
-    assert_true(rb_metric_value(shed) - before == 20.0);
+    assert_true(s_shed_count() - before == 20.0);
 
     rb_rpc_client_destroy(&other);
     s_unpair(&p);
@@ -530,11 +541,7 @@ static void test_flooding_caller_is_shed(void **state)
 static void test_bytes_in_flight_are_bounded(void **state)
 {
     pair_t p;
-    s_pair(&p, "tcp://127.0.0.1:*");
-    rb_rpc_server_limit(p.srv, 1000, 5);
-    p.state.hold_odd = true;
-    rb_metric_t *shed = rb_counter("reachback_rpc_shed_requests_total", NULL, "");
-    double before = rb_metric_value(shed);
+    double before = s_limited_pair(&p, 1000, 5);
     /* Calls made before the link is up go out later, in any order. */
     result_t warm = {0};
     assert_int_equal(s_call(p.cli, 0, 2000, 0, &warm), 0);
@@ -548,7 +555,7 @@ static void test_bytes_in_flight_are_bounded(void **state)
         assert_int_equal(s_call(p.cli, (uint64_t)(2 * i + 1), 2000, 0, &r[i]), 0);
     s_run(p.loop, s_never, NULL, 300);
     assert_int_equal(p.state.nheld, 1);
-    assert_true(rb_metric_value(shed) - before == 4.0);
+    assert_true(s_shed_count() - before == 4.0);
     s_answer_held(&p.state);
     s_run(p.loop, s_called, &r[0], 2000);
     assert_int_equal(r[0].seq, 2);
