@@ -1150,12 +1150,14 @@ static void test_upstream_tcp_hostile(void **state)
     int ninth = s_tcp_connect(port);
     assert_int_equal(s_hostile_ask(ninth, 800, &ms), DNS_RCODE_NOERROR);
     close(ninth);
-    /* It was answered after the stalled ones had timed out: their
-     * SERVFAILs are waiting for every busy client already. */
+    /* It was answered only once a stalled one had timed out (they may do
+     * so on different ticks): some busy client has its SERVFAIL already. */
+    int readable = 0;
     for (int c = 0; c < 8; c++) {
         struct pollfd pf = {busy[c], POLLIN, 0};
-        assert_int_equal(poll(&pf, 1, 0), 1);
+        readable += poll(&pf, 1, 0) == 1;
     }
+    assert_true(readable >= 1);
     for (int c = 0; c < 8; c++) {
         for (int i = 0; i < 4; i++) {
             assert_true(s_tcp_read(busy[c], r, sizeof r) >= 12);
