@@ -103,12 +103,13 @@ static void test_forward_and_socks_listen(void **state)
     assert_int_equal(client_streams_socks(cs, "127.0.0.1:0", err, sizeof err), 0);
     assert_int_equal(client_streams_socks(cs, "0", err, sizeof err), 0);
     assert_int_equal(client_streams_forward(cs, "udp:0:dns.example:53", err, sizeof err), 0);
-    /* The order they were given, each on a port of its own. */
+    /* The order they were given, each on a port of its own (the UDP one,
+     * the fifth, may share its number with a TCP one: another protocol). */
     int p[5];
     for (int i = 0; i < 5; i++) {
         p[i] = client_streams_listener_port(cs, (size_t)i);
         assert_true(p[i] > 0);
-        for (int k = 0; k < i; k++)
+        for (int k = 0; k < i && i < 4; k++)
             assert_int_not_equal(p[i], p[k]);
     }
     assert_int_equal(client_streams_listener_port(cs, 5), -1);
