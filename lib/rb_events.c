@@ -297,6 +297,7 @@ static void s_sub_readable(rb_loop_t *loop, void *sock, void *arg)
         zmq_msg_init(&msg);
         if (zmq_msg_recv(&msg, sock, ZMQ_DONTWAIT) < 0) {
             zmq_msg_close(&msg);
+            if (errno == EAGAIN) rb_loop_zsock_drained(sock);
             return;
         }
         if (zmq_msg_more(&msg)) {

@@ -107,7 +107,10 @@ int rb_link_recv(void *sock, bool router, rb_link_msg_t *m, rb_frame_t *f, const
         zmq_msg_init(&m->part[m->nparts]);
         if (zmq_msg_recv(&m->part[m->nparts], sock, ZMQ_DONTWAIT) < 0) {
             zmq_msg_close(&m->part[m->nparts]);
-            if (m->nparts == 0) return 0;
+            if (m->nparts == 0) {
+                if (errno == EAGAIN) rb_loop_zsock_drained(sock);
+                return 0;
+            }
             *why = "message cut short";
             return -1;
         }

@@ -49,6 +49,7 @@ typedef struct {
     void *arg;
     bool active;
     bool check;   /* ZMQ_EVENTS must be read: its fd fired, it was used, or input is left */
+    bool drained; /* the handler's last call on it was a receive that found nothing */
 } zsock_slot_t;
 
 typedef struct {
@@ -360,7 +361,7 @@ int rb_loop_add_zsock(rb_loop_t *l, void *sock, rb_zsock_fn *fn, void *arg)
     }
     struct epoll_event ev = {.events = EPOLLIN, .data.u64 = ZSOCK_MARK | (uint32_t)fd};
     if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) return -1;
-    l->zs[l->zs_len++] = (zsock_slot_t){sock, fd, fn, arg, true, true};
+    l->zs[l->zs_len++] = (zsock_slot_t){sock, fd, fn, arg, true, true, false};
     return 0;
 }
 
@@ -379,16 +380,29 @@ int rb_loop_del_zsock(rb_loop_t *l, void *sock)
 /* The loop running on this thread, for rb_loop_zsock_used. */
 static __thread rb_loop_t *tl_running;
 
-void rb_loop_zsock_used(void *sock)
+static zsock_slot_t *s_running_slot(void *sock)
 {
     rb_loop_t *l = tl_running;
-    if (!l) return;   /* outside rb_loop_run: the next run looks at every socket */
-    for (size_t i = 0; i < l->zs_len; i++) {
-        if (l->zs[i].active && l->zs[i].sock == sock) {
-            l->zs[i].check = true;
-            return;
-        }
-    }
+    if (!l) return NULL; /* outside rb_loop_run: the next run looks at every socket */
+    for (size_t i = 0; i < l->zs_len; i++)
+        if (l->zs[i].active && l->zs[i].sock == sock) return &l->zs[i];
+    return NULL;
+}
+
+void rb_loop_zsock_used(void *sock)
+{
+    zsock_slot_t *z = s_running_slot(sock);
+    if (!z) return;
+    z->check = true;
+    z->drained = false;
+}
+
+void rb_loop_zsock_drained(void *sock)
+{
+    zsock_slot_t *z = s_running_slot(sock);
+    if (!z) return;
+    z->check = false;
+    z->drained = true;
 }
 
 static bool s_zsock_readable(void *sock)
@@ -403,9 +417,11 @@ static bool s_zsock_readable(void *sock)
  * have changed are asked (reading ZMQ_EVENTS costs two system calls): once
  * ZMQ_EVENTS said "no input", new input comes with a command that makes
  * ZMQ_FD readable, unless a send (or other call) on the socket took that
- * command first; rb_loop_zsock_used covers those. Returns true when a
- * socket still has input after its budget, so the next wait must not
- * block. */
+ * command first; rb_loop_zsock_used covers those. A handler that ended
+ * with a receive finding nothing (rb_loop_zsock_drained) has asked
+ * already: that receive processed the commands as ZMQ_EVENTS would.
+ * Returns true when a socket still has input after its budget, so the
+ * next wait must not block. */
 static bool s_zsock_dispatch(rb_loop_t *l)
 {
     bool more = false;
@@ -419,7 +435,9 @@ static bool s_zsock_dispatch(rb_loop_t *l)
                 l->zs[i].check = true;
                 break;
             }
+            l->zs[i].drained = false;
             l->zs[i].fn(l, l->zs[i].sock, l->zs[i].arg);
+            if (l->zs[i].drained) break;
         }
     }
     /* Compact removed sockets outside the dispatch walk. */
@@ -428,6 +446,14 @@ static bool s_zsock_dispatch(rb_loop_t *l)
         if (l->zs[i].active) l->zs[j++] = l->zs[i];
     l->zs_len = j;
     return more;
+}
+
+/* A socket was used outside its handler since the last dispatch. */
+static bool s_zsock_pending(const rb_loop_t *l)
+{
+    for (size_t i = 0; i < l->zs_len; i++)
+        if (l->zs[i].active && l->zs[i].check) return true;
+    return false;
 }
 
 void rb_loop_defer(rb_loop_t *l, rb_defer_t *d, rb_defer_fn *fn, void *arg)
@@ -482,6 +508,11 @@ static void s_zsock_fired(rb_loop_t *l, int fd)
         if (l->zs[i].active && l->zs[i].fd == fd) l->zs[i].check = true;
 }
 
+/* One pass: wait, file descriptors, timers, ZeroMQ sockets, then the
+ * deferred work. ZeroMQ input is handled after the descriptors so that
+ * what their handlers sent is asked about in the same pass, and the
+ * deferred writes it caused (a frame for a device) go out before the loop
+ * waits again rather than after another wait with no timeout. */
 int rb_loop_run(rb_loop_t *l)
 {
     struct epoll_event evs[MAX_EVENTS];
@@ -490,10 +521,10 @@ int rb_loop_run(rb_loop_t *l)
     tl_running = l;
     /* Sockets may have been used since the last run. */
     for (size_t i = 0; i < l->zs_len; i++) l->zs[i].check = true;
+    bool zmore = false;
     while (l->running) {
-        bool zmore = s_zsock_dispatch(l);
-        if (!l->running) break;
-        int n = epoll_wait(l->epfd, evs, MAX_EVENTS, zmore || l->defer_head ? 0 : s_timeout(l));
+        bool busy = zmore || l->defer_head || s_zsock_pending(l);
+        int n = epoll_wait(l->epfd, evs, MAX_EVENTS, busy ? 0 : s_timeout(l));
         if (n < 0) {
             if (errno == EINTR) continue;
             rb_error("loop_failed", "epoll_wait: %s", strerror(errno));
@@ -517,7 +548,9 @@ int rb_loop_run(rb_loop_t *l)
             if (evs[i].events & (EPOLLERR | EPOLLHUP)) e |= RB_EV_ERROR | RB_EV_READ;
             s->fn(l, fd, e, s->arg);
         }
+        if (!l->running) break;
         s_run_timers(l);
+        zmore = s_zsock_dispatch(l);
         s_run_deferred(l);
     }
     tl_running = outer;

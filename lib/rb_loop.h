@@ -80,6 +80,11 @@ int rb_loop_del_zsock(rb_loop_t *loop, void *zsock);
  * before it sleeps. Acts on the loop running on this thread; any socket
  * pointer is accepted. */
 void rb_loop_zsock_used(void *zsock);
+/* Call when a receive with ZMQ_DONTWAIT on a registered socket failed with
+ * EAGAIN and the socket is not used again before the handler returns: that
+ * receive took ZeroMQ's pending commands, so the loop need not read
+ * ZMQ_EVENTS before it sleeps (two system calls saved per batch). */
+void rb_loop_zsock_drained(void *zsock);
 
 /* Runs until rb_loop_stop. Returns 0, or -1 on an epoll failure. */
 int rb_loop_run(rb_loop_t *loop);

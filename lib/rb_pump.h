@@ -37,7 +37,8 @@ typedef struct {
     void (*done)(void *arg, bool reset, const char *why);
 } rb_pump_handlers_t;
 
-/* Takes fd (non-blocking is set here; TCP_NODELAY too, where it applies).
+/* Takes fd, which must be non-blocking (TCP_NODELAY is set here, where it
+ * applies).
  * connecting: a non-blocking connect is in progress. NULL on error (fd is
  * left open). */
 rb_pump_t *rb_pump_new(rb_loop_t *loop, int fd, bool connecting, const rb_pump_handlers_t *h,

@@ -300,6 +300,7 @@ static void s_client_readable(rb_loop_t *loop, void *sock, void *arg)
         zmq_msg_init(&id);
         if (zmq_msg_recv(&id, sock, ZMQ_DONTWAIT) < 0) {
             zmq_msg_close(&id);
+            if (errno == EAGAIN) rb_loop_zsock_drained(sock);
             break;
         }
         zmq_msg_init(&body);
@@ -534,6 +535,7 @@ static void s_server_readable(rb_loop_t *loop, void *sock, void *arg)
         zmq_msg_init(&rid);
         if (zmq_msg_recv(&rid, sock, ZMQ_DONTWAIT) < 0) {
             zmq_msg_close(&rid);
+            if (errno == EAGAIN) rb_loop_zsock_drained(sock);
             break;
         }
         zmq_msg_init(&id);

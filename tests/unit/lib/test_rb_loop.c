@@ -4,8 +4,10 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include <errno.h>
 #include <signal.h>
 #include <string.h>
+#include <stdbool.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -272,6 +274,105 @@ static void test_zsock_used_outside_handler(void **state)
     rb_loop_destroy(&l);
 }
 
+/* Every zmq_getsockopt(ZMQ_EVENTS) of this test binary, rb_loop's included
+ * (linked with --wrap=zmq_getsockopt). */
+int __real_zmq_getsockopt(void *s, int option, void *value, size_t *len);
+int __wrap_zmq_getsockopt(void *s, int option, void *value, size_t *len);
+static int s_events_reads;
+int __wrap_zmq_getsockopt(void *s, int option, void *value, size_t *len)
+{
+    if (option == ZMQ_EVENTS) s_events_reads++;
+    return __real_zmq_getsockopt(s, option, value, len);
+}
+
+/* A handler that reads until a receive finds nothing and says so
+ * (rb_loop_zsock_drained) spares the loop its ZMQ_EVENTS read after the
+ * handler, and still gets every later message, including one that arrives
+ * after it used the socket again (rb_loop_zsock_used undoes the drain). */
+typedef struct {
+    void *a, *b;
+    int got, batches;
+    bool drain_says, reply_after_drain;
+} drain_t;
+
+static void s_drain_recv(rb_loop_t *l, void *sock, void *arg)
+{
+    drain_t *d = arg;
+    char buf[8];
+    d->batches++;
+    while (zmq_recv(sock, buf, sizeof buf, ZMQ_DONTWAIT) >= 0)
+        d->got++;
+    if (errno == EAGAIN && d->drain_says) rb_loop_zsock_drained(sock);
+    if (d->reply_after_drain) {
+        zmq_send(sock, "r", 1, ZMQ_DONTWAIT);
+        rb_loop_zsock_used(sock);
+    }
+}
+
+static void s_drain_send(rb_loop_t *l, void *arg)
+{
+    drain_t *d = arg;
+    zmq_send(d->a, "x", 1, 0);
+}
+
+static void s_drain_reply(rb_loop_t *l, void *sock, void *arg)
+{
+    char buf[8];
+    while (zmq_recv(sock, buf, sizeof buf, ZMQ_DONTWAIT) >= 0) {
+        drain_t *d = arg;
+        zmq_send(d->a, "x", 1, 0); /* the next message answers the reply */
+        if (d->got >= 20) rb_loop_stop(l);
+    }
+}
+
+static int s_drain_run(bool drain_says, bool reply_after_drain, drain_t *out)
+{
+    void *ctx = zmq_ctx_new();
+    drain_t d = {zmq_socket(ctx, ZMQ_PAIR), zmq_socket(ctx, ZMQ_PAIR), 0, 0, drain_says,
+                 reply_after_drain};
+    assert_int_equal(zmq_bind(d.b, "inproc://drain"), 0);
+    assert_int_equal(zmq_connect(d.a, "inproc://drain"), 0);
+    rb_loop_t *l = rb_loop_new();
+    assert_int_equal(rb_loop_add_zsock(l, d.b, s_drain_recv, &d), 0);
+    if (reply_after_drain) {
+        assert_int_equal(rb_loop_add_zsock(l, d.a, s_drain_reply, &d), 0);
+        zmq_send(d.a, "x", 1, 0);
+    } else {
+        for (int i = 1; i <= 20; i++)
+            rb_loop_add_timer(l, 10u * i, false, s_drain_send, &d);
+        rb_loop_add_timer(l, 300, false, s_stop, NULL);
+    }
+    rb_loop_add_timer(l, 3000, false, s_stop, NULL);
+    s_events_reads = 0;
+    rb_loop_run(l);
+    int reads = s_events_reads;
+    rb_loop_del_zsock(l, d.b);
+    if (reply_after_drain) rb_loop_del_zsock(l, d.a);
+    zmq_close(d.a);
+    zmq_close(d.b);
+    zmq_ctx_term(ctx);
+    rb_loop_destroy(&l);
+    *out = d;
+    return reads;
+}
+
+static void test_drained_socket_is_not_asked_again(void **state)
+{
+    drain_t plain, drained, replying;
+    int asked_plain = s_drain_run(false, false, &plain);
+    int asked_drained = s_drain_run(true, false, &drained);
+    assert_int_equal(plain.got, 20);
+    assert_int_equal(drained.got, 20);
+    /* Twenty lone messages: without the drain, the loop asks before and
+     * after each handler call; with it, only before. */
+    assert_true(asked_plain >= 2 * plain.batches);
+    assert_true(asked_drained <= drained.batches + 2);
+    assert_true(asked_drained < asked_plain);
+    /* A send after the drain brings the check back: no message strands. */
+    assert_int_equal(s_drain_run(true, true, &replying) > 0, 1);
+    assert_true(replying.got >= 20);
+}
+
 /* Deferred work: runs once per queuing, in queuing order, at the end of
  * the pass; what a deferred callback defers waits for the next pass, and
  * the loop does not sleep while anything is queued. */
@@ -335,6 +436,7 @@ int main(void)
         cmocka_unit_test(test_zmq_edge_trigger_never_strands_messages),
         cmocka_unit_test(test_defer_runs_once_per_pass_in_order),
         cmocka_unit_test(test_zsock_used_outside_handler),
+        cmocka_unit_test(test_drained_socket_is_not_asked_again),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -325,7 +325,7 @@ static void s_tcp_pair(int *a, int *b)
     *b = socket(AF_INET, SOCK_STREAM, 0);
     assert_true(*b >= 0);
     assert_int_equal(connect(*b, (struct sockaddr *)&sa, sizeof sa), 0);
-    *a = accept(l, NULL, NULL);
+    *a = accept4(l, NULL, NULL, SOCK_NONBLOCK);
     assert_true(*a >= 0);
     close(l);
 }
@@ -470,6 +470,7 @@ static t_t *s_new(bool tcp)
     } else {
         int sv[2];
         assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+        assert_int_equal(fcntl(sv[0], F_SETFL, O_NONBLOCK), 0);
         a = sv[0];
         b = sv[1];
     }
