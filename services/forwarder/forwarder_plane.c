@@ -1003,6 +1003,12 @@ static void s_on_attach(plane_t *p, peer_t *peer, const Rb__Fwd__Attach *m)
         return;
     }
     attach_t *a = s_attach_find(p, sid);
+    /* A session with a new address (its lease was lost and granted
+     * again): its listeners and streams belong to the old one. */
+    if (a && (a->ip_n != ip || !a->ip[0] != !*ipstr)) {
+        s_attach_free(p, a, "its address changed");
+        a = NULL;
+    }
     /* The address changed hands (a transfer, or an ended session whose
      * Detach is late): the newer attachment wins. */
     attach_t *holder = *ipstr ? rb_imap_get(p->by_ip, ip) : NULL;

@@ -140,3 +140,20 @@ sleep 0.5
 kill -0 "$(cat "$LAB/run/forwarder.pid")" 2>/dev/null || fail "the forwarder died: $(tail -n 5 "$LAB/logs/forwarder.log")"
 alice_ok || fail "alice's streams broke after the colliding sessions"
 ok "two session ids with one hash are two attachments; both go with their silent edges; datagrams after find nothing"
+
+# --- a session attached again with another address ---
+# Its lease was lost and granted anew (say Redis lost its data), so the
+# edge attaches the same session with a new address: the forwarder must
+# move its listeners there, not keep serving the old address.
+IP_OLD=127.$x.254.7 IP_NEW=127.$x.254.8
+udp_bound() { [[ -n $(ss -Huln "src $1:$UPORT") ]]; }
+udp_unbound() { ! udp_bound "$1"; }
+"$ZPOKE" "$link" "$pub" "$key" 0 $(hexframe 1 0 0 "$(attach_hex smoved "$IP_OLD" "$UPORT")") >/dev/null
+wait_until 3000 udp_bound "$IP_OLD" || fail "no UDP listener on $IP_OLD:$UPORT after the first Attach"
+"$ZPOKE" "$link" "$pub" "$key" 0 $(hexframe 1 0 0 "$(attach_hex smoved "$IP_NEW" "$UPORT")") >/dev/null
+wait_until 3000 udp_bound "$IP_NEW" || fail "no UDP listener on $IP_NEW:$UPORT after the Attach with the new address"
+wait_until 3000 udp_unbound "$IP_OLD" || fail "the old address $IP_OLD:$UPORT still listens after the session moved"
+attached_is $(( before + 1 )) || fail "one session attached twice counts $(attached), $before before"
+wait_until 12000 attached_is "$before" || fail "the moved session's silent edge did not take it along: $(attached)"
+udp_unbound "$IP_NEW" || fail "$IP_NEW:$UPORT still listens after its session went"
+ok "a session attached again with a new address listens there, and no longer on the old one"
