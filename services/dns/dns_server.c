@@ -34,6 +34,9 @@
 #define TCP_WBUF_HIGH (256 * 1024)/* stop reading a client that does not read */
 #define TCP_WBUF_MAX (1024 * 1024) /* and close it when answers in flight pile up past this */
 #define FWD_MAX_PENDING 2048
+#define TCP_FWD_PER_CONN                                                                           \
+    64 /* of which one TCP connection may have; its further                                        \
+          queries wait in its buffer (RFC 7766 6.2.1.1) */
 #define FWD_TIMEOUT_MS 2000
 #define FWD_EDNS_PAYLOAD 4096     /* asked of upstream for TCP clients */
 #define UP_TCP_MAX 32             /* upstream TCP connections open at once (retries) */
@@ -50,6 +53,8 @@ typedef struct {
     uint64_t last_ms;
     unsigned events;              /* what the loop watches for */
     unsigned retries;             /* its forwards being retried over TCP upstream */
+    unsigned forwards;            /* its queries waiting upstream */
+    rb_defer_t resume;            /* reads on once forwards drop below the cap */
 } tconn_t;
 
 typedef struct {
@@ -326,9 +331,12 @@ static void s_set_waiting(dns_server_t *s, fwd_t *f, bool waiting)
         s->nwaiting--;
 }
 
+static void s_tcp_forward_done(dns_server_t *s, int ci, uint32_t gen);
+
 static void s_fwd_unlink(dns_server_t *s, int i)
 {
     fwd_t *f = &s->fwd[i];
+    if (f->tcp) s_tcp_forward_done(s, f->conn, f->gen);
     s_fwd_detach(s, i);
     if (f->up_conn >= 0) s_uptcp_close(s, f->up_conn);
     free(f->query);
@@ -446,6 +454,7 @@ static int s_forward(dns_server_t *s, const uint8_t *pkt, size_t len, const dns_
     s_fwd_append(s, i);
     s->fwd_by_id[id] = (uint16_t)(i + 1);
     s->fwd_pending++;
+    if (tcp) s->conns[conn].forwards++;
     rb_metric_inc(s->m_forwarded);
     return 0;
 }
@@ -779,6 +788,8 @@ static void s_tcp_close(dns_server_t *s, int ci)
     c->fd = -1;
     c->gen++;
     c->retries = 0;
+    c->forwards = 0;
+    rb_loop_undefer(s->loop, &c->resume);
     free(c->rbuf);
     c->rbuf = NULL;
     rb_buf_free(&c->wbuf);
@@ -786,6 +797,19 @@ static void s_tcp_close(dns_server_t *s, int ci)
 }
 
 static void s_tcp_io(rb_loop_t *loop, int fd, unsigned events, void *arg);
+static void s_tcp_consume(dns_server_t *s, int ci);
+
+/* Reads a client only while it reads its answers and has room upstream. */
+static void s_tcp_watch(dns_server_t *s, int ci)
+{
+    tconn_t *c = &s->conns[ci];
+    bool take = c->wbuf.len < TCP_WBUF_HIGH && c->forwards < TCP_FWD_PER_CONN;
+    unsigned ev = (take ? RB_EV_READ : 0) | (c->wbuf.len ? RB_EV_WRITE : 0);
+    if (ev != c->events) {
+        c->events = ev;
+        rb_loop_mod_fd(s->loop, c->fd, ev);
+    }
+}
 
 /* Writes what is queued; watches for writability while some remains, and
  * stops reading a client whose answers pile up. */
@@ -801,11 +825,7 @@ static void s_tcp_flush(dns_server_t *s, int ci)
         }
         rb_buf_consume(&c->wbuf, (size_t)n);
     }
-    unsigned ev = (c->wbuf.len < TCP_WBUF_HIGH ? RB_EV_READ : 0) | (c->wbuf.len ? RB_EV_WRITE : 0);
-    if (ev != c->events) {
-        c->events = ev;
-        rb_loop_mod_fd(s->loop, c->fd, ev);
-    }
+    s_tcp_watch(s, ci);
 }
 
 static void s_tcp_send(dns_server_t *s, int ci, const uint8_t *msg, size_t len)
@@ -845,8 +865,34 @@ static void s_tcp_io(rb_loop_t *loop, int fd, unsigned events, void *arg)
     }
     if (n < 0) return;
     c->rlen += (size_t)n;
+    s_tcp_consume(s, ci);
+}
+
+static void s_tcp_resume(rb_loop_t *loop, void *arg)
+{
+    tconn_t *c = arg;
+    dns_server_t *s = c->srv;
+    if (c->fd >= 0) s_tcp_consume(s, (int)(c - s->conns));
+}
+
+/* A forward of connection ci (as it was at gen) ended. Below the cap
+ * again, the connection's waiting queries go on: after the current pass,
+ * as this runs inside the walks over forwards. */
+static void s_tcp_forward_done(dns_server_t *s, int ci, uint32_t gen)
+{
+    if (ci < 0) return;
+    tconn_t *c = &s->conns[ci];
+    if (c->fd < 0 || c->gen != gen || c->forwards == 0) return;
+    if (c->forwards-- == TCP_FWD_PER_CONN) rb_loop_defer(s->loop, &c->resume, s_tcp_resume, c);
+}
+
+/* Answers the whole queries in connection ci's buffer, until its
+ * forwards reach the cap; the rest waits there. */
+static void s_tcp_consume(dns_server_t *s, int ci)
+{
+    tconn_t *c = &s->conns[ci];
     size_t off = 0;
-    while (c->fd >= 0 && c->rlen - off >= 2) {
+    while (c->fd >= 0 && c->forwards < TCP_FWD_PER_CONN && c->rlen - off >= 2) {
         size_t mlen = (size_t)c->rbuf[off] << 8 | c->rbuf[off + 1];
         if (mlen < DNS_HEADER_LEN) {
             s_ratelog(&s->log_bad, "dns_malformed", "TCP message shorter than a header", NULL, 0);
@@ -861,6 +907,7 @@ static void s_tcp_io(rb_loop_t *loop, int fd, unsigned events, void *arg)
     if (c->fd < 0) return;
     memmove(c->rbuf, c->rbuf + off, c->rlen - off);
     c->rlen -= off;
+    s_tcp_watch(s, ci);
 }
 
 static void s_tcp_accept(rb_loop_t *loop, int fd, unsigned events, void *arg)

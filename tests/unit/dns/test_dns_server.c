@@ -1248,14 +1248,59 @@ static void test_metrics(void **state)
     assert_true(rb_metric_value(rb_counter("reachback_dns_dropped_total", NULL, "")) >= 2);
 }
 
+/* One TCP client cannot take every forward slot: past 64 queries waiting
+ * upstream, its further queries wait in its buffer. Against a silent
+ * upstream, 2100 queries in one connection give 64 SERVFAILs at the 2 s
+ * timeout (without the cap: 2048 then, and the rest at once for lack of
+ * room), and a UDP client asking meanwhile is forwarded too: its SERVFAIL
+ * is the timeout's, not the immediate "no room" one. */
+static void test_tcp_client_forward_cap(void **state)
+{
+    int port = dns_server_port(F.dead);
+    int fd = s_tcp_connect(port);
+    enum { QUERIES = 2100 };
+    uint8_t *all = malloc(QUERIES * 64);
+    assert_non_null(all);
+    size_t len = 0;
+    for (int i = 0; i < QUERIES; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "n%d.example.com", i);
+        size_t n = dns_wire_build_query(all + len + 2, 62, (uint16_t)(i + 1), name, DNS_TYPE_A, 0);
+        assert_true(n > 0);
+        all[len] = (uint8_t)(n >> 8);
+        all[len + 1] = (uint8_t)n;
+        len += 2 + n;
+    }
+    uint64_t t0 = s_ms();
+    assert_int_equal(send(fd, all, len, 0), (ssize_t)len);
+    free(all);
+    uint8_t r[DNS_TCP_MAX];
+    ssize_t n = s_ask(port, 7, "udp.example.com", DNS_TYPE_A, 0, r, sizeof r);
+    uint64_t udp_ms = s_ms() - t0;
+    assert_true(n >= 12);
+    assert_int_equal(r[3] & 0xf, DNS_RCODE_SERVFAIL);
+    assert_true(udp_ms >= 1500);
+    int got = 0;
+    while (s_ms() - t0 < 3300) {
+        struct pollfd p = {fd, POLLIN, 0};
+        if (poll(&p, 1, 100) != 1) continue;
+        if (s_tcp_read(fd, r, sizeof r) < 12) break;
+        assert_int_equal(r[3] & 0xf, DNS_RCODE_SERVFAIL);
+        got++;
+    }
+    assert_int_equal(got, 64);
+    close(fd);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_a_ptr_and_case),       cmocka_unit_test(test_negative_answers),
-        cmocka_unit_test(test_updates_visible),      cmocka_unit_test(test_forwarding),
-        cmocka_unit_test(test_truncation_and_tcp),   cmocka_unit_test(test_malformed),
-        cmocka_unit_test(test_event_stream),         cmocka_unit_test(test_upstream_tcp_retry),
-        cmocka_unit_test(test_upstream_tcp_hostile), cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_a_ptr_and_case),         cmocka_unit_test(test_negative_answers),
+        cmocka_unit_test(test_updates_visible),        cmocka_unit_test(test_forwarding),
+        cmocka_unit_test(test_truncation_and_tcp),     cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_event_stream),           cmocka_unit_test(test_upstream_tcp_retry),
+        cmocka_unit_test(test_upstream_tcp_hostile),   cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_tcp_client_forward_cap),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
