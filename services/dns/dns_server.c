@@ -30,6 +30,9 @@
 #define UDP_BATCHES_PER_WAKE 16   /* then let other fds run */
 #define UDP_RBUF 2048             /* larger queries are cut: MSG_TRUNC -> FORMERR */
 #define TCP_MAX_CONNS 256
+#define TCP_MAX_PER_SOURCE 32 /* of which one address (IPv6: one /64) may hold */
+#define S_STR_(x) #x
+#define S_STR(x) S_STR_(x)
 #define TCP_IDLE_MS 10000         /* RFC 7766 6.2.3 suggests seconds, not minutes */
 #define TCP_WBUF_HIGH (256 * 1024)/* stop reading a client that does not read */
 #define TCP_WBUF_MAX (1024 * 1024) /* and close it when answers in flight pile up past this */
@@ -54,6 +57,7 @@ typedef struct {
     unsigned events;              /* what the loop watches for */
     unsigned retries;             /* its forwards being retried over TCP upstream */
     unsigned forwards;            /* its queries waiting upstream */
+    uint64_t source;              /* s_source_key of the client's address */
     rb_defer_t resume;            /* reads on once forwards drop below the cap */
 } tconn_t;
 
@@ -138,7 +142,7 @@ struct dns_server {
     ratelog_t log_bad, log_fwd_full, log_tcp_full, log_tcp_slow, log_up_tcp;
     rb_metric_t *m_rcode[RC_N];
     rb_metric_t *m_forwarded, *m_records, *m_duration, *m_dropped;
-    rb_metric_t *m_tcp_retries, *m_tcp_failures;
+    rb_metric_t *m_tcp_retries, *m_tcp_failures, *m_tcp_refused;
 };
 
 /* ---- helpers ---- */
@@ -910,6 +914,32 @@ static void s_tcp_consume(dns_server_t *s, int ci)
     s_tcp_watch(s, ci);
 }
 
+/* What TCP_MAX_PER_SOURCE counts by: the IPv4 address, or the /64 of an
+ * IPv6 one (one subscriber's usual share); the top bit tells them apart. */
+static uint64_t s_source_key(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET6) {
+        const uint8_t *a = ((const struct sockaddr_in6 *)ss)->sin6_addr.s6_addr;
+        if (!IN6_IS_ADDR_V4MAPPED((const struct in6_addr *)a)) {
+            uint64_t k = 0;
+            for (int i = 0; i < 8; i++)
+                k = k << 8 | a[i];
+            return k | 1ull << 63;
+        }
+        return (uint64_t)a[12] << 24 | (uint64_t)a[13] << 16 | (uint64_t)a[14] << 8 | a[15];
+    }
+    return ntohl(((const struct sockaddr_in *)ss)->sin_addr.s_addr);
+}
+
+static bool s_source_full(const dns_server_t *s, uint64_t source)
+{
+    unsigned n = 0;
+    for (int i = 0; i < TCP_MAX_CONNS; i++)
+        if (s->conns[i].fd >= 0 && s->conns[i].source == source && ++n >= TCP_MAX_PER_SOURCE)
+            return true;
+    return false;
+}
+
 static void s_tcp_accept(rb_loop_t *loop, int fd, unsigned events, void *arg)
 {
     dns_server_t *s = arg;
@@ -918,6 +948,16 @@ static void s_tcp_accept(rb_loop_t *loop, int fd, unsigned events, void *arg)
         socklen_t sl = sizeof ss;
         int cfd = accept4(fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (cfd < 0) return;
+        uint64_t source = s_source_key(&ss);
+        if (s_source_full(s, source)) {
+            rb_metric_inc(s->m_tcp_refused);
+            s_ratelog(
+                &s->log_tcp_full, "dns_tcp_full",
+                "refused a TCP connection (" S_STR(TCP_MAX_PER_SOURCE) " open from its address)",
+                (struct sockaddr *)&ss, sl);
+            close(cfd);
+            continue;
+        }
         int ci = -1;
         for (int i = 0; i < TCP_MAX_CONNS && s->nconns < TCP_MAX_CONNS; i++)
             if (s->conns[i].fd < 0) {
@@ -926,7 +966,9 @@ static void s_tcp_accept(rb_loop_t *loop, int fd, unsigned events, void *arg)
             }
         uint8_t *rbuf = ci >= 0 ? malloc(2 + DNS_TCP_MAX) : NULL;
         if (!rbuf || rb_loop_add_fd(s->loop, cfd, RB_EV_READ, s_tcp_io, &s->conns[ci]) < 0) {
-            s_ratelog(&s->log_tcp_full, "dns_tcp_full", "refused a TCP connection (at the cap)",
+            rb_metric_inc(s->m_tcp_refused);
+            s_ratelog(&s->log_tcp_full, "dns_tcp_full",
+                      "refused a TCP connection (" S_STR(TCP_MAX_CONNS) " open)",
                       (struct sockaddr *)&ss, sl);
             free(rbuf);
             close(cfd);
@@ -942,6 +984,7 @@ static void s_tcp_accept(rb_loop_t *loop, int fd, unsigned events, void *arg)
         c->last_ms = rb_now_ms();
         c->events = RB_EV_READ;
         c->srv = s;
+        c->source = source;
         s->nconns++;
     }
 }
@@ -1145,6 +1188,10 @@ static void s_metrics(dns_server_t *s)
                                 "Queries forwarded to the upstream server");
     s->m_dropped = rb_counter("reachback_dns_dropped_total", NULL,
                               "Packets dropped unanswered (malformed, responses, send failures)");
+    s->m_tcp_refused =
+        rb_counter("reachback_dns_tcp_refused_total", NULL,
+                   "TCP connections closed at once: " S_STR(TCP_MAX_CONNS) " open, or " S_STR(
+                       TCP_MAX_PER_SOURCE) " from the client's address (IPv6: its /64)");
     s->m_tcp_retries = rb_counter("reachback_dns_upstream_tcp_retries_total", NULL,
                                   "Truncated upstream answers for TCP clients, retried over TCP");
     s->m_tcp_failures =

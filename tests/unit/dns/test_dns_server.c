@@ -1292,15 +1292,80 @@ static void test_tcp_client_forward_cap(void **state)
     close(fd);
 }
 
+/* A TCP connection from src (an address on lo) to the server's port. */
+static int s_tcp_connect_from(int port, const char *src)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in b = {.sin_family = AF_INET};
+    assert_int_equal(inet_pton(AF_INET, src, &b.sin_addr), 1);
+    assert_int_equal(bind(fd, (struct sockaddr *)&b, sizeof b), 0);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    struct timeval tv = {3, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
+/* Asks for alice over fd: true when the answer comes. */
+static bool s_tcp_answers(int fd)
+{
+    uint8_t q[128], r[512];
+    size_t n = dns_wire_build_query(q + 2, sizeof q - 2, 0x5151, "alice.vpn.lab", DNS_TYPE_A, 0);
+    q[0] = (uint8_t)(n >> 8);
+    q[1] = (uint8_t)n;
+    if (send(fd, q, n + 2, MSG_NOSIGNAL) != (ssize_t)(n + 2)) return false;
+    return s_tcp_read(fd, r, sizeof r) >= 12 && r[0] == 0x51 && r[1] == 0x51;
+}
+
+/* One address may hold 32 of the 256 TCP connections: its 33rd is closed
+ * at once and counted, while another address is still served, and a
+ * connection that ends makes room again. */
+static void test_tcp_connections_per_address(void **state)
+{
+    int port = dns_server_port(F.srv);
+    double refused = s_metric("reachback_dns_tcp_refused_total");
+    int fds[32];
+    for (int i = 0; i < 32; i++) {
+        fds[i] = s_tcp_connect_from(port, "127.0.0.41");
+        assert_true(s_tcp_answers(fds[i]));
+    }
+    int extra = s_tcp_connect_from(port, "127.0.0.41");
+    assert_false(s_tcp_answers(extra));
+    close(extra);
+    assert_true(s_metric("reachback_dns_tcp_refused_total") >= refused + 1);
+    int other = s_tcp_connect_from(port, "127.0.0.42");
+    assert_true(s_tcp_answers(other));
+    close(other);
+    close(fds[0]);
+    bool again = false;
+    for (int tries = 0; tries < 50 && !again; tries++) {
+        usleep(20000); /* until the server has seen the close */
+        int fd = s_tcp_connect_from(port, "127.0.0.41");
+        again = s_tcp_answers(fd);
+        close(fd);
+    }
+    assert_true(again);
+    for (int i = 1; i < 32; i++)
+        close(fds[i]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_a_ptr_and_case),         cmocka_unit_test(test_negative_answers),
-        cmocka_unit_test(test_updates_visible),        cmocka_unit_test(test_forwarding),
-        cmocka_unit_test(test_truncation_and_tcp),     cmocka_unit_test(test_malformed),
-        cmocka_unit_test(test_event_stream),           cmocka_unit_test(test_upstream_tcp_retry),
-        cmocka_unit_test(test_upstream_tcp_hostile),   cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_a_ptr_and_case),
+        cmocka_unit_test(test_negative_answers),
+        cmocka_unit_test(test_updates_visible),
+        cmocka_unit_test(test_forwarding),
+        cmocka_unit_test(test_truncation_and_tcp),
+        cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_event_stream),
+        cmocka_unit_test(test_upstream_tcp_retry),
+        cmocka_unit_test(test_upstream_tcp_hostile),
+        cmocka_unit_test(test_metrics),
         cmocka_unit_test(test_tcp_client_forward_cap),
+        cmocka_unit_test(test_tcp_connections_per_address),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
