@@ -74,6 +74,9 @@ void rb_tconn_close_after_flush(rb_tconn_t *c);
 
 /* Bytes queued and not yet taken by the socket (for back-pressure). */
 size_t rb_tconn_output_pending(const rb_tconn_t *c);
+/* Memory held for output, queued or not: emptied buffers are kept while
+ * output keeps coming and given back after a second without any. */
+size_t rb_tconn_output_memory(const rb_tconn_t *c);
 /* "ip:port" of the peer, for logs. */
 const char *rb_tconn_peer(const rb_tconn_t *c);
 /* True between on_open and the end (or close_after_flush). */

@@ -265,6 +265,44 @@ static void test_frames_both_ways_and_burst(void **state)
     rb_loop_destroy(&loop);
 }
 
+static bool s_never(void *arg)
+{
+    return false;
+}
+
+/* A bulk sender's emptied output buffers stay for its next output (freeing
+ * them on every drain cost a reallocation, and page faults, per loop pass)
+ * and go once it has been idle for a second, so idle connections hold none. */
+static void test_output_memory_kept_while_busy(void **state)
+{
+    rb_loop_t *loop = rb_loop_new();
+    srv_t srv;
+    s_srv_start(&srv, loop);
+    side_t cli = {0};
+    assert_non_null(s_dial(loop, &srv, "edge.test", &cli));
+    assert_true(s_wait(loop, s_is_open, &cli, 3000));
+    static uint8_t chunk[RB_FRAME_MAX_DATA];
+    for (size_t i = 0; i < sizeof chunk; i++)
+        chunk[i] = (uint8_t)(i * 7);
+    side_t *sv = &srv.servers[0];
+    for (int round = 1; round <= 2; round++) {
+        for (size_t off = 0; off < 1024 * 1024; off += sizeof chunk)
+            assert_int_equal(rb_tconn_send_frame(cli.c, RB_FRAME_DATA, 0, 1, chunk, sizeof chunk),
+                             0);
+        assert_true(s_wait(loop, s_got_mb, sv, 5000));
+        sv->data_bytes = 0;
+        s_wait(loop, s_never, NULL, 20);
+        assert_int_equal(rb_tconn_output_pending(cli.c), 0);
+        assert_true(rb_tconn_output_memory(cli.c) >= RB_FRAME_MAX_DATA);
+    }
+    s_wait(loop, s_never, NULL, 2500);
+    assert_int_equal(rb_tconn_output_memory(cli.c), 0);
+    assert_int_equal(cli.closed, 0);
+    rb_tconn_destroy(&cli.c);
+    s_srv_stop(&srv);
+    rb_loop_destroy(&loop);
+}
+
 static void test_certificate_name_checked(void **state)
 {
     rb_loop_t *loop = rb_loop_new();
@@ -472,6 +510,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_frames_both_ways_and_burst),
+        cmocka_unit_test(test_output_memory_kept_while_busy),
         cmocka_unit_test(test_certificate_name_checked),
         cmocka_unit_test(test_connect_refused),
         cmocka_unit_test(test_garbage_before_tls),
