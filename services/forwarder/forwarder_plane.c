@@ -13,6 +13,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -55,7 +56,8 @@ typedef struct peer {
     size_t rid_len;
     char name[2 * RB_LINK_RID_MAX + 1]; /* printable, for logs */
     uint64_t heard_ms;
-    uint64_t instance;  /* the edge's start, from its Hello */
+    uint64_t instance;  /* the edge's start, from its Hello; 0: none yet */
+    uint64_t unhelloed; /* messages dropped because they came before a Hello */
     rb_imap_t *streams; /* link id -> stream_t */
     uint32_t reset_id;  /* the unknown flow last reset (see s_on_frame) */
     uint64_t epoch;     /* which of this edge's links since we started */
@@ -1195,6 +1197,11 @@ static peer_t *s_on_hello(plane_t *p, peer_t *peer, const rb_link_msg_t *lm,
                 m->version, RB_LINK_VERSION);
         return peer;
     }
+    if (m->instance == 0) {
+        rb_metric_inc(p->m_bad_link);
+        rb_warn("bad_link_message", "edge %s: Hello without an instance; dropped", peer->name);
+        return peer;
+    }
     if (peer->instance && m->instance != peer->instance) {
         rb_info("edge_restarted", "edge %s restarted; its old streams and sessions are dropped",
                 peer->name);
@@ -1202,6 +1209,11 @@ static peer_t *s_on_hello(plane_t *p, peer_t *peer, const rb_link_msg_t *lm,
         peer = s_peer(p, lm);
         if (!peer) return NULL;
         peer->heard_ms = rb_now_ms();
+    }
+    if (peer->unhelloed) {
+        rb_info("link_hello", "edge %s said Hello after %" PRIu64 " dropped messages", peer->name,
+                peer->unhelloed);
+        peer->unhelloed = 0;
     }
     peer->instance = m->instance;
     Rb__Fwd__LinkControl r = RB__FWD__LINK_CONTROL__INIT;
@@ -1384,6 +1396,18 @@ static void s_peer_drop(plane_t *p, peer_t *peer, const char *why)
     free(peer);
 }
 
+/* Until its Hello is accepted a peer has not shown which link version it
+ * speaks, nor which start of its edge it is: what it sends is dropped.
+ * An edge sends Hello first when it connects; messages before it come
+ * from an edge we dropped for silence (its next Hello, within a second,
+ * makes it attach again) or from something that is not an edge. */
+static void s_before_hello(plane_t *p, peer_t *peer)
+{
+    rb_metric_inc(p->m_bad_link);
+    if (peer->unhelloed++ == 0)
+        rb_warn("link_before_hello", "edge %s: messages before its Hello are dropped", peer->name);
+}
+
 static void s_on_link(rb_loop_t *loop, void *sock, void *arg)
 {
     plane_t *p = arg;
@@ -1406,7 +1430,10 @@ static void s_on_link(rb_loop_t *loop, void *sock, void *arg)
         }
         peer->heard_ms = rb_now_ms();
         if (f.type != RB_FRAME_CONTROL) {
-            s_on_frame(p, peer, &f);
+            if (peer->instance)
+                s_on_frame(p, peer, &f);
+            else
+                s_before_hello(p, peer);
             rb_link_msg_close(&m);
             continue;
         }
@@ -1415,6 +1442,12 @@ static void s_on_link(rb_loop_t *loop, void *sock, void *arg)
             rb_metric_inc(p->m_bad_link);
             rb_warn("bad_link_message", "edge %s: undecodable control message; dropped",
                     peer->name);
+            rb_link_msg_close(&m);
+            continue;
+        }
+        if (!peer->instance && c->msg_case != RB__FWD__LINK_CONTROL__MSG_HELLO) {
+            s_before_hello(p, peer);
+            rb__fwd__link_control__free_unpacked(c, NULL);
             rb_link_msg_close(&m);
             continue;
         }

@@ -91,10 +91,18 @@ def f(num,b): return v(num<<3|2)+v(len(b))+b
 def i(num,x): return v(num<<3)+v(x)
 '
 pb() { python3 -c "$PB_FIELDS$1" "${@:2}"; }
+# hello: a Hello (LinkControl.hello) and the "," that ends its message, as
+# an edge says it first on the link (this link version, a fresh instance).
+LINK_VERSION=$(awk '$2 == "RB_LINK_VERSION" { print $3 }' "$ROOT/lib/rb_frame.h")
+hello() {
+    hexframe 1 0 0 "$(pb 'import random, sys
+print(f(1, i(1, int(sys.argv[1])) + f(2, b"poke") + i(3, random.getrandbits(62) + 1)).hex())' "$LINK_VERSION")"
+    echo " ,"
+}
 # An Open (LinkControl.open) for session "gone" to 127.0.0.1:1, link id 1:
 open_hex=$(pb 'o=i(1,1)+f(2,b"gone")+i(3,1)+f(4,b"127.0.0.1")+i(5,1)
 print(f(5,o).hex())')
-"$ZPOKE" "$link" "$pub" "$key" 3000 $(hexframe 1 0 0 "$open_hex") | grep -q "^reply" \
+"$ZPOKE" "$link" "$pub" "$key" 3000 $(hello) $(hexframe 1 0 0 "$open_hex") | grep -q "^reply" \
     || fail "an Open for a closed session got no answer"
 ok "an Open for a session the forwarder does not have is answered (OpenResult), not dropped silently"
 "$ZPOKE" "$link" "$pub" "$key" 0 deadbeef >/dev/null || true                         # not a header
@@ -102,7 +110,7 @@ ok "an Open for a session the forwarder does not have is answered (OpenResult), 
 "$ZPOKE" "$link" "$pub" "$key" 0 "$(printf '0400000000000005%08x' 4)" 00000000 >/dev/null || true  # zero window
 "$ZPOKE" "$link" "$pub" "$key" 0 $(hexframe 1 0 0 ffffffff) >/dev/null || true       # bad protobuf
 "$ZPOKE" "$link" "$pub" "$key" 0 $(hexframe 9 0 1 00) >/dev/null || true             # unknown type
-"$ZPOKE" "$link" "$pub" "$key" 0 $(hexframe 2 0 12345 6869) >/dev/null || true       # DATA, no stream
+"$ZPOKE" "$link" "$pub" "$key" 0 $(hello) $(hexframe 2 0 12345 6869) >/dev/null || true # DATA, no stream
 wait_until 3000 bash -c "(( \$(grep -c 'bad_link_message' '$LAB/logs/forwarder.log') >= 4 ))" \
     || fail "the forwarder logged $(grep -c bad_link_message "$LAB/logs/forwarder.log") bad link messages"
 errs=$(metric "$FORWARDER_STATUS_URL" reachback_forwarder_link_errors_total)
@@ -128,8 +136,8 @@ IP_A=127.$x.254.5 IP_B=127.$x.254.6 UPORT=$(free_port)
 attached() { metric "$FORWARDER_STATUS_URL" reachback_forwarder_attached_sessions; }
 attached_is() { [[ $(attached) == "$1" ]]; }
 before=$(attached); before=${before%.*}
-"$ZPOKE" "$link" "$pub" "$key" 0 $(hexframe 1 0 0 "$(attach_hex shlkjdaaphmgmcagk "$IP_A" "$UPORT")") >/dev/null
-"$ZPOKE" "$link" "$pub" "$key" 0 $(hexframe 1 0 0 "$(attach_hex smgcjjihomfkdopfj "$IP_B" "$UPORT")") >/dev/null
+"$ZPOKE" "$link" "$pub" "$key" 0 $(hello) $(hexframe 1 0 0 "$(attach_hex shlkjdaaphmgmcagk "$IP_A" "$UPORT")") >/dev/null
+"$ZPOKE" "$link" "$pub" "$key" 0 $(hello) $(hexframe 1 0 0 "$(attach_hex smgcjjihomfkdopfj "$IP_B" "$UPORT")") >/dev/null
 wait_until 3000 attached_is $(( before + 2 )) \
     || fail "two sessions with colliding id hashes: attached went from $before to $(attached), not +2"
 # Their edges (the two pokes) are gone: after 5 s of silence both go.
@@ -141,6 +149,25 @@ kill -0 "$(cat "$LAB/run/forwarder.pid")" 2>/dev/null || fail "the forwarder die
 alice_ok || fail "alice's streams broke after the colliding sessions"
 ok "two session ids with one hash are two attachments; both go with their silent edges; datagrams after find nothing"
 
+# --- an Attach before the peer's Hello ---
+# Until a peer's Hello is accepted it has not shown its link version: its
+# Attach is dropped (counted, logged once), and the same Attach after a
+# Hello on the same connection is taken.
+IP_NH=127.$x.254.9
+errs0=$(metric "$FORWARDER_STATUS_URL" reachback_forwarder_link_errors_total)
+"$ZPOKE" "$link" "$pub" "$key" 0 $(hexframe 1 0 0 "$(attach_hex snohello "$IP_NH" "$UPORT")") >/dev/null
+wait_until 3000 grep -q link_before_hello "$LAB/logs/forwarder.log" \
+    || fail "an Attach before Hello was not logged as dropped"
+sleep 0.3
+attached_is "$before" || fail "an Attach before Hello was taken: $(attached) attached, $before before"
+[[ -z $(ss -Huln "src $IP_NH:$UPORT") ]] || fail "an Attach before Hello opened $IP_NH:$UPORT"
+errs1=$(metric "$FORWARDER_STATUS_URL" reachback_forwarder_link_errors_total)
+(( ${errs1%.*} > ${errs0%.*} )) || fail "the dropped Attach was not counted ($errs0 -> $errs1)"
+"$ZPOKE" "$link" "$pub" "$key" 0 $(hello) $(hexframe 1 0 0 "$(attach_hex snohello "$IP_NH" "$UPORT")") >/dev/null
+wait_until 3000 attached_is $(( before + 1 )) || fail "the Attach after a Hello was not taken: $(attached)"
+wait_until 12000 attached_is "$before" || fail "the poked session did not go with its silent edge: $(attached)"
+ok "an Attach before the peer's Hello is dropped and counted; after a Hello it is taken"
+
 # --- a session attached again with another address ---
 # Its lease was lost and granted anew (say Redis lost its data), so the
 # edge attaches the same session with a new address: the forwarder must
@@ -148,9 +175,9 @@ ok "two session ids with one hash are two attachments; both go with their silent
 IP_OLD=127.$x.254.7 IP_NEW=127.$x.254.8
 udp_bound() { [[ -n $(ss -Huln "src $1:$UPORT") ]]; }
 udp_unbound() { ! udp_bound "$1"; }
-"$ZPOKE" "$link" "$pub" "$key" 0 $(hexframe 1 0 0 "$(attach_hex smoved "$IP_OLD" "$UPORT")") >/dev/null
+"$ZPOKE" "$link" "$pub" "$key" 0 $(hello) $(hexframe 1 0 0 "$(attach_hex smoved "$IP_OLD" "$UPORT")") >/dev/null
 wait_until 3000 udp_bound "$IP_OLD" || fail "no UDP listener on $IP_OLD:$UPORT after the first Attach"
-"$ZPOKE" "$link" "$pub" "$key" 0 $(hexframe 1 0 0 "$(attach_hex smoved "$IP_NEW" "$UPORT")") >/dev/null
+"$ZPOKE" "$link" "$pub" "$key" 0 $(hello) $(hexframe 1 0 0 "$(attach_hex smoved "$IP_NEW" "$UPORT")") >/dev/null
 wait_until 3000 udp_bound "$IP_NEW" || fail "no UDP listener on $IP_NEW:$UPORT after the Attach with the new address"
 wait_until 3000 udp_unbound "$IP_OLD" || fail "the old address $IP_OLD:$UPORT still listens after the session moved"
 attached_is $(( before + 1 )) || fail "one session attached twice counts $(attached), $before before"

@@ -1,13 +1,18 @@
-/* rb-zpoke: sends one multipart message, given as hex frames, to a
- * reachback ZeroMQ endpoint from a DEALER socket, optionally waiting for a
- * reply. Integration tests use it to throw garbage at services and to check
- * that CURVE refuses keys it does not know.
+/* rb-zpoke: sends multipart messages, given as hex frames, to a reachback
+ * ZeroMQ endpoint from one DEALER socket, optionally waiting for a reply.
+ * Integration tests use it to throw garbage at services and to check that
+ * CURVE refuses keys it does not know.
  *
- *   rb-zpoke ENDPOINT SERVER_PUB_FILE (SECRET_KEY_FILE | new) WAIT_MS HEX...
+ *   rb-zpoke ENDPOINT SERVER_PUB_FILE (SECRET_KEY_FILE | new) WAIT_MS HEX... [, HEX...]...
  *
- * SERVER_PUB_FILE "-" means no CURVE. "new" makes a fresh key the server has
- * never seen. Exits 0 when a reply arrived within WAIT_MS (or WAIT_MS is 0),
- * 1 when none did or the link never came up (about 2 s), 2 on usage errors. */
+ * A lone "," starts another message on the same connection (a data link
+ * peer says Hello before anything else). SERVER_PUB_FILE "-" means no
+ * CURVE. "new" makes a fresh key the server has never seen. With WAIT_MS,
+ * each message but the last may get one reply, which is read and dropped;
+ * "reply" then means the last message got one. Exits 0 when a reply
+ * arrived within WAIT_MS (or WAIT_MS is 0), 1 when none did or the link
+ * never came up (about 2 s), 2 on usage errors. */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,19 +61,36 @@ int main(int argc, char **argv)
      * never leave. Retry the first frame until a deadline instead of
      * blocking. */
     int nframes = argc - 5;
-    unsigned char frames[64][4096];
+    static unsigned char frames[64][4096];
     int lens[64];
+    bool last[64]; /* the frame ends its message */
     if (nframes > 64) return 2;
+    int n = 0;
     for (int i = 0; i < nframes; i++) {
-        lens[i] = s_unhex(argv[i + 5], frames[i], sizeof frames[i]);
-        if (lens[i] < 0) {
+        if (strcmp(argv[i + 5], ",") == 0) {
+            if (n == 0 || last[n - 1]) {
+                fprintf(stderr, "rb-zpoke: an empty message\n");
+                return 2;
+            }
+            last[n - 1] = true;
+            continue;
+        }
+        lens[n] = s_unhex(argv[i + 5], frames[n], sizeof frames[n]);
+        if (lens[n] < 0) {
             fprintf(stderr, "rb-zpoke: bad hex frame '%s'\n", argv[i + 5]);
             return 2;
         }
+        last[n++] = false;
     }
+    if (n == 0 || last[n - 1]) {
+        fprintf(stderr, "rb-zpoke: an empty message\n");
+        return 2;
+    }
+    last[n - 1] = true;
+    nframes = n;
     int tries = 0;
-    while (zmq_send(s, frames[0], (size_t)lens[0],
-                    ZMQ_DONTWAIT | (nframes > 1 ? ZMQ_SNDMORE : 0)) < 0) {
+    while (zmq_send(s, frames[0], (size_t)lens[0], ZMQ_DONTWAIT | (last[0] ? 0 : ZMQ_SNDMORE)) <
+           0) {
         if (++tries > 100) {
             printf("not connected\n");
             rb_zsock_close(&s);
@@ -78,8 +100,24 @@ int main(int argc, char **argv)
         zmq_pollitem_t it = {s, 0, ZMQ_POLLOUT, 0};
         zmq_poll(&it, 1, 20);
     }
-    for (int i = 1; i < nframes; i++)
-        zmq_send(s, frames[i], (size_t)lens[i], i + 1 < nframes ? ZMQ_SNDMORE : 0);
+    for (int i = 1; i < nframes; i++) {
+        if (last[i - 1] && wait_ms > 0) {
+            /* The reply to the message before, if any (a HelloAck). */
+            zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
+            if (zmq_poll(&it, 1, wait_ms) == 1) {
+                int more = 1;
+                size_t ml = sizeof more;
+                while (more) {
+                    zmq_msg_t m;
+                    zmq_msg_init(&m);
+                    zmq_msg_recv(&m, s, 0);
+                    zmq_msg_close(&m);
+                    zmq_getsockopt(s, ZMQ_RCVMORE, &more, &ml);
+                }
+            }
+        }
+        zmq_send(s, frames[i], (size_t)lens[i], last[i] ? 0 : ZMQ_SNDMORE);
+    }
     int rc = 0;
     if (wait_ms > 0) {
         zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
