@@ -5,7 +5,8 @@
  * messages, messages only an edge sends, malformed frames, frames for
  * streams that do not exist, an Open with an edge-side id) is logged,
  * counted and dropped while the link keeps working. A tunnel replaced by a
- * newer one of the same session does not detach its successor. */
+ * newer one of the same session does not detach its successor, unless the
+ * successor went to another forwarder, whose predecessor must let go. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -322,6 +323,89 @@ static void test_stale_tunnel_does_not_detach_its_successor(void **state)
     s_link_down(&fk, &l);
 }
 
+/* Binds a stand-in forwarder on fk's loop; returns its endpoint. */
+static void s_bind_fake(fake_t *fk, rb_loop_t *loop, char *ep, size_t cap)
+{
+    fk->loop = loop;
+    fk->router = rb_zsock_bind_with(ZMQ_ROUTER, "tcp://127.0.0.1:*", NULL, rb_link_setup);
+    assert_non_null(fk->router);
+    assert_int_equal(zmq_getsockopt(fk->router, ZMQ_LAST_ENDPOINT, ep, &cap), 0);
+    assert_int_equal(rb_loop_add_zsock(loop, fk->router, s_on_router, fk), 0);
+}
+
+static void s_answer_hello_serving(fake_t *fk, uint64_t instance, const char *cidr)
+{
+    Rb__Fwd__LinkControl m = RB__FWD__LINK_CONTROL__INIT;
+    Rb__Fwd__HelloAck a = RB__FWD__HELLO_ACK__INIT;
+    char *cidrs[] = {(char *)cidr};
+    a.version = RB_LINK_VERSION;
+    a.forwarder_id = "fake";
+    a.instance = instance;
+    a.n_cidrs = 1;
+    a.cidrs = cidrs;
+    m.msg_case = RB__FWD__LINK_CONTROL__MSG_HELLO_ACK;
+    m.hello_ack = &a;
+    s_send_ctl(fk, &m);
+}
+
+static bool s_one_attach(void *arg)
+{
+    return ((fake_t *)arg)->attaches >= 1;
+}
+
+/* A session resumed with a new address that another forwarder serves:
+ * when its old tunnel goes, the old forwarder must hear Detach (nothing
+ * else would free the listeners it keeps there), and the new forwarder
+ * must not. */
+static void test_stale_tunnel_on_another_forwarder_detaches(void **state)
+{
+    rb_loop_t *loop = rb_loop_new();
+    fake_t a = {0}, b = {0};
+    char ep_a[128], ep_b[128], eps[260];
+    s_bind_fake(&a, loop, ep_a, sizeof ep_a);
+    s_bind_fake(&b, loop, ep_b, sizeof ep_b);
+    snprintf(eps, sizeof eps, "%s,%s", ep_a, ep_b);
+    rb_curve_t none = {0};
+    edge_link_config_t cfg = {.endpoints = eps,
+                              .curve = &none,
+                              .forwarder_public = "",
+                              .edge_id = "edge-t",
+                              .max_streams = 8};
+    edge_link_t *l = edge_link_new(loop, &cfg);
+    assert_non_null(l);
+    assert_true(s_run_until(&a, s_hello_seen, 3000));
+    assert_true(s_run_until(&b, s_hello_seen, 3000));
+    s_answer_hello_serving(&a, 42, "10.0.0.0/24");
+    s_answer_hello_serving(&b, 43, "10.0.1.0/24");
+    s_run_until(&a, s_up, 200);
+    assert_int_equal(edge_link_forwarders_up(l), 2);
+
+    edge_tunnel_t *old = edge_link_attach(l, NULL, "sess-2", "alice", "10.0.0.5", "");
+    assert_non_null(old);
+    assert_true(s_run_until(&a, s_one_attach, 3000));
+    edge_tunnel_t *cur = edge_link_attach(l, NULL, "sess-2", "alice", "10.0.1.5", "");
+    assert_non_null(cur);
+    assert_true(s_run_until(&b, s_one_attach, 3000));
+    assert_int_equal(a.attaches, 1);
+
+    edge_link_detach(&old, "closed");
+    assert_true(s_run_until(&a, s_one_detach, 3000));
+    assert_string_equal(a.last_detached, "sess-2");
+    s_run_until(&b, s_up, 100);
+    assert_int_equal(b.detaches, 0);
+
+    edge_link_detach(&cur, "logoff");
+    assert_true(s_run_until(&b, s_one_detach, 3000));
+    assert_int_equal(a.detaches, 1);
+
+    edge_link_destroy(&l);
+    rb_loop_del_zsock(loop, a.router);
+    rb_loop_del_zsock(loop, b.router);
+    rb_zsock_close(&a.router);
+    rb_zsock_close(&b.router);
+    rb_loop_destroy(&loop);
+}
+
 static void test_edge_link_without_forwarders(void **state)
 {
     rb_loop_t *loop = rb_loop_new();
@@ -343,6 +427,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_edge_link_with_a_stand_in_forwarder),
         cmocka_unit_test(test_stale_tunnel_does_not_detach_its_successor),
+        cmocka_unit_test(test_stale_tunnel_on_another_forwarder_detaches),
         cmocka_unit_test(test_edge_link_without_forwarders),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
