@@ -876,7 +876,10 @@ static void s_tcp_resume(rb_loop_t *loop, void *arg)
 {
     tconn_t *c = arg;
     dns_server_t *s = c->srv;
-    if (c->fd >= 0) s_tcp_consume(s, (int)(c - s->conns));
+    if (c->fd < 0) return;
+    /* Queries held at the cap are ours to work on, not the client idling. */
+    c->last_ms = rb_now_ms();
+    s_tcp_consume(s, (int)(c - s->conns));
 }
 
 /* A forward of connection ci (as it was at gen) ended. Below the cap
