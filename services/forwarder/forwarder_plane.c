@@ -1192,14 +1192,23 @@ static peer_t *s_peer(plane_t *p, const rb_link_msg_t *m);
 static peer_t *s_on_hello(plane_t *p, peer_t *peer, const rb_link_msg_t *lm,
                           const Rb__Fwd__Hello *m)
 {
-    if (m->version != RB_LINK_VERSION) {
-        rb_warn("link_version", "edge %s speaks link version %u, we speak %u", peer->name,
-                m->version, RB_LINK_VERSION);
-        return peer;
-    }
-    if (m->instance == 0) {
+    const char *refused = m->version != RB_LINK_VERSION ? "speaks another link version"
+                          : m->instance == 0            ? "gave no instance"
+                                                        : NULL;
+    if (refused) {
         rb_metric_inc(p->m_bad_link);
-        rb_warn("bad_link_message", "edge %s: Hello without an instance; dropped", peer->name);
+        rb_warn("link_version", "edge %s: Hello refused: it %s (version %u, ours %u)", peer->name,
+                refused, m->version, RB_LINK_VERSION);
+        /* A peer we knew said Hello again as something we cannot take (an
+         * edge restarted with another version under the same name): what
+         * its old self held goes now, not at a silence its Hellos would
+         * keep away. */
+        if (peer->instance) {
+            rb_info("edge_dropped", "edge %s said Hello again and was refused; what it held goes",
+                    peer->name);
+            s_peer_drop(p, peer, "it said Hello again and was refused");
+            peer = s_peer(p, lm);
+        }
         return peer;
     }
     if (peer->instance && m->instance != peer->instance) {

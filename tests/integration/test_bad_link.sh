@@ -94,11 +94,11 @@ pb() { python3 -c "$PB_FIELDS$1" "${@:2}"; }
 # hello: a Hello (LinkControl.hello) and the "," that ends its message, as
 # an edge says it first on the link (this link version, a fresh instance).
 LINK_VERSION=$(awk '$2 == "RB_LINK_VERSION" { print $3 }' "$ROOT/lib/rb_frame.h")
-hello() {
+hello_frames() {   # hello_frames [VERSION]: the Hello alone
     hexframe 1 0 0 "$(pb 'import random, sys
-print(f(1, i(1, int(sys.argv[1])) + f(2, b"poke") + i(3, random.getrandbits(62) + 1)).hex())' "$LINK_VERSION")"
-    echo " ,"
+print(f(1, i(1, int(sys.argv[1])) + f(2, b"poke") + i(3, random.getrandbits(62) + 1)).hex())' "${1:-$LINK_VERSION}")"
 }
+hello() { hello_frames; echo " ,"; }
 # An Open (LinkControl.open) for session "gone" to 127.0.0.1:1, link id 1:
 open_hex=$(pb 'o=i(1,1)+f(2,b"gone")+i(3,1)+f(4,b"127.0.0.1")+i(5,1)
 print(f(5,o).hex())')
@@ -167,6 +167,27 @@ errs1=$(metric "$FORWARDER_STATUS_URL" reachback_forwarder_link_errors_total)
 wait_until 3000 attached_is $(( before + 1 )) || fail "the Attach after a Hello was not taken: $(attached)"
 wait_until 12000 attached_is "$before" || fail "the poked session did not go with its silent edge: $(attached)"
 ok "an Attach before the peer's Hello is dropped and counted; after a Hello it is taken"
+
+# --- a known peer that says Hello again with another version ---
+# (an edge restarted with another link version under the same name): what
+# its old self attached goes at once, not after a silence its Hellos would
+# keep away. One connection: Hello, Attach, then 2 s later (rb-zpoke
+# waits that long for an answer to the Attach) a Hello of version 1; the
+# connection ends 2 s after that, so a drop for silence would come 9 s
+# after the Attach.
+IP_V=127.$x.254.10
+msg_hello=$(hello)   # expanded here: a background command expands its words late
+msg_attach=$(hexframe 1 0 0 "$(attach_hex sversion "$IP_V" "$UPORT")")
+msg_v1=$(hello_frames 1)
+"$ZPOKE" "$link" "$pub" "$key" 2000 $msg_hello $msg_attach , $msg_v1 >/dev/null &
+poke=$!
+wait_until 3000 attached_is $(( before + 1 )) || fail "the Attach after a good Hello was not taken: $(attached)"
+wait_until 5000 attached_is "$before" \
+    || fail "a refused second Hello left its peer's session attached until the silence: $(attached)"
+wait "$poke" || true
+grep -q "said Hello again and was refused" "$LAB/logs/forwarder.log" \
+    || fail "the refused second Hello was not logged"
+ok "a known peer's Hello of another version is refused and what it attached goes at once"
 
 # --- a session attached again with another address ---
 # Its lease was lost and granted anew (say Redis lost its data), so the
