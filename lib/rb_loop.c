@@ -429,7 +429,12 @@ static bool s_zsock_dispatch(rb_loop_t *l)
         if (!l->zs[i].check) continue;
         l->zs[i].check = false;
         int budget = ZSOCK_BUDGET;
-        while (l->zs[i].active && s_zsock_readable(l->zs[i].sock)) {
+        while (l->zs[i].active) {
+            /* Asked after the handler's last call: nothing is owed. */
+            if (!s_zsock_readable(l->zs[i].sock)) {
+                l->zs[i].check = false;
+                break;
+            }
             if (budget-- == 0) {
                 more = true;
                 l->zs[i].check = true;
