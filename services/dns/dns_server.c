@@ -30,21 +30,23 @@
 #define UDP_BATCHES_PER_WAKE 16   /* then let other fds run */
 #define UDP_RBUF 2048             /* larger queries are cut: MSG_TRUNC -> FORMERR */
 #define TCP_MAX_CONNS 256
-#define TCP_MAX_PER_SOURCE 32 /* of which one address (IPv6: one /64) may hold */
-#define S_STR_(x) #x
-#define S_STR(x) S_STR_(x)
+/* Of which one address (IPv6: one /64) may hold. */
+#define TCP_MAX_PER_SOURCE 32
 #define TCP_IDLE_MS 10000         /* RFC 7766 6.2.3 suggests seconds, not minutes */
 #define TCP_WBUF_HIGH (256 * 1024)/* stop reading a client that does not read */
 #define TCP_WBUF_MAX (1024 * 1024) /* and close it when answers in flight pile up past this */
 #define FWD_MAX_PENDING 2048
-#define TCP_FWD_PER_CONN                                                                           \
-    64 /* of which one TCP connection may have; its further                                        \
-          queries wait in its buffer (RFC 7766 6.2.1.1) */
+/* Of which one TCP connection may have; its further queries wait in its
+ * buffer (RFC 7766 6.2.1.1). */
+#define TCP_FWD_PER_CONN 64
 #define FWD_TIMEOUT_MS 2000
 #define FWD_EDNS_PAYLOAD 4096     /* asked of upstream for TCP clients */
 #define UP_TCP_MAX 32             /* upstream TCP connections open at once (retries) */
 #define UP_TCP_PER_CLIENT 4       /* of which one client connection may hold */
 #define SAMPLE_EVERY 16           /* batches between duration samples */
+/* A constant's value in a message's text. */
+#define S_STR_(x) #x
+#define S_STR(x) S_STR_(x)
 
 typedef struct {
     dns_server_t *srv;

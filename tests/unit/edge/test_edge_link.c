@@ -102,13 +102,17 @@ static void s_send_ctl(fake_t *fk, Rb__Fwd__LinkControl *m)
     assert_int_equal(rb_link_send_control(fk->router, fk->rid, strlen(fk->rid), m), 0);
 }
 
-static void s_answer_hello(fake_t *fk, uint64_t instance)
+/* A HelloAck; cidr: the one network this forwarder serves (NULL: any). */
+static void s_answer_hello(fake_t *fk, uint64_t instance, const char *cidr)
 {
     Rb__Fwd__LinkControl m = RB__FWD__LINK_CONTROL__INIT;
     Rb__Fwd__HelloAck a = RB__FWD__HELLO_ACK__INIT;
+    char *cidrs[] = {(char *)cidr};
     a.version = RB_LINK_VERSION;
     a.forwarder_id = "fake";
     a.instance = instance;
+    a.n_cidrs = cidr ? 1 : 0;
+    a.cidrs = cidrs;
     m.msg_case = RB__FWD__LINK_CONTROL__MSG_HELLO_ACK;
     m.hello_ack = &a;
     s_send_ctl(fk, &m);
@@ -161,33 +165,51 @@ static bool s_five_results(void *arg)
     return ((fake_t *)arg)->results >= 5;
 }
 
-/* Binds the stand-in forwarder and links an edge_link to it. */
-static edge_link_t *s_link_up(fake_t *fk)
+/* Binds a stand-in forwarder on loop; its endpoint goes to ep. */
+static void s_bind_fake(fake_t *fk, rb_loop_t *loop, char *ep, size_t cap)
 {
-    fk->loop = rb_loop_new();
-    assert_non_null(fk->loop);
+    fk->loop = loop;
     fk->router = rb_zsock_bind_with(ZMQ_ROUTER, "tcp://127.0.0.1:*", NULL, rb_link_setup);
     assert_non_null(fk->router);
-    char ep[128];
-    size_t len = sizeof ep;
-    assert_int_equal(zmq_getsockopt(fk->router, ZMQ_LAST_ENDPOINT, ep, &len), 0);
-    assert_int_equal(rb_loop_add_zsock(fk->loop, fk->router, s_on_router, fk), 0);
+    assert_int_equal(zmq_getsockopt(fk->router, ZMQ_LAST_ENDPOINT, ep, &cap), 0);
+    assert_int_equal(rb_loop_add_zsock(loop, fk->router, s_on_router, fk), 0);
+}
 
+static void s_unbind_fake(fake_t *fk)
+{
+    rb_loop_del_zsock(fk->loop, fk->router);
+    rb_zsock_close(&fk->router);
+}
+
+/* An edge_link (edge "edge-t") to the forwarders at endpoints. */
+static edge_link_t *s_edge_link(rb_loop_t *loop, const char *endpoints)
+{
     rb_curve_t none = {0};
-    edge_link_config_t cfg = {.endpoints = ep,
+    edge_link_config_t cfg = {.endpoints = endpoints,
                               .curve = &none,
                               .forwarder_public = "",
                               .edge_id = "edge-t",
                               .max_streams = 8};
-    edge_link_t *l = edge_link_new(fk->loop, &cfg);
+    edge_link_t *l = edge_link_new(loop, &cfg);
     assert_non_null(l);
+    return l;
+}
+
+/* Binds the stand-in forwarder and links an edge_link to it. */
+static edge_link_t *s_link_up(fake_t *fk)
+{
+    rb_loop_t *loop = rb_loop_new();
+    assert_non_null(loop);
+    char ep[128];
+    s_bind_fake(fk, loop, ep, sizeof ep);
+    edge_link_t *l = s_edge_link(loop, ep);
     assert_int_equal(edge_link_forwarders(l), 1);
     assert_int_equal(edge_link_forwarders_up(l), 0);
 
     /* Hello comes (retried until the link is up), with our routing id. */
     assert_true(s_run_until(fk, s_hello_seen, 3000));
     assert_string_equal(fk->rid, "edge-t");
-    s_answer_hello(fk, 42);
+    s_answer_hello(fk, 42, NULL);
     s_run_until(fk, s_up, 200);
     assert_int_equal(edge_link_forwarders_up(l), 1);
     return l;
@@ -197,8 +219,7 @@ static void s_link_down(fake_t *fk, edge_link_t **l)
 {
     edge_link_destroy(l);
     assert_null(*l);
-    rb_loop_del_zsock(fk->loop, fk->router);
-    rb_zsock_close(&fk->router);
+    s_unbind_fake(fk);
     rb_loop_destroy(&fk->loop);
 }
 
@@ -278,7 +299,7 @@ static void test_edge_link_with_a_stand_in_forwarder(void **state)
     assert_true(rb_metric_value(errs) - before == 1);
 
     /* A restarted forwarder (a new instance) is noticed and linked again. */
-    s_answer_hello(&fk, 43);
+    s_answer_hello(&fk, 43, NULL);
     s_run_until(&fk, s_up, 200);
     assert_int_equal(edge_link_forwarders_up(l), 1);
 
@@ -323,31 +344,6 @@ static void test_stale_tunnel_does_not_detach_its_successor(void **state)
     s_link_down(&fk, &l);
 }
 
-/* Binds a stand-in forwarder on fk's loop; returns its endpoint. */
-static void s_bind_fake(fake_t *fk, rb_loop_t *loop, char *ep, size_t cap)
-{
-    fk->loop = loop;
-    fk->router = rb_zsock_bind_with(ZMQ_ROUTER, "tcp://127.0.0.1:*", NULL, rb_link_setup);
-    assert_non_null(fk->router);
-    assert_int_equal(zmq_getsockopt(fk->router, ZMQ_LAST_ENDPOINT, ep, &cap), 0);
-    assert_int_equal(rb_loop_add_zsock(loop, fk->router, s_on_router, fk), 0);
-}
-
-static void s_answer_hello_serving(fake_t *fk, uint64_t instance, const char *cidr)
-{
-    Rb__Fwd__LinkControl m = RB__FWD__LINK_CONTROL__INIT;
-    Rb__Fwd__HelloAck a = RB__FWD__HELLO_ACK__INIT;
-    char *cidrs[] = {(char *)cidr};
-    a.version = RB_LINK_VERSION;
-    a.forwarder_id = "fake";
-    a.instance = instance;
-    a.n_cidrs = 1;
-    a.cidrs = cidrs;
-    m.msg_case = RB__FWD__LINK_CONTROL__MSG_HELLO_ACK;
-    m.hello_ack = &a;
-    s_send_ctl(fk, &m);
-}
-
 static bool s_one_attach(void *arg)
 {
     return ((fake_t *)arg)->attaches >= 1;
@@ -365,18 +361,11 @@ static void test_stale_tunnel_on_another_forwarder_detaches(void **state)
     s_bind_fake(&a, loop, ep_a, sizeof ep_a);
     s_bind_fake(&b, loop, ep_b, sizeof ep_b);
     snprintf(eps, sizeof eps, "%s,%s", ep_a, ep_b);
-    rb_curve_t none = {0};
-    edge_link_config_t cfg = {.endpoints = eps,
-                              .curve = &none,
-                              .forwarder_public = "",
-                              .edge_id = "edge-t",
-                              .max_streams = 8};
-    edge_link_t *l = edge_link_new(loop, &cfg);
-    assert_non_null(l);
+    edge_link_t *l = s_edge_link(loop, eps);
     assert_true(s_run_until(&a, s_hello_seen, 3000));
     assert_true(s_run_until(&b, s_hello_seen, 3000));
-    s_answer_hello_serving(&a, 42, "10.0.0.0/24");
-    s_answer_hello_serving(&b, 43, "10.0.1.0/24");
+    s_answer_hello(&a, 42, "10.0.0.0/24");
+    s_answer_hello(&b, 43, "10.0.1.0/24");
     s_run_until(&a, s_up, 200);
     assert_int_equal(edge_link_forwarders_up(l), 2);
 
@@ -399,10 +388,8 @@ static void test_stale_tunnel_on_another_forwarder_detaches(void **state)
     assert_int_equal(a.detaches, 1);
 
     edge_link_destroy(&l);
-    rb_loop_del_zsock(loop, a.router);
-    rb_loop_del_zsock(loop, b.router);
-    rb_zsock_close(&a.router);
-    rb_zsock_close(&b.router);
+    s_unbind_fake(&a);
+    s_unbind_fake(&b);
     rb_loop_destroy(&loop);
 }
 
