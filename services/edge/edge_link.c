@@ -88,7 +88,7 @@ struct estream {
 
 struct edge_link {
     rb_loop_t *loop;
-    const edge_link_config_t *cfg;
+    edge_link_config_t cfg; /* a copy: callers may pass a temporary */
     fwd_t fwd[MAX_FORWARDERS];
     size_t nfwd;
     edge_tunnel_t *tunnels;
@@ -344,7 +344,7 @@ static void s_on_open(fwd_t *f, const Rb__Fwd__Open *m)
                      "the session is not on this edge");
         return;
     }
-    if (rb_imap_count(tun->streams) >= l->cfg->max_streams) {
+    if (rb_imap_count(tun->streams) >= l->cfg.max_streams) {
         s_fwd_result(f, lid, RB__TUNNEL__STREAM_ERROR__STREAM_LIMIT,
                      "too many streams on the session");
         return;
@@ -534,7 +534,7 @@ static void s_on_hello_timer(rb_loop_t *loop, void *arg)
         Rb__Fwd__LinkControl m = RB__FWD__LINK_CONTROL__INIT;
         Rb__Fwd__Hello h = RB__FWD__HELLO__INIT;
         h.version = RB_LINK_VERSION;
-        h.edge_id = (char *)l->cfg->edge_id;
+        h.edge_id = (char *)l->cfg.edge_id;
         h.instance = l->instance;
         m.msg_case = RB__FWD__LINK_CONTROL__MSG_HELLO;
         m.hello = &h;
@@ -691,7 +691,7 @@ int edge_link_stream_open(edge_tunnel_t *tun, const Rb__Tunnel__StreamOpen *m, c
     }
     bool udp = m->proto == RB__TUNNEL__PROTO__PROTO_UDP;
     edge_link_t *l = tun->l;
-    if (rb_imap_count(tun->streams) >= l->cfg->max_streams) {
+    if (rb_imap_count(tun->streams) >= l->cfg.max_streams) {
         s_tun_result(tun, tid, RB__TUNNEL__STREAM_ERROR__STREAM_LIMIT,
                      "too many streams on the session", NULL, 0);
         return 0;
@@ -843,7 +843,7 @@ edge_link_t *edge_link_new(rb_loop_t *loop, const edge_link_config_t *cfg)
     edge_link_t *l = calloc(1, sizeof *l);
     if (!l) return NULL;
     l->loop = loop;
-    l->cfg = cfg;
+    l->cfg = *cfg;
     l->instance = rb_wall_ms() << 16 ^ (uint64_t)getpid();
     l->by_session = rb_smap_new();
     if (!l->by_session) goto fail;

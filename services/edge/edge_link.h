@@ -33,7 +33,8 @@ typedef struct {
 } edge_link_config_t;
 
 /* NULL on error (logged). With no endpoints, every stream a device opens
- * is answered STREAM_UNREACHABLE. cfg's strings are borrowed. */
+ * is answered STREAM_UNREACHABLE. cfg is copied; its strings and curve are
+ * borrowed and must outlive the link. */
 edge_link_t *edge_link_new(rb_loop_t *loop, const edge_link_config_t *cfg);
 /* Accepts NULL; clears the pointer. Tunnels must be detached first. */
 void edge_link_destroy(edge_link_t **l);

@@ -184,7 +184,7 @@ static void s_unbind_fake(fake_t *fk)
 /* An edge_link (edge "edge-t") to the forwarders at endpoints. */
 static edge_link_t *s_edge_link(rb_loop_t *loop, const char *endpoints)
 {
-    rb_curve_t none = {0};
+    static const rb_curve_t none = {0};
     edge_link_config_t cfg = {.endpoints = endpoints,
                               .curve = &none,
                               .forwarder_public = "",
