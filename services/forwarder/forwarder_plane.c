@@ -84,8 +84,7 @@ struct attach {
     listener_t *listeners;
     stream_t *streams;
     size_t nstreams;
-    size_t ndenied; /* of nstreams: denied UDP flows */
-    uint64_t serial;   /* whose name lookups these are, for the resolver */
+    size_t ndenied;    /* of nstreams: denied UDP flows */
     uint64_t down_out; /* sent towards the device, not yet Relayed by its edge */
     bool down_held;    /* down_out reached RB_SESSION_WINDOW: no stream reads */
     uint64_t up_taken; /* the device's datagrams taken off the link, not yet Relayed */
@@ -1027,7 +1026,6 @@ static void s_on_attach(plane_t *p, peer_t *peer, const Rb__Fwd__Attach *m)
             rb_error("attach", "out of memory for session %s", sid);
             return;
         }
-        a->serial = ++p->next_serial;
         snprintf(a->ip, sizeof a->ip, "%s", ipstr);
         a->ip_n = ip;
         if (*ipstr && rb_imap_put(p->by_ip, ip, a) < 0) {
@@ -1133,9 +1131,9 @@ static void s_on_open(plane_t *p, peer_t *peer, const Rb__Fwd__Open *m)
         return;
     }
     if (rb_imap_put(p->by_serial, s->serial, s) < 0 ||
-        resolve_start(p->resolve, host, s->serial, a->serial) < 0) {
+        resolve_start(p->resolve, host, s->serial, a->user) < 0) {
         s_outbound_fail(s, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED,
-                        resolve_pending(p->resolve, a->serial) >= RESOLVE_PER_OWNER
+                        resolve_pending(p->resolve, a->user) >= RESOLVE_PER_OWNER
                             ? "too many name lookups from this session at once"
                             : "too many name lookups");
     }

@@ -1,6 +1,7 @@
 /* forwarder_resolve: see forwarder_resolve.h. Requests and answers travel in
- * two mutex-protected lists; an eventfd wakes the loop. The per-owner
- * counts are only touched on the loop's thread. */
+ * two mutex-protected lists; an eventfd wakes the loop. The owners' map and
+ * an owner's pending count are only touched on the loop's thread; its
+ * running count is the workers', under the mutex. */
 #include "forwarder_resolve.h"
 
 #include <arpa/inet.h>
@@ -12,17 +13,20 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#include "rb_imap.h"
+#include "rb_smap.h"
 
-/* A lookup of a name whose servers do not answer blocks its worker for
- * the resolver's whole timeout; workers mostly wait, so there are several,
- * and one owner (a session) may hold at most RESOLVE_PER_OWNER of them. */
-#define WORKERS 8
 #define QUEUE_MAX 256
+
+typedef struct owner {
+    unsigned pending; /* queued, running or answered, not yet delivered */
+    unsigned running; /* on a worker now (under mu) */
+    char name[];
+} owner_t;
 
 typedef struct job {
     struct job *next;
-    uint64_t token, owner;
+    owner_t *owner; /* lives while it has pending lookups */
+    uint64_t token;
     int err;
     uint32_t ip;
     char host[256];
@@ -32,24 +36,43 @@ struct resolve {
     rb_loop_t *loop;
     resolve_fn *fn;
     void *arg;
+    resolve_lookup_fn *lookup;
     int efd;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    job_t *todo, *todo_tail, *done;
+    job_t *todo, *done;
     size_t queued;
     bool stop;
-    pthread_t th[WORKERS];
+    pthread_t th[RESOLVE_WORKERS];
     int nth;
-    rb_imap_t *per_owner; /* owner -> lookups queued or running */
+    rb_smap_t *owners; /* name -> owner_t with pending lookups */
 };
 
-/* -1 when memory runs out (the count is unchanged then). */
-static int s_owner_add(resolve_t *r, uint64_t owner, int d)
+static int s_getaddrinfo(const char *host, uint32_t *ip)
 {
-    uintptr_t n = (uintptr_t)rb_imap_get(r->per_owner, owner) + (uintptr_t)(intptr_t)d;
-    if (n) return rb_imap_put(r->per_owner, owner, (void *)n);
-    rb_imap_del(r->per_owner, owner);
-    return 0;
+    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM};
+    struct addrinfo *res = NULL;
+    int err = getaddrinfo(host, NULL, &hints, &res);
+    if (err == 0) {
+        *ip = ntohl(((struct sockaddr_in *)res->ai_addr)->sin_addr.s_addr);
+        freeaddrinfo(res);
+    }
+    return err;
+}
+
+/* Under mu: unlinks and returns the oldest job whose owner may run one
+ * more, or NULL. */
+static job_t *s_take_runnable(resolve_t *r)
+{
+    for (job_t **pj = &r->todo; *pj; pj = &(*pj)->next) {
+        job_t *j = *pj;
+        if (j->owner->running < RESOLVE_RUNNING_PER_OWNER) {
+            *pj = j->next;
+            j->owner->running++;
+            return j;
+        }
+    }
+    return NULL;
 }
 
 static void *s_worker(void *arg)
@@ -57,21 +80,16 @@ static void *s_worker(void *arg)
     resolve_t *r = arg;
     pthread_mutex_lock(&r->mu);
     for (;;) {
-        while (!r->todo && !r->stop)
+        job_t *j = NULL;
+        while (!r->stop && !(j = s_take_runnable(r)))
             pthread_cond_wait(&r->cv, &r->mu);
         if (r->stop) break;
-        job_t *j = r->todo;
-        r->todo = j->next;
-        if (!r->todo) r->todo_tail = NULL;
         pthread_mutex_unlock(&r->mu);
-        struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM};
-        struct addrinfo *res = NULL;
-        j->err = getaddrinfo(j->host, NULL, &hints, &res);
-        if (j->err == 0) {
-            j->ip = ntohl(((struct sockaddr_in *)res->ai_addr)->sin_addr.s_addr);
-            freeaddrinfo(res);
-        }
+        j->err = r->lookup(j->host, &j->ip);
         pthread_mutex_lock(&r->mu);
+        /* A job of this owner held back by the cap may run now. */
+        if (j->owner->running-- == RESOLVE_RUNNING_PER_OWNER && r->todo)
+            pthread_cond_broadcast(&r->cv);
         j->next = r->done;
         r->done = j;
         uint64_t one = 1;
@@ -80,6 +98,14 @@ static void *s_worker(void *arg)
     }
     pthread_mutex_unlock(&r->mu);
     return NULL;
+}
+
+static void s_owner_release(resolve_t *r, owner_t *o)
+{
+    if (--o->pending == 0) {
+        rb_smap_del(r->owners, o->name, o);
+        free(o);
+    }
 }
 
 static void s_on_event(rb_loop_t *loop, int fd, unsigned events, void *arg)
@@ -98,33 +124,40 @@ static void s_on_event(rb_loop_t *loop, int fd, unsigned events, void *arg)
         pthread_mutex_lock(&r->mu);
         r->queued--;
         pthread_mutex_unlock(&r->mu);
-        s_owner_add(r, j->owner, -1);
+        s_owner_release(r, j->owner);
         r->fn(r->arg, j->token, j->err, j->ip);
         free(j);
     }
 }
 
-resolve_t *resolve_new(rb_loop_t *loop, resolve_fn *fn, void *arg)
+resolve_t *resolve_new_with(rb_loop_t *loop, resolve_fn *fn, void *arg, resolve_lookup_fn *lookup)
 {
     resolve_t *r = calloc(1, sizeof *r);
     if (!r) return NULL;
     r->loop = loop;
     r->fn = fn;
     r->arg = arg;
+    r->lookup = lookup ? lookup : s_getaddrinfo;
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cv, NULL);
     r->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (r->efd < 0 || !(r->per_owner = rb_imap_new()) || rb_loop_add_fd(loop, r->efd, RB_EV_READ, s_on_event, r) < 0) {
+    if (r->efd < 0 || !(r->owners = rb_smap_new()) ||
+        rb_loop_add_fd(loop, r->efd, RB_EV_READ, s_on_event, r) < 0) {
         resolve_destroy(&r);
         return NULL;
     }
-    for (; r->nth < WORKERS; r->nth++) {
+    for (; r->nth < RESOLVE_WORKERS; r->nth++) {
         if (pthread_create(&r->th[r->nth], NULL, s_worker, r) != 0) {
             resolve_destroy(&r);
             return NULL;
         }
     }
     return r;
+}
+
+resolve_t *resolve_new(rb_loop_t *loop, resolve_fn *fn, void *arg)
+{
+    return resolve_new_with(loop, fn, arg, NULL);
 }
 
 static void s_free_list(job_t *j)
@@ -134,6 +167,12 @@ static void s_free_list(job_t *j)
         free(j);
         j = next;
     }
+}
+
+static void s_free_owner(void *arg, const char *key, void *val)
+{
+    rb_smap_del(arg, key, val);
+    free(val);
 }
 
 void resolve_destroy(resolve_t **pr)
@@ -153,43 +192,54 @@ void resolve_destroy(resolve_t **pr)
     }
     s_free_list(r->todo);
     s_free_list(r->done);
-    rb_imap_destroy(&r->per_owner);
+    if (r->owners) rb_smap_each(r->owners, s_free_owner, r->owners);
+    rb_smap_destroy(&r->owners);
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
     free(r);
 }
 
-int resolve_start(resolve_t *r, const char *host, uint64_t token, uint64_t owner)
+int resolve_start(resolve_t *r, const char *host, uint64_t token, const char *owner)
 {
     if (strlen(host) > 255 || resolve_pending(r, owner) >= RESOLVE_PER_OWNER) return -1;
     job_t *j = calloc(1, sizeof *j);
     if (!j) return -1;
     j->token = token;
-    j->owner = owner;
     strcpy(j->host, host);
+    owner_t *o = rb_smap_get(r->owners, owner);
+    if (!o) {
+        size_t len = strlen(owner);
+        o = calloc(1, sizeof *o + len + 1);
+        if (!o) goto fail;
+        memcpy(o->name, owner, len + 1);
+        if (rb_smap_put(r->owners, o->name, o, NULL) < 0) {
+            free(o);
+            goto fail;
+        }
+    }
+    j->owner = o;
+    o->pending++;
     pthread_mutex_lock(&r->mu);
     if (r->queued >= QUEUE_MAX) {
         pthread_mutex_unlock(&r->mu);
-        free(j);
-        return -1;
-    }
-    if (s_owner_add(r, owner, 1) < 0) {
-        pthread_mutex_unlock(&r->mu);
-        free(j);
-        return -1;
+        s_owner_release(r, o);
+        goto fail;
     }
     r->queued++;
-    if (r->todo_tail)
-        r->todo_tail->next = j;
-    else
-        r->todo = j;
-    r->todo_tail = j;
+    job_t **tail = &r->todo;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = j;
     pthread_cond_signal(&r->cv);
     pthread_mutex_unlock(&r->mu);
     return 0;
+fail:
+    free(j);
+    return -1;
 }
 
-size_t resolve_pending(const resolve_t *r, uint64_t owner)
+size_t resolve_pending(const resolve_t *r, const char *owner)
 {
-    return (size_t)(uintptr_t)rb_imap_get(r->per_owner, owner);
+    const owner_t *o = rb_smap_get(r->owners, owner);
+    return o ? o->pending : 0;
 }

@@ -1,15 +1,18 @@
 /* forwarder_resolve: name lookups on worker threads, answered through the
- * loop, and the cap on one owner's lookups at once (a session asking for
- * names whose servers never answer must not hold every worker). */
+ * loop, and the caps on one owner's lookups (a user asking for names whose
+ * servers never answer must not hold every worker). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <arpa/inet.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../redis_fixture.h" /* rbt_wait */
 #include "forwarder_resolve.h"
@@ -46,26 +49,96 @@ static void test_per_owner_cap(void **state)
     seen_t seen = {0};
     resolve_t *r = resolve_new(loop, s_on_answer, &seen);
     assert_non_null(r);
-    /* Owner 1 may have RESOLVE_PER_OWNER lookups at once; another owner
-     * is not held back by it. */
+    /* alice may have RESOLVE_PER_OWNER lookups at once; bob is not held
+     * back by her. */
     for (uint64_t t = 0; t < RESOLVE_PER_OWNER; t++)
-        assert_int_equal(resolve_start(r, "127.0.0.1", t, 1), 0);
-    assert_int_equal(resolve_start(r, "127.0.0.1", 10, 1), -1);
-    assert_int_equal(resolve_pending(r, 1), RESOLVE_PER_OWNER);
-    assert_int_equal(resolve_start(r, "localhost", 20, 2), 0);
-    assert_int_equal(resolve_pending(r, 2), 1);
+        assert_int_equal(resolve_start(r, "127.0.0.1", t, "alice"), 0);
+    assert_int_equal(resolve_start(r, "127.0.0.1", 50, "alice"), -1);
+    assert_int_equal(resolve_pending(r, "alice"), RESOLVE_PER_OWNER);
+    assert_int_equal(resolve_start(r, "localhost", 40, "bob"), 0);
+    assert_int_equal(resolve_pending(r, "bob"), 1);
     /* Answers end them: the owner may ask again. */
     assert_true(s_wait(loop, &seen, RESOLVE_PER_OWNER + 1));
     assert_int_equal(seen.answers, RESOLVE_PER_OWNER + 1);
     assert_int_equal(seen.failures, 0);
-    assert_int_equal(resolve_pending(r, 1), 0);
-    assert_int_equal(resolve_pending(r, 2), 0);
-    assert_int_equal(seen.tokens, (1ull << 20) | ((1ull << RESOLVE_PER_OWNER) - 1));
-    assert_int_equal(resolve_start(r, "127.0.0.1", 30, 1), 0);
+    assert_int_equal(resolve_pending(r, "alice"), 0);
+    assert_int_equal(resolve_pending(r, "bob"), 0);
+    assert_int_equal(seen.tokens, (1ull << 40) | ((1ull << RESOLVE_PER_OWNER) - 1));
+    assert_int_equal(resolve_start(r, "127.0.0.1", 41, "alice"), 0);
     assert_true(s_wait(loop, &seen, RESOLVE_PER_OWNER + 2));
     assert_int_equal(seen.last_ip, 0x7f000001);
     resolve_destroy(&r);
     assert_null(r);
+    rb_loop_destroy(&loop);
+}
+
+/* A lookup the test holds: names ending ".hold" wait until released, as
+ * a name whose servers do not answer holds its worker; others are
+ * addresses, answered at once. */
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int held, most_held;
+    bool release;
+} hold = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+static int s_holding_lookup(const char *host, uint32_t *ip)
+{
+    size_t len = strlen(host);
+    if (len > 5 && strcmp(host + len - 5, ".hold") == 0) {
+        pthread_mutex_lock(&hold.mu);
+        if (++hold.held > hold.most_held) hold.most_held = hold.held;
+        while (!hold.release)
+            pthread_cond_wait(&hold.cv, &hold.mu);
+        hold.held--;
+        pthread_mutex_unlock(&hold.mu);
+        return EAI_AGAIN;
+    }
+    struct in_addr a;
+    if (inet_pton(AF_INET, host, &a) != 1) return EAI_NONAME;
+    *ip = ntohl(a.s_addr);
+    return 0;
+}
+
+static int s_held(void)
+{
+    pthread_mutex_lock(&hold.mu);
+    int n = hold.held;
+    pthread_mutex_unlock(&hold.mu);
+    return n;
+}
+
+static void test_stuck_names_hold_few_workers(void **state)
+{
+    rb_loop_t *loop = rb_loop_new();
+    seen_t seen = {0};
+    resolve_t *r = resolve_new_with(loop, s_on_answer, &seen, s_holding_lookup);
+    assert_non_null(r);
+    /* mallory asks for more names that never answer than there are
+     * workers: only RESOLVE_RUNNING_PER_OWNER of them take one. */
+    for (uint64_t t = 0; t < RESOLVE_WORKERS + 2; t++)
+        assert_int_equal(resolve_start(r, "stuck.hold", t, "mallory"), 0);
+    for (int i = 0; i < 200 && s_held() < RESOLVE_RUNNING_PER_OWNER; i++)
+        usleep(10 * 1000);
+    usleep(100 * 1000); /* time for a wrongly started third to show */
+    assert_int_equal(s_held(), RESOLVE_RUNNING_PER_OWNER);
+    /* alice's lookup, queued behind all of mallory's, is answered while
+     * his are stuck. */
+    assert_int_equal(resolve_start(r, "10.1.2.3", 60, "alice"), 0);
+    assert_true(s_wait(loop, &seen, 1));
+    assert_int_equal(seen.tokens, 1ull << 60);
+    assert_int_equal(seen.last_ip, 0x0a010203);
+    assert_int_equal(resolve_pending(r, "mallory"), RESOLVE_WORKERS + 2);
+    /* As his stuck lookups end, the rest of his run, two at a time. */
+    pthread_mutex_lock(&hold.mu);
+    hold.release = true;
+    pthread_cond_broadcast(&hold.cv);
+    pthread_mutex_unlock(&hold.mu);
+    assert_true(s_wait(loop, &seen, RESOLVE_WORKERS + 3));
+    assert_int_equal(seen.failures, RESOLVE_WORKERS + 2);
+    assert_int_equal(resolve_pending(r, "mallory"), 0);
+    assert_int_equal(hold.most_held, RESOLVE_RUNNING_PER_OWNER);
+    resolve_destroy(&r);
     rb_loop_destroy(&loop);
 }
 
@@ -79,14 +152,14 @@ static void test_unknown_name_fails(void **state)
     char bad[80];
     memset(bad, 'x', 64);
     strcpy(bad + 64, ".invalid");
-    assert_int_equal(resolve_start(r, bad, 3, 7), 0);
+    assert_int_equal(resolve_start(r, bad, 3, "carol"), 0);
     assert_true(s_wait(loop, &seen, 1));
     assert_int_equal(seen.failures, 1);
-    assert_int_equal(resolve_pending(r, 7), 0);
+    assert_int_equal(resolve_pending(r, "carol"), 0);
     char host[300];
     memset(host, 'a', sizeof host - 1);
     host[sizeof host - 1] = '\0';
-    assert_int_equal(resolve_start(r, host, 4, 7), -1); /* over 255 bytes */
+    assert_int_equal(resolve_start(r, host, 4, "carol"), -1); /* over 255 bytes */
     resolve_destroy(&r);
     rb_loop_destroy(&loop);
 }
@@ -95,6 +168,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_per_owner_cap),
+        cmocka_unit_test(test_stuck_names_hold_few_workers),
         cmocka_unit_test(test_unknown_name_fails),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
