@@ -1134,7 +1134,7 @@ static void s_on_open(plane_t *p, peer_t *peer, const Rb__Fwd__Open *m)
         resolve_start(p->resolve, host, s->serial, a->user) < 0) {
         s_outbound_fail(s, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED,
                         resolve_pending(p->resolve, a->user) >= RESOLVE_PER_OWNER
-                            ? "too many name lookups from this session at once"
+                            ? "too many name lookups for this user at once"
                             : "too many name lookups");
     }
 }
