@@ -118,7 +118,7 @@ struct edge {
     rb_loop_t *loop;
     const edge_config_t *cfg;
     char forwarder_public[RB_Z85_KEY_LEN + 1];
-    edge_link_config_t link_cfg;   /* borrowed by ctx.link */
+    edge_link_config_t link_cfg; /* its strings are borrowed by ctx.link */
     char edge_id[256];
     edge_users_t *users;
     rb_curve_t curve;

@@ -38,8 +38,8 @@ typedef struct {
     void *lookup_arg;
 } plane_config_t;
 
-/* Binds the link, loads the policy. cfg's strings are borrowed for the
- * plane's life. NULL on error (logged). */
+/* Binds the link, loads the policy. cfg itself (not a copy) and its
+ * strings are borrowed for the plane's life. NULL on error (logged). */
 plane_t *plane_new(rb_loop_t *loop, const plane_config_t *cfg);
 /* Accepts NULL; clears the pointer. Resets every stream. */
 void plane_destroy(plane_t **p);

@@ -15,7 +15,8 @@
 
 #include "rb_smap.h"
 
-#define QUEUE_MAX 256
+/* Queued and running, all owners: room for 32 owners at their cap. */
+#define QUEUE_MAX 1024
 
 typedef struct owner {
     unsigned pending; /* queued, running or answered, not yet delivered */
@@ -60,19 +61,25 @@ static int s_getaddrinfo(const char *host, uint32_t *ip)
     return err;
 }
 
-/* Under mu: unlinks and returns the oldest job whose owner may run one
- * more, or NULL. */
+/* Under mu: unlinks and returns the next job to run, or NULL. Among owners
+ * under the running cap, the one with the fewest running goes first (the
+ * oldest job among equals): a user whose stuck lookup ends must not get its
+ * worker straight back ahead of someone who has none. */
 static job_t *s_take_runnable(resolve_t *r)
 {
+    job_t **best = NULL;
     for (job_t **pj = &r->todo; *pj; pj = &(*pj)->next) {
-        job_t *j = *pj;
-        if (j->owner->running < RESOLVE_RUNNING_PER_OWNER) {
-            *pj = j->next;
-            j->owner->running++;
-            return j;
+        unsigned running = (*pj)->owner->running;
+        if (running < RESOLVE_RUNNING_PER_OWNER && (!best || running < (*best)->owner->running)) {
+            best = pj;
+            if (running == 0) break;
         }
     }
-    return NULL;
+    if (!best) return NULL;
+    job_t *j = *best;
+    *best = j->next;
+    j->owner->running++;
+    return j;
 }
 
 static void *s_worker(void *arg)

@@ -29,8 +29,9 @@ void resolve_destroy(resolve_t **r);
 /* A lookup whose name servers do not answer holds its worker for the
  * resolver's whole timeout. One owner may have RESOLVE_PER_OWNER lookups
  * queued or running, but at most RESOLVE_RUNNING_PER_OWNER of them on
- * workers: past that its lookups wait and other owners' go first, so a
- * few sessions asking for such names cannot hold every worker. */
+ * workers, and a free worker takes a job of the owner with the fewest
+ * running: a few users asking for such names cannot hold every worker,
+ * and when they do, the next free one serves someone else first. */
 #define RESOLVE_WORKERS 8
 #define RESOLVE_PER_OWNER 32
 #define RESOLVE_RUNNING_PER_OWNER 2
@@ -38,7 +39,7 @@ void resolve_destroy(resolve_t **r);
 /* Queues a lookup (host at most 255 bytes) for owner (whom it is for: the
  * user, the same across their sessions and re-attaches). 0, or -1 when
  * the owner has RESOLVE_PER_OWNER lookups already, the queue is full
- * (256) or memory runs out. */
+ * (1024) or memory runs out. */
 int resolve_start(resolve_t *r, const char *host, uint64_t token, const char *owner);
 /* The owner's lookups queued or running; an answer delivered ends one. */
 size_t resolve_pending(const resolve_t *r, const char *owner);

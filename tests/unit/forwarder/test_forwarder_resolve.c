@@ -79,7 +79,8 @@ static struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int held, most_held;
-    bool release;
+    int releases; /* held lookups that may end, one each */
+    bool release; /* all may end */
 } hold = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
 static int s_holding_lookup(const char *host, uint32_t *ip)
@@ -88,8 +89,9 @@ static int s_holding_lookup(const char *host, uint32_t *ip)
     if (len > 5 && strcmp(host + len - 5, ".hold") == 0) {
         pthread_mutex_lock(&hold.mu);
         if (++hold.held > hold.most_held) hold.most_held = hold.held;
-        while (!hold.release)
+        while (!hold.release && hold.releases == 0)
             pthread_cond_wait(&hold.cv, &hold.mu);
+        if (!hold.release) hold.releases--;
         hold.held--;
         pthread_mutex_unlock(&hold.mu);
         return EAI_AGAIN;
@@ -108,6 +110,23 @@ static int s_held(void)
     return n;
 }
 
+static void s_hold_release(int n, bool all)
+{
+    pthread_mutex_lock(&hold.mu);
+    hold.releases += n;
+    hold.release = all;
+    pthread_cond_broadcast(&hold.cv);
+    pthread_mutex_unlock(&hold.mu);
+}
+
+/* Waits (up to 2 s) until n lookups are held. */
+static int s_wait_held(int n)
+{
+    for (int i = 0; i < 200 && s_held() != n; i++)
+        usleep(10 * 1000);
+    return s_held();
+}
+
 static void test_stuck_names_hold_few_workers(void **state)
 {
     rb_loop_t *loop = rb_loop_new();
@@ -118,8 +137,7 @@ static void test_stuck_names_hold_few_workers(void **state)
      * workers: only RESOLVE_RUNNING_PER_OWNER of them take one. */
     for (uint64_t t = 0; t < RESOLVE_WORKERS + 2; t++)
         assert_int_equal(resolve_start(r, "stuck.hold", t, "mallory"), 0);
-    for (int i = 0; i < 200 && s_held() < RESOLVE_RUNNING_PER_OWNER; i++)
-        usleep(10 * 1000);
+    s_wait_held(RESOLVE_RUNNING_PER_OWNER);
     usleep(100 * 1000); /* time for a wrongly started third to show */
     assert_int_equal(s_held(), RESOLVE_RUNNING_PER_OWNER);
     /* alice's lookup, queued behind all of mallory's, is answered while
@@ -130,16 +148,45 @@ static void test_stuck_names_hold_few_workers(void **state)
     assert_int_equal(seen.last_ip, 0x0a010203);
     assert_int_equal(resolve_pending(r, "mallory"), RESOLVE_WORKERS + 2);
     /* As his stuck lookups end, the rest of his run, two at a time. */
-    pthread_mutex_lock(&hold.mu);
-    hold.release = true;
-    pthread_cond_broadcast(&hold.cv);
-    pthread_mutex_unlock(&hold.mu);
+    s_hold_release(0, true);
     assert_true(s_wait(loop, &seen, RESOLVE_WORKERS + 3));
     assert_int_equal(seen.failures, RESOLVE_WORKERS + 2);
     assert_int_equal(resolve_pending(r, "mallory"), 0);
     assert_int_equal(hold.most_held, RESOLVE_RUNNING_PER_OWNER);
     resolve_destroy(&r);
     rb_loop_destroy(&loop);
+    s_hold_release(0, false);
+}
+
+static void test_a_freed_worker_serves_the_waiting_first(void **state)
+{
+    rb_loop_t *loop = rb_loop_new();
+    seen_t seen = {0};
+    resolve_t *r = resolve_new_with(loop, s_on_answer, &seen, s_holding_lookup);
+    assert_non_null(r);
+    /* Enough users with stuck names to hold every worker, each with one
+     * more queued. */
+    const int users = RESOLVE_WORKERS / RESOLVE_RUNNING_PER_OWNER;
+    uint64_t t = 0;
+    for (int u = 0; u < users; u++) {
+        char owner[16];
+        snprintf(owner, sizeof owner, "stuck%d", u);
+        for (int i = 0; i <= RESOLVE_RUNNING_PER_OWNER; i++)
+            assert_int_equal(resolve_start(r, "dead.hold", t++, owner), 0);
+    }
+    assert_int_equal(s_wait_held(RESOLVE_WORKERS), RESOLVE_WORKERS);
+    /* alice asks, behind every queued stuck lookup. When one stuck lookup
+     * ends, the freed worker is hers, not its user's next. */
+    assert_int_equal(resolve_start(r, "10.9.8.7", 60, "alice"), 0);
+    s_hold_release(1, false);
+    assert_true(s_wait(loop, &seen, 2));
+    assert_true(seen.tokens & (1ull << 60));
+    assert_int_equal(seen.failures, 1); /* the stuck one that ended */
+    s_hold_release(0, true);
+    assert_true(s_wait(loop, &seen, (int)t + 1));
+    resolve_destroy(&r);
+    rb_loop_destroy(&loop);
+    s_hold_release(0, false);
 }
 
 static void test_unknown_name_fails(void **state)
@@ -169,6 +216,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_per_owner_cap),
         cmocka_unit_test(test_stuck_names_hold_few_workers),
+        cmocka_unit_test(test_a_freed_worker_serves_the_waiting_first),
         cmocka_unit_test(test_unknown_name_fails),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
