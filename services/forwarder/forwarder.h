@@ -30,6 +30,7 @@ typedef struct {
     long connect_timeout_ms;
     long udp_idle_s;
     long max_streams;
+    long max_held_per_session_kib;
 } forwarder_config_t;
 
 /* The option table main.c hands to rb_cli. */

@@ -146,6 +146,7 @@ struct plane {
     rb_metric_t *m_attached, *m_streams, *m_flows, *m_to_device, *m_from_device;
     rb_metric_t *m_inbound_allowed, *m_inbound_denied, *m_inbound_refused;
     rb_metric_t *m_outbound_ok, *m_outbound_failed, *m_udp_dropped, *m_overruns, *m_bad_link;
+    rb_metric_t *m_held_resets;
 };
 
 /* ------------------------------------------------------------------ */
@@ -1276,6 +1277,27 @@ static void s_up_taken(stream_t *s, size_t n)
     free(bytes);
 }
 
+/* Each stream's window bounds what the forwarder keeps for an internal
+ * peer that does not read, but a session has up to max_streams of them
+ * (256 x 2 MiB). Past max_held_per_session bytes kept for one session, the
+ * stream that brings more is reset: the device's other streams go on, and
+ * a device cannot make the forwarder hold more than that for it. Only a
+ * stream with bytes waiting gets here, so the sum is rarely taken. */
+static void s_check_held(plane_t *p, peer_t *peer, stream_t *s)
+{
+    size_t held = 0;
+    for (stream_t *x = s->a->streams; x; x = x->next)
+        if (x->pump) held += rb_pump_pending(x->pump);
+    if (held <= p->cfg->max_held_per_session) return;
+    rb_metric_inc(p->m_held_resets);
+    rb_warn("session_held_full",
+            "session %s (user '%s'): %zu bytes wait for internal peers that do not read "
+            "(max_held_per_session_kib %zu); stream %u reset",
+            s->a->session_id, s->a->user, held, p->cfg->max_held_per_session / 1024, s->id);
+    s_send_frame(p, peer, RB_FRAME_DATA, RB_FRAME_RST, s->id, NULL, 0);
+    s_stream_end(s, "the session's internal peers are not reading", true);
+}
+
 static void s_on_frame(plane_t *p, peer_t *peer, const rb_frame_t *f)
 {
     stream_t *s = rb_imap_get(peer->streams, f->stream_id);
@@ -1317,6 +1339,7 @@ static void s_on_frame(plane_t *p, peer_t *peer, const rb_frame_t *f)
         }
         switch (rb_pump_peer_data(s->pump, f->flags, f->payload, f->len)) {
         case RB_PUMP_GOING:
+            if (rb_pump_pending(s->pump)) s_check_held(p, peer, s);
             return;
         case RB_PUMP_OVER:
             s_stream_end(s, "reset by the device", (f->flags & RB_FRAME_RST) != 0);
@@ -1611,6 +1634,9 @@ plane_t *plane_new(rb_loop_t *loop, const plane_config_t *cfg)
                                "Streams reset because an edge sent more than the window");
     p->m_bad_link = rb_counter("reachback_forwarder_link_errors_total", NULL,
                                "Malformed or out-of-place messages on the data link");
+    p->m_held_resets = rb_counter(
+        "reachback_forwarder_held_resets_total", NULL,
+        "Streams reset: their session had max_held_per_session kept for peers not reading");
     p->resolve = resolve_new(loop, s_resolved, p);
     if (!p->resolve) goto fail;
     /* ipc:// lives in a directory only the service user can open: as strong

@@ -6,19 +6,21 @@
 # session keeps its speed. A device that stops reading its tunnel entirely
 # (SIGSTOP) does not grow the edge or the forwarder either, however many
 # streams it has: together they get the session's credit (RB_SESSION_WINDOW,
-# 4 MiB), not a window each.
+# 4 MiB), not a window each. The other way, a device sending on many streams
+# to an internal server that never reads makes the forwarder keep at most
+# max_held_per_session_kib for its session (4 MiB here, 32 MiB by default).
 . "$(dirname "$0")/lib.sh"
 # Under AddressSanitizer freed blocks wait in a 256 MiB quarantine and count
 # as RSS; a small one keeps the measure about our buffers, not ASan's.
 [[ -n ${ASAN_OPTIONS:-} ]] && export ASAN_OPTIONS="$ASAN_OPTIONS:quarantine_size_mb=1:thread_local_quarantine_size_kb=64"
-lab_start
+lab_start --set forwarder.max_held_per_session_kib=4096
 SINK_PORT=$(free_port); ECHO_PORT=$(free_port); IPERF_PORT=$(free_port)
 bg python3 "$PEER" sink "$SINK_PORT"
 bg iperf3 -s -B 127.0.0.1 -p "$IPERF_PORT" >"$LAB/iperf-server.log" 2>&1
 wait_until 5000 listening "$SINK_PORT" || fail "sink did not start"
 echo_server "$ECHO_PORT"
 client_start alice alice --expose tcp:7100=127.0.0.1:$SINK_PORT --expose tcp:7101=127.0.0.1:$ECHO_PORT \
-    --expose tcp:7102=127.0.0.1:$IPERF_PORT
+    --expose tcp:7102=127.0.0.1:$IPERF_PORT --forward 127.0.0.1:0:127.0.0.1:$SINK_PORT
 wait_until 10000 test -s "$LAB/alice.json" || fail "alice did not log on: $(cat "$LAB/alice.out")"
 ip=$(json_field "$LAB/alice.json" ip)
 wait_until 3000 bash -c "echo t | timeout 2 ncat $ip 7101 | grep -q t" || fail "echo port not reachable"
@@ -114,3 +116,26 @@ wait_until 60000 bash -c "(( \$(curl -sf $FORWARDER_STATUS_URL/metrics | awk '\$
 got=$(head -c 20000000 /dev/zero | timeout 60 ncat "$ip" 7101 | wc -c)
 (( got == 20000000 )) || fail "after the stall 20 MB through the echo came back as $got bytes"
 ok "after SIGCONT the session's credit is back: 20 MB through the device's echo and back"
+
+# The other way: the device sends on 24 streams (its --forward) to an
+# internal server that never reads. Each stream's window lets the forwarder
+# keep up to 2 MiB for it (here it settles near 0.5 MiB, about 12 MiB in
+# all); past the session's 4 MiB the stream that brings more is reset
+# (counted, logged), and the session carries new streams.
+FWD_LOCAL=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["listen_ports"][0])' "$LAB/alice.json")
+resets0=$(metric "$FORWARDER_STATUS_URL" reachback_forwarder_held_resets_total)
+fwd_before=$(rss_kb "$FWD_PID")
+srcs=()
+for i in $(seq 24); do
+    python3 "$PEER" source 127.0.0.1 "$FWD_LOCAL" 20000000 5 >"$LAB/up$i.out" 2>&1 &
+    srcs+=("$!")
+done
+for p in "${srcs[@]}"; do wait "$p" || true; done
+grow=$(( $(rss_kb "$FWD_PID") - fwd_before ))
+resets1=$(metric "$FORWARDER_STATUS_URL" reachback_forwarder_held_resets_total)
+(( ${resets1%.*} > ${resets0%.*} )) || fail "no stream was reset for the session's held bytes ($resets0 -> $resets1)"
+grep -q '"event":"session_held_full"' "$LAB/logs/forwarder.log" || fail "the reset was not logged"
+(( grow < 10 * 1024 )) || fail "the forwarder grew by $grow KiB for 24 streams to a server that does not read"
+echo "  forwarder: RSS +$grow KiB, $(( ${resets1%.*} - ${resets0%.*} )) streams reset"
+wait_until 3000 bash -c "echo up | timeout 2 ncat $ip 7101 | grep -q up" || fail "the session stopped carrying streams"
+ok "24 streams from the device to a server that does not read: streams past the session's 4 MiB were reset, the forwarder grew by less than 10 MiB, the session goes on"
