@@ -100,6 +100,7 @@ struct stream {
     peer_t *peer;
     uint32_t id;
     uint64_t serial; /* for answers that may outlive the stream */
+    bool resolving;  /* its name is being looked up (resolve_start took it) */
     kind_t kind;
     int proto;
     rb_pump_t *pump;        /* TCP */
@@ -336,6 +337,7 @@ static void s_stream_free(stream_t *s, const char *verdict, const char *why)
     rb_buf_free(&s->early);
     rb_loop_cancel_timer(p->loop, s->connect_timer);
     rb_imap_del(p->by_serial, s->serial);
+    if (s->resolving) resolve_cancel(p->resolve, s->serial);
     if (rb_imap_get(s->peer->streams, s->id) == s) rb_imap_del(s->peer->streams, s->id);
     if (s->denied) {
         s->a->ndenied--;
@@ -604,6 +606,7 @@ static void s_resolved(void *arg, uint64_t token, int err, uint32_t ip)
     stream_t *s = rb_imap_get(p->by_serial, token);
     if (!s) return; /* the stream ended while the name was looked up */
     rb_imap_del(p->by_serial, token);
+    s->resolving = false;
     if (err) {
         s_outbound_fail(s, RB__TUNNEL__STREAM_ERROR__STREAM_NO_NAME, gai_strerror(err));
         return;
@@ -1131,8 +1134,9 @@ static void s_on_open(plane_t *p, peer_t *peer, const Rb__Fwd__Open *m)
         s_outbound_connect(s, ip);
         return;
     }
-    if (rb_imap_put(p->by_serial, s->serial, s) < 0 ||
-        resolve_start(p->resolve, host, s->serial, a->user) < 0) {
+    s->resolving = rb_imap_put(p->by_serial, s->serial, s) == 0 &&
+                   resolve_start(p->resolve, host, s->serial, a->user) == 0;
+    if (!s->resolving) {
         s_outbound_fail(s, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED,
                         resolve_pending(p->resolve, a->user) >= RESOLVE_PER_OWNER
                             ? "too many name lookups for this user at once"

@@ -245,6 +245,25 @@ fail:
     return -1;
 }
 
+bool resolve_cancel(resolve_t *r, uint64_t token)
+{
+    job_t *j = NULL;
+    pthread_mutex_lock(&r->mu);
+    for (job_t **pj = &r->todo; *pj; pj = &(*pj)->next) {
+        if ((*pj)->token == token) {
+            j = *pj;
+            *pj = j->next;
+            r->queued--;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (!j) return false;
+    s_owner_release(r, j->owner);
+    free(j);
+    return true;
+}
+
 size_t resolve_pending(const resolve_t *r, const char *owner)
 {
     const owner_t *o = rb_smap_get(r->owners, owner);

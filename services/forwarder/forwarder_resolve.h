@@ -5,6 +5,7 @@
  * session table. */
 #ifndef FORWARDER_RESOLVE_H
 #define FORWARDER_RESOLVE_H
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include "rb_loop.h"
@@ -41,6 +42,10 @@ void resolve_destroy(resolve_t **r);
  * the owner has RESOLVE_PER_OWNER lookups already, the queue is full
  * (1024) or memory runs out. */
 int resolve_start(resolve_t *r, const char *host, uint64_t token, const char *owner);
+/* Drops the queued lookup of token (its answer is no longer wanted: the
+ * stream ended), so it neither takes a worker nor counts for its owner.
+ * A lookup already running still answers. true when one was dropped. */
+bool resolve_cancel(resolve_t *r, uint64_t token);
 /* The owner's lookups queued or running; an answer delivered ends one. */
 size_t resolve_pending(const resolve_t *r, const char *owner);
 

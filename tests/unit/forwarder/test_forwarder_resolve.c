@@ -189,6 +189,35 @@ static void test_a_freed_worker_serves_the_waiting_first(void **state)
     s_hold_release(0, false);
 }
 
+static void test_cancelled_lookup_is_never_run(void **state)
+{
+    rb_loop_t *loop = rb_loop_new();
+    seen_t seen = {0};
+    resolve_t *r = resolve_new_with(loop, s_on_answer, &seen, s_holding_lookup);
+    assert_non_null(r);
+    hold.most_held = 0; /* no lookup is held between tests */
+    /* Two stuck lookups run; the third waits. Its stream ends: dropped,
+     * it no longer counts, and it is never looked up or answered. */
+    for (uint64_t t = 0; t < RESOLVE_RUNNING_PER_OWNER + 1; t++)
+        assert_int_equal(resolve_start(r, "dead.hold", t, "carol"), 0);
+    assert_int_equal(s_wait_held(RESOLVE_RUNNING_PER_OWNER), RESOLVE_RUNNING_PER_OWNER);
+    assert_true(resolve_cancel(r, RESOLVE_RUNNING_PER_OWNER));
+    assert_false(resolve_cancel(r, RESOLVE_RUNNING_PER_OWNER)); /* once */
+    assert_false(resolve_cancel(r, 0));                         /* running: it answers */
+    assert_int_equal(resolve_pending(r, "carol"), RESOLVE_RUNNING_PER_OWNER);
+    s_hold_release(0, true);
+    assert_true(s_wait(loop, &seen, RESOLVE_RUNNING_PER_OWNER));
+    seen.want = RESOLVE_RUNNING_PER_OWNER + 1;
+    assert_false(rbt_wait(loop, s_answered, &seen, 300)); /* no third answer */
+    assert_int_equal(seen.answers, RESOLVE_RUNNING_PER_OWNER);
+    assert_int_equal(seen.tokens, (1ull << RESOLVE_RUNNING_PER_OWNER) - 1);
+    assert_int_equal(resolve_pending(r, "carol"), 0);
+    assert_int_equal(hold.most_held, RESOLVE_RUNNING_PER_OWNER);
+    resolve_destroy(&r);
+    rb_loop_destroy(&loop);
+    s_hold_release(0, false);
+}
+
 static void test_unknown_name_fails(void **state)
 {
     rb_loop_t *loop = rb_loop_new();
@@ -217,6 +246,7 @@ int main(void)
         cmocka_unit_test(test_per_owner_cap),
         cmocka_unit_test(test_stuck_names_hold_few_workers),
         cmocka_unit_test(test_a_freed_worker_serves_the_waiting_first),
+        cmocka_unit_test(test_cancelled_lookup_is_never_run),
         cmocka_unit_test(test_unknown_name_fails),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
