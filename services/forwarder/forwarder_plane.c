@@ -147,7 +147,7 @@ struct plane {
     rb_metric_t *m_attached, *m_streams, *m_flows, *m_to_device, *m_from_device;
     rb_metric_t *m_inbound_allowed, *m_inbound_denied, *m_inbound_refused;
     rb_metric_t *m_outbound_ok, *m_outbound_failed, *m_udp_dropped, *m_overruns, *m_bad_link;
-    rb_metric_t *m_held_resets;
+    rb_metric_t *m_held_resets, *m_before_hello;
 };
 
 /* ------------------------------------------------------------------ */
@@ -1437,7 +1437,7 @@ static void s_peer_drop(plane_t *p, peer_t *peer, const char *why)
  * makes it attach again) or from something that is not an edge. */
 static void s_before_hello(plane_t *p, peer_t *peer)
 {
-    rb_metric_inc(p->m_bad_link);
+    rb_metric_inc(p->m_before_hello);
     if (peer->unhelloed++ == 0)
         rb_warn("link_before_hello", "edge %s: messages before its Hello are dropped", peer->name);
 }
@@ -1638,6 +1638,11 @@ plane_t *plane_new(rb_loop_t *loop, const plane_config_t *cfg)
                                "Streams reset because an edge sent more than the window");
     p->m_bad_link = rb_counter("reachback_forwarder_link_errors_total", NULL,
                                "Malformed or out-of-place messages on the data link");
+    /* Apart from link errors: after a restart, an edge's messages in
+     * flight land here, and an alert on errors should not fire for it. */
+    p->m_before_hello =
+        rb_counter("reachback_forwarder_link_before_hello_total", NULL,
+                   "Data link messages dropped because their peer had not said Hello");
     p->m_held_resets = rb_counter(
         "reachback_forwarder_held_resets_total", NULL,
         "Streams reset: their session had max_held_per_session kept for peers not reading");
