@@ -50,7 +50,7 @@ const rb_option_t forwarder_options[] = {
     {"max_held_per_session_kib", RB_OPT_INT, "32768",
      offsetof(forwarder_config_t, max_held_per_session_kib), 2048, 4194304,
      "bytes (KiB) one session may have waiting for internal peers that do not read; past it "
-     "the stream that brings more is reset"},
+     "the stream holding the most is reset"},
     RB_OPT_END,
 };
 
@@ -366,7 +366,7 @@ forwarder_t *forwarder_new(rb_loop_t *loop, const forwarder_config_t *cfg)
         .connect_timeout_ms = (unsigned)cfg->connect_timeout_ms,
         .udp_idle_s = (unsigned)cfg->udp_idle_s,
         .max_streams = (unsigned)cfg->max_streams,
-        .max_held_per_session = (size_t)cfg->max_held_per_session_kib * 1024,
+        .max_held_per_session = (uint64_t)cfg->max_held_per_session_kib * 1024,
         .user_of_ip = s_user_of_ip,
         .ip_of_name = s_ip_of_name,
         .lookup_arg = fw,

@@ -1282,24 +1282,35 @@ static void s_up_taken(stream_t *s, size_t n)
 }
 
 /* Each stream's window bounds what the forwarder keeps for an internal
- * peer that does not read, but a session has up to max_streams of them
- * (256 x 2 MiB). Past max_held_per_session bytes kept for one session, the
- * stream that brings more is reset: the device's other streams go on, and
- * a device cannot make the forwarder hold more than that for it. Only a
- * stream with bytes waiting gets here, so the sum is rarely taken. */
-static void s_check_held(plane_t *p, peer_t *peer, stream_t *s)
+ * peer that does not read (or for a connect still waiting for its name),
+ * but a session has up to max_streams of them (256 x 2 MiB). Past
+ * max_held_per_session kept for one session, the stream holding the most
+ * is reset: that frees the most, and it is the one whose peer reads least
+ * (a stream stuck at its full window sends nothing more, so resetting the
+ * stream that brings more would hit the streams still moving). Called
+ * when a DATA frame leaves bytes waiting, so the sum is rarely taken. */
+static size_t s_held(const stream_t *s)
 {
-    size_t held = 0;
-    for (stream_t *x = s->a->streams; x; x = x->next)
-        if (x->pump) held += rb_pump_pending(x->pump);
+    return s->pump ? rb_pump_pending(s->pump) : s->early.len;
+}
+
+static void s_check_held(plane_t *p, attach_t *a)
+{
+    uint64_t held = 0;
+    stream_t *most = NULL;
+    for (stream_t *x = a->streams; x; x = x->next) {
+        held += s_held(x);
+        if (!most || s_held(x) > s_held(most)) most = x;
+    }
     if (held <= p->cfg->max_held_per_session) return;
     rb_metric_inc(p->m_held_resets);
     rb_warn("session_held_full",
-            "session %s (user '%s'): %zu bytes wait for internal peers that do not read "
-            "(max_held_per_session_kib %zu); stream %u reset",
-            s->a->session_id, s->a->user, held, p->cfg->max_held_per_session / 1024, s->id);
-    s_send_frame(p, peer, RB_FRAME_DATA, RB_FRAME_RST, s->id, NULL, 0);
-    s_stream_end(s, "the session's internal peers are not reading", true);
+            "session %s (user '%s'): %" PRIu64 " bytes wait for internal peers that do not read "
+            "(max_held_per_session_kib %" PRIu64 "); stream %u, holding %zu, reset",
+            a->session_id, a->user, held, p->cfg->max_held_per_session / 1024, most->id,
+            s_held(most));
+    s_send_frame(p, most->peer, RB_FRAME_DATA, RB_FRAME_RST, most->id, NULL, 0);
+    s_stream_end(most, "the session's internal peers are not reading", true);
 }
 
 static void s_on_frame(plane_t *p, peer_t *peer, const rb_frame_t *f)
@@ -1329,6 +1340,7 @@ static void s_on_frame(plane_t *p, peer_t *peer, const rb_frame_t *f)
                 s->early.len + f->len <= RB_STREAM_WINDOW &&
                 rb_buf_append(&s->early, f->payload, f->len) == 0) {
                 s->early_fin = (f->flags & RB_FRAME_FIN) != 0;
+                if (f->len) s_check_held(p, s->a);
                 return;
             }
             if (s->proto == POLICY_TCP) {
@@ -1343,7 +1355,7 @@ static void s_on_frame(plane_t *p, peer_t *peer, const rb_frame_t *f)
         }
         switch (rb_pump_peer_data(s->pump, f->flags, f->payload, f->len)) {
         case RB_PUMP_GOING:
-            if (rb_pump_pending(s->pump)) s_check_held(p, peer, s);
+            if (rb_pump_pending(s->pump)) s_check_held(p, s->a);
             return;
         case RB_PUMP_OVER:
             s_stream_end(s, "reset by the device", (f->flags & RB_FRAME_RST) != 0);

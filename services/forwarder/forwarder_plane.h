@@ -28,7 +28,7 @@ typedef struct {
     unsigned connect_timeout_ms; /* outbound connects */
     unsigned udp_idle_s;         /* a UDP flow ends after this long without datagrams */
     unsigned max_streams;        /* per session */
-    size_t max_held_per_session; /* bytes kept for internal peers not reading */
+    uint64_t max_held_per_session; /* bytes kept for internal peers not reading */
     /* The event stream's view of the cluster, for sources that are devices
      * and names under the suffix: user of an intranet address (NULL when
      * none) and that user's groups (*groups borrowed until the next event),
