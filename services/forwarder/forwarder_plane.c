@@ -1297,18 +1297,22 @@ static size_t s_held(const stream_t *s)
 static void s_check_held(plane_t *p, attach_t *a)
 {
     uint64_t held = 0;
+    size_t most_held = 0;
     stream_t *most = NULL;
     for (stream_t *x = a->streams; x; x = x->next) {
-        held += s_held(x);
-        if (!most || s_held(x) > s_held(most)) most = x;
+        size_t h = s_held(x);
+        held += h;
+        if (!most || h > most_held) {
+            most = x;
+            most_held = h;
+        }
     }
     if (held <= p->cfg->max_held_per_session) return;
     rb_metric_inc(p->m_held_resets);
     rb_warn("session_held_full",
             "session %s (user '%s'): %" PRIu64 " bytes wait for internal peers that do not read "
             "(max_held_per_session_kib %" PRIu64 "); stream %u, holding %zu, reset",
-            a->session_id, a->user, held, p->cfg->max_held_per_session / 1024, most->id,
-            s_held(most));
+            a->session_id, a->user, held, p->cfg->max_held_per_session / 1024, most->id, most_held);
     s_send_frame(p, most->peer, RB_FRAME_DATA, RB_FRAME_RST, most->id, NULL, 0);
     s_stream_end(most, "the session's internal peers are not reading", true);
 }

@@ -11,6 +11,7 @@
 #include <netdb.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -127,12 +128,44 @@ static int s_wait_held(int n)
     return s_held();
 }
 
+/* A resolver with the holding lookup; teardown lets every held lookup end
+ * (also after a failed assertion) before it destroys the resolver. */
+typedef struct {
+    rb_loop_t *loop;
+    resolve_t *r;
+    seen_t seen;
+} held_fixture_t;
+
+static int s_held_setup(void **state)
+{
+    held_fixture_t *f = calloc(1, sizeof *f);
+    if (!f || !(f->loop = rb_loop_new())) return -1;
+    f->r = resolve_new_with(f->loop, s_on_answer, &f->seen, s_holding_lookup);
+    if (!f->r) return -1;
+    pthread_mutex_lock(&hold.mu);
+    hold.most_held = hold.releases = 0;
+    hold.release = false;
+    pthread_mutex_unlock(&hold.mu);
+    *state = f;
+    return 0;
+}
+
+static int s_held_teardown(void **state)
+{
+    held_fixture_t *f = *state;
+    s_hold_release(0, true);
+    resolve_destroy(&f->r);
+    rb_loop_destroy(&f->loop);
+    free(f);
+    return 0;
+}
+
 static void test_stuck_names_hold_few_workers(void **state)
 {
-    rb_loop_t *loop = rb_loop_new();
-    seen_t seen = {0};
-    resolve_t *r = resolve_new_with(loop, s_on_answer, &seen, s_holding_lookup);
-    assert_non_null(r);
+    held_fixture_t *f = *state;
+    resolve_t *r = f->r;
+    rb_loop_t *loop = f->loop;
+    seen_t *seen = &f->seen;
     /* mallory asks for more names that never answer than there are
      * workers: only RESOLVE_RUNNING_PER_OWNER of them take one. */
     for (uint64_t t = 0; t < RESOLVE_WORKERS + 2; t++)
@@ -143,27 +176,24 @@ static void test_stuck_names_hold_few_workers(void **state)
     /* alice's lookup, queued behind all of mallory's, is answered while
      * his are stuck. */
     assert_int_equal(resolve_start(r, "10.1.2.3", 60, "alice"), 0);
-    assert_true(s_wait(loop, &seen, 1));
-    assert_int_equal(seen.tokens, 1ull << 60);
-    assert_int_equal(seen.last_ip, 0x0a010203);
+    assert_true(s_wait(loop, seen, 1));
+    assert_int_equal(seen->tokens, 1ull << 60);
+    assert_int_equal(seen->last_ip, 0x0a010203);
     assert_int_equal(resolve_pending(r, "mallory"), RESOLVE_WORKERS + 2);
     /* As his stuck lookups end, the rest of his run, two at a time. */
     s_hold_release(0, true);
-    assert_true(s_wait(loop, &seen, RESOLVE_WORKERS + 3));
-    assert_int_equal(seen.failures, RESOLVE_WORKERS + 2);
+    assert_true(s_wait(loop, seen, RESOLVE_WORKERS + 3));
+    assert_int_equal(seen->failures, RESOLVE_WORKERS + 2);
     assert_int_equal(resolve_pending(r, "mallory"), 0);
     assert_int_equal(hold.most_held, RESOLVE_RUNNING_PER_OWNER);
-    resolve_destroy(&r);
-    rb_loop_destroy(&loop);
-    s_hold_release(0, false);
 }
 
 static void test_a_freed_worker_serves_the_waiting_first(void **state)
 {
-    rb_loop_t *loop = rb_loop_new();
-    seen_t seen = {0};
-    resolve_t *r = resolve_new_with(loop, s_on_answer, &seen, s_holding_lookup);
-    assert_non_null(r);
+    held_fixture_t *f = *state;
+    resolve_t *r = f->r;
+    rb_loop_t *loop = f->loop;
+    seen_t *seen = &f->seen;
     /* Enough users with stuck names to hold every worker, each with one
      * more queued. */
     const int users = RESOLVE_WORKERS / RESOLVE_RUNNING_PER_OWNER;
@@ -179,23 +209,19 @@ static void test_a_freed_worker_serves_the_waiting_first(void **state)
      * ends, the freed worker is hers, not its user's next. */
     assert_int_equal(resolve_start(r, "10.9.8.7", 60, "alice"), 0);
     s_hold_release(1, false);
-    assert_true(s_wait(loop, &seen, 2));
-    assert_true(seen.tokens & (1ull << 60));
-    assert_int_equal(seen.failures, 1); /* the stuck one that ended */
+    assert_true(s_wait(loop, seen, 2));
+    assert_true(seen->tokens & (1ull << 60));
+    assert_int_equal(seen->failures, 1); /* the stuck one that ended */
     s_hold_release(0, true);
-    assert_true(s_wait(loop, &seen, (int)t + 1));
-    resolve_destroy(&r);
-    rb_loop_destroy(&loop);
-    s_hold_release(0, false);
+    assert_true(s_wait(loop, seen, (int)t + 1));
 }
 
 static void test_cancelled_lookup_is_never_run(void **state)
 {
-    rb_loop_t *loop = rb_loop_new();
-    seen_t seen = {0};
-    resolve_t *r = resolve_new_with(loop, s_on_answer, &seen, s_holding_lookup);
-    assert_non_null(r);
-    hold.most_held = 0; /* no lookup is held between tests */
+    held_fixture_t *f = *state;
+    resolve_t *r = f->r;
+    rb_loop_t *loop = f->loop;
+    seen_t *seen = &f->seen;
     /* Two stuck lookups run; the third waits. Its stream ends: dropped,
      * it no longer counts, and it is never looked up or answered. */
     for (uint64_t t = 0; t < RESOLVE_RUNNING_PER_OWNER + 1; t++)
@@ -206,16 +232,13 @@ static void test_cancelled_lookup_is_never_run(void **state)
     assert_false(resolve_cancel(r, 0));                         /* running: it answers */
     assert_int_equal(resolve_pending(r, "carol"), RESOLVE_RUNNING_PER_OWNER);
     s_hold_release(0, true);
-    assert_true(s_wait(loop, &seen, RESOLVE_RUNNING_PER_OWNER));
-    seen.want = RESOLVE_RUNNING_PER_OWNER + 1;
-    assert_false(rbt_wait(loop, s_answered, &seen, 300)); /* no third answer */
-    assert_int_equal(seen.answers, RESOLVE_RUNNING_PER_OWNER);
-    assert_int_equal(seen.tokens, (1ull << RESOLVE_RUNNING_PER_OWNER) - 1);
+    assert_true(s_wait(loop, seen, RESOLVE_RUNNING_PER_OWNER));
+    seen->want = RESOLVE_RUNNING_PER_OWNER + 1;
+    assert_false(rbt_wait(loop, s_answered, seen, 300)); /* no third answer */
+    assert_int_equal(seen->answers, RESOLVE_RUNNING_PER_OWNER);
+    assert_int_equal(seen->tokens, (1ull << RESOLVE_RUNNING_PER_OWNER) - 1);
     assert_int_equal(resolve_pending(r, "carol"), 0);
     assert_int_equal(hold.most_held, RESOLVE_RUNNING_PER_OWNER);
-    resolve_destroy(&r);
-    rb_loop_destroy(&loop);
-    s_hold_release(0, false);
 }
 
 static void test_unknown_name_fails(void **state)
@@ -244,9 +267,12 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_per_owner_cap),
-        cmocka_unit_test(test_stuck_names_hold_few_workers),
-        cmocka_unit_test(test_a_freed_worker_serves_the_waiting_first),
-        cmocka_unit_test(test_cancelled_lookup_is_never_run),
+        cmocka_unit_test_setup_teardown(test_stuck_names_hold_few_workers, s_held_setup,
+                                        s_held_teardown),
+        cmocka_unit_test_setup_teardown(test_a_freed_worker_serves_the_waiting_first, s_held_setup,
+                                        s_held_teardown),
+        cmocka_unit_test_setup_teardown(test_cancelled_lookup_is_never_run, s_held_setup,
+                                        s_held_teardown),
         cmocka_unit_test(test_unknown_name_fails),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
