@@ -496,8 +496,12 @@ void rb_loop_undefer(rb_loop_t *l, rb_defer_t *d)
  * waits for the next pass (the loop does not sleep while any is queued). */
 static void s_run_deferred(rb_loop_t *l)
 {
-    unsigned pass = l->defer_pass++;
-    while (l->defer_head && l->defer_head->pass == pass && l->running) {
+    /* What these callbacks defer is stamped with the next pass and waits
+     * for it. Anything older runs now, also what a run stopped before its
+     * end left queued: matching one pass exactly would strand it (and every
+     * later item behind it) and keep the loop from ever sleeping. */
+    unsigned next = ++l->defer_pass;
+    while (l->defer_head && l->defer_head->pass != next && l->running) {
         rb_defer_t *d = l->defer_head;
         rb_loop_undefer(l, d);
         d->fn(l, d->arg);

@@ -425,6 +425,38 @@ static void test_defer_runs_once_per_pass_in_order(void **state)
     rb_loop_destroy(&l);
 }
 
+/* Work deferred in a run that is then stopped is not lost: the next run
+ * does it first, and does not spin meanwhile (tests run the loop again and
+ * again, until a condition holds). */
+static void s_defer_b_and_stop(rb_loop_t *l, void *arg)
+{
+    deferred_t *x = arg;
+    rb_loop_defer(l, &x->b, s_run_b, x);
+    rb_loop_stop(l);
+}
+static void s_run_d_and_stop(rb_loop_t *l, void *arg)
+{
+    s_note(arg, 'd');
+    rb_loop_stop(l);
+}
+
+static void test_a_stopped_run_leaves_deferred_work_to_the_next(void **state)
+{
+    rb_loop_t *l = rb_loop_new();
+    deferred_t x = {0};
+    rb_loop_add_timer(l, 1, false, s_defer_b_and_stop, &x);
+    rb_loop_run(l);
+    assert_int_equal(x.n, 0);
+    rb_loop_defer(l, &x.d, s_run_d_and_stop, &x);
+    rb_timer_t *guard = rb_loop_add_timer(l, 3000, false, s_stop, NULL);
+    uint64_t t0 = rb_now_ms();
+    rb_loop_run(l);
+    assert_string_equal(x.order, "bd");
+    assert_true(rb_now_ms() - t0 < 1500);
+    rb_loop_cancel_timer(l, guard);
+    rb_loop_destroy(&l);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -435,6 +467,7 @@ int main(void)
         cmocka_unit_test(test_signal_through_loop),
         cmocka_unit_test(test_zmq_edge_trigger_never_strands_messages),
         cmocka_unit_test(test_defer_runs_once_per_pass_in_order),
+        cmocka_unit_test(test_a_stopped_run_leaves_deferred_work_to_the_next),
         cmocka_unit_test(test_zsock_used_outside_handler),
         cmocka_unit_test(test_drained_socket_is_not_asked_again),
     };
