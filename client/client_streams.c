@@ -495,11 +495,36 @@ static void s_forward_early(cstream_t *s, int fd)
     if (s->early_fin || s->early_sent == EARLY_MAX) rb_loop_mod_fd(s->cs->loop, fd, 0);
 }
 
+/* A local connection that has sent all it may before its StreamResult
+ * (a frame's worth, or its FIN) is watched for nothing, yet epoll reports
+ * its error or hang-up anyway, on every turn. Reading would not tell: a
+ * read of zero bytes returns 0 while data waits, which looks like EOF. A
+ * reset ends the stream (the gateway is told RST, not FIN); any other
+ * hang-up waits out of the loop for the open, whose pump sees it. */
+static void s_local_waiting_woken(cstream_t *s, int fd)
+{
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
+    if (err) {
+        rb_info("stream_local_reset",
+                "stream %u: the local side went (%s) before the open's answer", s->id,
+                strerror(err));
+        s_stream_abort(s);
+        return;
+    }
+    rb_loop_del_fd(s->cs->loop, fd);
+}
+
 /* A local connection waiting for its StreamResult: read the SOCKS
  * dialogue, or notice the local side giving up. */
 static void s_on_local(rb_loop_t *loop, int fd, unsigned events, void *arg)
 {
     cstream_t *s = arg;
+    if (s->early_fin || (s->socks ? s->early.len >= EARLY_MAX : s->early_sent == EARLY_MAX)) {
+        s_local_waiting_woken(s, fd);
+        return;
+    }
     if (!s->socks) {
         s_forward_early(s, fd);
         return;
@@ -508,10 +533,6 @@ static void s_on_local(rb_loop_t *loop, int fd, unsigned events, void *arg)
     /* Never more than one DATA frame's worth before the open: it goes out
      * as one frame then. */
     size_t room = EARLY_MAX - s->early.len;
-    if (room == 0) {
-        rb_loop_mod_fd(loop, fd, 0);
-        return;
-    }
     ssize_t n = recv(fd, buf, room < sizeof buf ? room : sizeof buf, MSG_DONTWAIT);
     if (n == 0 && s->st == S_OPENING && !s->early_fin) {
         /* Half-closed early (a request, then shutdown): the FIN follows

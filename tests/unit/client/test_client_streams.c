@@ -625,6 +625,92 @@ static void test_exposed_quiet_stream_gets_its_ok(void **state)
     s_rig_down(&r);
 }
 
+/* Runs the loop for ms, whatever happens. */
+static void s_run_for(rig_t *r, uint64_t ms)
+{
+    s_run_until(r, s_never, NULL, ms);
+}
+
+/* Aborts a local socket: the other end sees RST, not FIN. */
+static void s_reset_close(int fd)
+{
+    struct linger lg = {1, 0};
+    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
+    close(fd);
+}
+
+/* The frames of stream id after index from: bytes of DATA without flags,
+ * and how many carried FIN and RST. */
+static void s_tally(const rig_t *r, int from, uint32_t id, size_t *bytes, int *fins, int *rsts)
+{
+    *bytes = 0;
+    *fins = *rsts = 0;
+    for (int i = from; i < r->n; i++) {
+        if (r->rec[i].kind != 'D' || r->rec[i].id != id) continue;
+        *bytes += r->rec[i].len;
+        if (r->rec[i].flags & RB_FRAME_FIN) (*fins)++;
+        if (r->rec[i].flags & RB_FRAME_RST) (*rsts)++;
+    }
+}
+
+static bool s_has_rst(rig_t *r, void *arg)
+{
+    size_t bytes;
+    int fins, rsts;
+    s_tally(r, 0, *(uint32_t *)arg, &bytes, &fins, &rsts);
+    return rsts > 0;
+}
+
+/* A local client that sends more than a frame before the open's answer,
+ * then aborts: the gateway is told RST once (not a FIN, which would pass
+ * a cut-off request for a whole one), and the client does not spin on
+ * the hang-up meanwhile. */
+static void test_local_reset_while_the_open_waits(void **state)
+{
+    static char big[RB_FRAME_MAX_DATA + 4096];
+    memset(big, 'x', sizeof big);
+    for (int socks = 0; socks <= 1; socks++) {
+        rig_t r;
+        s_rig_up(&r);
+        char err[256];
+        if (socks)
+            assert_int_equal(client_streams_socks(r.cs, "127.0.0.1:0", err, sizeof err), 0);
+        else
+            assert_int_equal(
+                client_streams_forward(r.cs, "127.0.0.1:0:intranet.example:80", err, sizeof err),
+                0);
+        s_rig_connect(&r);
+        int fd = s_local_connect(client_streams_listener_port(r.cs, 0));
+        if (socks) {
+            const uint8_t hello[] = {5, 1, 0};
+            const uint8_t req[] = {5,   1,   0,   3,   16,  'i', 'n', 't', 'r', 'a', 'n', 'e',
+                                   't', '.', 'e', 'x', 'a', 'm', 'p', 'l', 'e', 0,   80};
+            assert_int_equal(send(fd, hello, sizeof hello, 0), (ssize_t)sizeof hello);
+            assert_int_equal(send(fd, req, sizeof req, 0), (ssize_t)sizeof req);
+        }
+        assert_int_equal(send(fd, big, sizeof big, 0), (ssize_t)sizeof big);
+        /* The open, and (a forward) its frame of early bytes. */
+        int want = 1;
+        assert_true(s_run_until(&r, s_has_n, &want, 5000));
+        assert_int_equal(r.rec[0].kind, 'O');
+        uint32_t id = r.rec[0].id;
+        s_run_for(&r, 200);
+        size_t bytes;
+        int fins, rsts;
+        s_tally(&r, 1, id, &bytes, &fins, &rsts);
+        assert_int_equal(bytes, socks ? 0 : RB_FRAME_MAX_DATA);
+        assert_int_equal(fins + rsts, 0);
+
+        s_reset_close(fd);
+        assert_true(s_run_until(&r, s_has_rst, &id, 5000));
+        s_run_for(&r, 200);
+        s_tally(&r, 1, id, &bytes, &fins, &rsts);
+        assert_int_equal(rsts, 1);
+        assert_int_equal(fins, 0);
+        s_rig_down(&r);
+    }
+}
+
 int main(void)
 {
     rb_log_init("test", RB_LOG_ERROR);
@@ -637,6 +723,7 @@ int main(void)
         cmocka_unit_test(test_forward_udp_flows),
         cmocka_unit_test(test_exposed_ok_rides_with_the_first_frame),
         cmocka_unit_test(test_exposed_quiet_stream_gets_its_ok),
+        cmocka_unit_test(test_local_reset_while_the_open_waits),
     };
     return cmocka_run_group_tests(tests, s_tls_setup, s_tls_teardown);
 }
