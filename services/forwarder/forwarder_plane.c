@@ -314,17 +314,32 @@ static stream_t *s_stream_new(plane_t *p, attach_t *a, peer_t *peer, uint32_t id
     return s;
 }
 
-/* Frees s and unlinks it everywhere; the audit line says how it ended.
- * A pump still going resets its socket. */
+/* A stream's TCP bytes since the last count go to the metrics. */
+static void s_count_bytes(stream_t *s)
+{
+    if (!s->pump) return;
+    rb_metric_add(s->p->m_to_device, (double)(rb_pump_bytes_read(s->pump) - s->to_device));
+    rb_metric_add(s->p->m_from_device, (double)(rb_pump_bytes_written(s->pump) - s->from_device));
+    s->to_device = rb_pump_bytes_read(s->pump);
+    s->from_device = rb_pump_bytes_written(s->pump);
+}
+
+/* How a stream ended up, for an end that is not its own doing. */
+static const char *s_verdict(const stream_t *s)
+{
+    if (s->denied) return "denied";
+    if (s->refused) return "refused";
+    return s->open_ok || s->proto == POLICY_UDP ? "allowed" : "failed";
+}
+
+/* Frees s and unlinks it everywhere; the audit line says how it ended,
+ * with every byte it carried. A pump still going resets its socket. */
 static void s_stream_free(stream_t *s, const char *verdict, const char *why)
 {
     plane_t *p = s->p;
+    s_count_bytes(s);
     if (verdict) s_audit(s, verdict, why);
-    if (s->pump) {
-        s->to_device = rb_pump_bytes_read(s->pump);
-        s->from_device = rb_pump_bytes_written(s->pump);
-        rb_pump_destroy(&s->pump);
-    }
+    rb_pump_destroy(&s->pump);
     if (s->a->rr_next == s) s->a->rr_next = s->next;
     /* What the edge never reported is given back: it dropped it, or it
      * will write it out without a stream to report it for. */
@@ -363,18 +378,8 @@ static void s_stream_free(stream_t *s, const char *verdict, const char *why)
 }
 
 /* Byte counts are read from the pump at the end; the metrics follow them. */
-static void s_count_bytes(stream_t *s)
-{
-    if (!s->pump) return;
-    rb_metric_add(s->p->m_to_device, (double)(rb_pump_bytes_read(s->pump) - s->to_device));
-    rb_metric_add(s->p->m_from_device, (double)(rb_pump_bytes_written(s->pump) - s->from_device));
-    s->to_device = rb_pump_bytes_read(s->pump);
-    s->from_device = rb_pump_bytes_written(s->pump);
-}
-
 static void s_stream_end(stream_t *s, const char *why, bool reset)
 {
-    s_count_bytes(s);
     s_stream_free(s, s->open_ok ? "allowed" : "failed", reset ? why : "closed");
 }
 
@@ -625,15 +630,20 @@ static void s_listener_free(plane_t *p, listener_t *l)
     free(l);
 }
 
-static void s_attach_free(plane_t *p, attach_t *a, const char *why)
+/* Ends every stream of a session; the edge that carried each is told, in
+ * case it still holds its side. */
+static void s_end_streams(plane_t *p, attach_t *a, const char *why)
 {
     while (a->streams) {
         stream_t *s = a->streams;
-        /* Tell the edge, in case it still carries the stream. */
         if (s->peer) s_send_frame(p, s->peer, RB_FRAME_DATA, RB_FRAME_RST, s->id, NULL, 0);
-        s_count_bytes(s);
-        s_stream_free(s, s->denied ? "denied" : s->open_ok ? "allowed" : "failed", why);
+        s_stream_free(s, s_verdict(s), why);
     }
+}
+
+static void s_attach_free(plane_t *p, attach_t *a, const char *why)
+{
+    s_end_streams(p, a, why);
     while (a->listeners) {
         listener_t *l = a->listeners;
         a->listeners = l->next;
@@ -918,12 +928,6 @@ static listener_t *s_listen(plane_t *p, attach_t *a, int proto, uint16_t port)
 
 /* Makes a's listeners the set the device exposes: closes the ports no
  * longer exposed (with their flows), opens the new ones. */
-/* How a UDP flow's audit line ends. */
-static const char *s_flow_verdict(const stream_t *s)
-{
-    return s->denied ? "denied" : s->refused ? "refused" : "allowed";
-}
-
 static void s_set_ports(plane_t *p, attach_t *a, Rb__Tunnel__ExposedPort **ports, size_t n)
 {
     for (listener_t **pp = &a->listeners; *pp;) {
@@ -943,7 +947,7 @@ static void s_set_ports(plane_t *p, attach_t *a, Rb__Tunnel__ExposedPort **ports
             if (s->l != l) continue;
             if (!s->denied && !s->refused) /* the edge forgets its side too */
                 s_send_frame(p, s->peer, RB_FRAME_DATA, RB_FRAME_RST, s->id, NULL, 0);
-            s_stream_free(s, s_flow_verdict(s), "port no longer exposed");
+            s_stream_free(s, s_verdict(s), "port no longer exposed");
         }
         s_listener_free(p, l);
     }
@@ -1039,10 +1043,7 @@ static void s_on_attach(plane_t *p, peer_t *peer, const Rb__Fwd__Attach *m)
     }
     /* A resume moves the session to another edge: its streams died with
      * the old connection, so they go. */
-    if (a->peer && a->peer != peer) {
-        while (a->streams)
-            s_stream_free(a->streams, "allowed", "the session moved to another edge");
-    }
+    if (a->peer && a->peer != peer) s_end_streams(p, a, "the session moved to another edge");
     a->peer = peer;
     char **g = calloc(m->n_groups + 1, sizeof *g);
     if (g) {
@@ -1161,7 +1162,6 @@ static void s_on_open_result(plane_t *p, peer_t *peer, const Rb__Fwd__OpenResult
         s_down_relayed(s, s->down_out);
         return;
     }
-    s_count_bytes(s);
     s_stream_free(s, "refused", why);
 }
 
@@ -1334,8 +1334,7 @@ static void s_on_frame(plane_t *p, peer_t *peer, const rb_frame_t *f)
     case RB_FRAME_DATA:
         if (!s->pump) {
             if (f->flags & RB_FRAME_RST) {
-                s_stream_free(s, s->proto == POLICY_UDP ? s_flow_verdict(s) : "failed",
-                              "closed by the device");
+                s_stream_free(s, s_verdict(s), "closed by the device");
                 return;
             }
             /* A connect still waiting for its name: a device may send
@@ -1425,8 +1424,7 @@ static void s_drop_stream(void *arg, uint64_t key, void *value)
 {
     drop_t *d = arg;
     stream_t *s = value;
-    s_count_bytes(s);
-    s_stream_free(s, s->open_ok ? "allowed" : "failed", d->why);
+    s_stream_free(s, s_verdict(s), d->why);
 }
 
 /* The edge fell silent or restarted (or the plane stops): its attachments
@@ -1549,7 +1547,7 @@ static void s_expire_flows(void *arg, const char *key, void *value)
             continue;
         if (!s->denied && !s->refused)
             s_send_frame(c->p, s->peer, RB_FRAME_DATA, RB_FRAME_RST, s->id, NULL, 0);
-        s_stream_free(s, s_flow_verdict(s), "idle");
+        s_stream_free(s, s_verdict(s), "idle");
     }
 }
 

@@ -8,8 +8,11 @@
 lab_start --edges 2
 E1=$(edge_addr 1); E2=$(edge_addr 2)
 
-# alice and bob on edge1, both knowing edge2; carol on edge2.
-client_start_at a1 alice "$E1 $E2"
+# alice and bob on edge1, both knowing edge2; carol on edge2. alice
+# exposes an echo service.
+ECHO_PORT=$(free_port)
+echo_server "$ECHO_PORT"
+client_start_at a1 alice "$E1 $E2" --expose "tcp:7005=127.0.0.1:$ECHO_PORT"
 client_start_at b1 bob "$E1 $E2"
 client_start_at c1 carol "$E2 $E1"
 for d in a1 b1 c1; do
@@ -20,6 +23,12 @@ ip_b=$(json_field "$LAB/b1.json" ip); sid_b=$(json_field "$LAB/b1.json" session)
 wait_until 2500 bash -c "curl -sf $EDGE1_STATUS_URL/status | grep -q '\"sessions\":2'" \
     || fail "edge1 does not carry 2 sessions: $(curl -s "$EDGE1_STATUS_URL/status")"
 ok "alice and bob on edge1, carol on edge2"
+
+# A stream to alice's echo stays open across her edge's death: 6 bytes
+# each way before it. The stream dies with the old connection; its audit
+# line still counts them.
+bg bash -c "{ printf 'hello\n'; sleep 20; } 2>/dev/null | ncat '$ip_a' 7005 >'$LAB/hold.out' 2>&1"
+wait_until 3000 grep -q hello "$LAB/hold.out" || fail "no echo through alice's port 7005"
 
 "$ROOT/scripts/lab" kill --dir "$LAB" edge1
 t_kill=$(now_ms)
@@ -36,6 +45,12 @@ for d in a1 b1 c1; do client_running "$d" || fail "$d exited: $(cat "$LAB/$d.out
 [[ $(dig_short "alice.$DNS_SUFFIX" A) == "$ip_a" ]] || fail "DNS lost alice"
 ! grep -qi "transfer" "$LAB/a1.out" || fail "alice was asked about a transfer: $(cat "$LAB/a1.out")"
 ok "same sessions and addresses, no prompt; Redis says edge2; DNS unchanged"
+wait_until 5000 bash -c "grep '\"event\":\"audit\"' '$LAB/logs/forwarder.log' | grep -q '\"port\":7005'" \
+    || fail "no audit line for the stream that died with edge1"
+line=$(audit_lines | grep '"port":7005' | tail -1)
+grep -q '"verdict":"allowed","bytes_to_device":6,"bytes_from_device":6' <<<"$line" \
+    || fail "the stream's audit line lost its bytes: $line"
+ok "the stream cut by the move is audited with its bytes ($(sed 's/.*"reason":"\([^"]*\)".*/\1/' <<<"$line"))"
 "$ROOT/scripts/lab" revive --dir "$LAB" edge1
 
 # alice's device is frozen; its edge dies under it; meanwhile a second
