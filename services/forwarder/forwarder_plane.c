@@ -474,19 +474,68 @@ static bool s_loopback(uint32_t ip)
 /* A socket of the device's, bound to its intranet address (or ours,
  * without one), for a connection or flow to ip; -1 after answering the
  * device and freeing s. */
-static int s_outbound_socket(stream_t *s, uint32_t ip, int type)
+/* Refuses a device's outbound stream or flow as NOT_ALLOWED. */
+static void s_outbound_denied(stream_t *s, const char *msg, const char *why)
+{
+    s_send_result(s->p, s->peer, s->id, RB__TUNNEL__STREAM_ERROR__STREAM_NOT_ALLOWED, msg, NULL, 0);
+    rb_metric_inc(s->p->m_outbound_failed);
+    s_stream_free(s, "denied", why);
+}
+
+/* A device reaching another device's address (served here or by another
+ * forwarder, named or resolved) is judged here, with its user known. The
+ * listener judges again by source address, which names the same user for
+ * a session with an address; a session without one connects from this
+ * host's own address, which names no one (or, on an AnyIP pool, the very
+ * device it reaches). false when denied (the stream is gone). */
+static bool s_device_to_device_ok(stream_t *s, uint32_t ip)
 {
     plane_t *p = s->p;
+    attach_t *to = rb_imap_get(p->by_ip, ip);
+    const char *const *to_groups = NULL;
+    size_t n_to_groups = 0;
+    const char *to_user = NULL;
+    if (to) {
+        to_user = to->user;
+        to_groups = (const char *const *)to->groups;
+        n_to_groups = to->ngroups;
+    } else if (p->cfg->user_of_ip) {
+        to_user = p->cfg->user_of_ip(p->cfg->lookup_arg, ip, &to_groups, &n_to_groups);
+    }
+    if (!to_user) return true; /* not a device's address */
+    policy_query_t q = {
+        .src_ip = s->a->ip[0] ? s->a->ip_n : 0,
+        .src_user = s->a->user,
+        .src_groups = (const char *const *)s->a->groups,
+        .n_src_groups = s->a->ngroups,
+        .dst_user = to_user,
+        .dst_groups = to_groups,
+        .n_dst_groups = n_to_groups,
+        .port = s->target_port,
+        .proto = s->proto,
+    };
+    unsigned line = 0;
+    if (p->policy && policy_allows(p->policy, &q, &line)) return true;
+    char msg[96], why[128];
+    snprintf(msg, sizeof msg, "denied by policy (to %s)", to_user);
+    if (line)
+        snprintf(why, sizeof why, "%s (rule at line %u)", msg, line);
+    else
+        snprintf(why, sizeof why, "%s (no rule allows it)", msg);
+    s_outbound_denied(s, msg, why);
+    return false;
+}
+
+static int s_outbound_socket(stream_t *s, uint32_t ip, int type)
+{
     /* The forwarder host's loopback (its Redis, its status ports) is not
      * part of the intranet. A lab whose pool is itself on loopback is the
      * one exception. */
     if (s_loopback(ip) && !(s->a->ip[0] && s_loopback(s->a->ip_n))) {
-        s_send_result(p, s->peer, s->id, RB__TUNNEL__STREAM_ERROR__STREAM_NOT_ALLOWED,
-                      "the gateway's loopback is not reachable", NULL, 0);
-        rb_metric_inc(p->m_outbound_failed);
-        s_stream_free(s, "denied", "loopback target");
+        s_outbound_denied(s, "the gateway's loopback is not reachable", "loopback target");
         return -1;
     }
+    if (!s_device_to_device_ok(s, ip)) return -1;
     int fd = socket(AF_INET, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         s_outbound_fail(s, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, strerror(errno));
@@ -1117,21 +1166,6 @@ static void s_on_open(plane_t *p, peer_t *peer, const Rb__Fwd__Open *m)
     uint32_t ip;
     if (rb_ip_parse(host, &ip) == 0 ||
         (p->cfg->ip_of_name && p->cfg->ip_of_name(p->cfg->lookup_arg, host, &ip) == 0)) {
-        /* Another device served here: say no now rather than let the
-         * connect succeed and its listener reset it (the listener checks
-         * again, for devices reached through other forwarders). */
-        attach_t *to = rb_imap_get(p->by_ip, ip);
-        char su[NAME_MAX_LEN + 1];
-        unsigned line;
-        if (to && a->ip[0] &&
-            !s_allowed(p, to, a->ip_n, s->target_port, proto, su, sizeof su, &line)) {
-            char why[96];
-            snprintf(why, sizeof why, "denied by policy (to %s)", to->user);
-            s_send_result(p, peer, id, RB__TUNNEL__STREAM_ERROR__STREAM_NOT_ALLOWED, why, NULL, 0);
-            rb_metric_inc(p->m_outbound_failed);
-            s_stream_free(s, "denied", why);
-            return;
-        }
         s_outbound_connect(s, ip);
         return;
     }

@@ -48,7 +48,8 @@ mkdir -p "$LAB"
 ip netns exec "$GW" "$ROOT/scripts/lab" start --dir "$LAB" \
     --set "ipalloc.pool=$POOL" --set "ipalloc.exclude=10.$A.100.1" --set "dns.pool=$POOL" \
     --set "dns.listen=10.$A.1.1:53" --set "dns.ns_address=10.$A.1.1" \
-    --set "edge.listen=10.$A.2.1:8443" --set "forwarder.policy_file=$LAB.policy"
+    --set "edge.listen=10.$A.2.1:8443" --set "forwarder.policy_file=$LAB.policy" \
+    --user-groups bob=guests --set ipalloc.no_address_groups=guests
 CLEANUP_HOOKS+=("rm -f $LAB.policy")
 set -a; . "$LAB/lab.env"; set +a
 ok "the lab runs in gw (edge on 10.$A.2.1:8443, DNS on 10.$A.1.1:53)"
@@ -107,3 +108,30 @@ rc=0; out=$(printf 'GET /status HTTP/1.0\r\n\r\n' | ip netns exec "$HOME_NS" tim
 [[ $out != *forwarder_id* ]] || fail "alice reached the gateway's loopback: $out"
 wait_until 3000 grep -q '"reason":"loopback target"' "$LAB/logs/forwarder.log" || fail "no audit line for the loopback attempt"
 ok "a device's connection to the gateway's loopback is refused (and audited)"
+
+# bob has no intranet address (no_address_groups): his device's connections
+# leave from the gateway's own address, which names no user (on this AnyIP
+# pool the kernel may even pick the address connected to). The policy is
+# applied to him as user bob before the connect.
+bg ip netns exec "$HOME_NS" "$BIN/reachback-client" connect --server "10.$A.2.1:8443" \
+    --server-name 127.0.0.1 --ca "$CA" --user bob --password-file "$USER_BOB_PASSWORD_FILE" \
+    --status-file "$LAB/bob.json" --forward "127.0.0.1:9002:alice.vpn.lab:22" \
+    </dev/null >"$LAB/bob.out" 2>&1
+wait_until 10000 test -s "$LAB/bob.json" || fail "bob did not log on from home: $(cat "$LAB/bob.out")"
+[[ -z $(json_field "$LAB/bob.json" ip) ]] || fail "bob got an address: $(cat "$LAB/bob.json")"
+set_policy() {   # set_policy RULES...: one rule a line, then SIGHUP
+    printf '%s\n' "$@" > "$LAB.policy"
+    local before; before=$(grep -c '"event":"policy_loaded"' "$LAB/logs/forwarder.log")
+    kill -HUP "$(cat "$LAB/run/forwarder.pid")"
+    wait_until 3000 bash -c "(( \$(grep -c '\"event\":\"policy_loaded\"' '$LAB/logs/forwarder.log') > $before ))" \
+        || fail "policy not reloaded: $(grep policy "$LAB/logs/forwarder.log" | tail -2)"
+}
+bob_to_alice() { ip netns exec "$HOME_NS" timeout 5 ncat 127.0.0.1 9002 </dev/null 2>&1 || true; }
+set_policy "allow * * * any"
+[[ $(bob_to_alice) == SSH-2.0-* ]] || fail "bob does not reach alice's sshd under 'allow * * * any'"
+set_policy "deny user:bob user:alice * any" "allow * * * any"
+out=$(bob_to_alice)
+[[ $out != *SSH-2.0* ]] || fail "bob, without an address, reached alice past 'deny user:bob user:alice'"
+wait_until 3000 bash -c "grep '\"event\":\"audit\"' '$LAB/logs/forwarder.log' | grep '\"src_user\":\"bob\"' | grep -q 'denied by policy (to alice) (rule at line 1)'" \
+    || fail "no audit line for bob's denied stream: $(audit_lines | tail -2)"
+ok "bob (no address) reaches alice under 'allow *', and 'deny user:bob user:alice' stops him"
