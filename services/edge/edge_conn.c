@@ -746,10 +746,24 @@ static void s_on_open(rb_tconn_t *t, void *arg)
     c->last_rx_ms = rb_now_ms();
 }
 
+/* What waits for a device is bounded by its windows (DATA, past
+ * EDGE_TUNNEL_BACKLOG_MAX streams are reset) and by the answers to what it
+ * sends, which nothing else bounds: a refused StreamOpen is answered at
+ * once, so a device that sends them and reads nothing would grow its queue
+ * for ever. Sending while this much waits for it breaks the protocol. */
+#define DEVICE_BACKLOG_MAX (EDGE_TUNNEL_BACKLOG_MAX + ((size_t)1 << 20))
+
 static void s_on_frame(rb_tconn_t *t, const rb_frame_t *f, void *arg)
 {
     edge_conn_t *c = arg;
     if (c->st == ST_CLOSING) return;
+    if (rb_tconn_output_pending(c->t) > DEVICE_BACKLOG_MAX) {
+        char why[128];
+        snprintf(why, sizeof why, "the device sends but does not read (%zu bytes wait for it)",
+                 rb_tconn_output_pending(c->t));
+        s_protocol_error(c, why);
+        return;
+    }
     if (f->type != RB_FRAME_CONTROL) {
         c->last_rx_ms = rb_now_ms();
         if (c->st != ST_ACTIVE) {

@@ -36,11 +36,6 @@
 #define DATAGRAM_BACKLOG (4u << 20)
 /* A tunnel is told about (Relayed) once this much of its DATA is out. */
 #define RELAYED_BATCH (RB_SESSION_WINDOW / 8)
-/* A device's forwarder stops at RB_SESSION_WINDOW until the tunnel
- * drains; past this, DATA comes only because streams that ended gave
- * their credit back (a device resetting streams it never read): further
- * DATA resets its stream instead of growing the queue. */
-#define TUNNEL_BACKLOG_MAX ((size_t)4 * RB_SESSION_WINDOW)
 
 typedef struct estream estream_t;
 
@@ -425,7 +420,7 @@ static void s_fwd_data(fwd_t *f, const rb_frame_t *fr)
             s_stream_free(s, true, true);
             return;
         }
-        if (fr->len && rb_tconn_output_pending(s->tun->t) > TUNNEL_BACKLOG_MAX) {
+        if (fr->len && rb_tconn_output_pending(s->tun->t) > EDGE_TUNNEL_BACKLOG_MAX) {
             rb_metric_inc(l->m_backlog_resets);
             rb_info("tunnel_backlog", "session %s: %zu bytes wait for a device that does not "
                     "read; stream %u reset", s->tun->session_id,

@@ -21,6 +21,12 @@
 #include "rb_zmq.h"
 #include "tunnel.pb-c.h"
 
+/* A device's forwarder stops at RB_SESSION_WINDOW until the tunnel
+ * drains; past this, DATA comes only because streams that ended gave
+ * their credit back (a device resetting streams it never read): further
+ * DATA resets its stream instead of growing the queue. */
+#define EDGE_TUNNEL_BACKLOG_MAX ((size_t)4 * RB_SESSION_WINDOW)
+
 typedef struct edge_link edge_link_t;
 typedef struct edge_tunnel edge_tunnel_t; /* the link's view of one ACTIVE tunnel */
 

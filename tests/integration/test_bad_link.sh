@@ -63,6 +63,15 @@ hwm1=$(awk '/^VmHWM/ { print $2 }' "/proc/$EDGE_PID/status")
 [[ $out == flooded* ]] || fail "ping flood: $out"
 [[ -n ${ASAN_OPTIONS:-} ]] || (( hwm1 - hwm0 < 16 * 1024 )) || fail "the edge's peak grew by $(( hwm1 - hwm0 )) KiB for a peer that pings and never reads ($out)"
 ok "a peer that floods Pings before logging on and reads nothing: $out, edge peak +$(( hwm1 - hwm0 )) KiB"
+# A device that asks and never reads the answers: StreamOpens the edge
+# refuses at once. Its queue is bounded; past that it is closed.
+echo 5 >"/proc/$EDGE_PID/clear_refs"
+hwm0=$(awk '/^VmHWM/ { print $2 }' "/proc/$EDGE_PID/status")
+out=$($RAW "$EDGE_ADDR" "$CA" bob "$USER_BOB_PASSWORD_FILE" open-flood) || fail "open flood: $out"
+hwm1=$(awk '/^VmHWM/ { print $2 }' "/proc/$EDGE_PID/status")
+[[ $out == "closed PROTOCOL: the device sends but does not read"* ]] || fail "open flood: $out"
+[[ -n ${ASAN_OPTIONS:-} ]] || (( hwm1 - hwm0 < 64 * 1024 )) || fail "the edge's peak grew by $(( hwm1 - hwm0 )) KiB for a device that asks and never reads ($out)"
+ok "a device that opens streams the edge refuses and never reads the answers: $out, edge peak +$(( hwm1 - hwm0 )) KiB"
 alice_ok || fail "alice's streams broke after bob's misbehaviour"
 overruns=$(metric "$EDGE_STATUS_URL" reachback_edge_window_overruns_total)
 [[ ${overruns%.*} -ge 1 ]] || fail "window overrun not counted ($overruns)"

@@ -25,6 +25,12 @@ Modes:
   ping-flood     before any logon, sends Pings as fast as the edge takes
                  them for 3 s, reading nothing, then holds the connection
                  1 s more: "flooded N" (N Pings sent)
+  open-flood     sends 1,200,000 StreamOpens of an unknown proto (each
+                 answered at once with a StreamResult, about 43 MB in all)
+                 reading nothing, then reads what came: the edge must close
+                 with PROTOCOL before it has queued them all ("closed
+                 PROTOCOL: ..., after N answers"; "alive after N answers"
+                 when it did not)
 Prints one line: "closed PROTOCOL: <message>", "alive", or what went wrong.
 """
 import socket
@@ -248,6 +254,41 @@ def main():
                 if num == 8:
                     print("alive %d" % resets)
                     return 0
+    elif mode == "open-flood":
+        opens = 1200000
+        batch = control(14, field_varint(1, 7) + field_varint(2, 7) + field_bytes(3, "127.0.0.1")
+                        + field_varint(4, 9)) * 4000
+        try:
+            for _ in range(opens // 4000):
+                t.send(batch)
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError):
+            pass
+        data = bytearray(t.buf)
+        t.s.settimeout(5)
+        while True:
+            try:
+                b = t.s.recv(1 << 20)
+            except (socket.timeout, ConnectionResetError, ssl.SSLError, OSError):
+                break
+            if not b:
+                break
+            data += b
+        i, answers, closed = 0, 0, None
+        while i + 12 <= len(data):
+            ft, _, _, _, n = struct.unpack_from(">BBHII", data, i)
+            body = bytes(data[i + 12:i + 12 + n])
+            i += 12 + n
+            if ft == CONTROL:
+                num, _, v = fields(body)[0]
+                if num == 15:
+                    answers += 1
+                elif num == 9:
+                    closed = v
+        if closed is None:
+            print("alive after %d answers" % answers)
+            return 1
+        print("%s, after %d answers" % (closed_line(closed), answers))
+        return 0
     elif mode == "stray":
         t.send(frame(DATA, 0, 99, b"nobody"))
         t.send(frame(DATA, 2, 101, b""))
