@@ -29,6 +29,12 @@
 #define FLOW_QUEUE_MAX 16
 #define FLOW_QUEUE_BYTES (4 * EARLY_MAX)
 #define UDP_BURST 64
+/* UDP may lose datagrams, and does here rather than queue them behind this
+ * much tunnel output (an uplink slower than a local sender, or an edge
+ * that stopped reading): nothing else bounds what local senders push in. */
+#define DATAGRAM_BACKLOG (1u << 20)
+/* A run of drops is logged at most this often. */
+#define DROP_LOG_MS 10000
 
 typedef struct {
     int proto; /* RB__TUNNEL__PROTO__PROTO_TCP / _UDP */
@@ -84,10 +90,30 @@ struct client_streams {
     rb_imap_t *streams;
     uint32_t next_id; /* odd */
     rb_timer_t *ok_timer; /* sends the OKs still held */
+    uint64_t dgrams_dropped;
+    uint64_t dgrams_dropped_logged, drop_log_ms;
 };
 
 /* ------------------------------------------------------------------ */
 /* Sending to the edge                                                 */
+
+static void s_send_datagram(client_streams_t *cs, uint32_t id, const void *buf, size_t len)
+{
+    if (!cs->t) return;
+    if (rb_tconn_output_pending(cs->t) <= DATAGRAM_BACKLOG) {
+        rb_tconn_send_frame(cs->t, RB_FRAME_DATAGRAM, 0, id, buf, len);
+        return;
+    }
+    cs->dgrams_dropped++;
+    uint64_t now = rb_now_ms();
+    if (cs->drop_log_ms && now - cs->drop_log_ms < DROP_LOG_MS) return;
+    rb_info("datagrams_dropped",
+            "%llu datagrams dropped (%llu in all): over %u bytes wait for the tunnel",
+            (unsigned long long)(cs->dgrams_dropped - cs->dgrams_dropped_logged),
+            (unsigned long long)cs->dgrams_dropped, DATAGRAM_BACKLOG);
+    cs->dgrams_dropped_logged = cs->dgrams_dropped;
+    cs->drop_log_ms = now;
+}
 
 static void s_result(client_streams_t *cs, uint32_t id, Rb__Tunnel__StreamError err,
                      const char *msg)
@@ -239,7 +265,7 @@ static void s_on_flow(rb_loop_t *loop, int fd, unsigned events, void *arg)
     for (int i = 0; i < 64; i++) {
         ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
         if (n < 0) return; /* EAGAIN, or an ICMP error: UDP goes on */
-        if (s->cs->t) rb_tconn_send_frame(s->cs->t, RB_FRAME_DATAGRAM, 0, s->id, buf, (size_t)n);
+        s_send_datagram(s->cs, s->id, buf, (size_t)n);
     }
 }
 
@@ -340,7 +366,7 @@ static void s_flow_opened(cstream_t *s, const Rb__Tunnel__StreamResult *r)
     for (size_t i = 0, off = 0; i < s->queued; i++) {
         uint32_t n;
         memcpy(&n, q + off, 4);
-        if (s->cs->t) rb_tconn_send_frame(s->cs->t, RB_FRAME_DATAGRAM, 0, s->id, q + off + 4, n);
+        s_send_datagram(s->cs, s->id, q + off + 4, n);
         off += 4 + n;
     }
     s->queued = 0;
@@ -384,7 +410,7 @@ static void s_on_udp_local(rb_loop_t *loop, int fd, unsigned events, void *arg)
             if (!rb_imap_get(l->flows, s_flow_key(&src))) continue; /* the open failed */
         }
         if (s->st == S_OPEN) {
-            rb_tconn_send_frame(cs->t, RB_FRAME_DATAGRAM, 0, s->id, buf, (size_t)n);
+            s_send_datagram(cs, s->id, buf, (size_t)n);
             continue;
         }
         uint32_t len = (uint32_t)n;
@@ -883,6 +909,11 @@ void client_streams_destroy(client_streams_t **pcs)
         rb_imap_destroy(&cs->listeners[i].flows);
     }
     free(cs);
+}
+
+uint64_t client_streams_datagrams_dropped(const client_streams_t *cs)
+{
+    return cs->dgrams_dropped;
 }
 
 size_t client_streams_count(const client_streams_t *cs)

@@ -6,6 +6,7 @@
  * open is answered, and an exposed stream's StreamResult{OK} held for its
  * first frame or the hold's end. The streams themselves run against a real
  * lab in tests/integration (test_expose, test_outbound, test_stream_close). */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -174,6 +175,7 @@ typedef struct {
     client_streams_t *cs;
     int lfd;
     rb_tconn_t *edge, *dev;
+    int edge_fd;
     bool exposed; /* the device's Expose arrived: its tunnel is up */
     rec_t rec[32];
     int n;
@@ -227,6 +229,7 @@ static void s_edge_accept(rb_loop_t *loop, int fd, unsigned events, void *arg)
     rig_t *r = arg;
     int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     assert_true(cfd >= 0);
+    r->edge_fd = cfd;
     r->edge = rb_tconn_accept(loop, s_sctx, cfd, "device", &s_edge_h, r);
     assert_non_null(r->edge);
 }
@@ -711,6 +714,44 @@ static void test_local_reset_while_the_open_waits(void **state)
     }
 }
 
+/* Local datagrams wait for the tunnel at most 1 MiB deep: an edge that
+ * stops reading (or an uplink slower than the sender) makes the client
+ * drop and count them, not queue them for ever. */
+static void test_forward_udp_drops_past_the_backlog(void **state)
+{
+    rig_t r;
+    s_rig_up(&r);
+    char err[256];
+    assert_int_equal(
+        client_streams_forward(r.cs, "udp:127.0.0.1:0:alice.vpn.lab:5353", err, sizeof err), 0);
+    s_rig_connect(&r);
+    int u = s_udp_sender(client_streams_listener_port(r.cs, 0));
+    assert_int_equal(send(u, "q", 1, 0), 1);
+    int want = 1;
+    assert_true(s_run_until(&r, s_has_n, &want, 5000));
+    s_edge_send_result(&r, r.rec[0].id);
+    want = 2;
+    assert_true(s_run_until(&r, s_has_n, &want, 5000));
+    assert_int_equal(r.rec[1].kind, 'G');
+
+    /* The edge stops reading; 54 MB are offered, a few datagrams at a
+     * time (the local socket's buffer holds only a few). */
+    assert_int_equal(rb_loop_pause_fd(r.loop, r.edge_fd, 30000), 0);
+    static char big[60000];
+    for (int i = 0; i < 300; i++) {
+        for (int k = 0; k < 3; k++)
+            if (send(u, big, sizeof big, 0) < 0 && errno != EAGAIN)
+                fail_msg("send: %s", strerror(errno));
+        s_run_for(&r, 2);
+    }
+    size_t pending = rb_tconn_output_pending(r.dev);
+    if (pending > (1u << 20) + 2 * sizeof big)
+        fail_msg("%zu bytes of datagrams wait for the tunnel", pending);
+    assert_true(client_streams_datagrams_dropped(r.cs) > 0);
+    close(u);
+    s_rig_down(&r);
+}
+
 int main(void)
 {
     rb_log_init("test", RB_LOG_ERROR);
@@ -724,6 +765,7 @@ int main(void)
         cmocka_unit_test(test_exposed_ok_rides_with_the_first_frame),
         cmocka_unit_test(test_exposed_quiet_stream_gets_its_ok),
         cmocka_unit_test(test_local_reset_while_the_open_waits),
+        cmocka_unit_test(test_forward_udp_drops_past_the_backlog),
     };
     return cmocka_run_group_tests(tests, s_tls_setup, s_tls_teardown);
 }
