@@ -376,11 +376,11 @@ static void s_ev_down(void *arg, const Rb__Events__Session *s, const char *reaso
 {
     edge_t *e = arg;
     if (!s->session_id) return;
+    /* Noted even when a connection here carries it: a resume of it may be
+     * at the broker, its answer still on the way. */
+    edge_ended_note(e->ctx.ended, s->session_id, reason);
     edge_conn_t *c = rb_smap_get(e->ctx.by_session, s->session_id);
-    if (c)
-        edge_conn_end(c, reason);
-    else
-        edge_ended_note(e->ctx.ended, s->session_id, reason);
+    if (c) edge_conn_end(c, reason);
 }
 
 static const rb_events_handlers_t s_ev_handlers = {s_ev_reset, s_ev_up, s_ev_down};

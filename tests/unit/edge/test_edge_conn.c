@@ -72,6 +72,9 @@ typedef struct {
     bool expire_offers;         /* answer transfers with OFFER_EXPIRED */
     const char *gone;           /* answer refreshes with this id gone */
     uint64_t up_seq;            /* LogonReply.up_seq of alice's logons */
+    const char *alice_sid;      /* alice's session id, when not "s-1" */
+    bool hold_resumes;          /* keep resume requests for s_release_resume */
+    rb_rpc_req_t *held_resume;
 } broker_t;
 
 static void s_join(char *out, size_t len, char **v, size_t n)
@@ -119,7 +122,7 @@ static void s_broker_handle(void *arg, rb_rpc_req_t *req, const uint8_t *body, s
             lr.no_address = true;
             lr.resume_token = "tok4";
         } else {
-            lr.session_id = "s-1";
+            lr.session_id = (char *)(b->alice_sid ? b->alice_sid : "s-1");
             lr.ip = "127.77.0.2";
             lr.fqdn = "alice.vpn.lab";
             lr.resume_token = "tok";
@@ -143,6 +146,11 @@ static void s_broker_handle(void *arg, rb_rpc_req_t *req, const uint8_t *body, s
         break;
     case RB__EDGEBROKER__EDGE_TO_BROKER__BODY_RESUME:
         b->resumes++;
+        if (b->hold_resumes && !b->held_resume) {
+            b->held_resume = req;
+            protobuf_c_message_free_unpacked(&m->base, NULL);
+            return;
+        }
         r.body_case = RB__EDGEBROKER__BROKER_TO_EDGE__BODY_LOGON;
         r.logon = &lr;
         if (strcmp(m->resume->session_id, "s-1") == 0 &&
@@ -183,6 +191,23 @@ static void s_broker_handle(void *arg, rb_rpc_req_t *req, const uint8_t *body, s
     }
     rb_rpc_reply(req, &r.base);
     protobuf_c_message_free_unpacked(&m->base, NULL);
+}
+
+/* Answers the held resume: alice's session s-1, resumed. */
+static void s_release_resume(broker_t *b)
+{
+    assert_non_null(b->held_resume);
+    Rb__Edgebroker__BrokerToEdge r = RB__EDGEBROKER__BROKER_TO_EDGE__INIT;
+    Rb__Edgebroker__LogonReply lr = RB__EDGEBROKER__LOGON_REPLY__INIT;
+    r.version = RB_PROTO_VERSION;
+    r.body_case = RB__EDGEBROKER__BROKER_TO_EDGE__BODY_LOGON;
+    r.logon = &lr;
+    lr.session_id = "s-1";
+    lr.ip = "127.77.0.2";
+    lr.fqdn = "alice.vpn.lab";
+    lr.resume_token = "tok";
+    rb_rpc_reply(b->held_resume, &r.base);
+    b->held_resume = NULL;
 }
 
 /* ---- the stand-in event stream: an XPUB and a snapshot ROUTER ---- */
@@ -459,6 +484,10 @@ static bool s_closed(void *arg, int want) { return ((device_t *)arg)->closed > 0
 static bool s_logoffs(void *arg, int want) { return ((broker_t *)arg)->logoffs >= want; }
 static bool s_refreshes(void *arg, int want) { return ((broker_t *)arg)->refreshes >= want; }
 static bool s_never(void *arg, int want) { return false; }
+static bool s_held(void *arg, int want)
+{
+    return ((broker_t *)arg)->held_resume != NULL;
+}
 /* The edge's event stream has applied seq want (from its status). */
 static bool s_events_at(void *arg, int want)
 {
@@ -1007,18 +1036,22 @@ static void test_event_closes(void **state)
     fix_t f;
     s_start_with(&f, "15", NULL, true);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        /* A session of its own each time: an ended one stays ended. */
+        char sid[16];
+        snprintf(sid, sizeof sid, "s-e%zu", i);
+        f.broker.alice_sid = sid;
         device_t d;
         s_alice_on(&f, &d);
         /* Not ours, or ours and still here: nothing happens. */
         s_ev_event(&f.events, false, "s-other", "edge-t", "kicked");
-        s_ev_event(&f.events, true, "s-1", "edge-t", NULL);
+        s_ev_event(&f.events, true, sid, "edge-t", NULL);
         s_wait(f.loop, s_never, NULL, 0, 200);
         assert_int_equal(d.closed, 0);
         uint64_t sent = rb_now_ms();
         if (cases[i].reason)
-            s_ev_event(&f.events, false, "s-1", "edge-t", cases[i].reason);
+            s_ev_event(&f.events, false, sid, "edge-t", cases[i].reason);
         else
-            s_ev_event(&f.events, true, "s-1", "edge-9", NULL);
+            s_ev_event(&f.events, true, sid, "edge-9", NULL);
         assert_true(s_wait(f.loop, s_closed, &d, 0, 3000));
         assert_true(d.closed_at - sent < 1000);
         assert_int_equal(d.cases[d.n - 1], RB__TUNNEL__TUNNEL_CONTROL__MSG_SESSION_CLOSED);
@@ -1036,6 +1069,31 @@ static void test_event_closes(void **state)
  * logon here with up_seq N, and the UP of the visit (seq N - 1) arrives
  * only now. It is older than ours and must not close the live tunnel; an
  * UP elsewhere after ours still does. */
+/* The end of a session reaches the edge before the answer to a resume of
+ * it, while an older connection here still carries it: the end closes that
+ * connection, and the resumed one too when its answer comes. */
+static void test_end_before_the_resume_answer(void **state)
+{
+    fix_t f;
+    s_start_with(&f, "15", NULL, true);
+    device_t old;
+    s_alice_on(&f, &old);
+    f.broker.hold_resumes = true;
+    device_t d;
+    s_dial(&f, &d);
+    s_hello(&d);
+    s_resume(&d, "s-1", "tok");
+    assert_true(s_wait(f.loop, s_held, &f.broker, 0, 3000));
+    s_ev_event(&f.events, false, "s-1", "edge-t", "transferred");
+    assert_true(s_wait(f.loop, s_closed, &old, 0, 3000));
+    s_release_resume(&f.broker);
+    assert_true(s_wait(f.loop, s_closed, &d, 0, 3000));
+    assert_int_equal(d.cases[1], RB__TUNNEL__TUNNEL_CONTROL__MSG_LOGON_OK);
+    assert_int_equal(d.cases[d.n - 1], RB__TUNNEL__TUNNEL_CONTROL__MSG_SESSION_CLOSED);
+    assert_int_equal(d.reasons[d.n - 1], RB__TUNNEL__CLOSE_REASON__CLOSE_TRANSFERRED);
+    s_stop(&f);
+}
+
 static void test_stale_up_event_ignored(void **state)
 {
     fix_t f;
@@ -1116,6 +1174,7 @@ int main(void)
         cmocka_unit_test(test_no_address),
         cmocka_unit_test(test_refresh_gone),
         cmocka_unit_test(test_event_closes),
+        cmocka_unit_test(test_end_before_the_resume_answer),
         cmocka_unit_test(test_stale_up_event_ignored),
         cmocka_unit_test(test_stale_up_rule_after_the_sequence_restarts),
         cmocka_unit_test(test_shutdown_keeps_sessions),
