@@ -132,12 +132,20 @@ static socks_step_t s_request(socks_t *s, rb_cursor_t *c, size_t *used)
         if (!inet_ntop(AF_INET, &in, host, sizeof host))
             return s_refuse(s, SOCKS_GENERAL_FAILURE, "cannot format IPv4 address");
     } else if (atyp == SOCKS_ATYP_IPV6) {
+        /* The intranet behind the gateway is IPv4: say so now (reply 8)
+         * rather than after a round trip through it. An IPv4-mapped
+         * address is the IPv4 address it carries. */
         const uint8_t *a = rb_cur_bytes(c, 16);
         if (a == NULL) return SOCKS_NEED_MORE;
         struct in6_addr in6;
         memcpy(&in6, a, sizeof in6);
-        if (!inet_ntop(AF_INET6, &in6, host, sizeof host))
-            return s_refuse(s, SOCKS_GENERAL_FAILURE, "cannot format IPv6 address");
+        if (!IN6_IS_ADDR_V4MAPPED(&in6))
+            return s_refuse(s, SOCKS_ATYP_UNSUPPORTED,
+                            "IPv6 addresses are not supported (the gateway's intranet is IPv4)");
+        struct in_addr in;
+        memcpy(&in, a + 12, sizeof in);
+        if (!inet_ntop(AF_INET, &in, host, sizeof host))
+            return s_refuse(s, SOCKS_GENERAL_FAILURE, "cannot format IPv4 address");
     } else if (atyp == SOCKS_ATYP_DOMAIN) {
         uint8_t n = rb_cur_u8(c);
         if (c->err) return SOCKS_NEED_MORE;
