@@ -427,6 +427,21 @@ static void s_outbound_fail(stream_t *s, Rb__Tunnel__StreamError err, const char
     s_stream_free(s, "failed", why);
 }
 
+/* Ends a stream the device still holds, for a cause of ours. A device
+ * waiting for the answer to its own open gets it (FAILED, why): a result
+ * comes before any other frame of a stream it opened, and a SOCKS client
+ * then hears a reply, not a reset. Any other stream is reset. */
+static void s_stream_cut(stream_t *s, const char *why)
+{
+    if (s->kind == K_OUTBOUND && !s->open_ok) {
+        s_outbound_fail(s, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, why);
+        return;
+    }
+    if (!s->denied && !s->refused)
+        s_send_frame(s->p, s->peer, RB_FRAME_DATA, RB_FRAME_RST, s->id, NULL, 0);
+    s_stream_free(s, s_verdict(s), why);
+}
+
 /* The OK of an outbound stream or flow, with the source the server sees. */
 static void s_outbound_ok(stream_t *s, int fd)
 {
@@ -1347,8 +1362,7 @@ static void s_check_held(plane_t *p, attach_t *a)
             "session %s (user '%s'): %" PRIu64 " bytes wait for internal peers that do not read "
             "(max_held_per_session_kib %" PRIu64 "); stream %u, holding %zu, reset",
             a->session_id, a->user, held, p->cfg->max_held_per_session / 1024, most->id, most_held);
-    s_send_frame(p, most->peer, RB_FRAME_DATA, RB_FRAME_RST, most->id, NULL, 0);
-    s_stream_end(most, "the session's internal peers are not reading", true);
+    s_stream_cut(most, "the session's internal peers are not reading");
 }
 
 static void s_on_frame(plane_t *p, peer_t *peer, const rb_frame_t *f)
@@ -1579,9 +1593,7 @@ static void s_expire_flows(void *arg, const char *key, void *value)
         next = s->next;
         if (s->proto != POLICY_UDP || c->now - s->last_ms < c->p->cfg->udp_idle_s * 1000ull)
             continue;
-        if (!s->denied && !s->refused)
-            s_send_frame(c->p, s->peer, RB_FRAME_DATA, RB_FRAME_RST, s->id, NULL, 0);
-        s_stream_free(s, s_verdict(s), "idle");
+        s_stream_cut(s, "idle");
     }
 }
 
