@@ -750,6 +750,11 @@ int edge_link_frame(edge_tunnel_t *tun, const rb_frame_t *f, const char **why)
             *why = "stream window overrun";
             return -1;
         }
+        /* It says nothing, and would cost the link a message each. */
+        if (f->len == 0 && f->flags == 0) {
+            *why = "empty DATA frame";
+            return -1;
+        }
         s->up_left -= f->len;
         if (s_fwd_frame(s->fwd, RB_FRAME_DATA, f->flags, s->lid, f->payload, f->len) < 0) {
             /* Lost bytes would corrupt the stream: end it instead. */
@@ -764,7 +769,13 @@ int edge_link_frame(edge_tunnel_t *tun, const rb_frame_t *f, const char **why)
         if (s->fin_up && s->fin_down) s_stream_free(s, false, false);
         return 0;
     case RB_FRAME_WINDOW:
-        s->down_left = s_add_credit(s->down_left, rb_frame_window(f));
+        /* A device gives back only what it was sent: more would be a
+         * message to the forwarder per frame for nothing. */
+        if ((uint64_t)s->down_left + rb_frame_window(f) > RB_STREAM_WINDOW) {
+            *why = "WINDOW grants more than the stream's window";
+            return -1;
+        }
+        s->down_left += rb_frame_window(f);
         if (s_fwd_frame(s->fwd, RB_FRAME_WINDOW, 0, s->lid, f->payload, f->len) < 0)
             s_stream_free(s, true, false); /* lost credit would stall it for good */
         return 0;

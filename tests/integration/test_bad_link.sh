@@ -29,6 +29,12 @@ wait_until 3000 alice_ok || fail "alice's port is not reachable"
 out=$($RAW "$EDGE_ADDR" "$CA" bob "$USER_BOB_PASSWORD_FILE" overrun 127.0.0.1 "$SINK_PORT") || true
 [[ $out == "closed PROTOCOL: stream window overrun" ]] || fail "window overrun: $out"
 ok "a device sending past its window: $out"
+out=$($RAW "$EDGE_ADDR" "$CA" bob "$USER_BOB_PASSWORD_FILE" overgrant 127.0.0.1 "$SINK_PORT") || true
+[[ $out == "closed PROTOCOL: WINDOW grants more than the stream's window" ]] || fail "credit for bytes never sent: $out"
+ok "a device granting credit for bytes it was never sent: $out"
+out=$($RAW "$EDGE_ADDR" "$CA" bob "$USER_BOB_PASSWORD_FILE" empty-data 127.0.0.1 "$SINK_PORT") || true
+[[ $out == "closed PROTOCOL: empty DATA frame" ]] || fail "empty DATA: $out"
+ok "a device sending DATA with no bytes and no flags: $out"
 out=$($RAW "$EDGE_ADDR" "$CA" bob "$USER_BOB_PASSWORD_FILE" even-id) || true
 [[ $out == "closed PROTOCOL: a device's stream id must be odd" ]] || fail "even stream id: $out"
 ok "a device opening an edge-side stream id: $out"

@@ -11,6 +11,10 @@ Modes:
                  without waiting for credit: the edge must close with
                  SessionClosed{PROTOCOL}
   even-id        opens a stream with an even id (the edge's ids): PROTOCOL
+  overgrant      opens a stream to TARGET and grants credit for bytes it was
+                 never sent (WINDOW 4096 at once): PROTOCOL
+  empty-data     opens a stream to TARGET and sends a DATA frame with no
+                 bytes and no flags: PROTOCOL
   churn          opens 40 streams to TARGET (a server that sends at once),
                  one after the other, resetting each after 50 ms, never
                  reading the tunnel; then reads it and pings: "alive N" (N:
@@ -201,6 +205,14 @@ def main():
     elif mode == "even-id":
         t.send(control(14, field_varint(1, 2) + field_varint(2, 1) + field_bytes(3, "127.0.0.1")
                        + field_varint(4, 9)))
+    elif mode in ("overgrant", "empty-data"):
+        host, port = target
+        t.send(control(14, field_varint(1, 9) + field_varint(2, 1) + field_bytes(3, host)
+                       + field_varint(4, int(port))))
+        if mode == "overgrant":
+            t.send(frame(WINDOW, 0, 9, struct.pack(">I", 4096)))
+        else:
+            t.send(frame(DATA, 0, 9, b""))
     elif mode == "data-flow":
         host, port = target
         t.send(control(14, field_varint(1, 3) + field_varint(2, 1) + field_bytes(3, host)
