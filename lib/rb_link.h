@@ -44,8 +44,13 @@ int rb_link_send(void *sock, const void *rid, size_t rid_len, uint8_t type, uint
                  uint32_t id, const void *data, size_t len);
 int rb_link_send_control(void *sock, const void *rid, size_t rid_len,
                          const Rb__Fwd__LinkControl *m);
-/* Fills c (and m, which c points to) as a Relayed for n streams: link id
- * ids[i] took bytes[i]. Both sides of the link send one. */
+/* Entries in one Relayed: packed, an id and a count take at most 10
+ * bytes, so the message stays under RB_FRAME_MAX_CONTROL. A session with
+ * more streams to report sends several. */
+#define RB_LINK_RELAYED_MAX 1024
+/* Fills c (and m, which c points to) as a Relayed for n streams (at most
+ * RB_LINK_RELAYED_MAX): link id ids[i] took bytes[i]. Both sides of the
+ * link send one. */
 void rb_link_relayed(Rb__Fwd__LinkControl *c, Rb__Fwd__Relayed *m, uint32_t *ids, uint32_t *bytes,
                      size_t n);
 /* Receives one message without waiting. 1: *f describes it (payload valid

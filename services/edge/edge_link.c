@@ -805,11 +805,11 @@ static void s_send_relayed(fwd_t *f, uint32_t *ids, uint32_t *bytes, size_t n)
     s_fwd_control(f, &c);
 }
 
-/* Relayed: the streams' bytes the device's connection has taken, in one
- * message to the session's forwarder. */
+/* Relayed: the streams' bytes the device's connection has taken, in as
+ * few messages to the session's forwarder as their size allows. */
 typedef struct {
     fwd_t *f;
-    uint32_t *ids, *bytes;
+    uint32_t ids[RB_LINK_RELAYED_MAX], bytes[RB_LINK_RELAYED_MAX];
     size_t n;
 } relayed_t;
 
@@ -821,6 +821,10 @@ static void s_collect_relayed(void *arg, uint64_t key, void *value)
     if (s->fwd == r->f) {
         r->ids[r->n] = s->lid;
         r->bytes[r->n++] = s->relayed;
+        if (r->n == RB_LINK_RELAYED_MAX) {
+            s_send_relayed(r->f, r->ids, r->bytes, r->n);
+            r->n = 0;
+        }
     } else if (s->fwd) {
         s_send_relayed(s->fwd, &s->lid, &s->relayed, 1); /* opened by another forwarder */
     }
@@ -831,14 +835,9 @@ static void s_collect_relayed(void *arg, uint64_t key, void *value)
 void edge_link_drained(edge_tunnel_t *tun)
 {
     if (!tun || tun->relayed < RELAYED_BATCH) return;
-    size_t max = rb_imap_count(tun->streams);
-    relayed_t r = {tun->fwd, calloc(max, sizeof *r.ids), calloc(max, sizeof *r.bytes), 0};
-    if (r.ids && r.bytes) {
-        rb_imap_each(tun->streams, s_collect_relayed, &r);
-        if (r.n && r.f) s_send_relayed(r.f, r.ids, r.bytes, r.n);
-    }
-    free(r.ids);
-    free(r.bytes);
+    relayed_t r = {.f = tun->fwd};
+    rb_imap_each(tun->streams, s_collect_relayed, &r);
+    if (r.n && r.f) s_send_relayed(r.f, r.ids, r.bytes, r.n);
 }
 
 /* ------------------------------------------------------------------ */

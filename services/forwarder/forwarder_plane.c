@@ -1313,21 +1313,21 @@ static void s_up_taken(stream_t *s, size_t n)
     s->up_taken += (uint32_t)n;
     a->up_taken += n;
     if (a->up_taken < RB_LINK_DATAGRAM_WINDOW / 8) return;
-    uint32_t *ids = calloc(a->nstreams, sizeof *ids), *bytes = calloc(a->nstreams, sizeof *bytes);
-    size_t k = 0;
-    for (stream_t *x = a->streams; x && ids && bytes; x = x->next) {
-        if (!x->up_taken) continue;
-        ids[k] = x->id;
-        bytes[k++] = x->up_taken;
-    }
-    if (k && s_send_relayed(s->p, s->peer, ids, bytes, k) == 0) {
-        for (stream_t *x = a->streams; x; x = x->next) {
-            a->up_taken -= x->up_taken;
-            x->up_taken = 0;
+    uint32_t ids[RB_LINK_RELAYED_MAX], bytes[RB_LINK_RELAYED_MAX];
+    for (stream_t *from = a->streams, *x; from; from = x) {
+        size_t k = 0;
+        for (x = from; x && k < RB_LINK_RELAYED_MAX; x = x->next) {
+            if (!x->up_taken) continue;
+            ids[k] = x->id;
+            bytes[k++] = x->up_taken;
+        }
+        /* Unsent counts stay for the next try. */
+        if (!k || s_send_relayed(s->p, s->peer, ids, bytes, k) < 0) return;
+        for (stream_t *y = from; y != x; y = y->next) {
+            a->up_taken -= y->up_taken;
+            y->up_taken = 0;
         }
     }
-    free(ids);
-    free(bytes);
 }
 
 /* Each stream's window bounds what the forwarder keeps for an internal

@@ -552,6 +552,23 @@ static void test_send_control_limits(void **state)
     assert_true(s_until(k->l, &k->fwd, 2, 5000));
     assert_int_equal(k->fwd.got[1].rc, 1);
     assert_int_equal(k->fwd.got[1].f.type, RB_FRAME_DATA);
+
+    /* The largest Relayed a side sends (RB_LINK_RELAYED_MAX entries, the
+     * longest varints) fits a control frame, and arrives whole. */
+    static uint32_t ids[RB_LINK_RELAYED_MAX], bytes[RB_LINK_RELAYED_MAX];
+    for (size_t i = 0; i < RB_LINK_RELAYED_MAX; i++)
+        ids[i] = bytes[i] = UINT32_MAX - (uint32_t)i;
+    Rb__Fwd__Relayed rel;
+    rb_link_relayed(&m, &rel, ids, bytes, RB_LINK_RELAYED_MAX);
+    assert_int_equal(rb_link_send_control(k->dealer, NULL, 0, &m), 0);
+    assert_true(s_until(k->l, &k->fwd, 3, 5000));
+    assert_int_equal(k->fwd.got[2].rc, 1);
+    const Rb__Fwd__LinkControl *got = k->fwd.got[2].ctl;
+    assert_non_null(got);
+    assert_int_equal(got->msg_case, RB__FWD__LINK_CONTROL__MSG_RELAYED);
+    assert_int_equal(got->relayed->n_link_ids, RB_LINK_RELAYED_MAX);
+    assert_int_equal(got->relayed->bytes[RB_LINK_RELAYED_MAX - 1],
+                     UINT32_MAX - (RB_LINK_RELAYED_MAX - 1));
     s_link_free(k);
 }
 
