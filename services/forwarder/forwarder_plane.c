@@ -854,7 +854,6 @@ static void s_on_accept(rb_loop_t *loop, int lfd, unsigned events, void *arg)
         return;
     }
     if (a->down_held) rb_pump_hold_input(s->pump, true);
-    rb_metric_inc(p->m_inbound_allowed);
     char ip[INET_ADDRSTRLEN];
     inet_ntop(AF_INET, &src.sin_addr, ip, sizeof ip);
     /* A client that speaks first has usually sent its first bytes by now:
@@ -922,7 +921,6 @@ static void s_on_datagram(rb_loop_t *loop, int fd, unsigned events, void *arg)
                 a->ndenied++;
             }
             if (ok) {
-                rb_metric_inc(p->m_inbound_allowed);
                 char ip[INET_ADDRSTRLEN];
                 inet_ntop(AF_INET, &src.sin_addr, ip, sizeof ip);
                 s_open_to_device(s, l->port, ip, ntohs(src.sin_port), NULL, 0);
@@ -1198,8 +1196,12 @@ static void s_on_open_result(plane_t *p, peer_t *peer, const Rb__Fwd__OpenResult
 {
     stream_t *s = rb_imap_get(peer->streams, m->link_id);
     if (!s || s->kind != K_INBOUND) return; /* ended meanwhile */
+    /* One verdict per connection or flow, as in its audit line: the
+     * policy's (denied), else the device's (allowed or refused). */
+    if (s->open_ok || s->refused) return;
     if (m->error == RB__TUNNEL__STREAM_ERROR__STREAM_OK) {
         s->open_ok = true;
+        rb_metric_inc(p->m_inbound_allowed);
         return;
     }
     rb_metric_inc(p->m_inbound_refused);

@@ -30,9 +30,14 @@ refused_fast() {
 }
 
 refused_fast "port 7000, not exposed" "$ip" 7000
+inbound() { metric "$FORWARDER_STATUS_URL" "reachback_forwarder_inbound_total{verdict=\"$1\"}"; }
+allowed0=$(inbound allowed); refused0=$(inbound refused)
 refused_fast "port 6000, exposed but the device's service is down" "$ip" 6000
 audit_lines | grep -q '"port":6000,"verdict":"refused"' || fail "no 'refused' audit line for 6000"
-ok "audit line: refused by the device"
+refused_rose() { local r; r=$(inbound refused); (( ${r%.*} > ${refused0%.*} )); }
+wait_until 2000 refused_rose || fail "inbound_total{refused} did not rise ($refused0 -> $(inbound refused))"
+[[ $(inbound allowed) == "$allowed0" ]] || fail "a connection the device refused was also counted allowed ($allowed0 -> $(inbound allowed))"
+ok "audit line and metric: refused by the device (and not counted allowed)"
 
 # A live connection, then a policy that allows only 127.0.0.2: SIGHUP.
 bg python3 "$PEER" pinger "$ip" 5900 20 0.1
