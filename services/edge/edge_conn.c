@@ -139,7 +139,10 @@ static void s_cancel_offer(edge_conn_t *c)
     c->offer_timer = NULL;
 }
 
-/* Tells the device why, then closes once that is flushed. */
+/* Tells the device why, then closes once that is flushed. The session is
+ * no longer carried from now (its streams end at the forwarder), not only
+ * when the flush and the linger are over, up to 12 s later for a device
+ * that does not read. */
 static void s_close(edge_conn_t *c, Rb__Tunnel__CloseReason reason, const char *msg)
 {
     if (c->st == ST_CLOSING) return;
@@ -157,6 +160,7 @@ static void s_close(edge_conn_t *c, Rb__Tunnel__CloseReason reason, const char *
     s_rl_release(c);
     edge_broker_abandon(c->ctx->broker, c->breq);
     c->breq = NULL;
+    s_detach(c);
     rb_tconn_close_after_flush(c->t);
 }
 
@@ -917,7 +921,6 @@ void edge_conn_shutdown(edge_conn_t *c)
     }
     /* No logoff: the device resumes its session on another edge. */
     s_close(c, RB__TUNNEL__CLOSE_REASON__CLOSE_SHUTDOWN, "the edge is stopping");
-    s_detach(c);
 }
 
 static int s_kick_index(Rb__Tunnel__CloseReason reason)
@@ -939,7 +942,6 @@ void edge_conn_kick(edge_conn_t *c, Rb__Tunnel__CloseReason reason, const char *
     rb_info("session_kicked", "session %s (user '%s') from %s: %s", c->session_id ? c->session_id : "-",
             s_user(c), c->peer, msg);
     s_close(c, reason, msg);
-    s_detach(c);
 }
 
 void edge_conn_end(edge_conn_t *c, const char *event_reason)

@@ -15,6 +15,10 @@ Modes:
                  never sent (WINDOW 4096 at once): PROTOCOL
   empty-data     opens a stream to TARGET and sends a DATA frame with no
                  bytes and no flags: PROTOCOL
+  empty-data-quiet
+                 as empty-data after a second, then reads nothing for 4 s
+                 (the edge must let the session go at once, not when it
+                 has flushed)
   churn          opens 40 streams to TARGET (a server that sends at once),
                  one after the other, resetting each after 50 ms, never
                  reading the tunnel; then reads it and pings: "alive N" (N:
@@ -205,14 +209,18 @@ def main():
     elif mode == "even-id":
         t.send(control(14, field_varint(1, 2) + field_varint(2, 1) + field_bytes(3, "127.0.0.1")
                        + field_varint(4, 9)))
-    elif mode in ("overgrant", "empty-data"):
+    elif mode in ("overgrant", "empty-data", "empty-data-quiet"):
         host, port = target
         t.send(control(14, field_varint(1, 9) + field_varint(2, 1) + field_bytes(3, host)
                        + field_varint(4, int(port))))
         if mode == "overgrant":
             t.send(frame(WINDOW, 0, 9, struct.pack(">I", 4096)))
-        else:
+        elif mode == "empty-data":
             t.send(frame(DATA, 0, 9, b""))
+        else:
+            time.sleep(1)   # attached a while first, for the test to see
+            t.send(frame(DATA, 0, 9, b""))
+            time.sleep(4)
     elif mode == "data-flow":
         host, port = target
         t.send(control(14, field_varint(1, 3) + field_varint(2, 1) + field_bytes(3, host)
