@@ -120,6 +120,7 @@ struct stream {
     uint32_t up_taken; /* this flow's share of a->up_taken */
     char peer_desc[64]; /* "ip:port" of the internal side */
     char src_user[NAME_MAX_LEN + 1];
+    char dst_user[NAME_MAX_LEN + 1]; /* outbound to a device's address: its user */
     char target[NAME_MAX_LEN + 8];
 };
 
@@ -221,7 +222,7 @@ static void s_audit(stream_t *s, const char *verdict, const char *why)
     rb_buf_puts(&f, "\",\"src_user\":\"");
     rb_buf_json_escape(&f, s->kind == K_INBOUND ? s->src_user : s->a->user);
     rb_buf_puts(&f, "\",\"user\":\"");
-    rb_buf_json_escape(&f, s->kind == K_INBOUND ? s->a->user : "");
+    rb_buf_json_escape(&f, s->kind == K_INBOUND ? s->a->user : s->dst_user);
     rb_buf_puts(&f, "\",\"dst\":\"");
     rb_buf_json_escape(&f, s->kind == K_INBOUND ? s->a->ip : s->target);
     rb_buf_printf(&f,
@@ -518,6 +519,7 @@ static bool s_device_to_device_ok(stream_t *s, uint32_t ip)
         to_user = p->cfg->user_of_ip(p->cfg->lookup_arg, ip, &to_groups, &n_to_groups);
     }
     if (!to_user) return true; /* not a device's address */
+    snprintf(s->dst_user, sizeof s->dst_user, "%s", to_user);
     policy_query_t q = {
         .src_ip = s->a->ip[0] ? s->a->ip_n : 0,
         .src_user = s->a->user,
