@@ -395,6 +395,12 @@ static void s_on_stream(void *arg, const rb_frame_t *f, const Rb__Tunnel__Tunnel
     client_streams_input(app->streams, f, m);
 }
 
+static void s_on_drained(void *arg)
+{
+    app_t *app = arg;
+    client_streams_drained(app->streams);
+}
+
 static void s_on_signal(rb_loop_t *loop, int signo, void *arg)
 {
     app_t *app = arg;
@@ -452,8 +458,8 @@ static int s_connect(opts_t *o)
         fprintf(stderr, "reachback-client: %s\nTry 'reachback-client --help'.\n", err);
         return EXIT_USAGE;
     }
-    client_session_handlers_t h = {s_on_logon, s_on_offer, s_on_resuming,
-                                   s_on_end,   s_on_tunnel, s_on_stream};
+    client_session_handlers_t h = {s_on_logon,  s_on_offer,  s_on_resuming, s_on_end,
+                                   s_on_tunnel, s_on_stream, s_on_drained};
     app.s = client_session_new(loop, tls, &cfg, &h, &app);
     OPENSSL_cleanse(password, sizeof password);
     if (!app.s) {

@@ -601,7 +601,13 @@ static void s_on_close(rb_tconn_t *t, rb_tconn_end_t end, const char *reason, vo
     s_end(s, CLIENT_CONNECTION_LOST, msg);
 }
 
-static const rb_tconn_handlers_t s_handlers = {s_on_open, s_on_frame, s_on_close, NULL};
+static void s_on_drained(rb_tconn_t *t, void *arg)
+{
+    client_session_t *s = arg;
+    if (s->tunnel_up && s->h.on_drained) s->h.on_drained(s->arg);
+}
+
+static const rb_tconn_handlers_t s_handlers = {s_on_open, s_on_frame, s_on_close, s_on_drained};
 
 client_session_t *client_session_new(rb_loop_t *loop, SSL_CTX *tls,
                                      const client_session_config_t *cfg,

@@ -84,6 +84,9 @@ typedef struct {
      * message (StreamOpen, StreamResult: m set) from the edge, while the
      * tunnel is up. */
     void (*on_stream)(void *arg, const rb_frame_t *f, const Rb__Tunnel__TunnelControl *m);
+    /* What was queued for the tunnel has all gone to the socket, while the
+     * tunnel is up. May be NULL. */
+    void (*on_drained)(void *arg);
 } client_session_handlers_t;
 
 /* Starts connecting to the first server. tls is borrowed. NULL when no

@@ -35,6 +35,11 @@
 #define DATAGRAM_BACKLOG (1u << 20)
 /* A run of drops is logged at most this often. */
 #define DROP_LOG_MS 10000
+/* Each stream sends only while its credit lasts (a window); together the
+ * streams also stop reading their sockets while this much waits for the
+ * uplink, until it has all gone: on a slow uplink many streams cost the
+ * device this, not a window each. */
+#define UP_BACKLOG ((size_t)4 << 20)
 
 typedef struct {
     int proto; /* RB__TUNNEL__PROTO__PROTO_TCP / _UDP */
@@ -90,6 +95,7 @@ struct client_streams {
     rb_imap_t *streams;
     uint32_t next_id; /* odd */
     rb_timer_t *ok_timer; /* sends the OKs still held */
+    bool up_held;         /* UP_BACKLOG reached: every pump holds its input */
     uint64_t dgrams_dropped;
     uint64_t dgrams_dropped_logged, drop_log_ms;
 };
@@ -212,12 +218,34 @@ static void s_on_ok_timer(rb_loop_t *loop, void *arg)
     rb_imap_each(cs->streams, s_flush_held_ok, NULL);
 }
 
+static void s_hold_one(void *arg, uint64_t key, void *value)
+{
+    (void)key;
+    cstream_t *s = value;
+    if (s->pump) rb_pump_hold_input(s->pump, *(const bool *)arg);
+}
+
+static void s_hold_input(client_streams_t *cs, bool hold)
+{
+    if (cs->up_held == hold) return;
+    cs->up_held = hold;
+    rb_imap_each(cs->streams, s_hold_one, &hold);
+}
+
+/* A new pump joins a hold in force. */
+static void s_pump_started(cstream_t *s)
+{
+    if (s->cs->up_held) rb_pump_hold_input(s->pump, true);
+}
+
 static int s_pump_data(void *arg, uint8_t flags, const uint8_t *buf, size_t len)
 {
     cstream_t *s = arg;
     if (!s->cs->t) return -1;
     s_send_held_ok(s);
-    return rb_tconn_send_frame(s->cs->t, RB_FRAME_DATA, flags, s->id, buf, len);
+    int rc = rb_tconn_send_frame(s->cs->t, RB_FRAME_DATA, flags, s->id, buf, len);
+    if (rb_tconn_output_pending(s->cs->t) > UP_BACKLOG) s_hold_input(s->cs, true);
+    return rc;
 }
 
 static int s_pump_window(void *arg, uint32_t inc)
@@ -329,7 +357,9 @@ static void s_on_stream_open(client_streams_t *cs, const Rb__Tunnel__StreamOpen 
         close(fd);
         s_result(cs, id, RB__TUNNEL__STREAM_ERROR__STREAM_FAILED, "out of memory");
         s_stream_free(s);
+        return;
     }
+    s_pump_started(s);
 }
 
 /* ---- device-initiated: --forward and --socks ---- */
@@ -485,6 +515,7 @@ static void s_on_stream_result(client_streams_t *cs, const Rb__Tunnel__StreamRes
         s_stream_abort(s);
         return;
     }
+    s_pump_started(s);
     /* What a SOCKS client sent behind its request (and maybe its
      * half-close); a forward's early bytes have gone already. */
     if ((s->early.len || (s->socks && s->early_fin)) && cs->t &&
@@ -810,6 +841,7 @@ static void s_drop(void *arg, uint64_t key, void *value)
 
 void client_streams_tunnel(client_streams_t *cs, rb_tconn_t *t)
 {
+    cs->up_held = false; /* a new tunnel, or none: no stream is held */
     if (!t) {
         cs->t = NULL;
         rb_imap_each(cs->streams, s_drop, NULL);
@@ -909,6 +941,11 @@ void client_streams_destroy(client_streams_t **pcs)
         rb_imap_destroy(&cs->listeners[i].flows);
     }
     free(cs);
+}
+
+void client_streams_drained(client_streams_t *cs)
+{
+    s_hold_input(cs, false);
 }
 
 uint64_t client_streams_datagrams_dropped(const client_streams_t *cs)

@@ -49,6 +49,9 @@ void client_streams_tunnel(client_streams_t *cs, rb_tconn_t *t);
  * (m). */
 void client_streams_input(client_streams_t *cs, const rb_frame_t *f,
                           const Rb__Tunnel__TunnelControl *m);
+/* The tunnel's output has all gone to the socket: streams held for the
+ * uplink read again. */
+void client_streams_drained(client_streams_t *cs);
 size_t client_streams_count(const client_streams_t *cs);
 /* Local datagrams dropped because over 1 MiB waited for the tunnel. */
 uint64_t client_streams_datagrams_dropped(const client_streams_t *cs);

@@ -265,8 +265,8 @@ static void s_on_end(void *arg, client_result_t r, const char *msg)
     d->ended_at = rb_now_ms();
 }
 
-static const client_session_handlers_t s_dev_handlers = {s_on_logon, s_on_offer, s_on_resuming,
-                                                          s_on_end, NULL, NULL};
+static const client_session_handlers_t s_dev_handlers = {
+    s_on_logon, s_on_offer, s_on_resuming, s_on_end, NULL, NULL, NULL};
 
 static void s_dev_start(device_t *d, rb_loop_t *loop, const char *const *servers, size_t n,
                         int answer, unsigned resume_timeout_s)

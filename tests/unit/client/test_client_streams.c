@@ -179,12 +179,15 @@ typedef struct {
     bool exposed; /* the device's Expose arrived: its tunnel is up */
     rec_t rec[32];
     int n;
+    uint64_t data_bytes; /* DATA payload bytes the edge received, all of them */
 } rig_t;
 
 static void s_edge_frame(rb_tconn_t *c, const rb_frame_t *f, void *arg)
 {
     rig_t *r = arg;
-    assert_true(r->n < 32);
+    if (f->type == RB_FRAME_DATA) r->data_bytes += f->len;
+    assert_true(r->n <= 32);
+    if (r->n == 32) return; /* the first 32 are kept; a test that wants more counts them */
     rec_t *x = &r->rec[r->n];
     memset(x, 0, sizeof *x);
     x->ms = rb_now_ms();
@@ -257,7 +260,12 @@ static void s_dev_close(rb_tconn_t *c, rb_tconn_end_t end, const char *reason, v
     client_streams_tunnel(((rig_t *)arg)->cs, NULL);
 }
 
-static const rb_tconn_handlers_t s_dev_h = {s_dev_open, s_dev_frame, s_dev_close, NULL};
+static void s_dev_drained(rb_tconn_t *c, void *arg)
+{
+    client_streams_drained(((rig_t *)arg)->cs);
+}
+
+static const rb_tconn_handlers_t s_dev_h = {s_dev_open, s_dev_frame, s_dev_close, s_dev_drained};
 
 typedef bool(cond_fn)(rig_t *r, void *arg);
 
@@ -339,7 +347,9 @@ static int s_listen_any(int *port)
     return fd;
 }
 
-static void s_rig_up(rig_t *r)
+/* edge_rcvbuf: when not 0, the stand-in edge's receive buffer, fixed
+ * (loopback's may grow to 32 MiB: a slow uplink needs a small one). */
+static void s_rig_up_with(rig_t *r, int edge_rcvbuf)
 {
     memset(r, 0, sizeof *r);
     r->loop = rb_loop_new();
@@ -348,11 +358,19 @@ static void s_rig_up(rig_t *r)
     assert_non_null(r->cs);
     int port;
     r->lfd = s_listen_any(&port);
+    if (edge_rcvbuf)
+        assert_int_equal(
+            setsockopt(r->lfd, SOL_SOCKET, SO_RCVBUF, &edge_rcvbuf, sizeof edge_rcvbuf), 0);
     assert_int_equal(rb_loop_add_fd(r->loop, r->lfd, RB_EV_READ, s_edge_accept, r), 0);
     char hp[32];
     snprintf(hp, sizeof hp, "127.0.0.1:%d", port);
     r->dev = rb_tconn_dial(r->loop, s_cctx, hp, "127.0.0.1", &s_dev_h, r);
     assert_non_null(r->dev);
+}
+
+static void s_rig_up(rig_t *r)
+{
+    s_rig_up_with(r, 0);
 }
 
 /* The tunnel comes up: call after the streams are configured. */
@@ -752,6 +770,67 @@ static void test_forward_udp_drops_past_the_backlog(void **state)
     s_rig_down(&r);
 }
 
+static bool s_data_at_least(rig_t *r, void *arg)
+{
+    return r->data_bytes >= *(uint64_t *)arg;
+}
+
+/* Streams sending into a tunnel that does not drain hold at most 4 MiB
+ * between them in the device's output, not a window (2 MiB) each, and all
+ * read again once it drains. */
+static void test_streams_wait_for_a_slow_uplink(void **state)
+{
+    rig_t r;
+    s_rig_up_with(&r, 64 * 1024);
+    char err[256];
+    assert_int_equal(
+        client_streams_forward(r.cs, "127.0.0.1:0:intranet.example:80", err, sizeof err), 0);
+    s_rig_connect(&r);
+    enum { N = 12 };
+    int fds[N];
+    for (int i = 0; i < N; i++)
+        fds[i] = s_local_connect(client_streams_listener_port(r.cs, 0));
+    int want = N;
+    assert_true(s_run_until(&r, s_has_n, &want, 5000));
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(r.rec[i].kind, 'O');
+        s_edge_send_result(&r, r.rec[i].id);
+    }
+    s_run_for(&r, 100);
+
+    /* The uplink stalls for 3 s; meanwhile every local client offers far
+     * more than its stream's credit. */
+    uint64_t t0 = rb_now_ms();
+    assert_int_equal(rb_loop_pause_fd(r.loop, r.edge_fd, 3000), 0);
+    static char chunk[65536];
+    for (int round = 0; round < 150; round++) {
+        for (int i = 0; i < N; i++)
+            (void)send(fds[i], chunk, sizeof chunk, MSG_DONTWAIT);
+        s_run_for(&r, 2);
+    }
+    size_t pending = rb_tconn_output_pending(r.dev);
+    assert_true(rb_now_ms() - t0 < 3000); /* measured while it stalled */
+    assert_int_equal(r.data_bytes, 0);
+    /* Without a common limit each stream would queue its whole credit:
+     * 24 MiB less what the kernel's buffers took. */
+    if (pending > (4u << 20) + 2 * RB_FRAME_MAX_DATA)
+        fail_msg("%zu bytes wait for the uplink (%d streams)", pending, N);
+
+    /* It drains: the held streams read again, to the end of their credit. */
+    uint64_t all = (uint64_t)N * RB_STREAM_WINDOW;
+    for (int round = 0; round < 600 && r.data_bytes < all; round++) {
+        for (int i = 0; i < N; i++)
+            (void)send(fds[i], chunk, sizeof chunk, MSG_DONTWAIT);
+        s_run_until(&r, s_data_at_least, &all, 10);
+    }
+    if (r.data_bytes != all)
+        fail_msg("the edge got %llu bytes, want every stream's window (%llu)",
+                 (unsigned long long)r.data_bytes, (unsigned long long)all);
+    for (int i = 0; i < N; i++)
+        close(fds[i]);
+    s_rig_down(&r);
+}
+
 int main(void)
 {
     rb_log_init("test", RB_LOG_ERROR);
@@ -766,6 +845,7 @@ int main(void)
         cmocka_unit_test(test_exposed_quiet_stream_gets_its_ok),
         cmocka_unit_test(test_local_reset_while_the_open_waits),
         cmocka_unit_test(test_forward_udp_drops_past_the_backlog),
+        cmocka_unit_test(test_streams_wait_for_a_slow_uplink),
     };
     return cmocka_run_group_tests(tests, s_tls_setup, s_tls_teardown);
 }
