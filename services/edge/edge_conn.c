@@ -160,6 +160,11 @@ static void s_close(edge_conn_t *c, Rb__Tunnel__CloseReason reason, const char *
     s_rl_release(c);
     edge_broker_abandon(c->ctx->broker, c->breq);
     c->breq = NULL;
+    /* Ended sessions (logoff, kicks) were let go already; this one lives
+     * on at the broker. */
+    if (c->session_id)
+        rb_info("session_detached", "session %s (user '%s') from %s: %s; kept for a resume",
+                c->session_id, s_user(c), c->peer, msg);
     s_detach(c);
     rb_tconn_close_after_flush(c->t);
 }
@@ -941,6 +946,7 @@ void edge_conn_kick(edge_conn_t *c, Rb__Tunnel__CloseReason reason, const char *
     rb_metric_inc(c->ctx->m_kicks[s_kick_index(reason)]);
     rb_info("session_kicked", "session %s (user '%s') from %s: %s", c->session_id ? c->session_id : "-",
             s_user(c), c->peer, msg);
+    s_detach(c);
     s_close(c, reason, msg);
 }
 

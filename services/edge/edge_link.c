@@ -755,6 +755,12 @@ int edge_link_frame(edge_tunnel_t *tun, const rb_frame_t *f, const char **why)
             *why = "empty DATA frame";
             return -1;
         }
+        /* After its FIN a stream may only be reset (a FIN again would be
+         * the same flood). */
+        if (s->fin_up && !(f->flags & RB_FRAME_RST)) {
+            *why = "DATA after FIN";
+            return -1;
+        }
         s->up_left -= f->len;
         if (s_fwd_frame(s->fwd, RB_FRAME_DATA, f->flags, s->lid, f->payload, f->len) < 0) {
             /* Lost bytes would corrupt the stream: end it instead. */

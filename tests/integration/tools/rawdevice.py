@@ -15,8 +15,9 @@ Modes:
                  never sent (WINDOW 4096 at once): PROTOCOL
   empty-data     opens a stream to TARGET and sends a DATA frame with no
                  bytes and no flags: PROTOCOL
+  fin-twice      opens a stream to TARGET and sends its FIN twice: PROTOCOL
   empty-data-quiet
-                 as empty-data after a second, then reads nothing for 4 s
+                 as empty-data after 0.3 s, then reads nothing for 4 s
                  (the edge must let the session go at once, not when it
                  has flushed)
   churn          opens 40 streams to TARGET (a server that sends at once),
@@ -209,7 +210,7 @@ def main():
     elif mode == "even-id":
         t.send(control(14, field_varint(1, 2) + field_varint(2, 1) + field_bytes(3, "127.0.0.1")
                        + field_varint(4, 9)))
-    elif mode in ("overgrant", "empty-data", "empty-data-quiet"):
+    elif mode in ("overgrant", "empty-data", "empty-data-quiet", "fin-twice"):
         host, port = target
         t.send(control(14, field_varint(1, 9) + field_varint(2, 1) + field_bytes(3, host)
                        + field_varint(4, int(port))))
@@ -217,8 +218,11 @@ def main():
             t.send(frame(WINDOW, 0, 9, struct.pack(">I", 4096)))
         elif mode == "empty-data":
             t.send(frame(DATA, 0, 9, b""))
+        elif mode == "fin-twice":
+            t.send(frame(DATA, 1, 9, b""))
+            t.send(frame(DATA, 1, 9, b""))
         else:
-            time.sleep(1)   # attached a while first, for the test to see
+            time.sleep(0.3)   # attached a moment first, for the test to see
             t.send(frame(DATA, 0, 9, b""))
             time.sleep(4)
     elif mode == "data-flow":
