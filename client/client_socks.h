@@ -26,9 +26,10 @@ typedef enum { SOCKS_NEED_MORE, SOCKS_REPLY_METHOD, SOCKS_REQUEST, SOCKS_ERROR }
 
 typedef struct {
     int state; /* internal */
-    /* After SOCKS_REQUEST: "1.2.3.4", a name (1..255 bytes, none of them
-     * NUL, a control byte, DEL or a space) or IPv6 text ("::1"); always
-     * NUL-terminated ("" before). */
+    /* After SOCKS_REQUEST: "1.2.3.4" (also for an IPv4-mapped IPv6
+     * address; other IPv6 is refused with 8) or a name (1..255 bytes, none
+     * of them NUL, a control byte, DEL or a space); always NUL-terminated
+     * ("" before). */
     char host[256];
     uint16_t port; /* after SOCKS_REQUEST; never 0 */
     /* What to send after SOCKS_REPLY_METHOD (2 bytes) or SOCKS_ERROR (2 or

@@ -37,9 +37,12 @@
 #define DROP_LOG_MS 10000
 /* Each stream sends only while its credit lasts (a window); together the
  * streams also stop reading their sockets while this much waits for the
- * uplink, until it has all gone: on a slow uplink many streams cost the
- * device this, not a window each. */
+ * uplink, until half of it has gone: on a slow uplink many streams cost
+ * the device this, not a window each. */
 #define UP_BACKLOG ((size_t)4 << 20)
+/* How often a hold looks at the output. The tunnel draining empty ends it
+ * at once; this ends it when datagrams keep a little queued. */
+#define HOLD_CHECK_MS 5
 
 typedef struct {
     int proto; /* RB__TUNNEL__PROTO__PROTO_TCP / _UDP */
@@ -96,6 +99,7 @@ struct client_streams {
     uint32_t next_id; /* odd */
     rb_timer_t *ok_timer; /* sends the OKs still held */
     bool up_held;         /* UP_BACKLOG reached: every pump holds its input */
+    rb_timer_t *hold_timer;
     uint64_t dgrams_dropped;
     uint64_t dgrams_dropped_logged, drop_log_ms;
 };
@@ -225,10 +229,22 @@ static void s_hold_one(void *arg, uint64_t key, void *value)
     if (s->pump) rb_pump_hold_input(s->pump, *(const bool *)arg);
 }
 
+static void s_hold_input(client_streams_t *cs, bool hold);
+
+static void s_on_hold_check(rb_loop_t *loop, void *arg)
+{
+    (void)loop;
+    client_streams_t *cs = arg;
+    if (!cs->t || rb_tconn_output_pending(cs->t) <= UP_BACKLOG / 2) s_hold_input(cs, false);
+}
+
 static void s_hold_input(client_streams_t *cs, bool hold)
 {
     if (cs->up_held == hold) return;
     cs->up_held = hold;
+    rb_loop_cancel_timer(cs->loop, cs->hold_timer);
+    cs->hold_timer =
+        hold ? rb_loop_add_timer(cs->loop, HOLD_CHECK_MS, true, s_on_hold_check, cs) : NULL;
     rb_imap_each(cs->streams, s_hold_one, &hold);
 }
 
@@ -841,7 +857,7 @@ static void s_drop(void *arg, uint64_t key, void *value)
 
 void client_streams_tunnel(client_streams_t *cs, rb_tconn_t *t)
 {
-    cs->up_held = false; /* a new tunnel, or none: no stream is held */
+    s_hold_input(cs, false); /* a new tunnel, or none: no stream is held */
     if (!t) {
         cs->t = NULL;
         rb_imap_each(cs->streams, s_drop, NULL);
@@ -933,6 +949,7 @@ void client_streams_destroy(client_streams_t **pcs)
     *pcs = NULL;
     cs->t = NULL;
     rb_loop_cancel_timer(cs->loop, cs->ok_timer);
+    rb_loop_cancel_timer(cs->loop, cs->hold_timer);
     rb_imap_each(cs->streams, s_drop, NULL);
     rb_imap_destroy(&cs->streams);
     for (size_t i = 0; i < cs->nlisteners; i++) {
