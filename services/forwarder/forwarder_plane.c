@@ -146,7 +146,7 @@ struct plane {
     size_t ncidrs;
     size_t nstreams, nflows;
     rb_metric_t *m_attached, *m_streams, *m_flows, *m_to_device, *m_from_device;
-    rb_metric_t *m_inbound_allowed, *m_inbound_denied, *m_inbound_refused;
+    rb_metric_t *m_inbound_allowed, *m_inbound_denied, *m_inbound_refused, *m_inbound_failed;
     rb_metric_t *m_outbound_ok, *m_outbound_failed, *m_udp_dropped, *m_overruns, *m_bad_link;
     rb_metric_t *m_held_resets, *m_before_hello;
 };
@@ -325,12 +325,14 @@ static void s_count_bytes(stream_t *s)
     s->from_device = rb_pump_bytes_written(s->pump);
 }
 
-/* How a stream ended up, for an end that is not its own doing. */
+/* How a stream ended up, for an end that is not its own doing: the
+ * policy's word, else the device's (inbound) or the connect's (outbound),
+ * else failed (it ended before either answered). */
 static const char *s_verdict(const stream_t *s)
 {
     if (s->denied) return "denied";
     if (s->refused) return "refused";
-    return s->open_ok || s->proto == POLICY_UDP ? "allowed" : "failed";
+    return s->open_ok ? "allowed" : "failed";
 }
 
 /* Frees s and unlinks it everywhere; the audit line says how it ended,
@@ -339,6 +341,9 @@ static void s_stream_free(stream_t *s, const char *verdict, const char *why)
 {
     plane_t *p = s->p;
     s_count_bytes(s);
+    /* The other inbound verdicts were counted as they were given. */
+    if (s->kind == K_INBOUND && !s->open_ok && !s->refused && !s->denied)
+        rb_metric_inc(p->m_inbound_failed);
     if (verdict) s_audit(s, verdict, why);
     rb_pump_destroy(&s->pump);
     if (s->a->rr_next == s) s->a->rr_next = s->next;
@@ -1692,6 +1697,7 @@ plane_t *plane_new(rb_loop_t *loop, const plane_config_t *cfg)
     p->m_inbound_denied = rb_counter("reachback_forwarder_inbound_total", "verdict=\"denied\"", h);
     p->m_inbound_refused =
         rb_counter("reachback_forwarder_inbound_total", "verdict=\"refused\"", h);
+    p->m_inbound_failed = rb_counter("reachback_forwarder_inbound_total", "verdict=\"failed\"", h);
     h = "Outbound connections made for devices";
     p->m_outbound_ok = rb_counter("reachback_forwarder_outbound_total", "result=\"ok\"", h);
     p->m_outbound_failed = rb_counter("reachback_forwarder_outbound_total", "result=\"failed\"", h);

@@ -50,6 +50,8 @@ wait_until 5000 bash -c "grep '\"event\":\"audit\"' '$LAB/logs/forwarder.log' | 
 line=$(audit_lines | grep '"port":7005' | tail -1)
 grep -q '"verdict":"allowed","bytes_to_device":6,"bytes_from_device":6' <<<"$line" \
     || fail "the stream's audit line lost its bytes: $line"
+grep -q '"reason":"the session moved to another edge"' <<<"$line" \
+    || fail "the stream did not end by the move (the case under test): $line"
 ok "the stream cut by the move is audited with its bytes ($(sed 's/.*"reason":"\([^"]*\)".*/\1/' <<<"$line"))"
 "$ROOT/scripts/lab" revive --dir "$LAB" edge1
 
