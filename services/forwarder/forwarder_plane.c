@@ -703,18 +703,15 @@ static void s_listener_free(plane_t *p, listener_t *l)
 
 /* Ends every stream of a session; the edge that carried each is told, in
  * case it still holds its side. */
-static void s_end_streams(plane_t *p, attach_t *a, const char *why)
+static void s_end_streams(attach_t *a, const char *why)
 {
-    while (a->streams) {
-        stream_t *s = a->streams;
-        if (s->peer) s_send_frame(p, s->peer, RB_FRAME_DATA, RB_FRAME_RST, s->id, NULL, 0);
-        s_stream_free(s, s_verdict(s), why);
-    }
+    while (a->streams)
+        s_stream_cut(a->streams, why);
 }
 
 static void s_attach_free(plane_t *p, attach_t *a, const char *why)
 {
-    s_end_streams(p, a, why);
+    s_end_streams(a, why);
     while (a->listeners) {
         listener_t *l = a->listeners;
         a->listeners = l->next;
@@ -1013,10 +1010,7 @@ static void s_set_ports(plane_t *p, attach_t *a, Rb__Tunnel__ExposedPort **ports
         *pp = l->next;
         for (stream_t *s = a->streams, *next; s; s = next) {
             next = s->next;
-            if (s->l != l) continue;
-            if (!s->denied && !s->refused) /* the edge forgets its side too */
-                s_send_frame(p, s->peer, RB_FRAME_DATA, RB_FRAME_RST, s->id, NULL, 0);
-            s_stream_free(s, s_verdict(s), "port no longer exposed");
+            if (s->l == l) s_stream_cut(s, "port no longer exposed");
         }
         s_listener_free(p, l);
     }
@@ -1112,7 +1106,7 @@ static void s_on_attach(plane_t *p, peer_t *peer, const Rb__Fwd__Attach *m)
     }
     /* A resume moves the session to another edge: its streams died with
      * the old connection, so they go. */
-    if (a->peer && a->peer != peer) s_end_streams(p, a, "the session moved to another edge");
+    if (a->peer && a->peer != peer) s_end_streams(a, "the session moved to another edge");
     a->peer = peer;
     char **g = calloc(m->n_groups + 1, sizeof *g);
     if (g) {

@@ -26,18 +26,18 @@ alice_ok() { [[ $(echo still-here | timeout 3 ncat "$ip" 7003) == still-here ]];
 wait_until 3000 alice_ok || fail "alice's port is not reachable"
 
 # --- devices breaking the stream rules ---
-out=$($RAW "$EDGE_ADDR" "$CA" bob "$USER_BOB_PASSWORD_FILE" overrun 127.0.0.1 "$SINK_PORT") || true
-[[ $out == "closed PROTOCOL: stream window overrun" ]] || fail "window overrun: $out"
-ok "a device sending past its window: $out"
-out=$($RAW "$EDGE_ADDR" "$CA" bob "$USER_BOB_PASSWORD_FILE" overgrant 127.0.0.1 "$SINK_PORT") || true
-[[ $out == "closed PROTOCOL: WINDOW grants more than the stream's window" ]] || fail "credit for bytes never sent: $out"
-ok "a device granting credit for bytes it was never sent: $out"
-out=$($RAW "$EDGE_ADDR" "$CA" bob "$USER_BOB_PASSWORD_FILE" empty-data 127.0.0.1 "$SINK_PORT") || true
-[[ $out == "closed PROTOCOL: empty DATA frame" ]] || fail "empty DATA: $out"
-ok "a device sending DATA with no bytes and no flags: $out"
-out=$($RAW "$EDGE_ADDR" "$CA" bob "$USER_BOB_PASSWORD_FILE" fin-twice 127.0.0.1 "$SINK_PORT") || true
-[[ $out == "closed PROTOCOL: DATA after FIN" ]] || fail "FIN twice: $out"
-ok "a device sending its FIN twice: $out"
+# closed_for WHAT WANT MODE [ARGS]: bob's raw device in MODE is closed with
+# SessionClosed{PROTOCOL, WANT}.
+closed_for() {
+    local what=$1 want=$2 out; shift 2
+    out=$($RAW "$EDGE_ADDR" "$CA" bob "$USER_BOB_PASSWORD_FILE" "$@") || true
+    [[ $out == "closed PROTOCOL: $want" ]] || fail "$what: $out"
+    ok "$what: $out"
+}
+closed_for "a device sending past its window" "stream window overrun" overrun 127.0.0.1 "$SINK_PORT"
+closed_for "a device granting credit for bytes it was never sent" "WINDOW grants more than the stream's window" overgrant 127.0.0.1 "$SINK_PORT"
+closed_for "a device sending DATA with no bytes and no flags" "empty DATA frame" empty-data 127.0.0.1 "$SINK_PORT"
+closed_for "a device sending its FIN twice" "DATA after FIN" fin-twice 127.0.0.1 "$SINK_PORT"
 # Closed for a protocol error, a device that does not read keeps its
 # connection while the edge flushes and lingers (2 s and more), but not its
 # session: the forwarder lets it go at once. (It breaks the protocol 0.3 s
@@ -52,15 +52,9 @@ bob_gone() { [[ $(attached) == 1 ]]; }
 wait_until 1200 bob_gone || fail "bob's session is still attached $(( $(now_ms) - t0 )) ms after his protocol error"
 ok "a device closed for a protocol error that reads nothing is detached at once ($(( $(now_ms) - t0 )) ms)"
 wait "$quiet_pid" || true
-out=$($RAW "$EDGE_ADDR" "$CA" bob "$USER_BOB_PASSWORD_FILE" even-id) || true
-[[ $out == "closed PROTOCOL: a device's stream id must be odd" ]] || fail "even stream id: $out"
-ok "a device opening an edge-side stream id: $out"
-out=$($RAW "$EDGE_ADDR" "$CA" bob "$USER_BOB_PASSWORD_FILE" data-flow 127.0.0.1 "$ECHO_PORT") || true
-[[ $out == "closed PROTOCOL: DATAGRAM on a TCP stream" ]] || fail "datagram on TCP: $out"
-ok "a device sending a datagram on a TCP stream: $out"
-out=$($RAW "$EDGE_ADDR" "$CA" bob "$USER_BOB_PASSWORD_FILE" flow-data 127.0.0.1 "$ECHO_PORT") || true
-[[ $out == "closed PROTOCOL: DATA on a UDP flow" ]] || fail "DATA on a flow: $out"
-ok "a device sending stream bytes on its own UDP flow: $out"
+closed_for "a device opening an edge-side stream id" "a device's stream id must be odd" even-id
+closed_for "a device sending a datagram on a TCP stream" "DATAGRAM on a TCP stream" data-flow 127.0.0.1 "$ECHO_PORT"
+closed_for "a device sending stream bytes on its own UDP flow" "DATA on a UDP flow" flow-data 127.0.0.1 "$ECHO_PORT"
 out=$($RAW "$EDGE_ADDR" "$CA" bob "$USER_BOB_PASSWORD_FILE" bad-proto) || fail "unknown proto: $out"
 [[ $out == "refused 6: unknown protocol, alive" ]] || fail "unknown proto: $out"
 ok "a device opening a stream of an unknown protocol: $out"

@@ -379,6 +379,16 @@ static void s_rig_connect(rig_t *r)
     assert_true(s_run_until(r, s_is_exposed, NULL, 5000));
 }
 
+/* A rig whose device has the forward spec, its tunnel up. */
+static void s_rig_forwarding(rig_t *r, const char *spec, int edge_rcvbuf)
+{
+    s_rig_up_with(r, edge_rcvbuf);
+    char err[256];
+    if (client_streams_forward(r->cs, spec, err, sizeof err) < 0)
+        fail_msg("--forward %s: %s", spec, err);
+    s_rig_connect(r);
+}
+
 static void s_rig_down(rig_t *r)
 {
     client_streams_destroy(&r->cs);
@@ -421,11 +431,7 @@ static void s_edge_send_result(rig_t *r, uint32_t id)
 static void test_forward_sends_before_the_answer(void **state)
 {
     rig_t r;
-    s_rig_up(&r);
-    char err[256];
-    assert_int_equal(
-        client_streams_forward(r.cs, "127.0.0.1:0:intranet.example:80", err, sizeof err), 0);
-    s_rig_connect(&r);
+    s_rig_forwarding(&r, "127.0.0.1:0:intranet.example:80", 0);
     int fd = s_local_connect(client_streams_listener_port(r.cs, 0));
     assert_int_equal(send(fd, "hello", 5, 0), 5);
     assert_int_equal(shutdown(fd, SHUT_WR), 0);
@@ -509,11 +515,7 @@ static int s_find(const rig_t *r, char k, int n)
 static void test_forward_udp_flows(void **state)
 {
     rig_t r;
-    s_rig_up(&r);
-    char err[256];
-    assert_int_equal(
-        client_streams_forward(r.cs, "udp:127.0.0.1:0:alice.vpn.lab:5353", err, sizeof err), 0);
-    s_rig_connect(&r);
+    s_rig_forwarding(&r, "udp:127.0.0.1:0:alice.vpn.lab:5353", 0);
     int port = client_streams_listener_port(r.cs, 0);
     int u1 = s_udp_sender(port);
     assert_int_equal(send(u1, "q1", 2, 0), 2);
@@ -692,15 +694,14 @@ static void test_local_reset_while_the_open_waits(void **state)
     memset(big, 'x', sizeof big);
     for (int socks = 0; socks <= 1; socks++) {
         rig_t r;
-        s_rig_up(&r);
-        char err[256];
-        if (socks)
+        if (socks) {
+            s_rig_up(&r);
+            char err[256];
             assert_int_equal(client_streams_socks(r.cs, "127.0.0.1:0", err, sizeof err), 0);
-        else
-            assert_int_equal(
-                client_streams_forward(r.cs, "127.0.0.1:0:intranet.example:80", err, sizeof err),
-                0);
-        s_rig_connect(&r);
+            s_rig_connect(&r);
+        } else {
+            s_rig_forwarding(&r, "127.0.0.1:0:intranet.example:80", 0);
+        }
         int fd = s_local_connect(client_streams_listener_port(r.cs, 0));
         if (socks) {
             const uint8_t hello[] = {5, 1, 0};
@@ -738,11 +739,7 @@ static void test_local_reset_while_the_open_waits(void **state)
 static void test_forward_udp_drops_past_the_backlog(void **state)
 {
     rig_t r;
-    s_rig_up(&r);
-    char err[256];
-    assert_int_equal(
-        client_streams_forward(r.cs, "udp:127.0.0.1:0:alice.vpn.lab:5353", err, sizeof err), 0);
-    s_rig_connect(&r);
+    s_rig_forwarding(&r, "udp:127.0.0.1:0:alice.vpn.lab:5353", 0);
     int u = s_udp_sender(client_streams_listener_port(r.cs, 0));
     assert_int_equal(send(u, "q", 1, 0), 1);
     int want = 1;
@@ -781,11 +778,7 @@ static bool s_data_at_least(rig_t *r, void *arg)
 static void test_streams_wait_for_a_slow_uplink(void **state)
 {
     rig_t r;
-    s_rig_up_with(&r, 64 * 1024);
-    char err[256];
-    assert_int_equal(
-        client_streams_forward(r.cs, "127.0.0.1:0:intranet.example:80", err, sizeof err), 0);
-    s_rig_connect(&r);
+    s_rig_forwarding(&r, "127.0.0.1:0:intranet.example:80", 64 * 1024);
     enum { N = 12 };
     int fds[N];
     for (int i = 0; i < N; i++)
