@@ -180,6 +180,7 @@ typedef struct {
     rec_t rec[32];
     int n;
     uint64_t data_bytes; /* DATA payload bytes the edge received, all of them */
+    bool deaf_to_drained; /* the device's tunnel never reports it drained */
 } rig_t;
 
 static void s_edge_frame(rb_tconn_t *c, const rb_frame_t *f, void *arg)
@@ -262,7 +263,8 @@ static void s_dev_close(rb_tconn_t *c, rb_tconn_end_t end, const char *reason, v
 
 static void s_dev_drained(rb_tconn_t *c, void *arg)
 {
-    client_streams_drained(((rig_t *)arg)->cs);
+    rig_t *r = arg;
+    if (!r->deaf_to_drained) client_streams_drained(r->cs);
 }
 
 static const rb_tconn_handlers_t s_dev_h = {s_dev_open, s_dev_frame, s_dev_close, s_dev_drained};
@@ -773,55 +775,79 @@ static bool s_data_at_least(rig_t *r, void *arg)
 }
 
 /* Streams sending into a tunnel that does not drain hold at most 4 MiB
- * between them in the device's output, not a window (2 MiB) each, and all
- * read again once it drains. */
-static void test_streams_wait_for_a_slow_uplink(void **state)
+ * between them in the device's output, not a window (2 MiB) each; a stream
+ * opened during the hold joins it; all read again once the output drains.
+ * deaf: the tunnel never reports itself drained (as when datagrams keep
+ * its output from ever emptying), so only the periodic check, at 2 MiB
+ * left, can end the hold. */
+static void s_slow_uplink(bool deaf)
 {
     rig_t r;
     s_rig_forwarding(&r, "127.0.0.1:0:intranet.example:80", 64 * 1024);
+    r.deaf_to_drained = deaf;
     enum { N = 12 };
-    int fds[N];
+    int fds[N + 1];
     for (int i = 0; i < N; i++)
         fds[i] = s_local_connect(client_streams_listener_port(r.cs, 0));
     int want = N;
     assert_true(s_run_until(&r, s_has_n, &want, 5000));
+    uint32_t late_id = 0;
     for (int i = 0; i < N; i++) {
         assert_int_equal(r.rec[i].kind, 'O');
         s_edge_send_result(&r, r.rec[i].id);
+        if (r.rec[i].id > late_id) late_id = r.rec[i].id;
     }
+    late_id += 2; /* the device gives its ids out in order; the edge cannot
+                   * read the late Open while it stalls */
     s_run_for(&r, 100);
 
     /* The uplink stalls for 3 s; meanwhile every local client offers far
-     * more than its stream's credit. */
+     * more than its stream's credit, and one more connects halfway and
+     * has its open answered during the hold. */
     uint64_t t0 = rb_now_ms();
     assert_int_equal(rb_loop_pause_fd(r.loop, r.edge_fd, 3000), 0);
     static char chunk[65536];
+    int n = N;
     for (int round = 0; round < 150; round++) {
-        for (int i = 0; i < N; i++)
+        if (round == 75) fds[n++] = s_local_connect(client_streams_listener_port(r.cs, 0));
+        if (round == 80) s_edge_send_result(&r, late_id);
+        for (int i = 0; i < n; i++)
             (void)send(fds[i], chunk, sizeof chunk, MSG_DONTWAIT);
         s_run_for(&r, 2);
     }
     size_t pending = rb_tconn_output_pending(r.dev);
     assert_true(rb_now_ms() - t0 < 3000); /* measured while it stalled */
     assert_int_equal(r.data_bytes, 0);
+    assert_int_equal(client_streams_count(r.cs), N + 1);
     /* Without a common limit each stream would queue its whole credit:
-     * 24 MiB less what the kernel's buffers took. */
+     * 26 MiB less what the kernel's buffers took. */
     if (pending > (4u << 20) + 2 * RB_FRAME_MAX_DATA)
-        fail_msg("%zu bytes wait for the uplink (%d streams)", pending, N);
+        fail_msg("%zu bytes wait for the uplink (%d streams)", pending, n);
 
     /* It drains: the held streams read again, to the end of their credit. */
-    uint64_t all = (uint64_t)N * RB_STREAM_WINDOW;
+    uint64_t all = (uint64_t)n * RB_STREAM_WINDOW;
     for (int round = 0; round < 600 && r.data_bytes < all; round++) {
-        for (int i = 0; i < N; i++)
+        for (int i = 0; i < n; i++)
             (void)send(fds[i], chunk, sizeof chunk, MSG_DONTWAIT);
         s_run_until(&r, s_data_at_least, &all, 10);
     }
     if (r.data_bytes != all)
-        fail_msg("the edge got %llu bytes, want every stream's window (%llu)",
-                 (unsigned long long)r.data_bytes, (unsigned long long)all);
-    for (int i = 0; i < N; i++)
+        fail_msg("the edge got %llu bytes, want every stream's window (%llu)%s",
+                 (unsigned long long)r.data_bytes, (unsigned long long)all,
+                 deaf ? ", without drained events" : "");
+    for (int i = 0; i < n; i++)
         close(fds[i]);
     s_rig_down(&r);
+}
+
+static void test_streams_wait_for_a_slow_uplink(void **state)
+{
+    s_slow_uplink(false);
+}
+
+static void test_a_hold_ends_without_drained_events(void **state)
+{
+    s_slow_uplink(true);
 }
 
 int main(void)
@@ -839,6 +865,7 @@ int main(void)
         cmocka_unit_test(test_local_reset_while_the_open_waits),
         cmocka_unit_test(test_forward_udp_drops_past_the_backlog),
         cmocka_unit_test(test_streams_wait_for_a_slow_uplink),
+        cmocka_unit_test(test_a_hold_ends_without_drained_events),
     };
     return cmocka_run_group_tests(tests, s_tls_setup, s_tls_teardown);
 }
