@@ -6,24 +6,33 @@
  * streams that do not exist, an Open with an edge-side id) is logged,
  * counted and dropped while the link keeps working. A tunnel replaced by a
  * newer one of the same session does not detach its successor, unless the
- * successor went to another forwarder, whose predecessor must let go. */
+ * successor went to another forwarder, whose predecessor must let go. A
+ * tunnel with more streams than one Relayed may name gives all their
+ * credit back, in pieces. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #include "edge_link.h"
+#include "rb_frame.h"
 #include "rb_link.h"
 #include "rb_log.h"
 #include "rb_loop.h"
 #include "rb_metrics.h"
 #include "rb_zmq.h"
+
+#include "../tls_fixture.h"
 
 typedef struct {
     rb_loop_t *loop;
@@ -35,6 +44,10 @@ typedef struct {
     char last_detached[64];
     Rb__Tunnel__StreamError last_error;
     uint32_t last_link_id;
+    int relayed_msgs;             /* Relayed messages, */
+    size_t relayed_most;          /* the most ids one carried, */
+    uint64_t relayed_bytes;       /* and the bytes they gave back */
+    uint32_t relayed_by_id[1200]; /* by link id / 2 */
     bool (*done)(void *);
 } fake_t;
 
@@ -61,6 +74,16 @@ static void s_on_router(rb_loop_t *l, void *sock, void *arg)
             } else if (c->msg_case == RB__FWD__LINK_CONTROL__MSG_DETACH) {
                 fk->detaches++;
                 snprintf(fk->last_detached, sizeof fk->last_detached, "%s", c->detach->session_id);
+            } else if (c->msg_case == RB__FWD__LINK_CONTROL__MSG_RELAYED) {
+                const Rb__Fwd__Relayed *r = c->relayed;
+                assert_int_equal(r->n_link_ids, r->n_bytes);
+                fk->relayed_msgs++;
+                if (r->n_link_ids > fk->relayed_most) fk->relayed_most = r->n_link_ids;
+                for (size_t i = 0; i < r->n_link_ids; i++) {
+                    assert_true(r->link_ids[i] / 2 < 1200);
+                    fk->relayed_by_id[r->link_ids[i] / 2] += r->bytes[i];
+                    fk->relayed_bytes += r->bytes[i];
+                }
             } else if (c->msg_case == RB__FWD__LINK_CONTROL__MSG_OPEN_RESULT) {
                 fk->results++;
                 fk->last_error = c->open_result->error;
@@ -182,27 +205,33 @@ static void s_unbind_fake(fake_t *fk)
 }
 
 /* An edge_link (edge "edge-t") to the forwarders at endpoints. */
-static edge_link_t *s_edge_link(rb_loop_t *loop, const char *endpoints)
+static edge_link_t *s_edge_link_with(rb_loop_t *loop, const char *endpoints, unsigned max_streams)
 {
     static const rb_curve_t none = {0};
     edge_link_config_t cfg = {.endpoints = endpoints,
                               .curve = &none,
                               .forwarder_public = "",
                               .edge_id = "edge-t",
-                              .max_streams = 8};
+                              .max_streams = max_streams};
     edge_link_t *l = edge_link_new(loop, &cfg);
     assert_non_null(l);
     return l;
 }
 
-/* Binds the stand-in forwarder and links an edge_link to it. */
-static edge_link_t *s_link_up(fake_t *fk)
+static edge_link_t *s_edge_link(rb_loop_t *loop, const char *endpoints)
+{
+    return s_edge_link_with(loop, endpoints, 8);
+}
+
+/* Binds the stand-in forwarder and links an edge_link to it, which allows
+ * max_streams per tunnel. */
+static edge_link_t *s_link_up_with(fake_t *fk, unsigned max_streams)
 {
     rb_loop_t *loop = rb_loop_new();
     assert_non_null(loop);
     char ep[128];
     s_bind_fake(fk, loop, ep, sizeof ep);
-    edge_link_t *l = s_edge_link(loop, ep);
+    edge_link_t *l = s_edge_link_with(loop, ep, max_streams);
     assert_int_equal(edge_link_forwarders(l), 1);
     assert_int_equal(edge_link_forwarders_up(l), 0);
 
@@ -213,6 +242,11 @@ static edge_link_t *s_link_up(fake_t *fk)
     s_run_until(fk, s_up, 200);
     assert_int_equal(edge_link_forwarders_up(l), 1);
     return l;
+}
+
+static edge_link_t *s_link_up(fake_t *fk)
+{
+    return s_link_up_with(fk, 8);
 }
 
 static void s_link_down(fake_t *fk, edge_link_t **l)
@@ -393,6 +427,147 @@ static void test_stale_tunnel_on_another_forwarder_detaches(void **state)
     rb_loop_destroy(&loop);
 }
 
+/* ---- one tunnel with more streams than one Relayed may name ---- */
+
+static SSL_CTX *s_sctx, *s_cctx;
+
+/* The tunnel's two ends: the edge's connection (accepted) and the device's
+ * (dialled), which notes the StreamOpens and DATA it gets. */
+typedef struct {
+    rb_tconn_t *edge, *dev;
+    bool up;
+    uint32_t tids[1200]; /* the edge's ids, from its StreamOpens */
+    size_t opens;
+    size_t data_frames;
+} tunnel_rig_t;
+
+static void s_dev_open(rb_tconn_t *c, void *arg)
+{
+    ((tunnel_rig_t *)arg)->up = true;
+}
+
+static void s_dev_frame(rb_tconn_t *c, const rb_frame_t *f, void *arg)
+{
+    tunnel_rig_t *t = arg;
+    if (f->type == RB_FRAME_DATA) {
+        t->data_frames++;
+        return;
+    }
+    if (f->type != RB_FRAME_CONTROL) return;
+    Rb__Tunnel__TunnelControl *m = rb_frame_control(f);
+    assert_non_null(m);
+    if (m->msg_case == RB__TUNNEL__TUNNEL_CONTROL__MSG_STREAM_OPEN) {
+        assert_true(t->opens < 1200);
+        t->tids[t->opens++] = m->stream_open->stream_id;
+    }
+    rb__tunnel__tunnel_control__free_unpacked(m, NULL);
+}
+
+static void s_quiet_close(rb_tconn_t *c, rb_tconn_end_t end, const char *reason, void *arg) {}
+
+static const rb_tconn_handlers_t s_dev_h = {s_dev_open, s_dev_frame, s_quiet_close, NULL};
+static const rb_tconn_handlers_t s_edge_h = {NULL, NULL, s_quiet_close, NULL};
+
+static int s_tls_setup(void **state)
+{
+    return tlsfx_pair_setup("edge-link", &s_sctx, &s_cctx);
+}
+
+static int s_tls_teardown(void **state)
+{
+    return tlsfx_pair_teardown(&s_sctx, &s_cctx);
+}
+
+static void s_tunnel_accept(rb_loop_t *loop, int fd, unsigned events, void *arg)
+{
+    tunnel_rig_t *t = arg;
+    int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    assert_true(cfd >= 0);
+    t->edge = rb_tconn_accept(loop, s_sctx, cfd, "device", &s_edge_h, t);
+    assert_non_null(t->edge);
+}
+
+static tunnel_rig_t *s_trig;
+static size_t s_want;
+
+static bool s_tunnel_up(void *arg)
+{
+    return s_trig->up && s_trig->edge;
+}
+static bool s_all_opened(void *arg)
+{
+    return s_trig->opens >= s_want;
+}
+static bool s_all_data(void *arg)
+{
+    return s_trig->data_frames >= s_want;
+}
+static bool s_all_relayed(void *arg)
+{
+    return ((fake_t *)arg)->relayed_bytes >= s_want * 1000;
+}
+
+/* A session with 1100 streams, each with 1000 bytes sent to its device:
+ * when the tunnel drains, the forwarder hears of every stream's bytes, in
+ * Relayed messages of at most RB_LINK_RELAYED_MAX streams each (one
+ * message for all would be too large to send, and the session's credit
+ * would be lost with it). */
+static void test_relayed_in_pieces(void **state)
+{
+    enum { N = 1100 };
+    fake_t fk = {0};
+    edge_link_t *l = s_link_up_with(&fk, N);
+    tunnel_rig_t t = {0};
+    s_trig = &t;
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof a;
+    assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(lfd, 4), 0);
+    assert_int_equal(getsockname(lfd, (struct sockaddr *)&a, &alen), 0);
+    assert_int_equal(rb_loop_add_fd(fk.loop, lfd, RB_EV_READ, s_tunnel_accept, &t), 0);
+    char hp[32];
+    snprintf(hp, sizeof hp, "127.0.0.1:%u", ntohs(a.sin_port));
+    t.dev = rb_tconn_dial(fk.loop, s_cctx, hp, "127.0.0.1", &s_dev_h, &t);
+    assert_non_null(t.dev);
+    assert_true(s_run_until(&fk, s_tunnel_up, 5000));
+
+    edge_tunnel_t *tun = edge_link_attach(l, t.edge, "sess-r", "alice", "10.0.0.5", "");
+    assert_non_null(tun);
+    assert_true(s_run_until(&fk, s_one_attach, 3000));
+    s_want = N;
+    for (uint32_t i = 0; i < N; i++)
+        s_send_open(&fk, 2 * (i + 1), "sess-r");
+    assert_true(s_run_until(&fk, s_all_opened, 10000));
+    assert_int_equal(fk.results, 0); /* none refused */
+
+    static uint8_t payload[1000];
+    for (uint32_t i = 0; i < N; i++)
+        assert_int_equal(rb_link_send(fk.router, fk.rid, strlen(fk.rid), RB_FRAME_DATA, 0,
+                                      2 * (i + 1), payload, sizeof payload),
+                         0);
+    assert_true(s_run_until(&fk, s_all_data, 10000));
+    assert_int_equal(fk.relayed_msgs, 0);
+
+    edge_link_drained(tun);
+    if (!s_run_until(&fk, s_all_relayed, 5000))
+        fail_msg("Relayed gave back %llu of %u bytes in %d messages",
+                 (unsigned long long)fk.relayed_bytes, N * 1000, fk.relayed_msgs);
+    assert_int_equal(fk.relayed_bytes, (uint64_t)N * 1000);
+    assert_true(fk.relayed_msgs >= 2);
+    assert_true(fk.relayed_most <= RB_LINK_RELAYED_MAX);
+    for (uint32_t i = 0; i < N; i++)
+        if (fk.relayed_by_id[i + 1] != 1000)
+            fail_msg("link stream %u: %u bytes relayed", 2 * (i + 1), fk.relayed_by_id[i + 1]);
+
+    edge_link_detach(&tun, "done");
+    rb_tconn_destroy(&t.dev);
+    rb_tconn_destroy(&t.edge);
+    rb_loop_del_fd(fk.loop, lfd);
+    close(lfd);
+    s_link_down(&fk, &l);
+}
+
 static void test_edge_link_without_forwarders(void **state)
 {
     rb_loop_t *loop = rb_loop_new();
@@ -416,8 +591,11 @@ int main(void)
         cmocka_unit_test(test_stale_tunnel_does_not_detach_its_successor),
         cmocka_unit_test(test_stale_tunnel_on_another_forwarder_detaches),
         cmocka_unit_test(test_edge_link_without_forwarders),
+        cmocka_unit_test(test_relayed_in_pieces),
     };
-    int rc = cmocka_run_group_tests(tests, NULL, NULL);
-    rb_zmq_term();
+    int rc = cmocka_run_group_tests(tests, s_tls_setup, s_tls_teardown);
+    /* A failed test leaves its sockets open, and terminating the context
+     * would wait for them forever. */
+    if (rc == 0) rb_zmq_term();
     return rc;
 }
