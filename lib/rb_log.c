@@ -35,7 +35,7 @@ int rb_log_level_parse(const char *s, rb_log_level_t *out)
     return -1;
 }
 
-static void s_emit(rb_log_level_t level, const char *event, const char *fields, const char *fmt,
+static void s_emit(const char *level, const char *event, const char *fields, const char *fmt,
                    va_list ap)
 {
     char msg[1024];
@@ -50,7 +50,7 @@ static void s_emit(rb_log_level_t level, const char *event, const char *fields, 
 
     rb_buf_t b = RB_BUF_INIT;
     rb_buf_printf(&b, "{\"ts\":\"%s.%03ldZ\",\"level\":\"%s\",\"svc\":\"", ts,
-                  (long)(tv.tv_usec / 1000), s_names[level]);
+                  (long)(tv.tv_usec / 1000), level);
     rb_buf_json_escape(&b, s_service);
     rb_buf_puts(&b, "\",\"event\":\"");
     rb_buf_json_escape(&b, event);
@@ -78,7 +78,7 @@ void rb_log(rb_log_level_t level, const char *event, const char *fmt, ...)
     if (level < s_level) return;
     va_list ap;
     va_start(ap, fmt);
-    s_emit(level, event, NULL, fmt, ap);
+    s_emit(s_names[level], event, NULL, fmt, ap);
     va_end(ap);
 }
 
@@ -88,7 +88,15 @@ void rb_log_with(rb_log_level_t level, const char *event, const char *fields, co
     if (level < s_level) return;
     va_list ap;
     va_start(ap, fmt);
-    s_emit(level, event, fields, fmt, ap);
+    s_emit(s_names[level], event, fields, fmt, ap);
+    va_end(ap);
+}
+
+void rb_audit(const char *fields, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    s_emit("audit", "audit", fields, fmt, ap);
     va_end(ap);
 }
 
@@ -96,7 +104,7 @@ void rb_fatal(const char *event, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    s_emit(RB_LOG_ERROR, event, NULL, fmt, ap);
+    s_emit(s_names[RB_LOG_ERROR], event, NULL, fmt, ap);
     va_end(ap);
     exit(1);
 }

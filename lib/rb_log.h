@@ -20,6 +20,11 @@ void rb_log(rb_log_level_t level, const char *event, const char *fmt, ...)
  * members without braces ("\"port\":22,\"user\":\"alice\""), already escaped. */
 void rb_log_with(rb_log_level_t level, const char *event, const char *fields, const char *fmt,
                  ...) __attribute__((format(printf, 4, 5)));
+/* An audit record ("level":"audit", "event":"audit"), written whatever the
+ * level: an operator who quietens the log must not lose the record of who
+ * connected to whom. fields as for rb_log_with. */
+void rb_audit(const char *fields, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 #define rb_debug(ev, ...) rb_log(RB_LOG_DEBUG, ev, __VA_ARGS__)
 #define rb_info(ev, ...) rb_log(RB_LOG_INFO, ev, __VA_ARGS__)
 #define rb_warn(ev, ...) rb_log(RB_LOG_WARN, ev, __VA_ARGS__)

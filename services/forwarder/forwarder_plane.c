@@ -233,11 +233,11 @@ static void s_audit(stream_t *s, const char *verdict, const char *why)
                   (unsigned long long)dur);
     rb_buf_json_escape(&f, why ? why : "");
     rb_buf_puts(&f, "\"");
-    rb_log_with(RB_LOG_INFO, "audit", f.data, "%s %s %s -> %s%s%s port %u: %s (%s)",
-                s->kind == K_INBOUND ? "inbound" : "outbound", s_proto_name(s->proto),
-                s->kind == K_INBOUND ? s->peer_desc : s->a->user,
-                s->kind == K_INBOUND ? s->a->user : s->target, s->kind == K_INBOUND ? " at " : "",
-                s->kind == K_INBOUND ? s->a->ip : "", s->target_port, verdict, why ? why : "");
+    rb_audit(f.data, "%s %s %s -> %s%s%s port %u: %s (%s)",
+             s->kind == K_INBOUND ? "inbound" : "outbound", s_proto_name(s->proto),
+             s->kind == K_INBOUND ? s->peer_desc : s->a->user,
+             s->kind == K_INBOUND ? s->a->user : s->target, s->kind == K_INBOUND ? " at " : "",
+             s->kind == K_INBOUND ? s->a->ip : "", s->target_port, verdict, why ? why : "");
     rb_buf_free(&f);
 }
 
