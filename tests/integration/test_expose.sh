@@ -4,9 +4,14 @@
 # network, a real ssh to alice's name (resolved through reachback-dns), a
 # TCP client to port 5900 and UDP datagrams to port 5353 reach them and get
 # their answers; each connection writes an audit line and shows in
-# /metrics.
+# /metrics. The lab's edge-forwarder link is TCP with CURVE here, as
+# between hosts in production (the other tests use the lab's ipc://):
+# every byte above crosses it encrypted, and a key the forwarder does not
+# know gets nothing. UDP flows end after 2 s without a datagram.
 . "$(dirname "$0")/lib.sh"
-lab_start
+RB_LAB_DATA_LINK=tcp lab_start --set forwarder.udp_idle_s=2
+link=$(awk '$1 == "data_endpoint" { print $3 }' "$LAB/conf/forwarder.conf")
+[[ $link == tcp://* ]] || fail "the data link is '$link', not TCP"
 
 # alice's local services: sshd, a TCP echo, a UDP echo.
 SSHD_PORT=$(free_port); TCP_PORT=$(free_port); UDP_PORT=$(free_port)
@@ -46,10 +51,25 @@ got=$(timeout 10 ncat "$ip" 5900 < "$LAB/blob" | md5sum)
 [[ $got == "$want" ]] || fail "1 MB through port 5900 came back different"
 ok "1 MB echoed intact through $ip:5900 (device's 127.0.0.1:$TCP_PORT)"
 
-# 3. UDP 5353 -> 127.0.0.1:UDP_PORT on the device.
-got=$(echo "udp-ping" | timeout 5 socat -T 2 - UDP4:"$ip":5353) || true
+# 3. UDP 5353 -> 127.0.0.1:UDP_PORT on the device, from one source port.
+UDP_SRC=$(free_port)
+got=$(echo "udp-ping" | timeout 5 socat -T 1 - UDP4:"$ip":5353,bind=127.0.0.1:$UDP_SRC) || true
 [[ $got == "udp-ping" ]] || fail "UDP echo through $ip:5353 answered '$got'"
 ok "UDP datagram to $ip:5353 answered by the device's 127.0.0.1:$UDP_PORT"
+# The flow ends 2 s after its last datagram: audited then, with its bytes.
+udp_line() { audit_lines | grep '"kind":"inbound","proto":"udp"' | grep "\"src\":\"127.0.0.1:$UDP_SRC\""; }
+wait_until 6000 udp_line || fail "no audit line for the UDP flow from port $UDP_SRC: $(audit_lines | tail -3)"
+line=$(udp_line | head -1)
+for k in '"user":"alice"' '"port":5353' '"verdict":"allowed"' '"bytes_to_device":9' \
+         '"bytes_from_device":9' '"reason":"idle"'; do
+    [[ $line == *"$k"* ]] || fail "UDP audit line lacks $k: $line"
+done
+flows=$(metric "$FORWARDER_STATUS_URL" reachback_forwarder_udp_flows)
+[[ ${flows%.*} == 0 ]] || fail "$flows UDP flows still open after they went idle"
+# The same source again is a new flow, answered as the first was.
+got=$(echo "udp-again" | timeout 5 socat -T 1 - UDP4:"$ip":5353,bind=127.0.0.1:$UDP_SRC) || true
+[[ $got == "udp-again" ]] || fail "UDP after the idle end answered '$got'"
+ok "the idle UDP flow ended after 2 s and was audited (9 bytes each way); the next datagram opened a new one"
 
 # The device's OK reaches the forwarder before the stream's first bytes
 # and without any: both connections are audited as allowed, not failed.
@@ -80,8 +100,36 @@ for k in '"src":"127.0.0.1:' '"user":"alice"' "\"dst\":\"$ip\"" '"verdict":"allo
 done
 audit_lines | grep -q '"port":22,.*"verdict":"allowed"' || fail "no audit line for ssh"
 ok "audit: time, source, user, port, verdict, bytes each way, duration ($(audit_lines | wc -l) lines)"
+# ssh, 5900, 5901, 5902 and two UDP flows.
 allowed=$(metric "$FORWARDER_STATUS_URL" 'reachback_forwarder_inbound_total{verdict="allowed"}')
-(( ${allowed%.*} >= 3 )) || fail "inbound_total{allowed} is '$allowed'"
+(( ${allowed%.*} >= 6 )) || fail "inbound_total{allowed} is '$allowed'"
 bytes=$(metric "$FORWARDER_STATUS_URL" 'reachback_forwarder_bytes_total{direction="to_device"}')
 (( ${bytes%.*} >= 1000000 )) || fail "bytes_total{to_device} is '$bytes'"
 ok "metrics: $allowed inbound connections allowed, $bytes bytes to devices"
+
+# CURVE on the data link: an edge key the forwarder knows is answered, a
+# key it has never seen is not (and the forwarder logs the refusal).
+LINK_VERSION=$(awk '$2 == "RB_LINK_VERSION" { print $3 }' "$ROOT/lib/rb_frame.h")
+hello=$(python3 -c '
+import random, sys
+def v(n):
+    o = b""
+    while True:
+        b = n & 0x7f; n >>= 7
+        if n: o += bytes([b | 0x80])
+        else: return o + bytes([b])
+def f(num, b): return v(num << 3 | 2) + v(len(b)) + b
+def i(num, x): return v(num << 3) + v(x)
+p = f(1, i(1, int(sys.argv[1])) + f(2, b"curve-check") + i(3, random.getrandbits(62) + 1))
+print("%02x000000%08x%08x %s" % (1, 0, len(p), p.hex()))' "$LINK_VERSION")
+# shellcheck disable=SC2086  # the header and the payload are two frames
+"$BIN/rb-zpoke" "$link" "$LAB/keys/forwarder.pub" "$LAB/keys/edge.key" 3000 $hello | grep -q '^reply' \
+    || fail "a Hello with the edge's key got no HelloAck"
+# shellcheck disable=SC2086
+if "$BIN/rb-zpoke" "$link" "$LAB/keys/forwarder.pub" new 1500 $hello >/dev/null; then
+    fail "a Hello with a key the forwarder does not know was answered"
+fi
+wait_until 3000 grep -q '"event":"zap_refused".*key not allowed' "$LAB/logs/forwarder.log" \
+    || fail "the forwarder did not log the unknown key"
+echo ping | timeout 3 ncat "$ip" 5900 | grep -q ping || fail "alice's port broke after the unknown key"
+ok "data link over TCP: the edge's CURVE key is answered, an unknown key is not"
