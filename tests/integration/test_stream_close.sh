@@ -6,12 +6,17 @@
 . "$(dirname "$0")/lib.sh"
 lab_start
 HC_PORT=$(free_port); RST_PORT=$(free_port); ECHO_PORT=$(free_port); SINK_PORT=$(free_port)
+END_PORT=$(free_port); OUT_RST_PORT=$(free_port); OUT_END_PORT=$(free_port)
 echo_server "$ECHO_PORT"
 client_start alice alice --expose tcp:7001=127.0.0.1:$HC_PORT --expose tcp:7002=127.0.0.1:$RST_PORT \
-    --expose tcp:7003=127.0.0.1:$ECHO_PORT --forward 127.0.0.1:0:127.0.0.1:$SINK_PORT
+    --expose tcp:7003=127.0.0.1:$ECHO_PORT --expose tcp:7004=127.0.0.1:$END_PORT \
+    --forward 127.0.0.1:0:127.0.0.1:$SINK_PORT --forward 127.0.0.1:0:127.0.0.1:$OUT_RST_PORT \
+    --forward 127.0.0.1:0:127.0.0.1:$OUT_END_PORT
 wait_until 10000 test -s "$LAB/alice.json" || fail "alice did not log on: $(cat "$LAB/alice.out")"
 ip=$(json_field "$LAB/alice.json" ip)
-FWD=$(sed -n 's/.*"listen_ports":\[\([0-9]*\)\].*/\1/p' "$LAB/alice.json")
+# alice's local ports for her three forwards, in the order given.
+forward_port() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["listen_ports"][int(sys.argv[2])])' "$LAB/alice.json" "$1"; }
+FWD=$(forward_port 0); FWD_RST=$(forward_port 1); FWD_END=$(forward_port 2)
 
 # Device side half-closes first: the internal client reads the greeting and
 # EOF, then still sends, and the device's service reads it.
@@ -39,16 +44,26 @@ wait_until 5000 listening "$RST_PORT" || fail "reset server did not start"
 out=$(timeout 10 python3 "$PEER" expect-reset "$ip" 7002) || fail "device reset not propagated: $out"
 ok "a reset by the device's service reached the internal client"
 # The internal client resets -> the device's service sees a reset.
-bg python3 "$PEER" reset-server "$SINK_PORT" 2>/dev/null || true
-python3 - "$ip" <<'PY' || fail "internal reset"
-import socket, struct, sys, time
-c = socket.create_connection((sys.argv[1], 7003), timeout=5)
-c.sendall(b"x"); c.recv(1)
-c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.close()
-PY
-wait_until 3000 bash -c "grep '\"event\":\"audit\"' '$LAB/logs/forwarder.log' | grep '\"port\":7003' | grep -q 'reset\|Connection reset'" \
-    || fail "the internal reset is not recorded: $(audit_lines | grep 7003 | tail -1)"
-ok "a reset by the internal client ended the stream (audit: $(audit_lines | grep '"port":7003' | tail -1 | sed 's/.*"reason":"\([^"]*\)".*/\1/'))"
+bg python3 "$PEER" end-server "$END_PORT" "$LAB/end.got"
+wait_until 5000 listening "$END_PORT" || fail "the device's end server did not start"
+out=$(timeout 10 python3 "$PEER" reset-client "$ip" 7004) || fail "internal reset: $out"
+wait_until 3000 grep -q . "$LAB/end.got" || fail "the device's service did not see its connection end"
+[[ $(cat "$LAB/end.got") == reset ]] || fail "the device's service saw '$(cat "$LAB/end.got")', not a reset"
+reset_audited() { audit_lines | grep '"port":7004' | grep -q reset; }
+wait_until 3000 reset_audited || fail "the internal reset is not recorded: $(audit_lines | grep 7004 | tail -1)"
+ok "a reset by the internal client reached the device's service (audit: $(audit_lines | grep '"port":7004' | tail -1 | sed 's/.*"reason":"\([^"]*\)".*/\1/'))"
+
+# Through --forward: the internal server resets -> alice's local client
+# sees a reset; alice's local client resets -> the internal server does.
+bg python3 "$PEER" reset-server "$OUT_RST_PORT"
+wait_until 5000 listening "$OUT_RST_PORT" || fail "the internal reset server did not start"
+out=$(timeout 10 python3 "$PEER" expect-reset 127.0.0.1 "$FWD_RST") || fail "--forward, internal reset: $out"
+bg python3 "$PEER" end-server "$OUT_END_PORT" "$LAB/out-end.got"
+wait_until 5000 listening "$OUT_END_PORT" || fail "the internal end server did not start"
+out=$(timeout 10 python3 "$PEER" reset-client 127.0.0.1 "$FWD_END") || fail "--forward, device reset: $out"
+wait_until 3000 grep -q . "$LAB/out-end.got" || fail "the internal server did not see its connection end"
+[[ $(cat "$LAB/out-end.got") == reset ]] || fail "the internal server saw '$(cat "$LAB/out-end.got")', not a reset"
+ok "--forward: resets reach the other side both ways"
 
 # Teardown: open streams die on both sides when the session ends.
 # stream_torn VERB: a long-lived stream through 7003 ends within 2 s of VERB.

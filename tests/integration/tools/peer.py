@@ -12,6 +12,10 @@ the peer behaved as the mode expects, 1 otherwise.
                                       sends "after-eof\\n" and shuts down
   peer.py reset-server PORT           server: reads a line, then resets (RST)
   peer.py expect-reset HOST PORT      client: sends a line, expects a reset
+  peer.py end-server PORT FILE        server: echoes one connection; writes how
+                                      it ended ("eof" or "reset") to FILE
+  peer.py reset-client HOST PORT      client: sends a line, reads its echo,
+                                      then resets (RST)
   peer.py sink PORT                   server: accepts and never reads
   peer.py source HOST PORT BYTES SECS client: sends up to BYTES for at most
                                       SECS; prints the bytes the socket took
@@ -102,6 +106,40 @@ def expect_reset(host, port):
     return 1
 
 
+def end_server(port, path):
+    s = listen(port)
+    c, _ = s.accept()
+    try:
+        while True:
+            b = c.recv(65536)
+            if not b:
+                how = "eof"
+                break
+            c.sendall(b)
+    except ConnectionResetError:
+        how = "reset"
+    with open(path, "w") as f:
+        f.write(how + "\n")
+    print(how)
+    return 0
+
+
+def reset_client(host, port):
+    c = socket.create_connection((host, int(port)), timeout=5)
+    c.sendall(b"hello\n")
+    got = b""
+    while len(got) < 6:
+        b = c.recv(100)
+        if not b:
+            print("EOF after %r, before the echo" % got)
+            return 1
+        got += b
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+    print("echoed, reset sent")
+    return 0
+
+
 def sink(port):
     s = listen(port)
     conns = []
@@ -185,7 +223,8 @@ def udp_blast(host, port, size, secs, srcport="0"):
 MODES = {
     "whoami": whoami, "halfclose-server": halfclose_server,
     "halfclose-client": halfclose_client, "reset-server": reset_server,
-    "expect-reset": expect_reset, "sink": sink, "source": source,
+    "expect-reset": expect_reset, "end-server": end_server, "reset-client": reset_client,
+    "sink": sink, "source": source,
     "pinger": pinger, "rate": rate, "udp-blast": udp_blast,
 }
 
