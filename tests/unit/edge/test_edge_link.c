@@ -8,7 +8,8 @@
  * newer one of the same session does not detach its successor, unless the
  * successor went to another forwarder, whose predecessor must let go. A
  * tunnel with more streams than one Relayed may name gives all their
- * credit back, in pieces. */
+ * credit back, in pieces; a forwarder that sends past a stream's window
+ * has that stream reset on both sides, and only that one. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -48,6 +49,7 @@ typedef struct {
     size_t relayed_most;          /* the most ids one carried, */
     uint64_t relayed_bytes;       /* and the bytes they gave back */
     uint32_t relayed_by_id[1200]; /* by link id / 2 */
+    uint32_t reset_link_id;       /* the last stream the edge reset here */
     bool (*done)(void *);
 } fake_t;
 
@@ -90,6 +92,8 @@ static void s_on_router(rb_loop_t *l, void *sock, void *arg)
                 fk->last_link_id = c->open_result->link_id;
             }
             rb__fwd__link_control__free_unpacked(c, NULL);
+        } else if (f.type == RB_FRAME_DATA && (f.flags & RB_FRAME_RST)) {
+            fk->reset_link_id = f.stream_id;
         }
         rb_link_msg_close(&m);
     }
@@ -434,11 +438,15 @@ static SSL_CTX *s_sctx, *s_cctx;
 /* The tunnel's two ends: the edge's connection (accepted) and the device's
  * (dialled), which notes the StreamOpens and DATA it gets. */
 typedef struct {
+    int lfd;
     rb_tconn_t *edge, *dev;
+    edge_tunnel_t *tun;
     bool up;
     uint32_t tids[1200]; /* the edge's ids, from its StreamOpens */
     size_t opens;
     size_t data_frames;
+    uint64_t data_bytes;
+    uint32_t reset_tid; /* the last stream the edge reset at the device */
 } tunnel_rig_t;
 
 static void s_dev_open(rb_tconn_t *c, void *arg)
@@ -451,6 +459,8 @@ static void s_dev_frame(rb_tconn_t *c, const rb_frame_t *f, void *arg)
     tunnel_rig_t *t = arg;
     if (f->type == RB_FRAME_DATA) {
         t->data_frames++;
+        t->data_bytes += f->len;
+        if (f->flags & RB_FRAME_RST) t->reset_tid = f->stream_id;
         return;
     }
     if (f->type != RB_FRAME_CONTROL) return;
@@ -490,7 +500,7 @@ static void s_tunnel_accept(rb_loop_t *loop, int fd, unsigned events, void *arg)
 static tunnel_rig_t *s_trig;
 static size_t s_want;
 
-static bool s_tunnel_up(void *arg)
+static bool s_tunnel_is_up(void *arg)
 {
     return s_trig->up && s_trig->edge;
 }
@@ -507,6 +517,48 @@ static bool s_all_relayed(void *arg)
     return ((fake_t *)arg)->relayed_bytes >= s_want * 1000;
 }
 
+/* A device's tunnel (real TLS) carrying session sess-r, attached on l. */
+static void s_tunnel_up(fake_t *fk, edge_link_t *l, tunnel_rig_t *t)
+{
+    memset(t, 0, sizeof *t);
+    s_trig = t;
+    t->lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof a;
+    assert_int_equal(bind(t->lfd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(t->lfd, 4), 0);
+    assert_int_equal(getsockname(t->lfd, (struct sockaddr *)&a, &alen), 0);
+    assert_int_equal(rb_loop_add_fd(fk->loop, t->lfd, RB_EV_READ, s_tunnel_accept, t), 0);
+    char hp[32];
+    snprintf(hp, sizeof hp, "127.0.0.1:%u", ntohs(a.sin_port));
+    t->dev = rb_tconn_dial(fk->loop, s_cctx, hp, "127.0.0.1", &s_dev_h, t);
+    assert_non_null(t->dev);
+    assert_true(s_run_until(fk, s_tunnel_is_up, 5000));
+    t->tun = edge_link_attach(l, t->edge, "sess-r", "alice", "10.0.0.5", "");
+    assert_non_null(t->tun);
+    assert_true(s_run_until(fk, s_one_attach, 3000));
+}
+
+static void s_tunnel_down(fake_t *fk, tunnel_rig_t *t)
+{
+    edge_link_detach(&t->tun, "done");
+    rb_tconn_destroy(&t->dev);
+    rb_tconn_destroy(&t->edge);
+    rb_loop_del_fd(fk->loop, t->lfd);
+    close(t->lfd);
+}
+
+/* n streams opened by the forwarder (link ids 2, 4, ...), seen by the
+ * device. */
+static void s_open_streams(fake_t *fk, size_t n)
+{
+    s_want = n;
+    for (uint32_t i = 0; i < n; i++)
+        s_send_open(fk, 2 * (i + 1), "sess-r");
+    assert_true(s_run_until(fk, s_all_opened, 10000));
+    assert_int_equal(fk->results, 0); /* none refused */
+}
+
 /* A session with 1100 streams, each with 1000 bytes sent to its device:
  * when the tunnel drains, the forwarder hears of every stream's bytes, in
  * Relayed messages of at most RB_LINK_RELAYED_MAX streams each (one
@@ -517,29 +569,9 @@ static void test_relayed_in_pieces(void **state)
     enum { N = 1100 };
     fake_t fk = {0};
     edge_link_t *l = s_link_up_with(&fk, N);
-    tunnel_rig_t t = {0};
-    s_trig = &t;
-    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t alen = sizeof a;
-    assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
-    assert_int_equal(listen(lfd, 4), 0);
-    assert_int_equal(getsockname(lfd, (struct sockaddr *)&a, &alen), 0);
-    assert_int_equal(rb_loop_add_fd(fk.loop, lfd, RB_EV_READ, s_tunnel_accept, &t), 0);
-    char hp[32];
-    snprintf(hp, sizeof hp, "127.0.0.1:%u", ntohs(a.sin_port));
-    t.dev = rb_tconn_dial(fk.loop, s_cctx, hp, "127.0.0.1", &s_dev_h, &t);
-    assert_non_null(t.dev);
-    assert_true(s_run_until(&fk, s_tunnel_up, 5000));
-
-    edge_tunnel_t *tun = edge_link_attach(l, t.edge, "sess-r", "alice", "10.0.0.5", "");
-    assert_non_null(tun);
-    assert_true(s_run_until(&fk, s_one_attach, 3000));
-    s_want = N;
-    for (uint32_t i = 0; i < N; i++)
-        s_send_open(&fk, 2 * (i + 1), "sess-r");
-    assert_true(s_run_until(&fk, s_all_opened, 10000));
-    assert_int_equal(fk.results, 0); /* none refused */
+    tunnel_rig_t t;
+    s_tunnel_up(&fk, l, &t);
+    s_open_streams(&fk, N);
 
     static uint8_t payload[1000];
     for (uint32_t i = 0; i < N; i++)
@@ -549,7 +581,7 @@ static void test_relayed_in_pieces(void **state)
     assert_true(s_run_until(&fk, s_all_data, 10000));
     assert_int_equal(fk.relayed_msgs, 0);
 
-    edge_link_drained(tun);
+    edge_link_drained(t.tun);
     if (!s_run_until(&fk, s_all_relayed, 5000))
         fail_msg("Relayed gave back %llu of %u bytes in %d messages",
                  (unsigned long long)fk.relayed_bytes, N * 1000, fk.relayed_msgs);
@@ -560,11 +592,49 @@ static void test_relayed_in_pieces(void **state)
         if (fk.relayed_by_id[i + 1] != 1000)
             fail_msg("link stream %u: %u bytes relayed", 2 * (i + 1), fk.relayed_by_id[i + 1]);
 
-    edge_link_detach(&tun, "done");
-    rb_tconn_destroy(&t.dev);
-    rb_tconn_destroy(&t.edge);
-    rb_loop_del_fd(fk.loop, lfd);
-    close(lfd);
+    s_tunnel_down(&fk, &t);
+    s_link_down(&fk, &l);
+}
+
+static bool s_reset_both_ways(void *arg)
+{
+    return ((fake_t *)arg)->reset_link_id == 2 && s_trig->reset_tid == s_trig->tids[0];
+}
+static bool s_window_and_more(void *arg)
+{
+    return s_trig->data_bytes >= RB_STREAM_WINDOW + 1000;
+}
+
+/* A forwarder that sends a stream more than its window (the device never
+ * granted more): that stream is reset at the device and at the forwarder,
+ * counted, and the session's other stream goes on. */
+static void test_forwarder_overrun_resets_the_stream(void **state)
+{
+    fake_t fk = {0};
+    edge_link_t *l = s_link_up_with(&fk, 8);
+    tunnel_rig_t t;
+    s_tunnel_up(&fk, l, &t);
+    s_open_streams(&fk, 2);
+    rb_metric_t *overruns = rb_counter("reachback_edge_window_overruns_total", NULL, "");
+    double before = rb_metric_value(overruns);
+
+    static uint8_t chunk[RB_FRAME_MAX_DATA];
+    for (uint32_t sent = 0; sent <= RB_STREAM_WINDOW; sent += sizeof chunk)
+        assert_int_equal(rb_link_send(fk.router, fk.rid, strlen(fk.rid), RB_FRAME_DATA, 0, 2, chunk,
+                                      sizeof chunk),
+                         0);
+    if (!s_run_until(&fk, s_reset_both_ways, 5000))
+        fail_msg("after %llu bytes: reset at the forwarder %u, at the device %u (want 2, %u)",
+                 (unsigned long long)t.data_bytes, fk.reset_link_id, t.reset_tid, t.tids[0]);
+    assert_int_equal(t.data_bytes, RB_STREAM_WINDOW); /* the window, not a byte more */
+    assert_true(rb_metric_value(overruns) - before == 1);
+
+    assert_int_equal(
+        rb_link_send(fk.router, fk.rid, strlen(fk.rid), RB_FRAME_DATA, 0, 4, chunk, 1000), 0);
+    assert_true(s_run_until(&fk, s_window_and_more, 3000));
+    assert_int_not_equal(t.reset_tid, t.tids[1]);
+
+    s_tunnel_down(&fk, &t);
     s_link_down(&fk, &l);
 }
 
@@ -592,6 +662,7 @@ int main(void)
         cmocka_unit_test(test_stale_tunnel_on_another_forwarder_detaches),
         cmocka_unit_test(test_edge_link_without_forwarders),
         cmocka_unit_test(test_relayed_in_pieces),
+        cmocka_unit_test(test_forwarder_overrun_resets_the_stream),
     };
     int rc = cmocka_run_group_tests(tests, s_tls_setup, s_tls_teardown);
     /* A failed test leaves its sockets open, and terminating the context
