@@ -118,6 +118,16 @@ lab_start() {
 
 now_ms() { date +%s%3N; }
 
+# refused_within MS CMD...: CMD fails, and within MS: a refusal, not a hang
+# that a timeout cut short. ELAPSED_MS says how long it took.
+refused_within() {
+    local ms=$1 t0 rc=0; shift
+    t0=$(now_ms)
+    "$@" || rc=$?
+    ELAPSED_MS=$(( $(now_ms) - t0 ))
+    (( rc != 0 && ELAPSED_MS < ms ))
+}
+
 # proc_running PID: alive and not a zombie waiting to be reaped.
 proc_running() {
     local st

@@ -36,10 +36,10 @@ line=$(audit_lines | grep '"kind":"device"' | head -1)
 ok "audited as device-to-device: bob ($bob_ip) -> alice port 5900"
 
 # Exposure: port 22 is not exposed by alice.
-rc=0; timeout 5 ncat --proxy-type socks5 --proxy 127.0.0.1:"$BOB_SOCKS" "$alice_ip" 22 </dev/null \
-    >"$LAB/n1" 2>&1 || rc=$?
-(( rc != 0 )) || fail "bob reached alice's unexposed port 22"
-ok "alice's unexposed port 22 refused to bob: $(tail -1 "$LAB/n1")"
+refused_within 2000 timeout 5 ncat --proxy-type socks5 --proxy 127.0.0.1:"$BOB_SOCKS" "$alice_ip" 22 \
+    </dev/null >"$LAB/n1" 2>&1 || fail "bob -> alice's unexposed port 22, $ELAPSED_MS ms: $(cat "$LAB/n1")"
+grep -qi "refused\|reset\|failed" "$LAB/n1" || fail "bob's refusal at port 22: $(cat "$LAB/n1")"
+ok "alice's unexposed port 22 refused to bob in $ELAPSED_MS ms: $(tail -1 "$LAB/n1")"
 
 # Policy: deny bob -> alice, carol still allowed.
 cat > "$LAB/conf/policy.conf" <<'POL'
@@ -48,13 +48,14 @@ allow 127.0.0.0/8  *           *  any
 POL
 kill -HUP "$(cat "$LAB/run/forwarder.pid")"
 wait_until 3000 grep -q '"event":"policy_loaded".*2 rules' "$LAB/logs/forwarder.log" || fail "policy not reloaded"
-rc=0; echo denied | timeout 5 ncat --proxy-type socks5 --proxy 127.0.0.1:"$BOB_SOCKS" \
-    --proxy-dns remote alice.vpn.lab 5900 >"$LAB/n2" 2>&1 || rc=$?
-(( rc != 0 )) && ! grep -q '^denied$' "$LAB/n2" || fail "bob still reaches alice: $(cat "$LAB/n2")"
+refused_within 2000 timeout 5 ncat --proxy-type socks5 --proxy 127.0.0.1:"$BOB_SOCKS" \
+    --proxy-dns remote alice.vpn.lab 5900 <<<denied >"$LAB/n2" 2>&1 \
+    || fail "bob -> alice under the deny rule, $ELAPSED_MS ms: $(cat "$LAB/n2")"
+! grep -q '^denied$' "$LAB/n2" || fail "bob still reaches alice: $(cat "$LAB/n2")"
 grep -qi "not allowed\|ruleset\|refused\|reset" "$LAB/n2" || fail "bob's refusal: $(cat "$LAB/n2")"
 got=$(echo carol | timeout 5 ncat --proxy-type socks5 --proxy 127.0.0.1:"$CAROL_SOCKS" \
       --proxy-dns remote alice.vpn.lab 5900) || fail "carol -> alice failed"
 [[ $got == carol ]] || fail "carol -> alice answered '$got'"
-ok "policy 'deny user:bob user:alice': bob refused ($(tail -1 "$LAB/n2")), carol still gets through"
+ok "policy 'deny user:bob user:alice': bob refused in $ELAPSED_MS ms ($(tail -1 "$LAB/n2")), carol still gets through"
 audit_lines | grep -q '"src_user":"bob".*"verdict":"denied"' || fail "no 'denied' audit line for bob"
 ok "bob's denied attempt is audited"
