@@ -34,6 +34,15 @@ wait_until 2000 bash -c "grep '\"event\":\"audit\"' '$LAB/logs/forwarder.log' | 
 line=$(audit_lines | grep '"kind":"device"' | head -1)
 [[ $line == *"\"src\":\"$bob_ip:"* ]] || fail "the audit line's source is not bob's address: $line"
 ok "audited as device-to-device: bob ($bob_ip) -> alice port 5900"
+# In /metrics, each of bob's three connections is one outbound connection
+# of his and one inbound of alice's.
+fwd_metric() { metric "$FORWARDER_STATUS_URL" "$1" | cut -d. -f1; }
+three_each() {
+    [[ $(fwd_metric 'reachback_forwarder_inbound_total{verdict="allowed"}') == 3 &&
+       $(fwd_metric 'reachback_forwarder_outbound_total{result="ok"}') == 3 ]]
+}
+wait_until 2000 three_each || fail "metrics: inbound allowed $(fwd_metric 'reachback_forwarder_inbound_total{verdict="allowed"}'), outbound ok $(fwd_metric 'reachback_forwarder_outbound_total{result="ok"}'), want 3 and 3"
+ok "metrics: 3 inbound connections allowed at alice, 3 outbound ok from bob"
 
 # Exposure: port 22 is not exposed by alice.
 refused_within 2000 timeout 5 ncat --proxy-type socks5 --proxy 127.0.0.1:"$BOB_SOCKS" "$alice_ip" 22 \

@@ -53,9 +53,12 @@ POL
 kill -HUP "$(cat "$LAB/run/forwarder.pid")"
 wait_until 3000 grep -q '"event":"policy_loaded".*1 rules' "$LAB/logs/forwarder.log" \
     || fail "policy not reloaded: $(grep policy "$LAB/logs/forwarder.log" | tail -2)"
+denied0=$(inbound denied)
 refused_fast "source 127.0.0.1 after the reload (denied)" "$ip" 5900
 audit_lines | grep -q '"src":"127.0.0.1:[0-9]*",.*"port":5900,"verdict":"denied"' \
     || fail "no 'denied' audit line: $(audit_lines | tail -2)"
+[[ $(( $(inbound denied | cut -d. -f1) - ${denied0%.*} )) == 1 ]] \
+    || fail "inbound_total{denied} went from $denied0 to $(inbound denied), want one more"
 got=$(echo allowed | timeout 5 ncat -s 127.0.0.2 "$ip" 5900) || true
 [[ $got == allowed ]] || fail "source 127.0.0.2 was not let through ('$got')"
 ok "source 127.0.0.2 allowed by the new policy"
