@@ -3,13 +3,13 @@
 # not allow, and a device whose local service is down all get a refused
 # connection at once (RST), never a hang; a denied UDP source is dropped and
 # counted. The policy is reloaded on SIGHUP without dropping live
-# connections.
+# connections. Rules name target groups and ports (alice is in helpdesk).
 . "$(dirname "$0")/lib.sh"
-lab_start
+lab_start --user-groups alice=helpdesk
 TCP_PORT=$(free_port); DEAD_PORT=$(free_port); UDP_PORT=$(free_port)
 echo_server "$TCP_PORT"
 udp_echo "$UDP_PORT"
-client_start alice alice --expose tcp:5900=127.0.0.1:$TCP_PORT \
+client_start alice alice --expose tcp:5900=127.0.0.1:$TCP_PORT --expose tcp:5901=127.0.0.1:$TCP_PORT \
     --expose tcp:6000=127.0.0.1:$DEAD_PORT --expose udp:5353=127.0.0.1:$UDP_PORT
 wait_until 10000 test -s "$LAB/alice.json" || fail "alice did not log on: $(cat "$LAB/alice.out")"
 ip=$(json_field "$LAB/alice.json" ip)
@@ -86,3 +86,17 @@ rc=0; out=$("$BIN/reachback-forwarder" --check-config --config "$LAB/conf/forwar
 [[ $rc == 1 && $out == *"policy.conf:1: "* ]] || fail "--check-config on a bad policy: rc $rc, '$out'"
 ok "--check-config names the policy file's bad line"
 
+# Rules by target group and port: 127.0.0.3 may reach helpdesk's port 5900
+# (alice's, not her 5901); 127.0.0.4 only finance's devices.
+cat > "$LAB/conf/policy.conf" <<'POL'
+allow 127.0.0.3 group:helpdesk 5900 tcp
+allow 127.0.0.4 group:finance  *    any
+POL
+kill -HUP "$(cat "$LAB/run/forwarder.pid")"
+wait_until 3000 grep -q '"event":"policy_loaded".*2 rules' "$LAB/logs/forwarder.log" \
+    || fail "the group policy was not loaded: $(grep policy "$LAB/logs/forwarder.log" | tail -2)"
+got=$(echo helpdesk | timeout 5 ncat -s 127.0.0.3 "$ip" 5900) || true
+[[ $got == helpdesk ]] || fail "127.0.0.3 -> helpdesk alice's 5900 answered '$got'"
+refused_fast "127.0.0.3 to alice's 5901, a port its rule does not name" -s 127.0.0.3 "$ip" 5901
+refused_fast "127.0.0.4 to alice, not in its rule's group" -s 127.0.0.4 "$ip" 5900
+ok "group:helpdesk 5900 lets 127.0.0.3 reach alice's 5900 only; group:finance does not match her"
