@@ -233,3 +233,36 @@ attached_is $(( before + 1 )) || fail "one session attached twice counts $(attac
 wait_until 12000 attached_is "$before" || fail "the moved session's silent edge did not take it along: $(attached)"
 udp_unbound "$IP_NEW" || fail "$IP_NEW:$UPORT still listens after its session went"
 ok "a session attached again with a new address listens there, and no longer on the old one"
+
+# --- an edge that sends a stream more than its window ---
+# A poke attaches a session, opens a device-side stream to a server whose
+# one backlog slot is taken (the connect waits: the forwarder holds what
+# comes, and hands no credit back), and sends 2 MiB + 64 KiB on it: past
+# the window, the stream is reset, counted and logged; the forwarder and
+# alice go on. (To a server that accepts, the kernel's buffers would take
+# megabytes and the forwarder would grant them back in time.)
+IP_OVER=127.$x.254.11 STUCK_PORT=$(free_port)
+bg python3 -c "
+import socket, time
+s = socket.socket(); s.bind(('127.0.0.1', $STUCK_PORT)); s.listen(0)
+c = socket.create_connection(('127.0.0.1', $STUCK_PORT)); time.sleep(60)"
+wait_until 5000 listening "$STUCK_PORT" || fail "the server that never accepts did not start"
+open_out_hex=$(pb 'import sys
+o=i(1,1)+f(2,b"soverrun")+i(3,1)+f(4,b"127.0.0.1")+i(5,int(sys.argv[1]))
+print(f(5,o).hex())' "$STUCK_PORT")
+data_msgs=()
+for _ in $(seq 33); do data_msgs+=("$(printf '%02x%02x0000%08x%08x' 2 0 1 65536)" zeros:65536 ,); done
+unset 'data_msgs[-1]'
+overruns0=$(metric "$FORWARDER_STATUS_URL" reachback_forwarder_window_overruns_total)
+overruns_rose() { local n; n=$(metric "$FORWARDER_STATUS_URL" reachback_forwarder_window_overruns_total); (( ${n%.*} == ${overruns0%.*} + 1 )); }
+"$ZPOKE" "$link" "$pub" "$key" 0 $(hello) $(hexframe 1 0 0 "$(attach_hex soverrun "$IP_OVER" "$UPORT")") , \
+    $(hexframe 1 0 0 "$open_out_hex") , "${data_msgs[@]}" >/dev/null
+wait_until 3000 overruns_rose \
+    || fail "a stream sent past its window: window_overruns_total $overruns0 -> $(metric "$FORWARDER_STATUS_URL" reachback_forwarder_window_overruns_total)"
+grep -q '"event":"window_overrun".*stream 1 sent' "$LAB/logs/forwarder.log" || fail "the overrun was not logged"
+overrun_audited() { audit_lines | grep "port\":$STUCK_PORT," | grep -q '"verdict":"failed".*"reason":"window overrun"'; }
+wait_until 3000 overrun_audited || fail "the overrun stream was not audited: $(audit_lines | tail -1)"
+kill -0 "$(cat "$LAB/run/forwarder.pid")" 2>/dev/null || fail "the forwarder died: $(tail -n 5 "$LAB/logs/forwarder.log")"
+alice_ok || fail "alice's streams broke after the overrun"
+wait_until 12000 attached_is "$before" || fail "the overrun session's silent edge did not take it along: $(attached)"
+ok "an edge sending a stream past its window: that stream reset, counted, logged and audited; alice unaffected"

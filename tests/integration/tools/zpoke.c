@@ -6,7 +6,8 @@
  *   rb-zpoke ENDPOINT SERVER_PUB_FILE (SECRET_KEY_FILE | new) WAIT_MS HEX... [, HEX...]...
  *
  * A lone "," starts another message on the same connection (a data link
- * peer says Hello before anything else). SERVER_PUB_FILE "-" means no
+ * peer says Hello before anything else). "zeros:N" is a frame of N zero
+ * bytes (at most 65536: a full DATA payload). SERVER_PUB_FILE "-" means no
  * CURVE. "new" makes a fresh key the server has never seen. With WAIT_MS,
  * each message but the last may get one reply, which is read and dropped;
  * "reply" then means the last message got one. Exits 0 when a reply
@@ -61,13 +62,16 @@ int main(int argc, char **argv)
      * never leave. Retry the first frame until a deadline instead of
      * blocking. */
     int nframes = argc - 5;
-    static unsigned char frames[64][4096];
-    int lens[64];
-    bool last[64]; /* the frame ends its message */
-    if (nframes > 64) return 2;
+    enum { MAX_FRAMES = 128, MAX_HEX = 4096, MAX_ZEROS = 65536 };
+    static unsigned char hex[MAX_FRAMES][MAX_HEX], zeros[MAX_ZEROS];
+    unsigned char *frames[MAX_FRAMES];
+    int lens[MAX_FRAMES];
+    bool last[MAX_FRAMES]; /* the frame ends its message */
+    if (nframes > MAX_FRAMES) return 2;
     int n = 0;
     for (int i = 0; i < nframes; i++) {
-        if (strcmp(argv[i + 5], ",") == 0) {
+        const char *arg = argv[i + 5];
+        if (strcmp(arg, ",") == 0) {
             if (n == 0 || last[n - 1]) {
                 fprintf(stderr, "rb-zpoke: an empty message\n");
                 return 2;
@@ -75,9 +79,16 @@ int main(int argc, char **argv)
             last[n - 1] = true;
             continue;
         }
-        lens[n] = s_unhex(argv[i + 5], frames[n], sizeof frames[n]);
+        if (strncmp(arg, "zeros:", 6) == 0) {
+            frames[n] = zeros;
+            lens[n] = atoi(arg + 6);
+            if (lens[n] < 0 || lens[n] > MAX_ZEROS) lens[n] = -1;
+        } else {
+            frames[n] = hex[n];
+            lens[n] = s_unhex(arg, hex[n], sizeof hex[n]);
+        }
         if (lens[n] < 0) {
-            fprintf(stderr, "rb-zpoke: bad hex frame '%s'\n", argv[i + 5]);
+            fprintf(stderr, "rb-zpoke: bad frame '%s'\n", arg);
             return 2;
         }
         last[n++] = false;
@@ -124,9 +135,13 @@ int main(int argc, char **argv)
         rc = zmq_poll(&it, 1, wait_ms) == 1 ? 0 : 1;
         printf("%s\n", rc == 0 ? "reply" : "no reply");
     } else {
-        /* Give the handshake time to complete so the message leaves. */
+        /* Give the handshake time to complete so the message leaves, and
+         * what is still queued (megabytes of DATA) time to follow: our
+         * sockets linger 0, which would drop it at close. */
         zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
         zmq_poll(&it, 1, 300);
+        int linger = 2000;
+        zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
     }
     rb_zsock_close(&s);
     rb_zmq_term();
