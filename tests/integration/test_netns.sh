@@ -4,7 +4,8 @@
 # loopback); "int" is the internal network, whose resolver is reachback-dns.
 # int and home cannot reach each other except through the gateway: plain
 # `ssh alice.vpn.lab` in int reaches the sshd in home, and alice's --forward
-# reaches a server in int, which sees alice's intranet address. The pool is
+# reaches a server in int, which sees alice's intranet address, and so does
+# her SOCKS with a name only the gateway resolves. The pool is
 # routed to the gateway and made local there with an AnyIP route
 # (docs/operations.md). Every namespace and veth is removed at the end.
 . "$(dirname "$0")/lib.sh"
@@ -19,7 +20,7 @@ ip netns del "rbp$$"
 
 NS=rb$$; GW=${NS}gw; INT=${NS}in; HOME_NS=${NS}hm
 A=$(( 100 + RANDOM % 150 ))
-CLEANUP_HOOKS+=("ip netns del $GW 2>/dev/null; ip netns del $INT 2>/dev/null; ip netns del $HOME_NS 2>/dev/null; rm -rf /etc/netns/$INT")
+CLEANUP_HOOKS+=("ip netns del $GW 2>/dev/null; ip netns del $INT 2>/dev/null; ip netns del $HOME_NS 2>/dev/null; rm -rf /etc/netns/$INT /etc/netns/$GW")
 for n in "$GW" "$INT" "$HOME_NS"; do ip netns add "$n"; ip -n "$n" link set lo up; done
 # gw <-> int (10.A.1.0/24) and gw <-> home (10.A.2.0/24): veth pairs made
 # in gw and moved, so the host's namespace never holds them.
@@ -49,6 +50,10 @@ allow 10.$A.1.0/24  *  *  any
 allow 127.0.0.0/8   *  *  any
 POL
 mkdir -p "$LAB"
+# A name only the gateway knows (its hosts file, as an intranet resolver
+# would answer): devices' SOCKS names are resolved there, not at home.
+mkdir -p "/etc/netns/$GW"
+{ cat /etc/hosts; echo "10.$A.1.2 whoami.corp.test"; } > "/etc/netns/$GW/hosts"
 ip netns exec "$GW" "$ROOT/scripts/lab" start --dir "$LAB" \
     --set "ipalloc.pool=$POOL" --set "ipalloc.exclude=10.$A.100.1" --set "dns.pool=$POOL" \
     --set "dns.listen=10.$A.1.1:53" --set "dns.ns_address=10.$A.1.1" \
@@ -77,7 +82,7 @@ wait_until 5000 bash -c "ip netns exec $INT ss -Hltn 'sport = :$WHO' | grep -q .
 bg ip netns exec "$HOME_NS" "$BIN/reachback-client" connect --server "10.$A.2.1:8443" \
     --server-name 127.0.0.1 --ca "$CA" --user alice --password-file "$USER_ALICE_PASSWORD_FILE" \
     --status-file "$LAB/alice.json" --expose tcp:22 --forward "127.0.0.1:9000:10.$A.1.2:$WHO" \
-    --forward "127.0.0.1:9001:127.0.0.1:${FORWARDER_STATUS_URL##*:}" \
+    --forward "127.0.0.1:9001:127.0.0.1:${FORWARDER_STATUS_URL##*:}" --socks 127.0.0.1:9010 \
     </dev/null >"$LAB/alice.out" 2>&1
 wait_until 10000 test -s "$LAB/alice.json" || fail "alice did not log on from home: $(cat "$LAB/alice.out")"
 ip=$(json_field "$LAB/alice.json" ip)
@@ -99,6 +104,13 @@ ok "in int, plain 'ssh alice.vpn.lab' reached the sshd on home's loopback ($out)
 got=$(ip netns exec "$HOME_NS" timeout 5 ncat 127.0.0.1 9000 </dev/null) || fail "--forward from home failed"
 [[ $got == "$ip" ]] || fail "the server in int saw '$got', want $ip"
 ok "alice's --forward from home reached 10.$A.1.2:$WHO in int, which saw $got"
+
+# alice's SOCKS with a name home cannot resolve: the gateway resolves it.
+! ip netns exec "$HOME_NS" getent hosts whoami.corp.test >/dev/null || fail "home resolves whoami.corp.test itself"
+got=$(ip netns exec "$HOME_NS" timeout 5 ncat --proxy-type socks5 --proxy 127.0.0.1:9010 \
+      --proxy-dns remote whoami.corp.test "$WHO" </dev/null) || fail "SOCKS to whoami.corp.test from home failed"
+[[ $got == "$ip" ]] || fail "through SOCKS the server in int saw '$got', want $ip"
+ok "alice's SOCKS from home reached whoami.corp.test (a name only the gateway resolves), seen as $got"
 
 # A source the policy does not name is refused: int's 10.A.1.2 is allowed,
 # so try from gw's own 10.A.100.1 (not in the policy).
