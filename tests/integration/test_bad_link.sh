@@ -98,33 +98,7 @@ ok "alice unaffected; the edge counted $overruns window overrun(s)"
 link=$(awk '$1 == "data_endpoint" { print $3 }' "$LAB/conf/forwarder.conf")
 pub=-; key=new
 if [[ $link == tcp://* ]]; then pub=$LAB/keys/forwarder.pub; key=$LAB/keys/edge.key; fi
-hexframe() {   # hexframe TYPE FLAGS ID HEXPAYLOAD: header and payload frames
-    local n=$(( ${#4} / 2 ))
-    printf '%02x%02x0000%08x%08x' "$1" "$2" "$3" "$n"
-    [[ -n $4 ]] && printf ' %s' "$4"
-}
 ZPOKE=$BIN/rb-zpoke
-# pb PYTHON: runs PYTHON with protobuf field encoders: f(num, bytes) for a
-# length-delimited field, i(num, int) for a varint one.
-PB_FIELDS='
-def v(n):
-    o=b""
-    while True:
-        b=n&0x7f; n>>=7
-        if n: o+=bytes([b|0x80])
-        else: return o+bytes([b])
-def f(num,b): return v(num<<3|2)+v(len(b))+b
-def i(num,x): return v(num<<3)+v(x)
-'
-pb() { python3 -c "$PB_FIELDS$1" "${@:2}"; }
-# hello: a Hello (LinkControl.hello) and the "," that ends its message, as
-# an edge says it first on the link (this link version, a fresh instance).
-LINK_VERSION=$(awk '$2 == "RB_LINK_VERSION" { print $3 }' "$ROOT/lib/rb_frame.h")
-hello_frames() {   # hello_frames [VERSION]: the Hello alone
-    hexframe 1 0 0 "$(pb 'import random, sys
-print(f(1, i(1, int(sys.argv[1])) + f(2, b"poke") + i(3, random.getrandbits(62) + 1)).hex())' "${1:-$LINK_VERSION}")"
-}
-hello() { hello_frames; echo " ,"; }
 # An Open (LinkControl.open) for session "gone" to 127.0.0.1:1, link id 1:
 open_hex=$(pb 'o=i(1,1)+f(2,b"gone")+i(3,1)+f(4,b"127.0.0.1")+i(5,1)
 print(f(5,o).hex())')

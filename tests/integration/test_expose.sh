@@ -109,24 +109,12 @@ ok "metrics: $allowed inbound connections allowed, $bytes bytes to devices"
 
 # CURVE on the data link: an edge key the forwarder knows is answered, a
 # key it has never seen is not (and the forwarder logs the refusal).
-LINK_VERSION=$(awk '$2 == "RB_LINK_VERSION" { print $3 }' "$ROOT/lib/rb_frame.h")
-hello=$(python3 -c '
-import random, sys
-def v(n):
-    o = b""
-    while True:
-        b = n & 0x7f; n >>= 7
-        if n: o += bytes([b | 0x80])
-        else: return o + bytes([b])
-def f(num, b): return v(num << 3 | 2) + v(len(b)) + b
-def i(num, x): return v(num << 3) + v(x)
-p = f(1, i(1, int(sys.argv[1])) + f(2, b"curve-check") + i(3, random.getrandbits(62) + 1))
-print("%02x000000%08x%08x %s" % (1, 0, len(p), p.hex()))' "$LINK_VERSION")
+hello_msg=$(hello_frames)
 # shellcheck disable=SC2086  # the header and the payload are two frames
-"$BIN/rb-zpoke" "$link" "$LAB/keys/forwarder.pub" "$LAB/keys/edge.key" 3000 $hello | grep -q '^reply' \
+"$BIN/rb-zpoke" "$link" "$LAB/keys/forwarder.pub" "$LAB/keys/edge.key" 3000 $hello_msg | grep -q '^reply' \
     || fail "a Hello with the edge's key got no HelloAck"
 # shellcheck disable=SC2086
-if "$BIN/rb-zpoke" "$link" "$LAB/keys/forwarder.pub" new 1500 $hello >/dev/null; then
+if "$BIN/rb-zpoke" "$link" "$LAB/keys/forwarder.pub" new 1500 $hello_msg >/dev/null; then
     fail "a Hello with a key the forwarder does not know was answered"
 fi
 wait_until 3000 grep -q '"event":"zap_refused".*key not allowed' "$LAB/logs/forwarder.log" \
