@@ -49,8 +49,8 @@ const rb_option_t forwarder_options[] = {
      "streams and flows at most per session"},
     {"max_held_per_session_kib", RB_OPT_INT, "32768",
      offsetof(forwarder_config_t, max_held_per_session_kib), 2048, 4194304,
-     "bytes (KiB) one session may have waiting for internal peers that do not read; past it "
-     "the stream holding the most is reset"},
+     "bytes (KiB) one session may have waiting at the forwarder for internal peers that do not "
+     "read; past it the stream holding the most is reset (2048-4194304)"},
     RB_OPT_END,
 };
 

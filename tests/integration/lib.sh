@@ -118,6 +118,18 @@ lab_start() {
 
 now_ms() { date +%s%3N; }
 
+# reload_policy: SIGHUP to the lab's forwarder; returns once it has loaded
+# its policy file anew (a count of loads, since the lab's start logged one
+# whose rule count a new file may share).
+policy_loads() { grep -c '"event":"policy_loaded"' "$LAB/logs/forwarder.log" || true; }
+policy_loads_above() { (( $(policy_loads) > $1 )); }
+reload_policy() {
+    local n; n=$(policy_loads)
+    kill -HUP "$(cat "$LAB/run/forwarder.pid")"
+    wait_until 3000 policy_loads_above "$n" \
+        || fail "policy not reloaded: $(grep policy "$LAB/logs/forwarder.log" | tail -2)"
+}
+
 # refused_within MS CMD...: CMD fails, and within MS: a refusal, not a hang
 # that a timeout cut short. ELAPSED_MS says how long it took.
 refused_within() {

@@ -219,8 +219,9 @@ IP_OVER=127.$x.254.11 STUCK_PORT=$(free_port)
 bg python3 -c "
 import socket, time
 s = socket.socket(); s.bind(('127.0.0.1', $STUCK_PORT)); s.listen(0)
-c = socket.create_connection(('127.0.0.1', $STUCK_PORT)); time.sleep(60)"
-wait_until 5000 listening "$STUCK_PORT" || fail "the server that never accepts did not start"
+c = socket.create_connection(('127.0.0.1', $STUCK_PORT))
+open('$LAB/stuck.ready', 'w').close(); time.sleep(60)"
+wait_until 5000 test -e "$LAB/stuck.ready" || fail "the server that never accepts did not fill its backlog"
 open_out_hex=$(pb 'import sys
 o=i(1,1)+f(2,b"soverrun")+i(3,1)+f(4,b"127.0.0.1")+i(5,int(sys.argv[1]))
 print(f(5,o).hex())' "$STUCK_PORT")
@@ -228,12 +229,14 @@ data_msgs=()
 for _ in $(seq 33); do data_msgs+=("$(printf '%02x%02x0000%08x%08x' 2 0 1 65536)" zeros:65536 ,); done
 unset 'data_msgs[-1]'
 overruns0=$(metric "$FORWARDER_STATUS_URL" reachback_forwarder_window_overruns_total)
+overrun_logs() { grep -c '"event":"window_overrun".*stream 1 sent' "$LAB/logs/forwarder.log" || true; }
+logged0=$(overrun_logs)
 overruns_rose() { local n; n=$(metric "$FORWARDER_STATUS_URL" reachback_forwarder_window_overruns_total); (( ${n%.*} == ${overruns0%.*} + 1 )); }
 "$ZPOKE" "$link" "$pub" "$key" 0 $(hello) $(hexframe 1 0 0 "$(attach_hex soverrun "$IP_OVER" "$UPORT")") , \
     $(hexframe 1 0 0 "$open_out_hex") , "${data_msgs[@]}" >/dev/null
 wait_until 3000 overruns_rose \
     || fail "a stream sent past its window: window_overruns_total $overruns0 -> $(metric "$FORWARDER_STATUS_URL" reachback_forwarder_window_overruns_total)"
-grep -q '"event":"window_overrun".*stream 1 sent' "$LAB/logs/forwarder.log" || fail "the overrun was not logged"
+(( $(overrun_logs) == logged0 + 1 )) || fail "the overrun was not logged"
 overrun_audited() { audit_lines | grep "port\":$STUCK_PORT," | grep -q '"verdict":"failed".*"reason":"window overrun"'; }
 wait_until 3000 overrun_audited || fail "the overrun stream was not audited: $(audit_lines | tail -1)"
 kill -0 "$(cat "$LAB/run/forwarder.pid")" 2>/dev/null || fail "the forwarder died: $(tail -n 5 "$LAB/logs/forwarder.log")"

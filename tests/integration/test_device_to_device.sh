@@ -55,8 +55,7 @@ cat > "$LAB/conf/policy.conf" <<'POL'
 deny  user:bob     user:alice  *  any
 allow 127.0.0.0/8  *           *  any
 POL
-kill -HUP "$(cat "$LAB/run/forwarder.pid")"
-wait_until 3000 grep -q '"event":"policy_loaded".*2 rules' "$LAB/logs/forwarder.log" || fail "policy not reloaded"
+reload_policy
 refused_within 2000 timeout 5 ncat --proxy-type socks5 --proxy 127.0.0.1:"$BOB_SOCKS" \
     --proxy-dns remote alice.vpn.lab 5900 <<<denied >"$LAB/n2" 2>&1 \
     || fail "bob -> alice under the deny rule, $ELAPSED_MS ms: $(cat "$LAB/n2")"

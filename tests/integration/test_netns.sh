@@ -35,7 +35,8 @@ ip -n "$GW" route add local "$POOL" dev lo          # AnyIP: the whole pool is l
 ip -n "$INT" route add "$POOL" via "10.$A.1.1"     # the internal network routes the pool to gw
 mkdir -p "/etc/netns/$INT"
 printf 'nameserver 10.%s.1.1\noptions timeout:1 attempts:1\n' "$A" > "/etc/netns/$INT/resolv.conf"
-! ip -o link show | grep -q "${NS}" || fail "a veth of this test is in the host's namespace: $(ip -o link show | grep "${NS}")"
+links=$(ip -o link show)
+[[ $links != *"${NS}"* ]] || fail "a veth of this test is in the host's namespace: $(grep "${NS}" <<<"$links")"
 ok "namespaces gw, int, home; veths (none in the host's namespace); pool $POOL AnyIP-local on gw and routed from int"
 
 # The home network and the internal one cannot see each other.
@@ -138,10 +139,7 @@ wait_until 10000 test -s "$LAB/bob.json" || fail "bob did not log on from home: 
 [[ -z $(json_field "$LAB/bob.json" ip) ]] || fail "bob got an address: $(cat "$LAB/bob.json")"
 set_policy() {   # set_policy RULES...: one rule a line, then SIGHUP
     printf '%s\n' "$@" > "$LAB.policy"
-    local before; before=$(grep -c '"event":"policy_loaded"' "$LAB/logs/forwarder.log")
-    kill -HUP "$(cat "$LAB/run/forwarder.pid")"
-    wait_until 3000 bash -c "(( \$(grep -c '\"event\":\"policy_loaded\"' '$LAB/logs/forwarder.log') > $before ))" \
-        || fail "policy not reloaded: $(grep policy "$LAB/logs/forwarder.log" | tail -2)"
+    reload_policy
 }
 bob_to_alice() { ip netns exec "$HOME_NS" timeout 5 ncat 127.0.0.1 9002 </dev/null 2>&1 || true; }
 set_policy "allow * * * any"

@@ -50,9 +50,7 @@ cat > "$LAB/conf/policy.conf" <<'POL'
 # only 127.0.0.2 may reach devices
 allow 127.0.0.2 * * any
 POL
-kill -HUP "$(cat "$LAB/run/forwarder.pid")"
-wait_until 3000 grep -q '"event":"policy_loaded".*1 rules' "$LAB/logs/forwarder.log" \
-    || fail "policy not reloaded: $(grep policy "$LAB/logs/forwarder.log" | tail -2)"
+reload_policy
 denied0=$(inbound denied)
 refused_fast "source 127.0.0.1 after the reload (denied)" "$ip" 5900
 audit_lines | grep -q '"src":"127.0.0.1:[0-9]*",.*"port":5900,"verdict":"denied"' \
@@ -92,9 +90,7 @@ cat > "$LAB/conf/policy.conf" <<'POL'
 allow 127.0.0.3 group:helpdesk 5900 tcp
 allow 127.0.0.4 group:finance  *    any
 POL
-kill -HUP "$(cat "$LAB/run/forwarder.pid")"
-wait_until 3000 grep -q '"event":"policy_loaded".*2 rules' "$LAB/logs/forwarder.log" \
-    || fail "the group policy was not loaded: $(grep policy "$LAB/logs/forwarder.log" | tail -2)"
+reload_policy
 got=$(echo helpdesk | timeout 5 ncat -s 127.0.0.3 "$ip" 5900) || true
 [[ $got == helpdesk ]] || fail "127.0.0.3 -> helpdesk alice's 5900 answered '$got'"
 refused_fast "127.0.0.3 to alice's 5901, a port its rule does not name" -s 127.0.0.3 "$ip" 5901

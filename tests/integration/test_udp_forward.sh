@@ -52,8 +52,7 @@ cat > "$LAB/conf/policy.conf" <<'POL'
 deny  user:bob     user:alice  *  udp
 allow 127.0.0.0/8  *           *  any
 POL
-kill -HUP "$(cat "$LAB/run/forwarder.pid")"
-wait_until 3000 grep -q '"event":"policy_loaded".*2 rules' "$LAB/logs/forwarder.log" || fail "policy not reloaded"
+reload_policy
 got=$(udp_ask "$TO_ALICE" denied "$(free_port)")
 [[ -z $got ]] || fail "a denied UDP flow bob -> alice was answered: '$got'"
 ok "policy 'deny user:bob user:alice udp': bob's new flow gets no answer"

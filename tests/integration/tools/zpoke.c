@@ -67,7 +67,10 @@ int main(int argc, char **argv)
     unsigned char *frames[MAX_FRAMES];
     int lens[MAX_FRAMES];
     bool last[MAX_FRAMES]; /* the frame ends its message */
-    if (nframes > MAX_FRAMES) return 2;
+    if (nframes > MAX_FRAMES) {
+        fprintf(stderr, "rb-zpoke: more than %d frames\n", MAX_FRAMES);
+        return 2;
+    }
     int n = 0;
     for (int i = 0; i < nframes; i++) {
         const char *arg = argv[i + 5];
@@ -80,9 +83,10 @@ int main(int argc, char **argv)
             continue;
         }
         if (strncmp(arg, "zeros:", 6) == 0) {
+            char *end;
+            long len = strtol(arg + 6, &end, 10);
             frames[n] = zeros;
-            lens[n] = atoi(arg + 6);
-            if (lens[n] < 0 || lens[n] > MAX_ZEROS) lens[n] = -1;
+            lens[n] = end == arg + 6 || *end || len < 0 || len > MAX_ZEROS ? -1 : (int)len;
         } else {
             frames[n] = hex[n];
             lens[n] = s_unhex(arg, hex[n], sizeof hex[n]);

@@ -774,6 +774,11 @@ static bool s_data_at_least(rig_t *r, void *arg)
     return r->data_bytes >= *(uint64_t *)arg;
 }
 
+static bool s_streams_at_least(rig_t *r, void *arg)
+{
+    return client_streams_count(r->cs) >= *(size_t *)arg;
+}
+
 /* Streams sending into a tunnel that does not drain hold at most 4 MiB
  * between them in the device's output, not a window (2 MiB) each; a stream
  * opened during the hold joins it; all read again once the output drains.
@@ -809,8 +814,12 @@ static void s_slow_uplink(bool deaf)
     static char chunk[65536];
     int n = N;
     for (int round = 0; round < 150; round++) {
-        if (round == 75) fds[n++] = s_local_connect(client_streams_listener_port(r.cs, 0));
-        if (round == 80) s_edge_send_result(&r, late_id);
+        if (round == 75) {
+            fds[n++] = s_local_connect(client_streams_listener_port(r.cs, 0));
+            size_t all_streams = N + 1;
+            assert_true(s_run_until(&r, s_streams_at_least, &all_streams, 1000));
+            s_edge_send_result(&r, late_id);
+        }
         for (int i = 0; i < n; i++)
             (void)send(fds[i], chunk, sizeof chunk, MSG_DONTWAIT);
         s_run_for(&r, 2);

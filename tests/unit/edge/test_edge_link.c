@@ -441,7 +441,7 @@ typedef struct {
     int lfd;
     rb_tconn_t *edge, *dev;
     edge_tunnel_t *tun;
-    bool up;
+    bool up, edge_up;    /* each end's TLS handshake done */
     uint32_t tids[1200]; /* the edge's ids, from its StreamOpens */
     size_t opens;
     size_t data_frames;
@@ -476,7 +476,12 @@ static void s_dev_frame(rb_tconn_t *c, const rb_frame_t *f, void *arg)
 static void s_quiet_close(rb_tconn_t *c, rb_tconn_end_t end, const char *reason, void *arg) {}
 
 static const rb_tconn_handlers_t s_dev_h = {s_dev_open, s_dev_frame, s_quiet_close, NULL};
-static const rb_tconn_handlers_t s_edge_h = {NULL, NULL, s_quiet_close, NULL};
+static void s_edge_open(rb_tconn_t *c, void *arg)
+{
+    ((tunnel_rig_t *)arg)->edge_up = true;
+}
+
+static const rb_tconn_handlers_t s_edge_h = {s_edge_open, NULL, s_quiet_close, NULL};
 
 static int s_tls_setup(void **state)
 {
@@ -502,7 +507,7 @@ static size_t s_want;
 
 static bool s_tunnel_is_up(void *arg)
 {
-    return s_trig->up && s_trig->edge;
+    return s_trig->up && s_trig->edge_up;
 }
 static bool s_all_opened(void *arg)
 {
