@@ -26,8 +26,9 @@
 # 4. The targets again, taking turns so that machine drift hits both alike:
 #    the stunnel pair and reachback's exposed port (server -> device), then
 #    the stunnel pair and the --forward (device -> server), 3 runs each
-#    (medians); ssh -R -tt and the exposed port's connect + first byte, 3
-#    runs of a third of --conns each (pooled).
+#    (medians); ssh -R -tt and the exposed port's connect + first byte, 6
+#    runs of a sixth of --conns each (pooled), measured as soon as the lab is
+#    up, before any bulk run.
 # The reachback rows run once per data link mode (--modes, default both):
 # ipc (the lab's default edge-forwarder link, a Unix socket, no CURVE) and
 # tcp (RB_LAB_DATA_LINK=tcp: loopback TCP with CURVE).
@@ -395,7 +396,7 @@ lat() {
 # ROUNDS connections, A then B, pooled: LAT_A and LAT_B hold pool.py's JSON.
 # The machine's state drifts over minutes (steal time, where the scheduler
 # puts each process); alternating puts both under the same drift.
-LAT_ROUNDS=3
+LAT_ROUNDS=6
 lat_pair() {
     local fa="$WORK/lat-a-$RANDOM" fb="$WORK/lat-b-$RANDOM" r n=$(( (NCONN + LAT_ROUNDS - 1) / LAT_ROUNDS ))
     for ((r = 0; r < LAT_ROUNDS; r++)); do
@@ -653,6 +654,23 @@ for mode in $MODES; do
     say "alice is $IP; forwards on $F_IPERF (iperf3) and $F_ECHO (echo)"
     TUN=("edge=$EDGE" "fwd=$FWD" "client=$ALICE")
     rb="reachback, $mlabel"
+    # Latency first, on a quiet machine: after the bulk runs below, ssh -R's
+    # latency rose by 100-350 us in some runs and ours less, which flattered
+    # the ratio.
+    lat_pair 127.0.0.1 "$R_ECHO_TT" "$IP" 5202
+    leak_check
+    say "$mode: ssh -R -tt, interleaved: $LAT_A"
+    say "$mode exposed echo, interleaved with ssh -R -tt: $LAT_B"
+    p_ssh=$(jf "$LAT_A" first_p50) p_rb=$(jf "$LAT_B" first_p50)
+    vs=$(awk -v a="$p_rb" -v b="$p_ssh" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f× of", a / b; else print "vs" }')
+    row "connect + first byte" "ssh -R -tt, alternating with the row below ($LAT_ROUNDS rounds each)" "server-initiated" "$(lat_cols "$LAT_A")" "-"
+    row "connect + first byte" "$rb: exposed port, alternating with ssh -R -tt" "server-initiated" "$(lat_cols "$LAT_B"); p50 $vs ssh -R -tt's$LEAK" "-"
+    cpu_mark "${TUN[@]}"
+    lat "$mode forward echo" 127.0.0.1 "$F_ECHO"
+    c=$(cpu_report)
+    leak_check
+    row "connect + first byte" "$rb: --forward" "device-initiated" "$(lat_cols "$LAT")$LEAK" "$c"
+
 
     cpu_mark "${TUN[@]}"
     iperf "$mode exposed s->d" "$IP" 5201
@@ -681,19 +699,6 @@ for mode in $MODES; do
     alt_row "$rb: --forward (device-initiated)" "device → server"
     leak_check
 
-    lat_pair 127.0.0.1 "$R_ECHO_TT" "$IP" 5202
-    leak_check
-    say "$mode: ssh -R -tt, interleaved: $LAT_A"
-    say "$mode exposed echo, interleaved with ssh -R -tt: $LAT_B"
-    p_ssh=$(jf "$LAT_A" first_p50) p_rb=$(jf "$LAT_B" first_p50)
-    vs=$(awk -v a="$p_rb" -v b="$p_ssh" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f× of", a / b; else print "vs" }')
-    row "connect + first byte" "ssh -R -tt, alternating with the row below ($LAT_ROUNDS rounds each)" "server-initiated" "$(lat_cols "$LAT_A")" "-"
-    row "connect + first byte" "$rb: exposed port, alternating with ssh -R -tt" "server-initiated" "$(lat_cols "$LAT_B"); p50 $vs ssh -R -tt's$LEAK" "-"
-    cpu_mark "${TUN[@]}"
-    lat "$mode forward echo" 127.0.0.1 "$F_ECHO"
-    c=$(cpu_report)
-    leak_check
-    row "connect + first byte" "$rb: --forward" "device-initiated" "$(lat_cols "$LAT")$LEAK" "$c"
 
     cpu_mark "${TUN[@]}"
     iperf "$mode exposed -P" "$IP" 5201 -P "$NSTREAMS"
@@ -759,7 +764,7 @@ echo "is data from the intranet side to the device side (iperf3 -R reverses the 
 echo "Server-initiated = an internal client connects to alice's intranet address (exposed port),"
 echo "peer ssh -R; device-initiated = the device connects to its --forward port, peer ssh -L."
 echo "Latency: $NCONN sequential connections (100 in the ssh -N rows: each stall costs ~40 ms; the
-alternating rows pool $LAT_ROUNDS runs of a third each, ssh and reachback taking turns), Python"
+alternating rows pool $LAT_ROUNDS runs of 1/$LAT_ROUNDS each, measured before the lab's bulk runs, ssh and reachback taking turns), Python"
 echo "client with TCP_NODELAY, a one-thread Python echo server (TCP_NODELAY); \"first\" is connect + 1 byte + its echo; then 3"
 echo "exchanges per connection of two 16-byte writes and one read, where a Nagle stall (~40 ms) shows."
 echo "Data link modes (edge-forwarder): $MODES_TEXT; edge TLS: ${EDGE_TLS:-?}. ssh: $(ssh -V 2>&1 | cut -d, -f1);"
