@@ -2,9 +2,10 @@
 # Issue 4, point 5: streams behave like TCP. A half-close on either side is
 # seen as EOF on the other while the reverse direction keeps flowing; a
 # reset on either side reaches the other; and every stream is torn down on
-# both sides when the session is logged off, kicked or transferred.
+# both sides when the session is logged off, kicked or transferred. The
+# forwarder runs at log_level warn here: its audit lines must still come.
 . "$(dirname "$0")/lib.sh"
-lab_start
+lab_start --set forwarder.log_level=warn
 HC_PORT=$(free_port); RST_PORT=$(free_port); ECHO_PORT=$(free_port); SINK_PORT=$(free_port)
 END_PORT=$(free_port); OUT_RST_PORT=$(free_port); OUT_END_PORT=$(free_port)
 echo_server "$ECHO_PORT"
@@ -97,3 +98,6 @@ wait_until 3000 bash -c "curl -sf $FORWARDER_STATUS_URL/status | grep -q '\"stre
 wait_until 3000 bash -c "curl -sf $EDGE_STATUS_URL/status | grep -q '\"streams\":0'" \
     || fail "streams left at the edge: $(curl -s "$EDGE_STATUS_URL/status")"
 ok "no stream left at the forwarder or the edge"
+! grep -q '"level":"info"' "$LAB/logs/forwarder.log" || fail "the forwarder logged at info under log_level warn"
+(( $(audit_lines | wc -l) >= 8 )) || fail "at log_level warn the forwarder wrote $(audit_lines | wc -l) audit lines"
+ok "at log_level warn the forwarder logged no info line and still $(audit_lines | wc -l) audit lines"
