@@ -4,6 +4,7 @@
 #
 #   bench/dataplane.sh [--time S] [--conns N] [--streams N] [--sessions N]
 #                      [--modes "ipc tcp"] [--budget SECONDS]
+#                      [--latency-only] [--turns N]
 #
 # 1. Bulk TCP, one stream, iperf3 for --time seconds (default 5), both data
 #    directions: through a server-initiated connection (an internal iperf3
@@ -26,9 +27,14 @@
 # 4. The targets again, taking turns so that machine drift hits both alike:
 #    the stunnel pair and reachback's exposed port (server -> device), then
 #    the stunnel pair and the --forward (device -> server), 3 runs each
-#    (medians); ssh -R -tt and the exposed port's connect + first byte, 6
-#    runs of a sixth of --conns each (pooled), measured as soon as the lab is
-#    up, before any bulk run.
+#    (medians); ssh -R -tt and the exposed port's connect + first byte,
+#    --turns runs (default 2) of a share of --conns each (pooled), measured
+#    as soon as the lab is up, before any bulk run. Short turns flatter
+#    reachback: ssh's first connections after a pause are slower (600
+#    connections in turns of 50: ssh -R -tt 525 us against 380 alone, ours
+#    470; in turns of 300: 387 and 392).
+# --latency-only: only the connect + first byte rows (2 and the latency half
+# of 4), to look at that target alone on a quiet machine.
 # The reachback rows run once per data link mode (--modes, default both):
 # ipc (the lab's default edge-forwarder link, a Unix socket, no CURVE) and
 # tcp (RB_LAB_DATA_LINK=tcp: loopback TCP with CURVE).
@@ -41,6 +47,8 @@ NSTREAMS=100
 NSESS=100
 MODES="ipc tcp"
 BUDGET=600
+LATONLY=0
+LAT_ROUNDS=2
 while (( $# )); do
     case $1 in
         --time) T=$2; shift 2 ;;
@@ -49,7 +57,9 @@ while (( $# )); do
         --sessions) NSESS=$2; shift 2 ;;
         --modes) MODES=$2; shift 2 ;;
         --budget) BUDGET=$2; shift 2 ;;
-        -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --latency-only) LATONLY=1; shift ;;
+        --turns) LAT_ROUNDS=$2; shift 2 ;;
+        -h|--help) sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument '$1'" ;;
     esac
 done
@@ -62,6 +72,8 @@ done
 [[ -x /usr/sbin/sshd ]] || die "/usr/sbin/sshd is not installed"
 (( $(id -u) == 0 )) || die "run as root (a private sshd logs root on with a key)"
 (( NSTREAMS <= 128 )) || die "--streams: iperf3 takes at most 128"
+[[ $LAT_ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--turns: a positive number"
+(( LATONLY )) && NSESS=0
 ROWS=()
 row() { local a out="|"; for a in "$@"; do out+=" $a |"; done; ROWS+=("$out"); }
 
@@ -396,7 +408,6 @@ lat() {
 # ROUNDS connections, A then B, pooled: LAT_A and LAT_B hold pool.py's JSON.
 # The machine's state drifts over minutes (steal time, where the scheduler
 # puts each process); alternating puts both under the same drift.
-LAT_ROUNDS=6
 lat_pair() {
     local fa="$WORK/lat-a-$RANDOM" fb="$WORK/lat-b-$RANDOM" r n=$(( (NCONN + LAT_ROUNDS - 1) / LAT_ROUNDS ))
     for ((r = 0; r < LAT_ROUNDS; r++)); do
@@ -533,6 +544,7 @@ read -r WAKE_X0 WAKE_S0 < <(wakeup_rtt)
 say "wake-up round trip: across CPUs ${WAKE_X0} us, on one CPU ${WAKE_S0} us"
 
 # ---- peers: bulk ----------------------------------------------------------------
+if (( ! LATONLY )); then
 say "peers: bulk TCP, ${T}s per run"
 iperf "direct" 127.0.0.1 "$P_DEV"
 DIRECT=$IPERF
@@ -561,6 +573,7 @@ cpu_mark "stunnel-c=$STC" "stunnel-s=$STS"
 iperf "stunnel s->c" 127.0.0.1 "$ST_C" -R
 ST_SC=$IPERF
 row "bulk, 1 stream" "stunnel pair (TLS 1.3, AES-256-GCM)" "server → client" "$(gbps "$IPERF")" "$(ratio "$IPERF" "$DIRECT") of loopback" "$(cpu_report)"
+fi
 
 # ---- peers: latency ---------------------------------------------------------------
 say "peers: connect + first byte, $NCONN connections"
@@ -576,6 +589,7 @@ lat "ssh -L -N" 127.0.0.1 "$L_ECHO" 100 15
 row "connect + first byte" "ssh -L (-N: Nagle left on)" "device-initiated" "$(lat_cols "$LAT")" "-"
 
 # ---- peers: many streams ------------------------------------------------------------
+if (( ! LATONLY )); then
 say "peers: $NSTREAMS streams"
 iperf "direct -P" 127.0.0.1 "$P_DEV" -P "$NSTREAMS"
 row "$NSTREAMS streams (iperf3 -P)" "raw loopback" "-" "$(gbps "$IPERF")" "$(fair "$IPERF")" "-"
@@ -589,6 +603,7 @@ targets=()
 for ((i = 0; i < NSESS; i++)); do targets+=("127.0.0.1:$P_SINK"); done
 bulk "${targets[@]}"
 say "direct bulk.py: $BULK"
+fi
 bulk_cols() {
     local j=$1
     [[ -n $(jf "$j" agg_gbps) ]] || { echo "failed | ${j:0:150}"; return; }
@@ -670,6 +685,13 @@ for mode in $MODES; do
     c=$(cpu_report)
     leak_check
     row "connect + first byte" "$rb: --forward" "device-initiated" "$(lat_cols "$LAT")$LEAK" "$c"
+    if (( LATONLY )); then
+        kill -TERM "$ALICE" 2>/dev/null || true
+        wait_pid "$ALICE" 10
+        rm -f "$WORK/alice.json"
+        "$ROOT/scripts/lab" stop --dir "$LAB" >/dev/null 2>&1 || true
+        continue
+    fi
 
 
     cpu_mark "${TUN[@]}"
