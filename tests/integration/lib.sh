@@ -229,6 +229,10 @@ json_field() {   # json_field FILE KEY: a string field of a flat JSON object
     sed -n "s/.*\"$2\":\"\([^\"]*\)\".*/\1/p" "$1"
 }
 
+listen_port() {   # listen_port FILE N: a client status file's N-th local port (forwards, then SOCKS; from 0)
+    python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["listen_ports"][int(sys.argv[2])])' "$1" "$2"
+}
+
 dig_short() {   # dig_short ARGS...: dig against the lab's DNS service
     dig @"$DNS_ADDR" -p "$DNS_PORT" +time=1 +tries=1 +short "$@"
 }
@@ -307,8 +311,9 @@ CONF
 }
 
 # ---- messages for the edge-forwarder data link, sent with rb-zpoke ----
-hexframe() {   # hexframe TYPE FLAGS ID HEXPAYLOAD: header and payload frames
+hexframe() {   # hexframe TYPE FLAGS ID HEXPAYLOAD|zeros:N: header and payload frames
     local n=$(( ${#4} / 2 ))
+    [[ $4 == zeros:* ]] && n=${4#zeros:}
     printf '%02x%02x0000%08x%08x' "$1" "$2" "$3" "$n"
     [[ -n $4 ]] && printf ' %s' "$4"
 }

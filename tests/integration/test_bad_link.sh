@@ -226,7 +226,7 @@ open_out_hex=$(pb 'import sys
 o=i(1,1)+f(2,b"soverrun")+i(3,1)+f(4,b"127.0.0.1")+i(5,int(sys.argv[1]))
 print(f(5,o).hex())' "$STUCK_PORT")
 data_msgs=()
-for _ in $(seq 33); do data_msgs+=("$(printf '%02x%02x0000%08x%08x' 2 0 1 65536)" zeros:65536 ,); done
+for _ in $(seq 33); do data_msgs+=($(hexframe 2 0 1 zeros:65536) ,); done
 unset 'data_msgs[-1]'
 overruns0=$(metric "$FORWARDER_STATUS_URL" reachback_forwarder_window_overruns_total)
 overrun_logs() { grep -c '"event":"window_overrun".*stream 1 sent' "$LAB/logs/forwarder.log" || true; }

@@ -15,9 +15,8 @@ for n in alice bob carol; do
 done
 alice_ip=$(json_field "$LAB/alice.json" ip); bob_ip=$(json_field "$LAB/bob.json" ip)
 # listen_ports lists the --forward ports, then the --socks ports.
-BOB_FWD=$(sed -n 's/.*"listen_ports":\[\([0-9]*\),.*/\1/p' "$LAB/bob.json")
-BOB_SOCKS=$(sed -n 's/.*"listen_ports":\[[0-9]*,\([0-9]*\)\].*/\1/p' "$LAB/bob.json")
-CAROL_SOCKS=$(sed -n 's/.*"listen_ports":\[\([0-9]*\)\].*/\1/p' "$LAB/carol.json")
+BOB_FWD=$(listen_port "$LAB/bob.json" 0); BOB_SOCKS=$(listen_port "$LAB/bob.json" 1)
+CAROL_SOCKS=$(listen_port "$LAB/carol.json" 0)
 
 # By name through SOCKS (resolved by the gateway), by address too.
 got=$(echo by-name | timeout 5 ncat --proxy-type socks5 --proxy 127.0.0.1:"$BOB_SOCKS" \

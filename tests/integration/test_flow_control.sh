@@ -122,7 +122,7 @@ ok "after SIGCONT the session's credit is back: 20 MB through the device's echo 
 # keep up to 2 MiB for it (here it settles near 0.5 MiB, about 12 MiB in
 # all); past the session's 4 MiB the stream holding the most is reset
 # (counted, logged), and the session carries new streams.
-FWD_LOCAL=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["listen_ports"][0])' "$LAB/alice.json")
+FWD_LOCAL=$(listen_port "$LAB/alice.json" 0)
 resets() { metric "$FORWARDER_STATUS_URL" reachback_forwarder_held_resets_total; }
 held_logged() { grep -c '"event":"session_held_full"' "$LAB/logs/forwarder.log" || true; }
 resets0=$(resets); logged0=$(held_logged)

@@ -16,7 +16,7 @@ s = socket.socket(); s.bind(('127.0.0.1', $STUCK_PORT)); s.listen(0); time.sleep
 wait_until 5000 listening "$STUCK_PORT" || fail "the server that never accepts did not start"
 client_start alice alice -v --forward "127.0.0.1:0:127.0.0.1:$STUCK_PORT"
 wait_until 10000 test -s "$LAB/alice.json" || fail "alice did not log on: $(cat "$LAB/alice.out")"
-FWD_LOCAL=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["listen_ports"][0])' "$LAB/alice.json")
+FWD_LOCAL=$(listen_port "$LAB/alice.json" 0)
 failed() { metric "$FORWARDER_STATUS_URL" 'reachback_forwarder_outbound_total{result="failed"}'; }
 failed0=$(failed)
 

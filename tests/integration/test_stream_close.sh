@@ -16,8 +16,8 @@ client_start alice alice --expose tcp:7001=127.0.0.1:$HC_PORT --expose tcp:7002=
 wait_until 10000 test -s "$LAB/alice.json" || fail "alice did not log on: $(cat "$LAB/alice.out")"
 ip=$(json_field "$LAB/alice.json" ip)
 # alice's local ports for her three forwards, in the order given.
-forward_port() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["listen_ports"][int(sys.argv[2])])' "$LAB/alice.json" "$1"; }
-FWD=$(forward_port 0); FWD_RST=$(forward_port 1); FWD_END=$(forward_port 2)
+FWD=$(listen_port "$LAB/alice.json" 0); FWD_RST=$(listen_port "$LAB/alice.json" 1)
+FWD_END=$(listen_port "$LAB/alice.json" 2)
 
 # Device side half-closes first: the internal client reads the greeting and
 # EOF, then still sends, and the device's service reads it.
