@@ -36,6 +36,36 @@ static const char *s_log_level(const rb_cli_t *cli)
     return "info";
 }
 
+void rb_cli_load(const rb_cli_t *cli, const char *path, rb_log_level_t *level)
+{
+    char err[512];
+    if (rb_config_load(cli->opts, cli->cfg, cli->service, path, err, sizeof err) < 0 ||
+        (cli->validate && cli->validate(cli->cfg, err, sizeof err) < 0)) {
+        fprintf(stderr, "reachback-%s: config error: %s\n", cli->service, err);
+        exit(1);
+    }
+    if (rb_log_level_parse(s_log_level(cli), level) < 0) {
+        fprintf(stderr,
+                "reachback-%s: config error: %s: key 'log_level': '%s' is not one of "
+                "debug, info, warn, error\n",
+                cli->service, path ? path : "(no file)", s_log_level(cli));
+        exit(1);
+    }
+}
+
+void rb_cli_heap_setup(void)
+{
+    /* Stream data lives in 64-256 KiB buffers that one thread allocates
+     * and another frees (ZeroMQ's I/O thread): with glibc's defaults each
+     * free gave the heap's top back to the kernel and the next allocation
+     * faulted it in again (25,000 page faults in 4 s of one bulk stream at
+     * the forwarder). Keep a few MiB; setting this turns off glibc's own
+     * threshold tuning, so large buffers go to the heap as that tuning
+     * would end up doing (its ceiling), not to mmap for every use. */
+    mallopt(M_TRIM_THRESHOLD, 8 * 1024 * 1024);
+    mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
+}
+
 int rb_cli_run(rb_cli_t *cli, int argc, char **argv)
 {
     const char *path = NULL;
@@ -59,19 +89,8 @@ int rb_cli_run(rb_cli_t *cli, int argc, char **argv)
             exit(2);
         }
     }
-    char err[512];
-    if (rb_config_load(cli->opts, cli->cfg, cli->service, path, err, sizeof err) < 0 ||
-        (cli->validate && cli->validate(cli->cfg, err, sizeof err) < 0)) {
-        fprintf(stderr, "reachback-%s: config error: %s\n", cli->service, err);
-        exit(1);
-    }
     rb_log_level_t level;
-    if (rb_log_level_parse(s_log_level(cli), &level) < 0) {
-        fprintf(stderr, "reachback-%s: config error: %s: key 'log_level': '%s' is not one of "
-                "debug, info, warn, error\n", cli->service, path ? path : "(no file)",
-                s_log_level(cli));
-        exit(1);
-    }
+    rb_cli_load(cli, path, &level);
     if (check) {
         printf("# reachback-%s: configuration OK%s%s\n", cli->service, path ? " in " : "",
                path ? path : "");
@@ -79,15 +98,7 @@ int rb_cli_run(rb_cli_t *cli, int argc, char **argv)
         exit(0);
     }
     rb_log_init(cli->service, level);
-    /* Stream data lives in 64-256 KiB buffers that one thread allocates
-     * and another frees (ZeroMQ's I/O thread): with glibc's defaults each
-     * free gave the heap's top back to the kernel and the next allocation
-     * faulted it in again (25,000 page faults in 4 s of one bulk stream at
-     * the forwarder). Keep a few MiB; setting this turns off glibc's own
-     * threshold tuning, so large buffers go to the heap as that tuning
-     * would end up doing (its ceiling), not to mmap for every use. */
-    mallopt(M_TRIM_THRESHOLD, 8 * 1024 * 1024);
-    mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
+    rb_cli_heap_setup();
     return 0;
 }
 

@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include "rb_config.h"
+#include "rb_log.h"
 #include "rb_loop.h"
 
 typedef struct {
@@ -23,6 +24,14 @@ typedef struct {
  * the service should run; exits itself for --help, --version,
  * --check-config and errors (status 2 for usage, 1 for bad config). */
 int rb_cli_run(rb_cli_t *cli, int argc, char **argv);
+
+/* The pieces of rb_cli_run, for a binary with a command line of its own
+ * (reachback-gateway loads two services' configs): rb_cli_load loads and
+ * validates path (NULL: defaults and environment) into cli->cfg and parses
+ * its log_level, exiting with status 1 and a message naming the file, line
+ * and key on error; rb_cli_heap_setup tunes the heap for stream buffers. */
+void rb_cli_load(const rb_cli_t *cli, const char *path, rb_log_level_t *level);
+void rb_cli_heap_setup(void);
 
 /* The service's loop, with SIGINT and SIGTERM stopping it (logged as event
  * "shutdown"). Exits through rb_fatal when it cannot be made. */

@@ -68,7 +68,8 @@ struct rb_events {
     ev_list_t reorder;      /* sorted by seq, all > last + 1 */
 };
 
-static rb_metric_t *g_applied, *g_snapshots, *g_dropped;
+/* Per thread: a thread may have a registry of its own (rb_metrics). */
+static __thread rb_metric_t *g_applied, *g_snapshots, *g_dropped;
 
 static void s_free_msg(ev_msg_t *m) { protobuf_c_message_free_unpacked(&m->base, NULL); }
 

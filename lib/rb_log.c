@@ -14,6 +14,9 @@
 
 static const char *s_service = "reachback";
 static rb_log_level_t s_level = RB_LOG_INFO;
+/* Set in a thread that hosts a service of its own (rb_log_init_thread). */
+static __thread const char *tl_service;
+static __thread rb_log_level_t tl_level;
 static const char *const s_names[] = {"debug", "info", "warn", "error"};
 
 void rb_log_init(const char *service, rb_log_level_t level)
@@ -22,7 +25,24 @@ void rb_log_init(const char *service, rb_log_level_t level)
     s_level = level;
 }
 
-void rb_log_set_level(rb_log_level_t level) { s_level = level; }
+void rb_log_init_thread(const char *service, rb_log_level_t level)
+{
+    tl_service = service;
+    tl_level = level;
+}
+
+void rb_log_set_level(rb_log_level_t level)
+{
+    if (tl_service)
+        tl_level = level;
+    else
+        s_level = level;
+}
+
+static rb_log_level_t s_threshold(void)
+{
+    return tl_service ? tl_level : s_level;
+}
 
 int rb_log_level_parse(const char *s, rb_log_level_t *out)
 {
@@ -51,7 +71,7 @@ static void s_emit(const char *level, const char *event, const char *fields, con
     rb_buf_t b = RB_BUF_INIT;
     rb_buf_printf(&b, "{\"ts\":\"%s.%03ldZ\",\"level\":\"%s\",\"svc\":\"", ts,
                   (long)(tv.tv_usec / 1000), level);
-    rb_buf_json_escape(&b, s_service);
+    rb_buf_json_escape(&b, tl_service ? tl_service : s_service);
     rb_buf_puts(&b, "\",\"event\":\"");
     rb_buf_json_escape(&b, event);
     rb_buf_puts(&b, "\",\"msg\":\"");
@@ -75,7 +95,7 @@ static void s_emit(const char *level, const char *event, const char *fields, con
 
 void rb_log(rb_log_level_t level, const char *event, const char *fmt, ...)
 {
-    if (level < s_level) return;
+    if (level < s_threshold()) return;
     va_list ap;
     va_start(ap, fmt);
     s_emit(s_names[level], event, NULL, fmt, ap);
@@ -85,7 +105,7 @@ void rb_log(rb_log_level_t level, const char *event, const char *fmt, ...)
 void rb_log_with(rb_log_level_t level, const char *event, const char *fields, const char *fmt,
                  ...)
 {
-    if (level < s_level) return;
+    if (level < s_threshold()) return;
     va_list ap;
     va_start(ap, fmt);
     s_emit(s_names[level], event, fields, fmt, ap);

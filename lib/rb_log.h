@@ -9,8 +9,14 @@
 typedef enum { RB_LOG_DEBUG = 0, RB_LOG_INFO, RB_LOG_WARN, RB_LOG_ERROR } rb_log_level_t;
 
 void rb_log_init(const char *service, rb_log_level_t level);
+/* For a thread that runs a service of its own (reachback-gateway hosts an
+ * edge and a forwarder in one process): its lines carry that service's name
+ * and follow that level; threads without it use rb_log_init's. */
+void rb_log_init_thread(const char *service, rb_log_level_t level);
 /* Parses "debug", "info", "warn", "error"; returns -1 for anything else. */
 int rb_log_level_parse(const char *s, rb_log_level_t *out);
+/* This thread's level if it has its own (rb_log_init_thread), else the
+ * process's. */
 void rb_log_set_level(rb_log_level_t level);
 
 void rb_log(rb_log_level_t level, const char *event, const char *fmt, ...)

@@ -1,4 +1,4 @@
-/* rb_metrics: process-wide Prometheus registry (see rb_metrics.h). */
+/* rb_metrics: Prometheus registries (see rb_metrics.h). */
 #include "rb_metrics.h"
 
 #include <stdbool.h>
@@ -23,11 +23,27 @@ struct rb_metric {
     rb_metric_t *next;
 };
 
-static rb_metric_t *s_head, *s_tail;
+typedef struct {
+    rb_metric_t *head, *tail;
+} registry_t;
+static registry_t s_process;
+/* Set by rb_metrics_init_thread: a thread that runs a service of its own. */
+static __thread registry_t *tl_own;
+
+static registry_t *s_reg(void)
+{
+    return tl_own ? tl_own : &s_process;
+}
+
+void rb_metrics_init_thread(void)
+{
+    if (!tl_own) tl_own = calloc(1, sizeof *tl_own);
+}
 
 static rb_metric_t *s_get(const char *name, const char *labels, const char *help, kind_t kind)
 {
-    for (rb_metric_t *m = s_head; m; m = m->next)
+    registry_t *r = s_reg();
+    for (rb_metric_t *m = r->head; m; m = m->next)
         if (strcmp(m->name, name) == 0 && strcmp(m->labels, labels ? labels : "") == 0) return m;
     rb_metric_t *m = calloc(1, sizeof *m);
     if (!m) return NULL;
@@ -45,17 +61,17 @@ static rb_metric_t *s_get(const char *name, const char *labels, const char *help
     /* Keep metrics of one name together: the text format wants one family
      * block with one HELP/TYPE header. */
     rb_metric_t *after = NULL;
-    for (rb_metric_t *p = s_head; p; p = p->next)
+    for (rb_metric_t *p = r->head; p; p = p->next)
         if (strcmp(p->name, name) == 0) after = p;
     if (after) {
         m->next = after->next;
         after->next = m;
-        if (s_tail == after) s_tail = m;
-    } else if (s_tail) {
-        s_tail->next = m;
-        s_tail = m;
+        if (r->tail == after) r->tail = m;
+    } else if (r->tail) {
+        r->tail->next = m;
+        r->tail = m;
     } else {
-        s_head = s_tail = m;
+        r->head = r->tail = m;
     }
     return m;
 }
@@ -113,7 +129,7 @@ void rb_metrics_render(rb_buf_t *out)
 {
     static const char *const types[] = {"counter", "gauge", "histogram"};
     const char *last = NULL;
-    for (rb_metric_t *m = s_head; m; m = m->next) {
+    for (rb_metric_t *m = s_reg()->head; m; m = m->next) {
         if (!last || strcmp(last, m->name) != 0) {
             rb_buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", m->name, m->help, m->name,
                           types[m->kind]);

@@ -24,4 +24,10 @@ double rb_metric_value(const rb_metric_t *m);
 
 void rb_metrics_render(rb_buf_t *out);
 
+/* Gives the calling thread a registry of its own, which every call above
+ * made on it uses from then on: reachback-gateway runs an edge and a
+ * forwarder on two threads, each with its own /metrics. Call it before the
+ * thread creates any metric; the registry lives as long as the process. */
+void rb_metrics_init_thread(void);
+
 #endif

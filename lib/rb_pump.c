@@ -39,8 +39,9 @@ struct rb_pump {
  * side handles them in one pass (one wake-up of each thread on the way)
  * while streams still take turns. */
 #define READ_FRAMES 4
-/* One DATA frame's worth, shared: the loop runs one handler at a time. */
-static uint8_t s_chunk[RB_FRAME_MAX_DATA];
+/* One DATA frame's worth, shared by the thread's pumps: its loop runs one
+ * handler at a time. */
+static __thread uint8_t s_chunk[RB_FRAME_MAX_DATA];
 
 static void s_on_io(rb_loop_t *loop, int fd, unsigned events, void *arg);
 

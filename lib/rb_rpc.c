@@ -106,7 +106,8 @@ static rb_metric_t *s_counter(int which)
         [M_SHED] = {"reachback_rpc_shed_requests_total",
                     "RPC requests dropped unanswered: their caller had too many in flight"},
     };
-    static rb_metric_t *m[M_COUNT];
+    /* Per thread: a thread may have a registry of its own (rb_metrics). */
+    static __thread rb_metric_t *m[M_COUNT];
     if (!m[which]) m[which] = rb_counter(defs[which].name, NULL, defs[which].help);
     return m[which];
 }

@@ -273,6 +273,11 @@ out:
 
 /* ---- sockets ---- */
 
+bool rb_zmq_endpoint_local(const char *endpoint)
+{
+    return strncmp(endpoint, "ipc://", 6) == 0 || strncmp(endpoint, "inproc://", 9) == 0;
+}
+
 static bool g_zap_running;
 
 static int s_setint(void *s, int opt, int v, const char *what, const char *endpoint)

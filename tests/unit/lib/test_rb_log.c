@@ -8,6 +8,7 @@
 #include <cmocka.h>
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -71,11 +72,40 @@ static void test_levels_and_escaping(void **state)
                            "\"msg\":\"m\",\"n\":1}\n"));
 }
 
+/* reachback-gateway runs an edge and a forwarder on two threads of one
+ * process: each thread's lines name its service and follow its level. */
+static void *s_forwarder_thread(void *arg)
+{
+    rb_log_init_thread("forwarder", RB_LOG_WARN);
+    rb_info("quiet", "below the forwarder's level");
+    rb_warn("fwd_warn", "from the forwarder");
+    return NULL;
+}
+
+static void s_run_forwarder_thread(void)
+{
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, s_forwarder_thread, NULL), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+}
+
+static void test_a_thread_with_its_own_service(void **state)
+{
+    rb_log_init("edge", RB_LOG_INFO);
+    const char *out = WRITTEN(s_run_forwarder_thread());
+    assert_non_null(strstr(out, "\"level\":\"warn\",\"svc\":\"forwarder\",\"event\":\"fwd_warn\""));
+    assert_null(strstr(out, "quiet"));
+    assert_ptr_equal(strchr(out, '\n'), out + strlen(out) - 1); /* that line alone */
+    /* This thread keeps the process's name and level. */
+    assert_non_null(strstr(WRITTEN(rb_info("edge_info", "x")), "\"svc\":\"edge\""));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_audit_ignores_the_level),
         cmocka_unit_test(test_levels_and_escaping),
+        cmocka_unit_test(test_a_thread_with_its_own_service),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

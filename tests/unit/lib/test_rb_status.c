@@ -93,6 +93,47 @@ static const char *s_ask(rb_loop_t *l, rb_status_t *st, const char *request)
     return s_ask_from(l, st, NULL, request);
 }
 
+/* A thread with a registry of its own renders only its metrics: the edge
+ * and the forwarder that reachback-gateway runs on two threads keep their
+ * own /metrics. Other threads share the process's. */
+static void *s_shared_thread(void *arg)
+{
+    *(double *)arg = rb_metric_value(rb_counter("reachback_test_mine_total", NULL, ""));
+    return NULL;
+}
+
+static void *s_other_thread(void *arg)
+{
+    rb_metrics_init_thread();
+    rb_metric_add(rb_counter("reachback_test_total", "kind=\"a\"", "test counter"), 5);
+    rb_buf_t *out = arg;
+    rb_metrics_render(out);
+    return NULL;
+}
+
+static void test_a_registry_per_thread(void **state)
+{
+    rb_metric_t *mine = rb_counter("reachback_test_mine_total", NULL, "this thread's");
+    rb_metric_inc(mine);
+    rb_buf_t theirs = RB_BUF_INIT, ours = RB_BUF_INIT;
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, s_other_thread, &theirs), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    rb_buf_append(&theirs, "", 1);
+    assert_non_null(strstr(theirs.data, "reachback_test_total{kind=\"a\"} 5"));
+    assert_null(strstr(theirs.data, "reachback_test_mine_total"));
+    rb_metrics_render(&ours);
+    rb_buf_append(&ours, "", 1);
+    assert_non_null(strstr(ours.data, "reachback_test_mine_total 1"));
+    assert_null(strstr(ours.data, "} 5"));
+    double seen = 0;
+    assert_int_equal(pthread_create(&t, NULL, s_shared_thread, &seen), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_true(seen == 1);
+    rb_buf_free(&theirs);
+    rb_buf_free(&ours);
+}
+
 static void test_endpoints(void **state)
 {
     rb_loop_t *l = rb_loop_new();
@@ -215,6 +256,7 @@ static void test_bad_listen(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_a_registry_per_thread),
         cmocka_unit_test(test_endpoints),
         cmocka_unit_test(test_deferred_route),
         cmocka_unit_test(test_per_address_limit),
