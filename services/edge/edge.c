@@ -6,9 +6,11 @@
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -80,7 +82,8 @@ const rb_option_t edge_options[] = {
     {"snapshot_endpoints", RB_OPT_STRING, "", offsetof(edge_config_t, snapshot_endpoints), 0, 0,
      "the brokers' snapshot ROUTER endpoints, comma-separated (with events_endpoints)"},
     {"forwarder_endpoints", RB_OPT_STRING, "", offsetof(edge_config_t, forwarder_endpoints), 0, 0,
-     "the forwarders' data links, comma-separated (tcp:// with CURVE, or ipc://); empty: "
+     "the forwarders' data links, comma-separated (tcp:// with CURVE, ipc://, or inproc:// "
+     "in reachback-gateway); empty: "
      "devices' streams are refused"},
     {"forwarder_public_key", RB_OPT_STRING, "", offsetof(edge_config_t, forwarder_public_key), 0, 0,
      "key file holding the forwarders' CURVE public key (with curve_secret_key and tcp://)"},
@@ -590,3 +593,30 @@ void edge_shutdown(edge_t *e)
 }
 
 int edge_port(const edge_t *e) { return e->port; }
+
+static void s_on_stop_signal(rb_loop_t *loop, int signo, void *arg)
+{
+    edge_t **edge = arg;
+    rb_info("edge_signal", "signal %d", signo);
+    if (*edge) edge_shutdown(*edge);
+}
+
+int edge_watch_signals(rb_loop_t *loop, edge_t **edge)
+{
+    return rb_loop_add_signal(loop, SIGINT, s_on_stop_signal, edge) < 0 ||
+                   rb_loop_add_signal(loop, SIGTERM, s_on_stop_signal, edge) < 0
+               ? -1
+               : 0;
+}
+
+void edge_raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            rb_warn("edge_rlimit", "cannot raise the descriptor limit");
+    }
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        rb_info("edge_rlimit", "descriptor limit %llu", (unsigned long long)rl.rlim_cur);
+}

@@ -51,6 +51,13 @@ void edge_destroy(edge_t **e);
 /* Stops accepting, tells every device the edge is stopping, and stops the
  * loop when they are gone (or after a short grace period). */
 void edge_shutdown(edge_t *e);
+/* SIGINT and SIGTERM start edge_shutdown of *edge (once it is set), through
+ * loop: the signals are blocked for this thread, so call it before any
+ * thread starts (password checks, ZeroMQ's) for them to inherit the mask.
+ * 0 or -1. */
+int edge_watch_signals(rb_loop_t *loop, edge_t **edge);
+/* Every device is a descriptor: takes all the kernel allows this process. */
+void edge_raise_nofile(void);
 /* The tunnel port actually bound (listen may say port 0). */
 int edge_port(const edge_t *e);
 /* Ready: the listener is bound, a broker answered within 3 s, and (when

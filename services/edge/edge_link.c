@@ -890,10 +890,8 @@ edge_link_t *edge_link_new(rb_loop_t *loop, const edge_link_config_t *cfg)
                 free(copy);
                 goto fail;
             }
-            /* ipc:// is protected by its directory's permissions; CURVE
-             * there would only cost (see forwarder_plane.c). */
-            bool ipc = strncmp(ep, "ipc://", 6) == 0;
-            f->sock = rb_zsock_connect_as(ZMQ_DEALER, ep, ipc ? NULL : cfg->curve,
+            bool local = rb_zmq_endpoint_local(ep);
+            f->sock = rb_zsock_connect_as(ZMQ_DEALER, ep, local ? NULL : cfg->curve,
                                           cfg->forwarder_public, cfg->edge_id, rb_link_setup);
             if (!f->sock) {
                 free(copy);

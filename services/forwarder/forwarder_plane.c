@@ -1712,10 +1712,9 @@ plane_t *plane_new(rb_loop_t *loop, const plane_config_t *cfg)
         "Streams reset: their session had max_held_per_session kept for peers not reading");
     p->resolve = resolve_new(loop, s_resolved, p);
     if (!p->resolve) goto fail;
-    /* ipc:// lives in a directory only the service user can open: as strong
-     * a boundary as CURVE, without its cost on every byte (DESIGN §2). */
-    bool ipc = strncmp(cfg->endpoint, "ipc://", 6) == 0;
-    p->sock = rb_zsock_bind_with(ZMQ_ROUTER, cfg->endpoint, ipc ? NULL : cfg->curve, rb_link_setup);
+    bool local = rb_zmq_endpoint_local(cfg->endpoint);
+    p->sock =
+        rb_zsock_bind_with(ZMQ_ROUTER, cfg->endpoint, local ? NULL : cfg->curve, rb_link_setup);
     if (!p->sock) goto fail;
     /* An edge that restarts reconnects with the same routing id before the
      * old connection is noticed dead: the new one must win. */
@@ -1730,7 +1729,10 @@ plane_t *plane_new(rb_loop_t *loop, const plane_config_t *cfg)
     if (rb_loop_add_zsock(loop, p->sock, s_on_link, p) < 0) goto fail;
     p->tick = rb_loop_add_timer(loop, 1000, true, s_on_tick, p);
     if (!p->tick) goto fail;
-    rb_info("data_link", "data link on %s (port %d)", cfg->endpoint, p->port);
+    if (p->port >= 0)
+        rb_info("data_link", "data link on %s (port %d)", cfg->endpoint, p->port);
+    else
+        rb_info("data_link", "data link on %s", cfg->endpoint);
     return p;
 fail:
     plane_destroy(&p);

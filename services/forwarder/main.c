@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
+#include <string.h>
 
 #include "forwarder.h"
 #include "rb_cli.h"
@@ -16,6 +17,8 @@ int main(int argc, char **argv)
     rb_cli_t cli = {"forwarder", "ALG/NAT forwarder between the internal network and the edges",
                     forwarder_options, &cfg, forwarder_config_validate};
     rb_cli_run(&cli, argc, argv);
+    if (strncmp(cfg.data_endpoint, "inproc://", 9) == 0)
+        rb_fatal("forwarder_config", "an inproc:// data_endpoint works only in reachback-gateway");
     rb_loop_t *loop = rb_cli_loop();
     /* SIGHUP (reload the policy) reaches the loop through a signalfd; it
      * must be blocked before any thread exists (ZeroMQ's, the resolver's),
