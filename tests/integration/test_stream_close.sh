@@ -98,6 +98,6 @@ wait_until 3000 bash -c "curl -sf $FORWARDER_STATUS_URL/status | grep -q '\"stre
 wait_until 3000 bash -c "curl -sf $EDGE_STATUS_URL/status | grep -q '\"streams\":0'" \
     || fail "streams left at the edge: $(curl -s "$EDGE_STATUS_URL/status")"
 ok "no stream left at the forwarder or the edge"
-! grep -q '"level":"info"' "$LAB/logs/forwarder.log" || fail "the forwarder logged at info under log_level warn"
+! grep -q '"level":"info","svc":"forwarder"' "$LAB/logs/forwarder.log" || fail "the forwarder logged at info under log_level warn"
 (( $(audit_lines | wc -l) >= 8 )) || fail "at log_level warn the forwarder wrote $(audit_lines | wc -l) audit lines"
 ok "at log_level warn the forwarder logged no info line and still $(audit_lines | wc -l) audit lines"
