@@ -35,9 +35,11 @@
 #    470; in turns of 300: 387 and 392).
 # --latency-only: only the connect + first byte rows (2 and the latency half
 # of 4), to look at that target alone on a quiet machine.
-# The reachback rows run once per data link mode (--modes, default both):
-# ipc (the lab's default edge-forwarder link, a Unix socket, no CURVE) and
-# tcp (RB_LAB_DATA_LINK=tcp: loopback TCP with CURVE).
+# The reachback rows run once per data link mode (--modes, default all
+# three): inproc (RB_LAB_DATA_LINK=inproc: edge and forwarder in one
+# reachback-gateway process, the link between two threads), ipc (the lab's
+# default edge-forwarder link, a Unix socket, no CURVE) and tcp
+# (RB_LAB_DATA_LINK=tcp: loopback TCP with CURVE).
 # shellcheck disable=SC2153  # "port VAR" assigns VAR through printf -v
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -45,7 +47,7 @@ T=5
 NCONN=1000
 NSTREAMS=100
 NSESS=100
-MODES="ipc tcp"
+MODES="inproc ipc tcp"
 BUDGET=600
 LATONLY=0
 LAT_ROUNDS=2
@@ -613,7 +615,7 @@ bulk_cols() {
     [[ $(sed -n 's/.*"errors": \({[^}]*}\).*/\1/p' <<<"$j") == "{}" ]] || extra+=", errors $(sed -n 's/.*"errors": \({[^}]*}\).*/\1/p' <<<"$j")"
     echo "**$(jf "$j" agg_gbps) Gbit/s** | $(jf "$j" streams) streams, per stream $(jf "$j" min_mbps)-$(jf "$j" max_mbps) Mbit/s, Jain $(jf "$j" jain)$extra"
 }
-row "$NSESS streams, Python source/sink" "raw loopback (the tool's ceiling)" "-" "$(bulk_cols "$BULK")" "-"
+(( LATONLY )) || row "$NSESS streams, Python source/sink" "raw loopback (the tool's ceiling)" "-" "$(bulk_cols "$BULK")" "-"
 
 # ---- reachback, per data link mode ---------------------------------------------------
 streams_at() { curl -sf --max-time 2 "$1/status" | sed -n 's/.*"streams":\([0-9]*\).*/\1/p'; }
@@ -632,22 +634,22 @@ for ((i = 1; i <= NSESS; i++)); do USERS+=",u$i"; done
 MODE_NOTES=()
 for mode in $MODES; do
     case $mode in
+        inproc) mlabel="inproc:// (reachback-gateway)" ;;
         ipc) mlabel="ipc:// (no CURVE)" ;;
         tcp) mlabel="tcp:// + CURVE" ;;
-        *) die "--modes: ipc or tcp, not '$mode'" ;;
+        *) die "--modes: inproc, ipc or tcp, not '$mode'" ;;
     esac
     say "reachback, data link $mode: starting a lab with alice and $NSESS users"
     export RB_LAB_DATA_LINK=$mode
     lab_start --users "$USERS"
     unset RB_LAB_DATA_LINK
     ep=$(awk '$1 == "data_endpoint" { print $3 }' "$LAB/conf/forwarder.conf")
-    [[ $mode == tcp && $ep == tcp://* || $mode == ipc && $ep == ipc://* ]] \
-        || die "the lab's data link is '$ep', wanted $mode"
-    if [[ $mode == tcp ]]; then
-        MODE_NOTES+=("tcp = data_endpoint $ep with CURVE")
-    else
-        MODE_NOTES+=("ipc = data_endpoint $ep, no CURVE")
-    fi
+    [[ $ep == "$mode"://* ]] || die "the lab's data link is '$ep', wanted $mode"
+    case $mode in
+        tcp) MODE_NOTES+=("tcp = data_endpoint $ep with CURVE") ;;
+        ipc) MODE_NOTES+=("ipc = data_endpoint $ep, no CURVE") ;;
+        inproc) MODE_NOTES+=("inproc = data_endpoint $ep: edge and forwarder are one reachback-gateway process") ;;
+    esac
     [[ -n ${EDGE_TLS:-} ]] || EDGE_TLS=$(openssl s_client -connect "$EDGE_ADDR" -CAfile "$CA" </dev/null 2>/dev/null \
         | sed -n 's/.*New, \(TLSv[0-9.]*\), Cipher is \(.*\)/\1 \2/p' | head -n 1 || true)
     EDGE=$(pid_of edge); FWD=$(pid_of forwarder)
@@ -667,7 +669,8 @@ for mode in $MODES; do
     done
     FWD_STREAMS=0 EDGE_STREAMS=0
     say "alice is $IP; forwards on $F_IPERF (iperf3) and $F_ECHO (echo)"
-    TUN=("edge=$EDGE" "fwd=$FWD" "client=$ALICE")
+    if [[ $EDGE == "$FWD" ]]; then TUN=("gateway=$EDGE" "client=$ALICE")
+    else TUN=("edge=$EDGE" "fwd=$FWD" "client=$ALICE"); fi
     rb="reachback, $mlabel"
     # Latency first, on a quiet machine: after the bulk runs below, ssh -R's
     # latency rose by 100-350 us in some runs and ours less, which flattered
@@ -756,7 +759,7 @@ for mode in $MODES; do
         [[ -s $WORK/u$i.json ]] || continue
         targets+=("$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ip"])' "$WORK/u$i.json"):5201")
     done
-    cpu_mark "edge=$EDGE" "fwd=$FWD" "clients=$(csv "${DEVS[@]}")"
+    cpu_mark "${TUN[@]:0:${#TUN[@]}-1}" "clients=$(csv "${DEVS[@]}")"
     bulk "${targets[@]}"
     c=$(cpu_report)
     leak_check
@@ -798,5 +801,6 @@ echo "(the -tt row: ssh with TCP_NODELAY), and no Nagle-style stall (p99, and no
 echo "Wake-ups: a one-byte round trip between two processes (Python, pinned) took p50 ${WAKE_X0} µs across"
 echo "the CPUs at the start and ${WAKE_X1} µs at the end (on one CPU: ${WAKE_S0} and ${WAKE_S1} µs). Every hop of a"
 echo "relay chain that wakes a thread on the other, idle CPU pays the first; reachback's connect + first"
-echo "byte crosses 12 threads (4 of them ZeroMQ's I/O threads) where ssh -R crosses 8, so its latency rows"
+echo "byte crosses 12 threads with edge and forwarder in two processes (4 of them ZeroMQ's I/O threads),"
+echo "8 through reachback-gateway (inproc://), where ssh -R crosses 8, so its ipc and tcp latency rows"
 echo "move more than ssh's when that cost moves, and on a shared VM it moves from hour to hour."

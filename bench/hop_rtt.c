@@ -1,17 +1,20 @@
 /* reachback-hop-rtt: what one ZeroMQ hop costs a round trip, next to a raw
  * socket, on this machine. A one-byte ping-pong between two processes, first
  * over a Unix socketpair, then over a ZeroMQ PAIR on ipc:// (the edge ->
- * forwarder link's transport when they share a host), each --count times;
- * prints one markdown table (p50, p99 in microseconds).
+ * forwarder link's transport when they share a host), then over inproc://
+ * between two threads (reachback-gateway's), each --count times; prints one
+ * markdown table (p50, p99 in microseconds).
  *
  * Why: a connect + first byte through the gateway crosses that link once
  * each way. ZeroMQ hands every message from the caller's thread to its I/O
  * thread and back on the other side, so each direction wakes two more
  * threads than a socket does; on a VM whose idle CPUs halt, that is most
- * of the difference between the two rows.
+ * of the difference between the first two rows. inproc:// has no I/O
+ * thread: the message goes straight to the other thread.
  *
  *   reachback-hop-rtt [--count N]   (default 20000, at most 1000000) */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,6 +107,42 @@ static int s_zmq(double *lat, size_t n)
     return rc;
 }
 
+static void *s_inproc_echo(void *sock)
+{
+    char m;
+    while (zmq_recv(sock, &m, 1, 0) == 1 && m != 'q')
+        if (zmq_send(sock, &m, 1, 0) != 1) break;
+    zmq_close(sock);
+    return NULL;
+}
+
+/* reachback-gateway's link: two threads of one process, one context. */
+static int s_zmq_inproc(double *lat, size_t n)
+{
+    void *ctx = zmq_ctx_new(), *s = zmq_socket(ctx, ZMQ_PAIR), *peer = zmq_socket(ctx, ZMQ_PAIR);
+    int rc = zmq_bind(s, "inproc://hop") == 0 && zmq_connect(peer, "inproc://hop") == 0 ? 0 : -1;
+    pthread_t th;
+    if (rc == 0 && pthread_create(&th, NULL, s_inproc_echo, peer) != 0) rc = -1;
+    if (rc < 0) {
+        zmq_close(peer);
+        zmq_close(s);
+        zmq_ctx_term(ctx);
+        return -1;
+    }
+    char m = 'x';
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        double t = s_now_us();
+        if (zmq_send(s, &m, 1, 0) != 1 || zmq_recv(s, &m, 1, 0) != 1) rc = -1;
+        lat[i] = s_now_us() - t;
+    }
+    m = 'q';
+    zmq_send(s, &m, 1, 0);
+    pthread_join(th, NULL);
+    zmq_close(s);
+    zmq_ctx_term(ctx);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     size_t n = 20000;
@@ -123,18 +162,23 @@ int main(int argc, char **argv)
     }
     double *lat = calloc(n, sizeof *lat);
     if (!lat) return 1;
-    printf("| one-byte round trip between two processes (%zu each) | p50, us | p99, us |\n", n);
+    printf("| one-byte round trip (%zu each) | p50, us | p99, us |\n", n);
     printf("| --- | ---: | ---: |\n");
     if (s_socketpair(lat, n) < 0) {
         fprintf(stderr, "reachback-hop-rtt: socketpair run failed: %s\n", strerror(errno));
         return 1;
     }
-    s_row("Unix socketpair", lat, n);
+    s_row("Unix socketpair, two processes", lat, n);
     if (s_zmq(lat, n) < 0) {
         fprintf(stderr, "reachback-hop-rtt: ZeroMQ run failed: %s\n", zmq_strerror(zmq_errno()));
         return 1;
     }
-    s_row("ZeroMQ PAIR over ipc://", lat, n);
+    s_row("ZeroMQ PAIR over ipc://, two processes", lat, n);
+    if (s_zmq_inproc(lat, n) < 0) {
+        fprintf(stderr, "reachback-hop-rtt: inproc run failed: %s\n", zmq_strerror(zmq_errno()));
+        return 1;
+    }
+    s_row("ZeroMQ PAIR over inproc://, two threads of one process (reachback-gateway)", lat, n);
     free(lat);
     return 0;
 }
