@@ -17,6 +17,19 @@ for s in broker ipalloc dns forwarder edge; do
     [[ $rc == 2 ]] || fail "$s unknown flag: exit $rc, want 2"
 done
 ok "help, version, config errors for every service"
+# reachback-gateway takes two configs and names which one is wrong.
+help=$("$BIN/reachback-gateway" --help)
+grep -q -- "--edge-config FILE" <<<"$help" && grep -q -- "--forwarder-config FILE" <<<"$help" \
+    || fail "gateway --help"
+"$BIN/reachback-gateway" --version | grep -qE "^reachback-gateway [0-9]+\.[0-9]+" || fail "gateway --version"
+rc=0; "$BIN/reachback-gateway" --edge-config "$LAB/bad.conf" >/dev/null 2>&1 || rc=$?
+[[ $rc == 2 ]] || fail "gateway without --forwarder-config: exit $rc, want 2"
+printf 'data_endpoint = inproc://x\n' > "$LAB/gw-fwd.conf"
+rc=0; out=$("$BIN/reachback-gateway" --check-config --edge-config "$LAB/bad.conf" \
+    --forwarder-config "$LAB/gw-fwd.conf" 2>&1) || rc=$?
+[[ $rc == 1 && $out == "reachback-edge: config error: $LAB/bad.conf:3: key 'no_such_key'"* ]] \
+    || fail "gateway with a bad edge config: rc=$rc '$out'"
+ok "reachback-gateway: help, version, usage and a bad edge config named"
 grep -qi "exit codes" <<<"$("$BIN/reachback-client" --help)" || fail "client --help lists no exit codes"
 grep -q passwd <<<"$("$BIN/reachback-ctl" --help)" || fail "ctl --help"
 ok "client and ctl help"

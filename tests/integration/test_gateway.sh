@@ -62,7 +62,7 @@ ok "SIGHUP reloaded the forwarder's policy (5900 now reset); the edge and alice'
 
 # SIGTERM: the edge stops first and says why; then the forwarder; exit 0.
 kill -TERM "$GW"
-wait_until 10000 bash -c "! kill -0 $GW 2>/dev/null" || fail "the gateway still runs 10 s after SIGTERM"
+wait_until 3000 bash -c "! kill -0 $GW 2>/dev/null" || fail "the gateway still runs 3 s after SIGTERM"
 grep -q 'the edge is stopping' "$LAB/alice.out" || fail "alice did not hear that the edge is stopping"
 edge_stop=$(grep -n '"svc":"edge","event":"edge_stopping"' "$log" | head -1 | cut -d: -f1)
 fwd_stop=$(grep -n '"svc":"forwarder","event":"shutdown"' "$log" | head -1 | cut -d: -f1)
