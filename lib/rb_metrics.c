@@ -1,6 +1,7 @@
 /* rb_metrics: Prometheus registries (see rb_metrics.h). */
 #include "rb_metrics.h"
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,21 +24,34 @@ struct rb_metric {
     rb_metric_t *next;
 };
 
-typedef struct {
+typedef struct registry {
     rb_metric_t *head, *tail;
+    struct registry *next; /* s_owned */
 } registry_t;
 static registry_t s_process;
 /* Set by rb_metrics_init_thread: a thread that runs a service of its own. */
 static __thread registry_t *tl_own;
+/* Every thread's own registry, for as long as the process lives: a
+ * service's metrics outlive nothing but the thread's pointer to them. */
+static registry_t *s_owned;
+static pthread_mutex_t s_owned_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static registry_t *s_reg(void)
 {
     return tl_own ? tl_own : &s_process;
 }
 
-void rb_metrics_init_thread(void)
+int rb_metrics_init_thread(void)
 {
-    if (!tl_own) tl_own = calloc(1, sizeof *tl_own);
+    if (tl_own) return 0;
+    registry_t *r = calloc(1, sizeof *r);
+    if (!r) return -1;
+    pthread_mutex_lock(&s_owned_lock);
+    r->next = s_owned;
+    s_owned = r;
+    pthread_mutex_unlock(&s_owned_lock);
+    tl_own = r;
+    return 0;
 }
 
 static rb_metric_t *s_get(const char *name, const char *labels, const char *help, kind_t kind)

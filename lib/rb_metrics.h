@@ -27,7 +27,8 @@ void rb_metrics_render(rb_buf_t *out);
 /* Gives the calling thread a registry of its own, which every call above
  * made on it uses from then on: reachback-gateway runs an edge and a
  * forwarder on two threads, each with its own /metrics. Call it before the
- * thread creates any metric; the registry lives as long as the process. */
-void rb_metrics_init_thread(void);
+ * thread creates any metric; the registry lives as long as the process.
+ * 0, or -1 when memory ran out (the thread keeps the process's). */
+int rb_metrics_init_thread(void);
 
 #endif

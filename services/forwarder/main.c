@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "forwarder.h"
@@ -11,14 +12,24 @@
 #include "rb_loop.h"
 #include "rb_zmq.h"
 
+/* inproc:// links threads of one process: only reachback-gateway has the
+ * edge that could reach such an endpoint. */
+static int s_validate(void *cfg, char *err, size_t errlen)
+{
+    if (forwarder_config_validate(cfg, err, errlen) < 0) return -1;
+    if (strncmp(((forwarder_config_t *)cfg)->data_endpoint, "inproc://", 9) != 0) return 0;
+    snprintf(err, errlen,
+             "key 'data_endpoint': inproc:// endpoints work only in "
+             "reachback-gateway");
+    return -1;
+}
+
 int main(int argc, char **argv)
 {
     forwarder_config_t cfg = {0};
     rb_cli_t cli = {"forwarder", "ALG/NAT forwarder between the internal network and the edges",
-                    forwarder_options, &cfg, forwarder_config_validate};
+                    forwarder_options, &cfg, s_validate};
     rb_cli_run(&cli, argc, argv);
-    if (strncmp(cfg.data_endpoint, "inproc://", 9) == 0)
-        rb_fatal("forwarder_config", "an inproc:// data_endpoint works only in reachback-gateway");
     rb_loop_t *loop = rb_cli_loop();
     /* SIGHUP (reload the policy) reaches the loop through a signalfd; it
      * must be blocked before any thread exists (ZeroMQ's, the resolver's),

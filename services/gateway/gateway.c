@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -28,11 +29,28 @@ int gateway_check(const edge_config_t *edge, const forwarder_config_t *fwd, char
                  ep);
         return -1;
     }
-    size_t n = strlen(ep);
-    for (const char *p = edge->forwarder_endpoints; (p = strstr(p, ep)) != NULL; p += n) {
-        bool starts = p == edge->forwarder_endpoints || p[-1] == ',' || p[-1] == ' ';
-        if (starts && (p[n] == '\0' || p[n] == ',' || p[n] == ' ')) return 0;
+    /* Every inproc:// entry must be this forwarder: no other can be in
+     * this process. */
+    bool named = false;
+    char *copy = strdup(edge->forwarder_endpoints), *save = NULL;
+    if (!copy) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
     }
+    for (char *e = strtok_r(copy, ", ", &save); e; e = strtok_r(NULL, ", ", &save)) {
+        if (strcmp(e, ep) == 0) {
+            named = true;
+        } else if (strncmp(e, "inproc://", 9) == 0) {
+            snprintf(err, errlen,
+                     "edge key 'forwarder_endpoints': %s is not the forwarder's data_endpoint "
+                     "%s, and no other forwarder runs in this process",
+                     e, ep);
+            free(copy);
+            return -1;
+        }
+    }
+    free(copy);
+    if (named) return 0;
     snprintf(err, errlen,
              "edge key 'forwarder_endpoints': '%s' does not name the forwarder's "
              "data_endpoint %s",
@@ -44,6 +62,7 @@ typedef struct {
     const forwarder_config_t *cfg;
     rb_log_level_t level;
     int stop_fd; /* eventfd: written when the edge has stopped */
+    bool stopping; /* s_on_stop ran */
     sem_t started;
     bool ok;
     int rc;
@@ -53,6 +72,8 @@ static void s_on_stop(rb_loop_t *loop, int fd, unsigned events, void *arg)
 {
     uint64_t v;
     if (read(fd, &v, sizeof v) < 0 && errno == EAGAIN) return;
+    fwd_thread_t *t = arg;
+    t->stopping = true;
     rb_info("shutdown", "the edge has stopped: stopping");
     rb_loop_stop(loop);
 }
@@ -61,17 +82,23 @@ static void *s_forwarder_main(void *arg)
 {
     fwd_thread_t *t = arg;
     rb_log_init_thread("forwarder", t->level);
-    /* Its own /metrics; the edge's thread keeps the process's registry. */
-    rb_metrics_init_thread();
-    rb_loop_t *loop = rb_loop_new();
+    rb_loop_t *loop = NULL;
     forwarder_t *fw = NULL;
-    if (loop && rb_loop_add_fd(loop, t->stop_fd, RB_EV_READ, s_on_stop, t) == 0) {
+    /* Its own /metrics; the edge's thread keeps the process's registry. */
+    if (rb_metrics_init_thread() == 0 && (loop = rb_loop_new()) &&
+        rb_loop_add_fd(loop, t->stop_fd, RB_EV_READ, s_on_stop, t) == 0) {
         rb_cli_zap(loop, t->cfg->curve_secret_key, t->cfg->curve_allowed_keys);
         fw = forwarder_new(loop, t->cfg);
     }
     t->ok = fw != NULL;
     sem_post(&t->started);
     t->rc = fw ? rb_loop_run(loop) : -1;
+    /* Ended without the edge's word (its loop failed): one process ending
+     * takes both services with it, so the edge stops too, as on SIGTERM. */
+    if (t->ok && !t->stopping) {
+        rb_error("forwarder_stopped", "the forwarder's loop ended; stopping the edge");
+        kill(getpid(), SIGTERM);
+    }
     forwarder_destroy(&fw);
     rb_zap_stop();
     if (loop) rb_loop_del_fd(loop, t->stop_fd);
@@ -130,6 +157,7 @@ int gateway_run(const edge_config_t *edge_cfg, rb_log_level_t edge_level,
         rb_error("gateway_stop", "cannot tell the forwarder to stop: %s", strerror(errno));
     pthread_join(th, NULL);
     if (ft.rc < 0) rc = -1;
+    if (rc == 0) rb_info("gateway_stopped", "the edge and the forwarder stopped cleanly");
 out:
     sem_destroy(&ft.started);
     close(ft.stop_fd);

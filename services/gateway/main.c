@@ -65,22 +65,22 @@ int main(int argc, char **argv)
     rb_cli_load(&edge, edge_path, &edge_level);
     rb_cli_load(&fwd, fwd_path, &fwd_level);
     char err[512];
+    int rc = 0;
     if (gateway_check(&ecfg, &fcfg, err, sizeof err) < 0) {
         fprintf(stderr, "reachback-gateway: config error: %s\n", err);
-        return 1;
-    }
-    if (check) {
+        rc = 1;
+    } else if (check) {
         printf("# reachback-gateway: configuration OK in %s and %s\n# edge (%s)\n", edge_path,
                fwd_path, edge_path);
         rb_config_print(stdout, edge_options, &ecfg);
         printf("# forwarder (%s)\n", fwd_path);
         rb_config_print(stdout, forwarder_options, &fcfg);
-        return 0;
+    } else {
+        rb_log_init("gateway", edge_level);
+        rb_cli_heap_setup();
+        rc = gateway_run(&ecfg, edge_level, &fcfg, fwd_level) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
     }
-    rb_log_init("gateway", edge_level);
-    rb_cli_heap_setup();
-    int rc = gateway_run(&ecfg, edge_level, &fcfg, fwd_level);
     rb_config_free(edge_options, &ecfg);
     rb_config_free(forwarder_options, &fcfg);
-    return rc == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return rc;
 }

@@ -53,36 +53,60 @@ deny  127.0.0.0/8  user:alice  5900  tcp
 allow 127.0.0.0/8  *           *     any
 POL
 reload_policy
-grep -q '"svc":"forwarder","event":"policy_loaded"' "$log" || fail "policy_loaded not from svc forwarder"
+grep '"event":"policy_loaded"' "$log" | tail -1 | grep -q '"svc":"forwarder"' \
+    || fail "the reload's policy_loaded line is not from svc forwarder"
 refused_within 2000 bash -c "echo x | ncat -w 2 $ip 5900 | grep -q x" \
     || fail "port 5900 still answers after the deny was loaded"
 proc_running "$GW" && client_running alice || fail "SIGHUP stopped the gateway or cut alice"
 [[ $(curl -sf "$EDGE_STATUS_URL/status") == *'"sessions":1'* ]] || fail "the edge lost alice's session"
 ok "SIGHUP reloaded the forwarder's policy (5900 now reset); the edge and alice's session stay"
 
-# SIGTERM: the edge stops first and says why; then the forwarder; exit 0.
+# The lab's kill and revive take the pair as one process.
+"$ROOT/scripts/lab" kill --dir "$LAB" forwarder 2>/dev/null
+! proc_running "$GW" || fail "lab kill forwarder left the gateway running"
+[[ ! -e $LAB/run/gateway.pid && ! -e $LAB/run/edge1.pid ]] || fail "lab kill left the gateway's pid files"
+"$ROOT/scripts/lab" revive --dir "$LAB" edge || fail "lab revive edge did not bring the gateway back"
+GW=$(cat "$LAB/run/gateway.pid")
+[[ $(cat "$LAB/run/forwarder.pid") == "$GW" ]] || fail "after revive the forwarder is not the gateway ($GW)"
+wait_until 15000 bash -c "curl -sf $FORWARDER_STATUS_URL/status | grep -q '\"attached_sessions\":1'" \
+    || fail "alice's session is not back at the revived gateway: $(tail -2 "$LAB/alice.out")"
+got=$(echo again | timeout 5 ncat -w 3 "$ip" 5900 2>/dev/null) || true
+[[ $got != again ]] || fail "the revived gateway lost the policy: 5900 answered"
+seen=$(timeout 5 ncat 127.0.0.1 "$(listen_port "$LAB/alice.json" 0)" </dev/null) || true
+[[ $seen == "$ip" ]] || fail "after revive alice's --forward arrived from '$seen'"
+ok "lab kill forwarder stopped the whole gateway; revive edge brought both back; alice resumed"
+
+# SIGTERM: the edge stops first and says why; then the forwarder, cleanly.
 kill -TERM "$GW"
-wait_until 3000 bash -c "! kill -0 $GW 2>/dev/null" || fail "the gateway still runs 3 s after SIGTERM"
+gone() { ! proc_running "$GW"; }
+wait_until 3000 gone || fail "the gateway still runs 3 s after SIGTERM"
 grep -q 'the edge is stopping' "$LAB/alice.out" || fail "alice did not hear that the edge is stopping"
 edge_stop=$(grep -n '"svc":"edge","event":"edge_stopping"' "$log" | head -1 | cut -d: -f1)
 fwd_stop=$(grep -n '"svc":"forwarder","event":"shutdown"' "$log" | head -1 | cut -d: -f1)
 [[ -n $edge_stop && -n $fwd_stop ]] && (( edge_stop < fwd_stop )) \
     || fail "want the edge's edge_stopping before the forwarder's shutdown (lines '$edge_stop', '$fwd_stop')"
-# Not a crash: the cleanup would count a dead service as one.
+# It stopped, not crashed: its last line says both ended cleanly (the
+# cleanup would count the dead process as a crash, so its pid files go).
+tail -1 "$log" | grep -q '"event":"gateway_stopped"' || fail "no clean stop: $(tail -2 "$log")"
 rm -f "$LAB/run/gateway.pid" "$LAB/run/edge1.pid" "$LAB/run/forwarder.pid"
-ok "SIGTERM: the edge stopped first (alice heard why), then the forwarder"
+ok "SIGTERM: the edge stopped first (alice heard why), then the forwarder, cleanly"
 
 # Configs that cannot link.
-gw() { "$BIN/reachback-gateway" --edge-config "$LAB/conf/edge1.conf" --forwarder-config "$1" --check-config 2>&1; }
+# gwcheck EDGE_CONF FWD_CONF: --check-config of the pair, its output.
+gwcheck() { "$BIN/reachback-gateway" --edge-config "$1" --forwarder-config "$2" --check-config 2>&1; }
 sed 's#^data_endpoint = .*#data_endpoint = ipc:///tmp/x.sock#' "$LAB/conf/forwarder.conf" > "$LAB/fwd-ipc.conf"
-out=$(gw "$LAB/fwd-ipc.conf") && fail "the gateway took an ipc:// data_endpoint"
+out=$(gwcheck "$LAB/conf/edge1.conf" "$LAB/fwd-ipc.conf") && fail "the gateway took an ipc:// data_endpoint"
 [[ $out == *"is not inproc://"* ]] || fail "ipc:// data_endpoint: '$out'"
-sed 's#^data_endpoint = .*#data_endpoint = inproc://elsewhere#' "$LAB/conf/forwarder.conf" > "$LAB/fwd-other.conf"
-out=$(gw "$LAB/fwd-other.conf") && fail "the gateway took a data_endpoint its edge does not name"
-[[ $out == *"does not name the forwarder's data_endpoint inproc://elsewhere"* ]] || fail "mismatch: '$out'"
-out=$(timeout 5 "$BIN/reachback-edge" --config "$LAB/conf/edge1.conf" 2>&1) && fail "reachback-edge ran with inproc://"
-[[ $out == *"work only in reachback-gateway"* ]] || fail "reachback-edge with inproc://: '$out'"
-out=$(timeout 5 "$BIN/reachback-forwarder" --config "$LAB/conf/forwarder.conf" 2>&1) \
-    && fail "reachback-forwarder ran with inproc://"
-[[ $out == *"works only in reachback-gateway"* ]] || fail "reachback-forwarder with inproc://: '$out'"
-ok "refused: an ipc:// or unnamed data_endpoint in the gateway, inproc:// in reachback-edge/-forwarder"
+sed 's#^forwarder_endpoints = .*#forwarder_endpoints = tcp://127.0.0.1:1#' "$LAB/conf/edge1.conf" > "$LAB/edge-tcp.conf"
+out=$(gwcheck "$LAB/edge-tcp.conf" "$LAB/conf/forwarder.conf") && fail "the gateway took an edge that does not name its forwarder"
+[[ $out == *"does not name the forwarder's data_endpoint inproc://reachback-data"* ]] || fail "unnamed: '$out'"
+sed 's#^forwarder_endpoints = .*#forwarder_endpoints = inproc://reachback-data,inproc://other#' \
+    "$LAB/conf/edge1.conf" > "$LAB/edge-two.conf"
+out=$(gwcheck "$LAB/edge-two.conf" "$LAB/conf/forwarder.conf") && fail "the gateway took a second inproc:// forwarder"
+[[ $out == *"inproc://other is not the forwarder's data_endpoint"* ]] || fail "second inproc://: '$out'"
+for s in edge forwarder; do
+    rc=0; out=$(timeout 5 "$BIN/reachback-$s" --check-config --config "$LAB/conf/${s/edge/edge1}.conf" 2>&1) || rc=$?
+    [[ $rc == 1 && $out == *"inproc:// endpoints work only in reachback-gateway"* ]] \
+        || fail "reachback-$s with inproc://: rc=$rc '$out'"
+done
+ok "refused: an ipc://, unnamed or second inproc:// data link in the gateway; inproc:// in reachback-edge/-forwarder"

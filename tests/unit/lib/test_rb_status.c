@@ -104,7 +104,7 @@ static void *s_shared_thread(void *arg)
 
 static void *s_other_thread(void *arg)
 {
-    rb_metrics_init_thread();
+    if (rb_metrics_init_thread() < 0) return NULL;
     rb_metric_add(rb_counter("reachback_test_total", "kind=\"a\"", "test counter"), 5);
     rb_buf_t *out = arg;
     rb_metrics_render(out);
