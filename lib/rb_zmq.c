@@ -273,9 +273,15 @@ out:
 
 /* ---- sockets ---- */
 
-bool rb_zmq_endpoint_local(const char *endpoint)
+bool rb_zmq_endpoint_local(const char *endpoints)
 {
-    return strncmp(endpoint, "ipc://", 6) == 0 || strncmp(endpoint, "inproc://", 9) == 0;
+    for (const char *e = endpoints; *e;) {
+        e += strspn(e, ", ");
+        if (!*e) break;
+        if (strncmp(e, "ipc://", 6) != 0 && strncmp(e, "inproc://", 9) != 0) return false;
+        e += strcspn(e, ", ");
+    }
+    return true;
 }
 
 static bool g_zap_running;
@@ -367,10 +373,16 @@ void *rb_zsock_bind_with(int type, const char *endpoint, const rb_curve_t *curve
         goto fail;
     }
     if (setup) setup(s);
-    if (zmq_bind(s, endpoint) < 0) {
-        rb_error("zmq_bind", "%s: %s", endpoint, zmq_strerror(errno));
-        goto fail;
+    char *copy = strdup(endpoint), *save = NULL;
+    if (!copy) goto fail;
+    for (char *e = strtok_r(copy, ", ", &save); e; e = strtok_r(NULL, ", ", &save)) {
+        if (zmq_bind(s, e) < 0) {
+            rb_error("zmq_bind", "%s: %s", e, zmq_strerror(errno));
+            free(copy);
+            goto fail;
+        }
     }
+    free(copy);
     return s;
 fail:
     zmq_close(s);

@@ -36,8 +36,8 @@ const rb_option_t forwarder_options[] = {
      0, 0, "comma-separated public key files of the edges allowed on the data link"},
     {"data_endpoint", RB_OPT_STRING, "tcp://127.0.0.1:7450",
      offsetof(forwarder_config_t, data_endpoint), 0, 0,
-     "the data link the edges connect to (tcp:// with CURVE, ipc:// on one host, or inproc:// "
-     "in reachback-gateway)"},
+     "the data link the edges connect to (tcp:// with CURVE, ipc:// on one host, or in "
+     "reachback-gateway inproc:// with any tcp:// ones for other edges, comma-separated)"},
     {"serve_cidrs", RB_OPT_STRING, "", offsetof(forwarder_config_t, serve_cidrs), 0, 0,
      "comma-separated blocks: serve only sessions whose address is in them (empty: all)"},
     {"policy_file", RB_OPT_STRING, "", offsetof(forwarder_config_t, policy_file), 0, 0,

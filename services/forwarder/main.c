@@ -17,7 +17,7 @@
 static int s_validate(void *cfg, char *err, size_t errlen)
 {
     if (forwarder_config_validate(cfg, err, errlen) < 0) return -1;
-    if (strncmp(((forwarder_config_t *)cfg)->data_endpoint, "inproc://", 9) != 0) return 0;
+    if (!strstr(((forwarder_config_t *)cfg)->data_endpoint, "inproc://")) return 0;
     snprintf(err, errlen,
              "key 'data_endpoint': inproc:// endpoints work only in "
              "reachback-gateway");

@@ -17,43 +17,54 @@
 #include "rb_metrics.h"
 #include "rb_zmq.h"
 
+/* The one inproc:// endpoint of a comma-separated list, copied to out; the
+ * count of them. */
+static int s_inproc(const char *list, char *out, size_t outlen)
+{
+    int n = 0;
+    for (const char *e = list; *e;) {
+        e += strspn(e, ", ");
+        size_t len = strcspn(e, ", ");
+        if (len > 9 && strncmp(e, "inproc://", 9) == 0 && n++ == 0)
+            snprintf(out, outlen, "%.*s", (int)len, e);
+        e += len;
+    }
+    return n;
+}
+
 int gateway_check(const edge_config_t *edge, const forwarder_config_t *fwd, char *err,
                   size_t errlen)
 {
-    const char *ep = fwd->data_endpoint;
-    if (strncmp(ep, "inproc://", 9) != 0) {
+    char ep[256];
+    if (s_inproc(fwd->data_endpoint, ep, sizeof ep) != 1) {
         snprintf(err, errlen,
-                 "forwarder key 'data_endpoint': '%s' is not inproc://; reachback-gateway "
-                 "exists for the in-process link (run reachback-edge and "
-                 "reachback-forwarder for the others)",
-                 ep);
+                 "forwarder key 'data_endpoint': '%s' wants one inproc:// endpoint, for the "
+                 "edge in this process (beside tcp:// ones for edges elsewhere); "
+                 "reachback-gateway exists for the in-process link",
+                 fwd->data_endpoint);
         return -1;
     }
-    /* Every inproc:// entry must be this forwarder: no other can be in
-     * this process. */
+    /* Every inproc:// entry of the edge must be this forwarder: no other
+     * can be in this process. */
     bool named = false;
-    char *copy = strdup(edge->forwarder_endpoints), *save = NULL;
-    if (!copy) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
-    for (char *e = strtok_r(copy, ", ", &save); e; e = strtok_r(NULL, ", ", &save)) {
-        if (strcmp(e, ep) == 0) {
+    for (const char *e = edge->forwarder_endpoints; *e;) {
+        e += strspn(e, ", ");
+        size_t len = strcspn(e, ", ");
+        if (len == strlen(ep) && strncmp(e, ep, len) == 0) {
             named = true;
         } else if (strncmp(e, "inproc://", 9) == 0) {
             snprintf(err, errlen,
-                     "edge key 'forwarder_endpoints': %s is not the forwarder's data_endpoint "
-                     "%s, and no other forwarder runs in this process",
-                     e, ep);
-            free(copy);
+                     "edge key 'forwarder_endpoints': %.*s is not the forwarder's inproc:// "
+                     "endpoint %s, and no other forwarder runs in this process",
+                     (int)len, e, ep);
             return -1;
         }
+        e += len;
     }
-    free(copy);
     if (named) return 0;
     snprintf(err, errlen,
-             "edge key 'forwarder_endpoints': '%s' does not name the forwarder's "
-             "data_endpoint %s",
+             "edge key 'forwarder_endpoints': '%s' does not name the forwarder's inproc:// "
+             "endpoint %s",
              edge->forwarder_endpoints, ep);
     return -1;
 }

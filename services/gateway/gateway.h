@@ -19,8 +19,9 @@
 #include "forwarder.h"
 #include "rb_log.h"
 
-/* Cross-config checks: the edge must name the forwarder's data_endpoint
- * among its forwarder_endpoints, and that endpoint must be inproc://.
+/* Cross-config checks: the forwarder's data_endpoint lists one inproc://
+ * endpoint (and may list tcp:// ones, for edges in other processes), and
+ * the edge's forwarder_endpoints names it and no other inproc:// one.
  * 0, or -1 with err set. */
 int gateway_check(const edge_config_t *edge, const forwarder_config_t *fwd, char *err,
                   size_t errlen);
