@@ -273,14 +273,19 @@ out:
 
 /* ---- sockets ---- */
 
+const char *rb_zmq_endpoint_next(const char **cursor, size_t *len)
+{
+    const char *e = *cursor + strspn(*cursor, ", ");
+    *len = strcspn(e, ", ");
+    *cursor = e + *len;
+    return *len ? e : NULL;
+}
+
 bool rb_zmq_endpoint_local(const char *endpoints)
 {
-    for (const char *e = endpoints; *e;) {
-        e += strspn(e, ", ");
-        if (!*e) break;
+    size_t len;
+    for (const char *e; (e = rb_zmq_endpoint_next(&endpoints, &len));)
         if (strncmp(e, "ipc://", 6) != 0 && strncmp(e, "inproc://", 9) != 0) return false;
-        e += strcspn(e, ", ");
-    }
     return true;
 }
 
@@ -373,16 +378,24 @@ void *rb_zsock_bind_with(int type, const char *endpoint, const rb_curve_t *curve
         goto fail;
     }
     if (setup) setup(s);
-    char *copy = strdup(endpoint), *save = NULL;
-    if (!copy) goto fail;
-    for (char *e = strtok_r(copy, ", ", &save); e; e = strtok_r(NULL, ", ", &save)) {
-        if (zmq_bind(s, e) < 0) {
-            rb_error("zmq_bind", "%s: %s", e, zmq_strerror(errno));
-            free(copy);
+    size_t len, bound = 0;
+    for (const char *e, *at = endpoint; (e = rb_zmq_endpoint_next(&at, &len)); bound++) {
+        char one[512];
+        if (len >= sizeof one) {
+            rb_error("zmq_bind", "%.*s...: endpoint too long", 40, e);
+            goto fail;
+        }
+        memcpy(one, e, len);
+        one[len] = '\0';
+        if (zmq_bind(s, one) < 0) {
+            rb_error("zmq_bind", "%s: %s", one, zmq_strerror(errno));
             goto fail;
         }
     }
-    free(copy);
+    if (bound == 0) {
+        rb_error("zmq_bind", "'%s': no endpoint in the list", endpoint);
+        goto fail;
+    }
     return s;
 fail:
     zmq_close(s);

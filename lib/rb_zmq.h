@@ -35,7 +35,11 @@ int rb_curve_read_public(const char *path, char out[RB_Z85_KEY_LEN + 1], char *e
 /* Writes DIR/NAME.key (secret, mode 0600) and DIR/NAME.pub. 0 or -1. */
 int rb_curve_generate(const char *dir, const char *name);
 
-/* True when every endpoint of a comma-separated list is ipc:// (a Unix
+/* Endpoint lists are comma- or space-separated (so an endpoint contains
+ * neither). Returns the next endpoint after *cursor and its length, and
+ * moves *cursor past it; NULL at the end of the list. */
+const char *rb_zmq_endpoint_next(const char **cursor, size_t *len);
+/* True when every endpoint of a list is ipc:// (a Unix
  * socket in a directory only the service user can open) or inproc:// (two
  * services in one process, reachback-gateway): boundaries as strong as
  * CURVE, so the data link skips CURVE's cost on every byte there (DESIGN
@@ -43,8 +47,9 @@ int rb_curve_generate(const char *dir, const char *name);
 bool rb_zmq_endpoint_local(const char *endpoints);
 
 /* Creates a socket of type and binds it to endpoint ("tcp://127.0.0.1:5555",
- * "ipc:///run/rb/x"), or to each of a comma-separated list. With curve
- * enabled it is a CURVE server (inproc:// peers skip the handshake). ROUTER sockets
+ * "ipc:///run/rb/x"), or to each of a list (at least one). With curve
+ * enabled it is a CURVE server on every endpoint but inproc:// ones, whose
+ * peers skip the handshake; ipc:// peers then need CURVE too. ROUTER sockets
  * get ZMQ_ROUTER_MANDATORY, so an unroutable reply is an error, not a silent
  * drop. Returns NULL (logged) on error. */
 void *rb_zsock_bind(int type, const char *endpoint, const rb_curve_t *curve);

@@ -52,9 +52,10 @@ void edge_destroy(edge_t **e);
  * loop when they are gone (or after a short grace period). */
 void edge_shutdown(edge_t *e);
 /* SIGINT and SIGTERM start edge_shutdown of *edge (once it is set), through
- * loop: the signals are blocked for this thread, so call it before any
- * thread starts (password checks, ZeroMQ's) for them to inherit the mask.
- * 0 or -1. */
+ * loop. The signals are blocked for this thread only, and threads inherit
+ * the mask they start with: call it before any thread starts (password
+ * checks, ZeroMQ's), or block both in the whole process first, as
+ * reachback-gateway does. 0 or -1. */
 int edge_watch_signals(rb_loop_t *loop, edge_t **edge);
 /* Every device is a descriptor: takes all the kernel allows this process. */
 void edge_raise_nofile(void);

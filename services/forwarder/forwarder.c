@@ -36,8 +36,8 @@ const rb_option_t forwarder_options[] = {
      0, 0, "comma-separated public key files of the edges allowed on the data link"},
     {"data_endpoint", RB_OPT_STRING, "tcp://127.0.0.1:7450",
      offsetof(forwarder_config_t, data_endpoint), 0, 0,
-     "the data link the edges connect to (tcp:// with CURVE, ipc:// on one host, or in "
-     "reachback-gateway inproc:// with any tcp:// ones for other edges, comma-separated)"},
+     "the data link(s) the edges connect to, comma-separated: tcp:// (CURVE), ipc:// on one "
+     "host (not beside tcp://), inproc:// only in reachback-gateway"},
     {"serve_cidrs", RB_OPT_STRING, "", offsetof(forwarder_config_t, serve_cidrs), 0, 0,
      "comma-separated blocks: serve only sessions whose address is in them (empty: all)"},
     {"policy_file", RB_OPT_STRING, "", offsetof(forwarder_config_t, policy_file), 0, 0,
@@ -106,6 +106,14 @@ int forwarder_config_validate(void *vcfg, char *err, size_t errlen)
     }
     if (!cfg->data_endpoint || !*cfg->data_endpoint) {
         snprintf(err, errlen, "key 'data_endpoint': the data link needs an endpoint");
+        return -1;
+    }
+    /* Beside tcp:// the socket is a CURVE server for ipc:// peers too,
+     * while edges connect to ipc:// without CURVE: they would never link. */
+    if (!rb_zmq_endpoint_local(cfg->data_endpoint) && strstr(cfg->data_endpoint, "ipc://")) {
+        snprintf(err, errlen,
+                 "key 'data_endpoint': ipc:// beside tcp:// would want CURVE from edges that "
+                 "connect to ipc:// without it; list ipc:// only with ipc:// or inproc://");
         return -1;
     }
     if (cfg->curve_secret_key && *cfg->curve_secret_key &&

@@ -17,55 +17,44 @@
 #include "rb_metrics.h"
 #include "rb_zmq.h"
 
-/* The one inproc:// endpoint of a comma-separated list, copied to out; the
- * count of them. */
-static int s_inproc(const char *list, char *out, size_t outlen)
+static bool s_is_inproc(const char *e, size_t len)
 {
-    int n = 0;
-    for (const char *e = list; *e;) {
-        e += strspn(e, ", ");
-        size_t len = strcspn(e, ", ");
-        if (len > 9 && strncmp(e, "inproc://", 9) == 0 && n++ == 0)
-            snprintf(out, outlen, "%.*s", (int)len, e);
-        e += len;
-    }
-    return n;
+    return len > strlen("inproc://") && strncmp(e, "inproc://", strlen("inproc://")) == 0;
 }
 
 int gateway_check(const edge_config_t *edge, const forwarder_config_t *fwd, char *err,
                   size_t errlen)
 {
-    char ep[256];
-    if (s_inproc(fwd->data_endpoint, ep, sizeof ep) != 1) {
+    /* One forwarder per process, so one inproc:// endpoint: the edge's. */
+    const char *ep = NULL, *e, *at = fwd->data_endpoint;
+    size_t eplen = 0, len;
+    int n = 0;
+    while ((e = rb_zmq_endpoint_next(&at, &len)))
+        if (s_is_inproc(e, len) && n++ == 0) ep = e, eplen = len;
+    if (n != 1) {
         snprintf(err, errlen,
-                 "forwarder key 'data_endpoint': '%s' wants one inproc:// endpoint, for the "
-                 "edge in this process (beside tcp:// ones for edges elsewhere); "
-                 "reachback-gateway exists for the in-process link",
-                 fwd->data_endpoint);
+                 "forwarder key 'data_endpoint': '%s' lists %d inproc:// endpoints, not one "
+                 "(for the edge in this process; tcp:// ones beside it serve edges elsewhere)",
+                 fwd->data_endpoint, n);
         return -1;
     }
-    /* Every inproc:// entry of the edge must be this forwarder: no other
-     * can be in this process. */
     bool named = false;
-    for (const char *e = edge->forwarder_endpoints; *e;) {
-        e += strspn(e, ", ");
-        size_t len = strcspn(e, ", ");
-        if (len == strlen(ep) && strncmp(e, ep, len) == 0) {
+    for (at = edge->forwarder_endpoints; (e = rb_zmq_endpoint_next(&at, &len));) {
+        if (len == eplen && strncmp(e, ep, len) == 0) {
             named = true;
-        } else if (strncmp(e, "inproc://", 9) == 0) {
+        } else if (s_is_inproc(e, len)) {
             snprintf(err, errlen,
                      "edge key 'forwarder_endpoints': %.*s is not the forwarder's inproc:// "
-                     "endpoint %s, and no other forwarder runs in this process",
-                     (int)len, e, ep);
+                     "endpoint %.*s, and no other forwarder runs in this process",
+                     (int)len, e, (int)eplen, ep);
             return -1;
         }
-        e += len;
     }
     if (named) return 0;
     snprintf(err, errlen,
              "edge key 'forwarder_endpoints': '%s' does not name the forwarder's inproc:// "
-             "endpoint %s",
-             edge->forwarder_endpoints, ep);
+             "endpoint %.*s",
+             edge->forwarder_endpoints, (int)eplen, ep);
     return -1;
 }
 

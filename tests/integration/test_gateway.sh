@@ -115,7 +115,7 @@ ok "SIGTERM: the edge stopped first (alice heard why), then the forwarder, clean
 gwcheck() { "$BIN/reachback-gateway" --edge-config "$1" --forwarder-config "$2" --check-config 2>&1; }
 sed 's#^data_endpoint = .*#data_endpoint = ipc:///tmp/x.sock#' "$LAB/conf/forwarder.conf" > "$LAB/fwd-ipc.conf"
 out=$(gwcheck "$LAB/conf/edge1.conf" "$LAB/fwd-ipc.conf") && fail "the gateway took an ipc:// data_endpoint"
-[[ $out == *"wants one inproc:// endpoint"* ]] || fail "ipc:// data_endpoint: '$out'"
+[[ $out == *"lists 0 inproc:// endpoints, not one"* ]] || fail "ipc:// data_endpoint: '$out'"
 sed 's#^forwarder_endpoints = .*#forwarder_endpoints = tcp://127.0.0.1:1#' "$LAB/conf/edge1.conf" > "$LAB/edge-tcp.conf"
 out=$(gwcheck "$LAB/edge-tcp.conf" "$LAB/conf/forwarder.conf") && fail "the gateway took an edge that does not name its forwarder"
 [[ $out == *"does not name the forwarder's inproc:// endpoint inproc://reachback-data"* ]] || fail "unnamed: '$out'"
@@ -128,4 +128,8 @@ for s in edge forwarder; do
     [[ $rc == 1 && $out == *"inproc:// endpoints work only in reachback-gateway"* ]] \
         || fail "reachback-$s with inproc://: rc=$rc '$out'"
 done
-ok "refused: an ipc://, unnamed or second inproc:// data link in the gateway; inproc:// in reachback-edge/-forwarder"
+# ipc:// beside tcp://: the socket would want CURVE of ipc:// peers too.
+sed 's#^data_endpoint = .*#data_endpoint = ipc:///tmp/x.sock,tcp://127.0.0.1:1#' "$LAB/conf/forwarder.conf" > "$LAB/fwd-mix.conf"
+rc=0; out=$("$BIN/reachback-forwarder" --check-config --config "$LAB/fwd-mix.conf" 2>&1) || rc=$?
+[[ $rc == 1 && $out == *"ipc:// beside tcp://"* ]] || fail "ipc:// beside tcp://: rc=$rc '$out'"
+ok "refused: an ipc://, unnamed or second inproc:// data link in the gateway; inproc:// in reachback-edge/-forwarder; ipc:// beside tcp://"

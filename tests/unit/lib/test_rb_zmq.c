@@ -431,8 +431,14 @@ static void test_bind_a_list(void **state)
     rb_zsock_close(&a);
     rb_zsock_close(&b);
     rb_zsock_close(&r);
-    /* One bad endpoint of the list: no socket. */
+    /* One bad endpoint of the list, or none at all: no socket. */
     assert_null(rb_zsock_bind(ZMQ_ROUTER, "inproc://rb-test-list2,bogus://x", NULL));
+    assert_null(rb_zsock_bind(ZMQ_ROUTER, " , ", NULL));
+    assert_null(rb_zsock_bind(ZMQ_ROUTER, "", NULL));
+    /* Separators around and between endpoints are only separators. */
+    void *t = rb_zsock_bind(ZMQ_ROUTER, ", inproc://rb-test-list3 ,", NULL);
+    assert_non_null(t);
+    rb_zsock_close(&t);
 }
 
 static int s_setup(void **state)
