@@ -68,6 +68,31 @@ static int s_socketpair(double *lat, size_t n)
     return 0;
 }
 
+/* Echoes one-byte messages until 'q', then closes sock. */
+static void *s_zmq_echo(void *sock)
+{
+    char m;
+    while (zmq_recv(sock, &m, 1, 0) == 1 && m != 'q')
+        if (zmq_send(sock, &m, 1, 0) != 1) break;
+    zmq_close(sock);
+    return NULL;
+}
+
+/* n timed one-byte round trips on s, then 'q' to end the echo. 0 or -1. */
+static int s_zmq_pingpong(void *s, double *lat, size_t n)
+{
+    char m = 'x';
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        double t = s_now_us();
+        if (zmq_send(s, &m, 1, 0) != 1 || zmq_recv(s, &m, 1, 0) != 1) rc = -1;
+        lat[i] = s_now_us() - t;
+    }
+    m = 'q';
+    zmq_send(s, &m, 1, 0);
+    return rc;
+}
+
 static int s_zmq(double *lat, size_t n)
 {
     char dir[] = "/tmp/rb-hop-XXXXXX", ep[64];
@@ -78,10 +103,7 @@ static int s_zmq(double *lat, size_t n)
     if (pid == 0) {
         void *ctx = zmq_ctx_new(), *s = zmq_socket(ctx, ZMQ_PAIR);
         zmq_connect(s, ep);
-        char m;
-        while (zmq_recv(s, &m, 1, 0) == 1 && m != 'q')
-            if (zmq_send(s, &m, 1, 0) != 1) break;
-        zmq_close(s);
+        s_zmq_echo(s);
         zmq_ctx_term(ctx);
         _exit(0);
     }
@@ -90,13 +112,10 @@ static int s_zmq(double *lat, size_t n)
     char m = 'x';
     /* The first exchange waits for the connect. */
     if (rc == 0) rc = zmq_send(s, &m, 1, 0) == 1 && zmq_recv(s, &m, 1, 0) == 1 ? 0 : -1;
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        double t = s_now_us();
-        if (zmq_send(s, &m, 1, 0) != 1 || zmq_recv(s, &m, 1, 0) != 1) rc = -1;
-        lat[i] = s_now_us() - t;
-    }
-    m = 'q';
-    zmq_send(s, &m, 1, 0);
+    if (rc == 0)
+        rc = s_zmq_pingpong(s, lat, n);
+    else
+        zmq_send(s, "q", 1, 0);
     waitpid(pid, NULL, 0);
     zmq_close(s);
     zmq_ctx_term(ctx);
@@ -107,36 +126,20 @@ static int s_zmq(double *lat, size_t n)
     return rc;
 }
 
-static void *s_inproc_echo(void *sock)
-{
-    char m;
-    while (zmq_recv(sock, &m, 1, 0) == 1 && m != 'q')
-        if (zmq_send(sock, &m, 1, 0) != 1) break;
-    zmq_close(sock);
-    return NULL;
-}
-
 /* reachback-gateway's link: two threads of one process, one context. */
 static int s_zmq_inproc(double *lat, size_t n)
 {
     void *ctx = zmq_ctx_new(), *s = zmq_socket(ctx, ZMQ_PAIR), *peer = zmq_socket(ctx, ZMQ_PAIR);
     int rc = zmq_bind(s, "inproc://hop") == 0 && zmq_connect(peer, "inproc://hop") == 0 ? 0 : -1;
     pthread_t th;
-    if (rc == 0 && pthread_create(&th, NULL, s_inproc_echo, peer) != 0) rc = -1;
+    if (rc == 0 && pthread_create(&th, NULL, s_zmq_echo, peer) != 0) rc = -1;
     if (rc < 0) {
         zmq_close(peer);
         zmq_close(s);
         zmq_ctx_term(ctx);
         return -1;
     }
-    char m = 'x';
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        double t = s_now_us();
-        if (zmq_send(s, &m, 1, 0) != 1 || zmq_recv(s, &m, 1, 0) != 1) rc = -1;
-        lat[i] = s_now_us() - t;
-    }
-    m = 'q';
-    zmq_send(s, &m, 1, 0);
+    rc = s_zmq_pingpong(s, lat, n);
     pthread_join(th, NULL);
     zmq_close(s);
     zmq_ctx_term(ctx);
